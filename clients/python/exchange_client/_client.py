@@ -1,0 +1,347 @@
+"""ExchangeClient: one gRPC channel to the exchange, and the subscriptions it opened."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+
+from exchange_client._bundle import BundleInput, encode_bundle
+from exchange_client._errors import ExchangeError, ValidationError, from_rpc_error
+from exchange_client._models import Delivery, SubmitResult
+from exchange_client._pb import exchange_pb2 as pb
+from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
+
+__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "ExchangeClient", "Subscription"]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 60.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Room for the protobuf framing around the bundle bytes (tags, lengths, request id).
+_FRAMING_BYTES = 1024
+
+
+def _check_size(data: bytes) -> None:
+    """Refuse, before sending, a bundle no gRPC message may carry."""
+    if len(data) + _FRAMING_BYTES > MAX_MESSAGE_BYTES:
+        message = (
+            f"bundle is {len(data)} bytes; one message may carry at most "
+            f"{MAX_MESSAGE_BYTES - _FRAMING_BYTES} bytes: split it into smaller bundles"
+        )
+        raise ValidationError(message, code="INVALID_ARGUMENT")
+
+
+def _strings(values: Iterable[str] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    return [str(v) for v in values]
+
+
+class Subscription:
+    """A live feed of :class:`Delivery` objects; iterate it, close it when done.
+
+    ``last_cursor`` is where to resume after everything handed out so far (or the
+    cursor the subscription started from, or ``None``). Breaking out of a ``for``
+    loop over the subscription, calling :meth:`close`, or closing the client
+    cancels the stream.
+    """
+
+    def __init__(
+        self, call: grpc.CallIterator[pb.SubscribeResponse], *, cursor: str | None
+    ) -> None:
+        self._call = call
+        self._responses = iter(call)
+        self._pending: collections.deque[Delivery] = collections.deque()
+        self._batch_cursor = ""
+        self._closed = False
+        self.last_cursor: str | None = cursor
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Cancel the stream; iteration then ends. Safe to call twice, from any thread."""
+        self._closed = True
+        self._pending.clear()
+        self._call.cancel()  # type: ignore[no-untyped-call]
+
+    def cancel(self) -> None:
+        """Same as :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Delivery]:
+        # A generator, so that leaving a ``for`` loop early (break, exception)
+        # closes it and, through ``finally``, cancels the stream.
+        try:
+            while (delivery := self._next()) is not None:
+                yield delivery
+        finally:
+            self.close()
+
+    def __next__(self) -> Delivery:
+        delivery = self._next()
+        if delivery is None:
+            raise StopIteration
+        return delivery
+
+    def _next(self) -> Delivery | None:
+        while True:
+            if self._pending:
+                delivery = self._pending.popleft()
+                if delivery.cursor:
+                    self.last_cursor = delivery.cursor
+                if not self._pending and self._batch_cursor:
+                    # The batch cursor also covers objects read but filtered out after it.
+                    self.last_cursor = self._batch_cursor
+                return delivery
+            if self._closed:
+                return None
+            try:
+                response = next(self._responses)
+            except StopIteration:
+                self._closed = True
+                return None
+            except grpc.RpcError as err:
+                if self._closed:  # cancelled by close(), possibly from another thread
+                    return None
+                self._closed = True
+                raise from_rpc_error(err) from None
+            self._batch_cursor = response.cursor
+            self._pending.extend(Delivery._from_pb(d) for d in response.deliveries)
+            if not self._pending and response.cursor:
+                # A cursor-only message: nothing to deliver, but resume from here.
+                self.last_cursor = response.cursor
+
+
+class _BundleRequests:
+    """The request side of SubmitStream: encodes bundles lazily, remembers why it stopped.
+
+    gRPC consumes this iterator on its own thread and swallows its exceptions, so a
+    bundle that cannot be read or encoded ends the requests and is re-raised to
+    the caller once the results of the bundles before it have been handed out.
+    """
+
+    def __init__(self, bundles: Iterable[BundleInput]) -> None:
+        self._bundles = bundles
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[pb.SubmitStreamRequest]:
+        try:
+            for bundle in self._bundles:
+                data = encode_bundle(bundle)
+                _check_size(data)
+                yield pb.SubmitStreamRequest(bundle=data, request_id=str(self.sent))
+                self.sent += 1
+        except Exception as err:
+            self.error = err
+
+
+class ExchangeClient:
+    """A connection to the exchange.
+
+    ``target`` (``host:port``) defaults to ``$EXCHANGE_TARGET`` or
+    ``127.0.0.1:50051``; ``token`` to ``$EXCHANGE_TOKEN``. The channel is
+    plaintext unless ``ca_file`` (or ``$EXCHANGE_CA_FILE``) names the PEM root
+    certificates to verify the server with. ``timeout`` is the deadline in
+    seconds of each unary call (``None``: no deadline); every call may override it.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        ca_file: str | os.PathLike[str] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target or os.environ.get("EXCHANGE_TARGET") or DEFAULT_TARGET
+        if token is None:
+            token = os.environ.get("EXCHANGE_TOKEN", "")
+        token = token.strip()
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self.timeout = timeout
+        if ca_file is None:
+            ca_file = os.environ.get("EXCHANGE_CA_FILE") or None
+        channel_options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.primary_user_agent", "exchange-client-python"),
+            *options,
+        ]
+        if ca_file is not None:
+            with open(ca_file, "rb") as file:
+                roots = file.read()
+            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            self._channel = grpc.secure_channel(self.target, credentials, options=channel_options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=channel_options)
+        self._stub = ExchangeServiceStub(self._channel)
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ExchangeClient(target={self.target!r})"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel open subscriptions and streams and close the channel. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this ExchangeClient is closed")
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    # -- calls -----------------------------------------------------------
+
+    def submit(self, bundle: BundleInput, *, timeout: float | None = None) -> SubmitResult:
+        """Submit one STIX 2.1 bundle and return what happened to each object.
+
+        ``bundle`` may be a dict, JSON text (``str``) or bytes, a file path
+        (``pathlib.Path``; a ``str`` is always taken as JSON), or a stix2 object.
+        Objects the exchange refuses are listed in ``result.rejected``; a bundle
+        refused as a whole raises :class:`ValidationError`.
+        """
+        self._check_open()
+        data = encode_bundle(bundle)
+        _check_size(data)
+        try:
+            response = self._stub.Submit(
+                pb.SubmitRequest(bundle=data),
+                timeout=self._deadline(timeout),
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        return SubmitResult._from_pb(response)
+
+    def submit_stream(
+        self, bundles: Iterable[BundleInput], *, timeout: float | None = None
+    ) -> Iterator[SubmitResult]:
+        """Submit many bundles on one stream; yield one result per bundle, in order.
+
+        Bundles are read and encoded as the stream needs them. ``timeout`` bounds
+        the whole stream (default: no deadline). A bundle refused as a whole (not
+        JSON, too large...) does not end the stream: its result has ``error`` set
+        and no object results. A bundle that cannot be read (e.g.
+        ``FileNotFoundError``) is raised after the results of the bundles before
+        it. Leaving the loop early cancels the stream.
+        """
+        self._check_open()
+        requests = _BundleRequests(bundles)
+        call = self._stub.SubmitStream(iter(requests), timeout=timeout, metadata=self._metadata)
+        return self._stream_results(call, requests)
+
+    def _stream_results(
+        self,
+        call: grpc.CallIterator[pb.SubmitStreamResponse],
+        requests: _BundleRequests,
+    ) -> Iterator[SubmitResult]:
+        done: dict[str, SubmitResult] = {}
+        expected = 0
+        try:
+            for response in call:
+                request_id = response.request_id or str(expected + len(done))
+                done[request_id] = SubmitResult._from_pb(response.result, response.error)
+                while str(expected) in done:
+                    yield done.pop(str(expected))
+                    expected += 1
+        except grpc.RpcError as err:
+            # The exchange's verdict comes first; an unreadable later bundle stays attached.
+            raise from_rpc_error(err) from requests.error
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+        if requests.error is not None:
+            raise requests.error
+        if done or expected != requests.sent:
+            raise ExchangeError(
+                f"the exchange answered {expected + len(done)} of {requests.sent} bundles "
+                "on the stream, or answered them out of order",
+                code="UNKNOWN",
+            )
+
+    def subscribe(
+        self,
+        types: Iterable[str] | str | None = None,
+        labels: Iterable[str] | str | None = None,
+        cursor: str | None = None,
+        from_beginning: bool = False,
+        *,
+        max_batch: int | None = None,
+        timeout: float | None = None,
+    ) -> Subscription:
+        """Stream the objects the caller may see, as :class:`Delivery` objects.
+
+        Start from now (default), from the first object ever accepted
+        (``from_beginning=True``), or right after a delivery (``cursor=``; e.g.
+        ``subscription.last_cursor`` of an earlier subscription). ``types`` and
+        ``labels`` narrow the feed (an object matches with any one of the labels).
+        ``timeout`` bounds the whole stream (default: none; it runs until closed).
+        """
+        self._check_open()
+        if cursor and from_beginning:
+            raise ValueError("pass either cursor= or from_beginning=True, not both")
+        request = pb.SubscribeRequest(types=_strings(types), labels=_strings(labels))
+        if cursor:
+            request.cursor = cursor
+        elif from_beginning:
+            request.from_beginning = True
+        if max_batch is not None:
+            request.max_batch = max_batch
+        call = self._stub.Subscribe(request, timeout=timeout, metadata=self._metadata)
+        subscription = Subscription(call, cursor=cursor or None)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._subscriptions.add(subscription)
+        if closed:  # the client was closed from another thread meanwhile
+            subscription.close()
+        return subscription

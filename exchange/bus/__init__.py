@@ -1,0 +1,75 @@
+"""The bus: where the relay publishes accepted objects and subscriptions read them.
+
+Two implementations behind one protocol: ``kafka.KafkaBus`` (aiokafka, for
+production and the integration tests against Tansu) and ``local.LocalBus``
+(embedded, a log file in the data directory, for the no-dependency default).
+Topics, keys, headers and offsets mean the same on both, so the relay and the
+subscription service never know which one they talk to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Bus", "BusReader", "BusRecord", "ReadRecord", "TopicPartition"]
+
+TopicPartition = tuple[str, int]
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BusRecord:
+    """A record to publish. Records with the same key keep their order."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRecord:
+    """A record as read back, with its place in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: Headers = ()
+
+
+class BusReader(Protocol):
+    async def read(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
+        """Up to ``max_records`` records past the current positions, waiting at most
+        ``timeout_s`` for the first one; ``[]`` when none arrived. Order is kept within
+        each topic-partition, and a record is never returned twice by one reader."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        """Create the topics that do not exist yet; existing ones are left alone."""
+        ...
+
+    async def partitions(self, topic: str) -> list[int]:
+        """The partition numbers of an existing topic."""
+        ...
+
+    async def publish(self, records: Sequence[BusRecord]) -> list[tuple[TopicPartition, int]]:
+        """Publish all records and wait until every one is acknowledged by the bus
+        (acks=all on Kafka). Returns, for each record in order, where it landed."""
+        ...
+
+    async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> BusReader:
+        """A reader over exactly these topic-partitions, each starting at the given
+        offset (the next record to read), or at the earliest record held for ``None``."""
+        ...

@@ -1,0 +1,352 @@
+"""The embedded bus: a SQLite log in the data directory, for the no-dependency default.
+
+One file (WAL mode) holds every topic. Each topic has one partition, ``0``, and
+its offsets are dense: the n-th record published to a topic has offset ``n - 1``,
+as in a Kafka partition, so "the next offset to read" means the same on both buses.
+
+SQLite calls run on two single-thread executors, one per connection: the writer
+(``publish``, ``ensure_topics``) and the reader side (all readers share it). WAL
+lets the two run at the same time, so a large publish never stalls live readers,
+and the event loop never waits on a disk write.
+
+A publish wakes this process's readers of the touched topics at once. Records
+written by another process on the same file (a CLI, a second server) are found
+by each reader re-checking every ``poll_interval_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from exchange.bus import BusRecord, ReadRecord, TopicPartition
+from exchange.errors import InvalidArgument, NotFound, Unavailable
+
+__all__ = ["LocalBus", "LocalReader"]
+
+_T = TypeVar("_T")
+_Headers = tuple[tuple[str, bytes], ...]
+
+# The only partition of every local topic.
+PARTITION = 0
+
+# The characters and length Kafka accepts, so that a topic name that works on the
+# embedded bus also works in production.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    next_offset INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS records (
+    topic_id   INTEGER NOT NULL REFERENCES topics(id),
+    log_offset INTEGER NOT NULL,
+    key        BLOB NOT NULL,
+    value      BLOB NOT NULL,
+    headers    BLOB,
+    PRIMARY KEY (topic_id, log_offset)
+);
+"""
+
+_headers_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...])
+
+
+def check_topic_name(topic: str) -> None:
+    """Refuse a topic name Kafka would refuse (letters, digits, '.', '_', '-')."""
+    if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
+        raise InvalidArgument(
+            f"invalid topic name {topic!r}: use 1-200 letters, digits, '.', '_' or '-'"
+        )
+
+
+def _encode_headers(headers: _Headers) -> bytes | None:
+    return msgspec.msgpack.encode(headers) if headers else None
+
+
+def _decode_headers(blob: bytes | None) -> _Headers:
+    return _headers_decoder.decode(blob) if blob else ()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False: each connection is only ever used by its own
+    # single-thread executor, but it is created and closed from the event loop thread.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a publish is acknowledged to the relay, which then forgets the outbox
+    # row, so a committed batch must survive a power cut, not only a crash.
+    conn.execute("PRAGMA synchronous=FULL")
+    # Another process may hold the write lock for a moment (a CLI on the same file).
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+class LocalBus:
+    """The embedded bus over the SQLite file at ``path`` (e.g. ``<data_dir>/bus.sqlite3``)."""
+
+    def __init__(self, path: Path, *, poll_interval_s: float = 0.25) -> None:
+        self._path = path
+        self._poll_interval_s = poll_interval_s
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="localbus-write")
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="localbus-read")
+        # topic -> events of the readers waiting on it; set after each commit.
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._readers: set[LocalReader] = set()
+        self._closed = False
+
+    @property
+    def poll_interval_s(self) -> float:
+        return self._poll_interval_s
+
+    async def start(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await self._on(self._write_pool, _connect, self._path)
+            await self._on(self._write_pool, self._writer.executescript, _SCHEMA)
+            self._reader = await self._on(self._read_pool, _connect, self._path)
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise Unavailable(f"cannot open the local bus at {self._path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for reader in list(self._readers):
+            await reader.close()
+        for conn, pool in ((self._writer, self._write_pool), (self._reader, self._read_pool)):
+            if conn is not None:
+                await self._on(pool, conn.close)
+            pool.shutdown(wait=True)
+        self._writer = self._reader = None
+
+    async def ensure_topics(self, topics: Iterable[str]) -> None:
+        names = sorted(set(topics))
+        for name in names:
+            check_topic_name(name)
+        if names:
+            await self._write(self._insert_topics, names)
+
+    async def partitions(self, topic: str) -> list[int]:
+        await self._topic_ids([topic])
+        return [PARTITION]
+
+    async def publish(self, records: Sequence[BusRecord]) -> list[tuple[TopicPartition, int]]:
+        if not records:
+            return []
+        offsets = await self._write(self._insert_records, records)
+        self._wake({r.topic for r in records})
+        return [((r.topic, PARTITION), off) for r, off in zip(records, offsets, strict=True)]
+
+    async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> LocalReader:
+        if not start:
+            raise InvalidArgument("a bus reader needs at least one topic-partition")
+        for topic, partition in start:
+            if partition != PARTITION:
+                raise NotFound(f"topic {topic!r} has no partition {partition} (only 0)")
+        ids = await self._topic_ids([topic for topic, _ in start])
+        # None: the earliest record held; nothing is ever deleted, so offset 0.
+        positions = {topic: (0 if off is None else off) for (topic, _), off in start.items()}
+        reader = LocalReader(self, ids, positions)
+        self._readers.add(reader)
+        return reader
+
+    # -- used by LocalReader -------------------------------------------------------
+
+    def _register(self, topics: Iterable[str], event: asyncio.Event) -> None:
+        for topic in topics:
+            self._waiters.setdefault(topic, set()).add(event)
+
+    def _unregister(self, reader: LocalReader, topics: Iterable[str], event: asyncio.Event) -> None:
+        self._readers.discard(reader)
+        for topic in topics:
+            waiting = self._waiters.get(topic)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[topic]
+
+    async def _fetch(
+        self, positions: Sequence[tuple[int, str, int]], max_records: int
+    ) -> list[ReadRecord]:
+        return await self._read(_select_records, positions, max_records)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _wake(self, topics: Iterable[str]) -> None:
+        for topic in topics:
+            for event in self._waiters.get(topic, ()):
+                event.set()
+
+    async def _topic_ids(self, topics: Iterable[str]) -> dict[str, int]:
+        names = sorted(set(topics))
+        rows = await self._read(_select_topic_ids, names)
+        missing = [n for n in names if n not in rows]
+        if missing:
+            raise NotFound(f"unknown topic(s) {', '.join(missing)}: call ensure_topics first")
+        return rows
+
+    async def _read(self, fn: Callable[..., _T], *args: object) -> _T:
+        conn = self._reader
+        if conn is None:
+            raise Unavailable("the local bus is closed")
+        try:
+            return await self._on(self._read_pool, fn, conn, *args)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"local bus read failed ({self._path}): {exc}") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, _T], list[int]], arg: _T) -> list[int]:
+        conn = self._writer
+        if conn is None:
+            raise Unavailable("the local bus is closed")
+        try:
+            return await self._on(self._write_pool, _in_transaction, conn, fn, arg)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"local bus write failed ({self._path}): {exc}") from exc
+
+    @staticmethod
+    def _insert_topics(conn: sqlite3.Connection, names: list[str]) -> list[int]:
+        conn.executemany("INSERT OR IGNORE INTO topics(name) VALUES (?)", [(n,) for n in names])
+        return []
+
+    @staticmethod
+    def _insert_records(conn: sqlite3.Connection, records: Sequence[BusRecord]) -> list[int]:
+        topics: dict[str, tuple[int, int]] = {}  # name -> (id, next offset)
+        for name in sorted({r.topic for r in records}):
+            row = conn.execute(
+                "SELECT id, next_offset FROM topics WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"unknown topic {name}: call ensure_topics first")
+            topics[name] = (row[0], row[1])
+        next_offset = {name: nxt for name, (_, nxt) in topics.items()}
+        offsets: list[int] = []
+        rows: list[tuple[int, int, bytes, bytes, bytes | None]] = []
+        for r in records:
+            off = next_offset[r.topic]
+            next_offset[r.topic] = off + 1
+            offsets.append(off)
+            rows.append((topics[r.topic][0], off, r.key, r.value, _encode_headers(r.headers)))
+        conn.executemany(
+            "INSERT INTO records(topic_id, log_offset, key, value, headers) VALUES (?,?,?,?,?)",
+            rows,
+        )
+        conn.executemany(
+            "UPDATE topics SET next_offset = ? WHERE id = ?",
+            [(nxt, topics[name][0]) for name, nxt in next_offset.items()],
+        )
+        return offsets
+
+    @staticmethod
+    async def _on(pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def _in_transaction(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection, _T], list[int]], arg: _T
+) -> list[int]:
+    # IMMEDIATE takes the write lock up front, so reading next_offset and writing
+    # the records cannot interleave with another process's publish.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, arg)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _select_topic_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for name in names:
+        row = conn.execute("SELECT id FROM topics WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            ids[name] = row[0]
+    return ids
+
+
+def _select_records(
+    conn: sqlite3.Connection, positions: Sequence[tuple[int, str, int]], max_records: int
+) -> list[ReadRecord]:
+    out: list[ReadRecord] = []
+    # One read transaction: every topic is read from the same snapshot.
+    conn.execute("BEGIN")
+    try:
+        for topic_id, topic, offset in positions:
+            if len(out) >= max_records:
+                break
+            rows = conn.execute(
+                "SELECT log_offset, key, value, headers FROM records"
+                " WHERE topic_id = ? AND log_offset >= ? ORDER BY log_offset LIMIT ?",
+                (topic_id, offset, max_records - len(out)),
+            )
+            out.extend(
+                ReadRecord(topic, PARTITION, off, key, value, _decode_headers(headers))
+                for off, key, value, headers in rows
+            )
+    finally:
+        conn.execute("COMMIT")
+    return out
+
+
+class LocalReader:
+    """Reads topics of a LocalBus from given offsets. One ``read()`` at a time."""
+
+    def __init__(self, bus: LocalBus, ids: dict[str, int], positions: dict[str, int]) -> None:
+        self._bus = bus
+        self._ids = ids  # topic -> topic id
+        self._next = positions  # topic -> next offset to return
+        self._event = asyncio.Event()
+        self._turn = 0
+        self._closed = False
+        bus._register(self._next, self._event)
+
+    async def read(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
+        if max_records <= 0:
+            raise ValueError("max_records must be positive")
+        if self._closed:
+            raise Unavailable("this bus reader is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            # Clear before querying: a publish that commits after the query has
+            # started sets the event again, so no wake-up is lost.
+            self._event.clear()
+            records = await self._bus._fetch(self._rotation(), max_records)
+            if records:
+                for r in records:
+                    self._next[r.topic] = r.offset + 1
+                return records
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._closed:
+                return []
+            # The interval bounds the wait so that records written by another
+            # process, which cannot set our event, are still found.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._event.wait(), min(remaining, self._bus.poll_interval_s)
+                )
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._unregister(self, self._next, self._event)
+            self._event.set()
+
+    def _rotation(self) -> list[tuple[int, str, int]]:
+        # Start each read at the next topic, so one busy topic cannot starve the others.
+        items = [(self._ids[topic], topic, off) for topic, off in self._next.items()]
+        self._turn = (self._turn + 1) % len(items) if items else 0
+        return items[self._turn :] + items[: self._turn]

@@ -1,0 +1,153 @@
+"""Settings: one typed, frozen object built from defaults, a TOML file, the
+``EXCHANGE_*`` environment and command-line overrides, in that order.
+
+Every field of a section is also an environment variable named
+``EXCHANGE_<SECTION>_<FIELD>`` (top-level fields: ``EXCHANGE_<FIELD>``), e.g.
+``EXCHANGE_DATA_DIR``, ``EXCHANGE_KAFKA_BOOTSTRAP``, ``EXCHANGE_LIMITS_MAX_OBJECTS``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from exchange.errors import InvalidArgument
+from exchange.model import Tlp
+
+__all__ = ["KafkaSettings", "Limits", "Settings", "load_settings"]
+
+ENV_PREFIX = "EXCHANGE_"
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What one submission may contain; larger input is refused, never half-processed."""
+
+    max_bundle_bytes: int = 16 * 1024 * 1024
+    max_objects: int = 10_000
+    max_string_length: int = 100_000
+    max_depth: int = 32
+
+
+class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The Kafka bus. Empty ``bootstrap`` selects the embedded in-process bus."""
+
+    bootstrap: str = ""
+    partitions: int = 3
+    replication_factor: int = 1
+    # Apache Kafka supports the idempotent producer; the Tansu test broker does not.
+    enable_idempotence: bool = True
+    # Low fetch wait keeps submit-to-subscriber latency in milliseconds (default 500 ms).
+    fetch_max_wait_ms: int = 10
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+
+
+class SubscriptionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_open: int = 1000
+    max_batch: int = 500
+
+
+class RelaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    batch_size: int = 1000
+    # Rows written by another process (the CLI, a replica) are picked up at least this often.
+    poll_interval_s: float = 0.5
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = "./exchange-data"
+    listen: str = "127.0.0.1:50051"
+    default_tlp: Tlp = Tlp.AMBER
+    topic_prefix: str = "tix"
+    # Processes used to validate large bundles; 0 means one per core.
+    validation_workers: int = 0
+    limits: Limits = msgspec.field(default_factory=Limits)
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    subscriptions: SubscriptionSettings = msgspec.field(default_factory=SubscriptionSettings)
+    relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, ftype in _fields(Settings):
+        if isinstance(ftype, type) and issubclass(ftype, msgspec.Struct):
+            section: dict[str, Any] = {}
+            for sub, _ in _fields(ftype):
+                key = f"{ENV_PREFIX}{name}_{sub}".upper()
+                if key in environ:
+                    section[sub] = environ[key]
+            if section:
+                out[name] = section
+        elif (key := f"{ENV_PREFIX}{name}".upper()) in environ:
+            out[name] = environ[key]
+    return out
+
+
+def _fields(struct: type[msgspec.Struct]) -> list[tuple[str, Any]]:
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    result: list[tuple[str, Any]] = []
+    for f in info.fields:
+        t = f.type
+        result.append((f.name, t.cls if isinstance(t, msgspec.inspect.StructType) else None))
+    return result
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings; raise InvalidArgument naming the bad file, key or value."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG") or None
+    raw: dict[str, Any] = {}
+    if config_file:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read config file {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config file {config_file} is not valid TOML: {exc}") from exc
+    raw = _merge(raw, _env_overrides(environ))
+    raw = _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        source = f" (file {config_file} or EXCHANGE_* environment)" if config_file else ""
+        raise InvalidArgument(f"invalid setting{source}: {exc}") from exc
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    limits = s.limits
+    for name in ("max_bundle_bytes", "max_objects", "max_string_length", "max_depth"):
+        if getattr(limits, name) <= 0:
+            raise InvalidArgument(f"limits.{name} must be a positive number")
+    if not s.topic_prefix or not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
+        raise InvalidArgument("topic_prefix may hold only letters, digits, '.', '_' and '-'")
+    if s.validation_workers < 0:
+        raise InvalidArgument("validation_workers must be 0 (one per core) or more")

@@ -1,0 +1,160 @@
+"""The Submit pipeline: bundle -> validate -> stamp -> persist -> answer.
+
+Pure of any network code: it takes the authenticated partner and the raw
+bundle bytes and returns one result per object. STIX validation is CPU-bound
+(the stix2 library), so it runs off the event loop, on several processes for
+large bundles when more than one core is available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Any
+
+from exchange.config import Limits
+from exchange.model import ObjectOutcome, ObjectResult, Partner, Rejection, ValidObject
+from exchange.stix import decode_bundle, validate_objects
+from exchange.store import CommitOutcome, Store
+
+__all__ = ["Ingest", "Validator"]
+
+# Below this many objects a bundle is validated in one piece: the hand-off to a
+# worker process costs more than it saves.
+_MIN_CHUNK = 64
+
+
+class Validator:
+    """Runs ``validate_objects`` off the event loop: in ``workers`` processes, or
+    in a thread when ``workers`` is 1."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._executor: Executor
+        if self.workers > 1:
+            # spawn, not fork: forking a process that runs gRPC threads is unsafe.
+            ctx = multiprocessing.get_context("spawn")
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        else:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="validate")
+
+    async def warm_up(self) -> None:
+        """Start the worker processes now rather than on the first submission."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, _noop) for _ in range(self.workers))
+        )
+
+    async def validate(
+        self,
+        objects: Sequence[Any],
+        *,
+        submitter_identity: str,
+        default_tlp: Any,
+        limits: Limits,
+    ) -> list[ValidObject | Rejection]:
+        loop = asyncio.get_running_loop()
+        size = max(_MIN_CHUNK, math.ceil(len(objects) / self.workers))
+        chunks = [
+            loop.run_in_executor(
+                self._executor,
+                _validate_chunk,
+                list(objects[start : start + size]),
+                start,
+                submitter_identity,
+                default_tlp,
+                limits,
+            )
+            for start in range(0, len(objects), size)
+        ]
+        results: list[ValidObject | Rejection] = []
+        for part in await asyncio.gather(*chunks):
+            results.extend(part)
+        return results
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _noop() -> None:
+    return None
+
+
+def _validate_chunk(
+    objects: list[Any], start: int, identity: str, tlp: Any, limits: Limits
+) -> list[ValidObject | Rejection]:
+    return validate_objects(
+        objects, start_index=start, submitter_identity=identity, default_tlp=tlp, limits=limits
+    )
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        validator: Validator,
+        limits: Limits,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._validator = validator
+        self._limits = limits
+        self._on_commit = on_commit
+
+    async def submit(self, partner: Partner, raw: bytes) -> list[ObjectResult]:
+        """Validate and store one bundle. Raises InvalidBundle for bundle-level
+        problems (then nothing is stored); otherwise one result per object."""
+        objects = await asyncio.to_thread(decode_bundle, raw, self._limits)
+        checked = await self._validator.validate(
+            objects,
+            submitter_identity=partner.identity_id,
+            default_tlp=partner.default_tlp,
+            limits=self._limits,
+        )
+        valid = [c for c in checked if isinstance(c, ValidObject)]
+        outcomes = await self._store.commit_objects(partner, valid, time.time())
+        if CommitOutcome.INSERTED in outcomes:
+            self._on_commit()
+        by_index = {v.index: _result(v, o) for v, o in zip(valid, outcomes, strict=True)}
+        return [by_index[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]
+
+
+def _rejected(rejection: Rejection) -> ObjectResult:
+    return ObjectResult(
+        index=rejection.index,
+        object_id=rejection.object_id,
+        version=rejection.version,
+        outcome=ObjectOutcome.REJECTED,
+        rejection=rejection,
+    )
+
+
+def _result(obj: ValidObject, outcome: CommitOutcome) -> ObjectResult:
+    if outcome is CommitOutcome.INSERTED:
+        return ObjectResult(obj.index, obj.object_id, obj.version, ObjectOutcome.ACCEPTED)
+    if outcome is CommitOutcome.DUPLICATE:
+        return ObjectResult(obj.index, obj.object_id, obj.version, ObjectOutcome.DUPLICATE)
+    if outcome is CommitOutcome.NOT_CREATOR:
+        # Do not name the owner: the submitter may not be entitled to know it.
+        reason = Rejection(
+            obj.object_id,
+            "id",
+            "an id this partner created; another partner holds this object, and only its"
+            " creator may publish new versions of it",
+            obj.index,
+            obj.version,
+        )
+    else:
+        reason = Rejection(
+            obj.object_id,
+            "revoked",
+            "no new version: this object was revoked, and STIX allows no version after that",
+            obj.index,
+            obj.version,
+        )
+    return _rejected(reason)

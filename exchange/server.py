@@ -1,0 +1,130 @@
+"""Assembles the exchange: store, bus, relay, pipeline and the grpc.aio server
+with health checking and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from exchange_client._pb import exchange_pb2 as pb
+from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from exchange import policy
+from exchange.auth import Authenticator
+from exchange.bus import Bus
+from exchange.bus.kafka import KafkaBus
+from exchange.bus.local import LocalBus
+from exchange.config import Settings
+from exchange.errors import Unavailable
+from exchange.ingest import Ingest, Validator
+from exchange.relay import Relay
+from exchange.services.exchange import ExchangeService
+from exchange.store.sqlite import SqliteStore
+from exchange.subscriptions import Subscriptions
+
+__all__ = ["ExchangeServer", "open_store"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
+# Room for the largest bundle we accept plus protobuf framing.
+_MESSAGE_SLACK = 1024 * 1024
+
+
+def open_store(settings: Settings) -> SqliteStore:
+    return SqliteStore(settings.data_path / "exchange.sqlite3")
+
+
+def _bus(settings: Settings) -> Bus:
+    if settings.kafka.bootstrap:
+        return KafkaBus(settings.kafka, settings.topic_prefix)
+    return LocalBus(settings.data_path / "bus.sqlite3")
+
+
+class ExchangeServer:
+    """One exchange process. ``start()`` returns the port it listens on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = open_store(settings)
+        self.bus = _bus(settings)
+        self.validator = Validator(settings.validation_workers)
+        self.relay = Relay(
+            self.store,
+            self.bus,
+            batch_size=settings.relay.batch_size,
+            poll_interval_s=settings.relay.poll_interval_s,
+        )
+        self.subscriptions = Subscriptions(
+            self.store,
+            self.bus,
+            max_open=settings.subscriptions.max_open,
+            max_batch=settings.subscriptions.max_batch,
+        )
+        self.ingest = Ingest(self.store, self.validator, settings.limits, self.relay.wake)
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        await self.store.open()
+        await self.bus.start()
+        await self.bus.ensure_topics(policy.SHARED_TOPICS)
+        await self.validator.warm_up()
+        self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
+
+        limit = self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # Notice dead subscribers (and let them notice us) within a minute.
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        service = ExchangeService(Authenticator(self.store), self.ingest, self.subscriptions)
+        pb_grpc.add_ExchangeServiceServicer_to_server(service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking calls, let in-flight ones finish, publish what was accepted."""
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+            try:
+                while await self.relay.flush_once():
+                    pass
+            except Exception:
+                # The rows stay in the outbox and are published on the next start.
+                log.warning("relay could not flush on shutdown", exc_info=True)
+        self.validator.close()
+        await self.bus.close()
+        await self.store.close()

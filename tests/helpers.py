@@ -1,0 +1,256 @@
+"""Test support: STIX fixtures shaped like the partners' data, a server running
+in a background thread, and waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from exchange.auth import hash_token, new_token
+from exchange.config import Settings, load_settings
+from exchange.model import Partner, Tlp
+from exchange.server import ExchangeServer
+from exchange.stix.tlp import TLP_BY_MARKING_ID, marking_id
+
+T = TypeVar("T")
+
+TLP_IDS = {tlp: marking_id(tlp) for tlp in Tlp}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, what: str = "") -> None:
+    """Poll ``condition`` until true; fail with ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+# -- STIX fixtures ------------------------------------------------------------------
+
+_PATTERNS = (
+    "[x-phone-number:value = '+1555{n:07d}']",
+    "[cryptocurrency-wallet:address = 'bc1q{n:032x}']",
+    "[domain-name:value = 'lucky-invest-{n}.example']",
+    "[url:value = 'https://jobs-{n}.example/apply']",
+    "[user-account:account_login = 'recruiter_{n}']",
+)
+
+
+def stamp(seconds: int = 0) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1767225600 + seconds)) + ".000Z"
+
+
+def indicator(
+    identity: str | None,
+    *,
+    n: int = 0,
+    tlp: Tlp | None = Tlp.GREEN,
+    labels: Iterable[str] = ("trafficking:recruitment",),
+    modified: str | None = None,
+    object_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    created = stamp(n)
+    obj: dict[str, Any] = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": object_id or f"indicator--{uuid.uuid4()}",
+        "created": created,
+        "modified": modified or created,
+        "name": f"Recruitment lure #{n}",
+        "indicator_types": ["malicious-activity"],
+        "pattern": _PATTERNS[n % len(_PATTERNS)].format(n=n),
+        "pattern_type": "stix",
+        "valid_from": created,
+        "labels": list(labels),
+        "confidence": 70,
+    }
+    if identity is not None:
+        obj["created_by_ref"] = identity
+    if tlp is not None:
+        obj["object_marking_refs"] = [TLP_IDS[tlp]]
+    obj.update(extra)
+    return obj
+
+
+def bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": list(objects)}
+
+
+def mixed_indicators(identity: str, count: int, seed: int = 1) -> list[dict[str, Any]]:
+    """Indicators with every TLP level, like a partner's monthly bulk export."""
+    rng = random.Random(seed)
+    levels = list(Tlp)
+    return [indicator(identity, n=i, tlp=rng.choice(levels)) for i in range(count)]
+
+
+# -- a server in a background thread ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartnerCredentials:
+    partner: Partner
+    token: str
+
+    @property
+    def partner_id(self) -> str:
+        return self.partner.partner_id
+
+    @property
+    def identity(self) -> str:
+        return self.partner.identity_id
+
+
+def settings_for(data_dir: Path, kafka_bootstrap: str | None = None, **overrides: Any) -> Settings:
+    kafka: dict[str, Any] = {}
+    if kafka_bootstrap:
+        kafka = {
+            "bootstrap": kafka_bootstrap,
+            "enable_idempotence": False,
+            "partitions": 2,
+        }
+    base: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "listen": "127.0.0.1:0",
+        "validation_workers": 1,
+        "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
+        "relay": {"poll_interval_s": 0.2},
+        "kafka": kafka,
+    }
+    base.update(overrides)
+    return load_settings(None, environ={}, overrides=base)
+
+
+class ServerThread:
+    """An ExchangeServer on its own event loop in a thread, so that tests can use
+    the blocking SDK against it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: ExchangeServer | None = None
+        self.port = 0
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout_s)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self.server = ExchangeServer(self.settings)
+        self.port = self.run(self.server.start())
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def add_partner(
+        self, name: str, *, identity: str | None = None, **fields: Any
+    ) -> PartnerCredentials:
+        assert self.server is not None
+        partner = Partner(
+            partner_id=f"{name}-{uuid.uuid4().hex[:6]}",
+            name=name,
+            sector=fields.pop("sector", "non-profit"),
+            identity_id=identity or f"identity--{uuid.uuid4()}",
+            **fields,
+        )
+        token = new_token()
+        self.run(self.server.store.add_partner(partner, hash_token(token)))
+        return PartnerCredentials(partner, token)
+
+    def stop(self) -> None:
+        if self.loop.is_closed():
+            return
+        if self.server is not None:
+            self.run(self.server.stop(grace_s=1.0))
+            self.server = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def restarted(self) -> ServerThread:
+        """Stop this server and start a new one on the same data (and a new port)."""
+        self.stop()
+        return ServerThread(self.settings).start()
+
+
+def partner_export(identity: str, name: str, indicators: int = 30, seed: int = 7) -> dict[str, Any]:
+    """A bundle shaped like a partner's bulk export: its identity, indicators of
+    every TLP, an infrastructure they point to, relationships and a report."""
+    ident = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": identity,
+        "created": stamp(),
+        "modified": stamp(),
+        "name": name,
+        "identity_class": "organization",
+        "sectors": ["non-profit"],
+    }
+    inds = mixed_indicators(identity, indicators, seed=seed)
+    infra = {
+        "type": "infrastructure",
+        "spec_version": "2.1",
+        "id": f"infrastructure--{uuid.uuid4()}",
+        "created": stamp(),
+        "modified": stamp(),
+        "created_by_ref": identity,
+        "name": "Recruitment front network",
+        "infrastructure_types": ["hosting-malware"],
+        "object_marking_refs": [TLP_IDS[Tlp.AMBER]],
+    }
+    rels = [
+        {
+            "type": "relationship",
+            "spec_version": "2.1",
+            "id": f"relationship--{uuid.uuid4()}",
+            "created": stamp(),
+            "modified": stamp(),
+            "created_by_ref": identity,
+            "relationship_type": "indicates",
+            "source_ref": ind["id"],
+            "target_ref": infra["id"],
+            "object_marking_refs": [TLP_IDS[Tlp.GREEN]],
+        }
+        for ind in inds[:5]
+    ]
+    report = {
+        "type": "report",
+        "spec_version": "2.1",
+        "id": f"report--{uuid.uuid4()}",
+        "created": stamp(86400),
+        "modified": stamp(86400),
+        "created_by_ref": identity,
+        "name": f"{name} monthly recruitment-lure summary",
+        "report_types": ["threat-report"],
+        "published": stamp(86400),
+        "object_refs": [i["id"] for i in inds[:10]],
+        "object_marking_refs": [TLP_IDS[Tlp.CLEAR]],
+    }
+    return bundle([ident, *inds, infra, *rels, report])
+
+
+def tlp_of(obj: dict[str, Any], default: Tlp = Tlp.AMBER) -> Tlp:
+    refs = [
+        TLP_BY_MARKING_ID[m] for m in obj.get("object_marking_refs", ()) if m in TLP_BY_MARKING_ID
+    ]
+    return refs[0] if refs else default

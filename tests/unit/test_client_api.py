@@ -1,0 +1,97 @@
+"""The SDK's public surface: __all__ is exact, and importing it stays light."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import exchange_client
+
+ROOT = Path(__file__).resolve().parents[2]
+SDK = ROOT / "clients" / "python"
+
+
+def test_all_lists_every_public_name() -> None:
+    public = {
+        name
+        for name, value in vars(exchange_client).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(exchange_client.__all__) == public
+    assert len(exchange_client.__all__) == len(set(exchange_client.__all__))
+
+
+def test_every_exported_name_exists() -> None:
+    for name in exchange_client.__all__:
+        assert hasattr(exchange_client, name), name
+
+
+def test_fixed_surface_is_exported() -> None:
+    expected = {
+        "ExchangeClient",
+        "ExchangeError",
+        "AuthenticationError",
+        "PermissionDenied",
+        "ValidationError",
+        "NotFound",
+        "RateLimited",
+        "Unavailable",
+        "SubmitResult",
+        "RejectedObject",
+        "ObjectResult",
+        "Delivery",
+        "Subscription",
+    }
+    assert expected <= set(exchange_client.__all__)
+
+
+def test_error_tree() -> None:
+    for name in (
+        "AuthenticationError",
+        "PermissionDenied",
+        "ValidationError",
+        "NotFound",
+        "RateLimited",
+        "Unavailable",
+    ):
+        assert issubclass(getattr(exchange_client, name), exchange_client.ExchangeError), name
+    assert issubclass(exchange_client.ExchangeError, Exception)
+
+
+def test_client_signatures() -> None:
+    client = exchange_client.ExchangeClient
+    assert list(inspect.signature(client).parameters)[:2] == ["target", "token"]
+    subscribe = inspect.signature(client.subscribe).parameters
+    assert list(subscribe)[1:5] == ["types", "labels", "cursor", "from_beginning"]
+    assert "timeout" in inspect.signature(client.submit).parameters
+
+
+def test_sdk_is_typed() -> None:
+    assert (SDK / "exchange_client" / "py.typed").exists()
+
+
+def _modules_after(code: str) -> set[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SDK)])
+    script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    return set(json.loads(done.stdout))
+
+
+def test_import_does_not_pull_optional_or_server_packages() -> None:
+    loaded = _modules_after(
+        "import exchange_client\n"
+        "from exchange_client._bundle import encode_bundle\n"
+        "encode_bundle({'type': 'bundle', 'objects': []})\n"
+        "exchange_client.ExchangeClient(target='127.0.0.1:9', token='t').close()"
+    )
+    assert "exchange_client" in loaded
+    for forbidden in ("stix2", "aiokafka", "exchange", "orjson", "msgspec", "click", "rich"):
+        assert not any(m == forbidden or m.startswith(forbidden + ".") for m in loaded), forbidden
