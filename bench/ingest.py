@@ -269,8 +269,20 @@ def running_server(bus: BusSetup) -> Iterator[ServerThread]:
         try:
             server.start()
             yield server
-        finally:
-            server.stop()
+        except BaseException:
+            _stop_soon(server)
+            raise
+        server.stop()
+
+
+def _stop_soon(server: ServerThread, timeout_s: float = 5.0) -> None:
+    """Stop after an error or Ctrl-C, when the broker may be gone already (Ctrl-C
+    reaches Tansu too): a graceful stop would wait on Kafka for up to a minute."""
+    if server.server is not None:
+        with contextlib.suppress(Exception):
+            server.run(server.server.stop(grace_s=0.5), timeout_s)
+        server.server = None  # ServerThread.stop() then only stops the loop and thread
+    server.stop()
 
 
 @contextlib.contextmanager
@@ -348,17 +360,20 @@ def measure_ingest(bus: BusSetup, bundle_size: int, objects: int, clients: int) 
         partner = server.add_partner("bench-submitter")
         per_client = objects // clients
         work = [make_bundles(partner.identity, bundle_size, per_client) for _ in range(clients)]
+        # Clean-up runs in reverse: release the barrier, close the clients (which ends
+        # their calls in flight), then wait for the threads.
+        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="submit"))
         sdk = [
             stack.enter_context(ExchangeClient(server.target, partner.token))
             for _ in range(clients)
         ]
+        go = threading.Barrier(clients + 1)
+        stack.callback(go.abort)
         # Warm up: open every channel, reach a worker and the bus once.
         for client in sdk:
             client.submit(bundle(make_indicators(partner.identity, 10)))
         already = wait_published(server, 10 * clients)
 
-        go = threading.Barrier(clients + 1)
-        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="submit"))
         futures = [pool.submit(_submit_all, c, w, go) for c, w in zip(sdk, work, strict=True)]
         meter = CpuMeter()
         start = time.perf_counter()
@@ -520,8 +535,8 @@ def subscriber_process(target: str, tokens: list[str], tag: str) -> Iterator[Con
     process.start()
     try:
         yield parent
+        process.join(10)  # it exits by itself once it has sent its results
     finally:
-        process.join(5)
         if process.is_alive():
             process.terminate()
             process.join(5)
@@ -556,7 +571,8 @@ def _send_fixed_rate(
         client.submit(bundles[i])
         answered[i] = time.time()
 
-    with ThreadPoolExecutor(LATENCY_SENDERS, thread_name_prefix="send") as pool:
+    pool = ThreadPoolExecutor(LATENCY_SENDERS, thread_name_prefix="send")
+    try:
         start = time.perf_counter()
         futures = []
         for i in range(len(bundles)):
@@ -566,6 +582,8 @@ def _send_fixed_rate(
             futures.append(pool.submit(send, i))
         for future in futures:
             future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return sent, answered
 
 

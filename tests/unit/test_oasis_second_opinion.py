@@ -15,7 +15,8 @@ IDENTITY = "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44"
 
 
 def test_stored_bodies_pass_the_oasis_validator() -> None:
-    objects = [*partner_export(IDENTITY, "Harbor Light Alliance")["objects"], indicator(None, tlp=None)]
+    export = partner_export(IDENTITY, "Harbor Light Alliance")
+    objects = [*export["objects"], indicator(None, tlp=None)]
     checked = validate_objects(
         objects, submitter_identity=IDENTITY, default_tlp=Tlp.AMBER, limits=Limits()
     )

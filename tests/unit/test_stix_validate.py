@@ -21,8 +21,8 @@ from exchange.config import Limits
 from exchange.model import Rejection, Tlp, ValidObject
 from exchange.stix import INDUSTRY_SECTORS, TRAFFICKING_OBSERVABLE_TYPES, marking_id
 from exchange.stix import validate_objects as _validate_objects
+from exchange.stix._explain import explain as _explain
 from exchange.stix.tlp import TLP_BY_MARKING_ID, TLP_EXTENSION_DEFINITION_ID
-from exchange.stix.validate import _explain
 from exchange.stix.vocab import SCO_EXTENSION_TYPES, is_stix_id
 
 SUBMITTER = "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44"
