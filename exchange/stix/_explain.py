@@ -48,6 +48,9 @@ REDEFINE_TLP = (
 )
 
 
+# -- stix2 exceptions ------------------------------------------------------------
+
+
 def explain(exc: Exception, obj: dict[str, Any], cls: Any) -> Invalid:
     """Turn a stix2 exception into the property at fault and what was expected."""
     for exc_type, explainer in _EXPLAINERS:

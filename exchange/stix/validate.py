@@ -45,6 +45,7 @@ __all__ = ["validate_objects"]
 
 # Snapshot of the spec-defined classes, taken at import: anything registered
 # later (custom types) stays refused here even if stix2 would accept it.
+# The extension classes, which every stage needs, are in _explain.EXTENSION_CLASSES.
 _MAPS = STIX2_OBJ_MAPS["2.1"]
 _SDO_CLASSES: Mapping[str, Any] = MappingProxyType(
     {t: c for t, c in _MAPS["objects"].items() if t != "bundle"}
@@ -172,6 +173,14 @@ def _check(
         revoked=bool(obj.get("revoked")),
         spec_version=obj.get("spec_version", "2.1"),
     )
+
+
+def _version_label(obj: dict[str, Any]) -> str:
+    for name in ("modified", "created"):
+        value = obj.get(name)
+        if isinstance(value, str) and len(value) <= 64:
+            return value
+    return ""
 
 
 # -- shape, identity, type ---------------------------------------------------
@@ -338,11 +347,3 @@ def _check_after_parse(stored: dict[str, Any], parsed: Any, obj_type: str) -> No
 def _pattern_object_types(pattern: str) -> set[str]:
     """Object types named in a pattern stix2 has already accepted as syntactically valid."""
     return set(_PATTERN_OBJECT_TYPE.findall(_PATTERN_STRING.sub("''", pattern)))
-
-
-def _version_label(obj: dict[str, Any]) -> str:
-    for name in ("modified", "created"):
-        value = obj.get(name)
-        if isinstance(value, str) and len(value) <= 64:
-            return value
-    return ""
