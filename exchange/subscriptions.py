@@ -148,6 +148,8 @@ class Subscriptions:
         )
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
         try:
+            # Tell the subscriber where it starts: from here on nothing is missed.
+            yield Batch([], position.cursor())
             while True:
                 records = await reader.read(max_batch, self._idle_wait_s)
                 if not records:

@@ -196,6 +196,8 @@ def test_live_tail_and_from_now(
         sub = c.subscribe()  # from now
         reader = threading.Thread(target=lambda: received.extend(itertools.islice(sub, 3)))
         reader.start()
+        # The stream's first message (its start cursor) says it is established.
+        wait_until(lambda: sub.last_cursor is not None, what="the subscription to start")
         live = [indicator(ngo.identity, n=i, tlp=Tlp.CLEAR) for i in range(10, 13)]
         with client(server, ngo) as s:
             for obj in live:

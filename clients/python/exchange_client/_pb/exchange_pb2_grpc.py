@@ -78,6 +78,8 @@ class ExchangeServiceServicer:
         """Subscribe streams the objects the caller may see: history first (from the
         beginning or from a cursor) then the live tail. Each message may carry a
         batch of deliveries; resume with the cursor of the last delivery handled.
+        The first message carries no deliveries, only the start cursor: once it
+        arrives, the subscription is established and misses nothing after it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

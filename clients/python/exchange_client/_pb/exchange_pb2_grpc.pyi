@@ -51,6 +51,8 @@ class ExchangeServiceStub:
     """Subscribe streams the objects the caller may see: history first (from the
     beginning or from a cursor) then the live tail. Each message may carry a
     batch of deliveries; resume with the cursor of the last delivery handled.
+    The first message carries no deliveries, only the start cursor: once it
+    arrives, the subscription is established and misses nothing after it.
     """
 
 @_typing.type_check_only
@@ -71,6 +73,8 @@ class ExchangeServiceAsyncStub(ExchangeServiceStub):
     """Subscribe streams the objects the caller may see: history first (from the
     beginning or from a cursor) then the live tail. Each message may carry a
     batch of deliveries; resume with the cursor of the last delivery handled.
+    The first message carries no deliveries, only the start cursor: once it
+    arrives, the subscription is established and misses nothing after it.
     """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,6 +110,8 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Subscribe streams the objects the caller may see: history first (from the
         beginning or from a cursor) then the live tail. Each message may carry a
         batch of deliveries; resume with the cursor of the last delivery handled.
+        The first message carries no deliveries, only the start cursor: once it
+        arrives, the subscription is established and misses nothing after it.
         """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
