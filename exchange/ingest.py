@@ -12,57 +12,64 @@ import asyncio
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from exchange.config import Limits
-from exchange.model import ObjectOutcome, ObjectResult, Partner, Rejection, ValidObject
+from exchange.model import ObjectOutcome, ObjectResult, Partner, Rejection, Tlp, ValidObject
 from exchange.stix import decode_bundle, validate_objects
 from exchange.store import CommitOutcome, Store
 
 __all__ = ["Ingest", "Validator"]
 
-# Below this many objects a bundle is validated in one piece: the hand-off to a
-# worker process costs more than it saves.
-_MIN_CHUNK = 64
+# Below this many objects a bundle is validated in a thread of the server: the
+# hand-off to a worker process would cost more than it saves.
+_SMALL_BUNDLE = 16
 
 
 class Validator:
-    """Runs ``validate_objects`` off the event loop: in ``workers`` processes, or
-    in a thread when ``workers`` is 1."""
+    """Runs ``validate_objects`` off the event loop: large bundles split evenly
+    over ``workers`` processes (0: one per core), small ones in a thread."""
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self._executor: Executor
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="validate")
+        self._pool: ProcessPoolExecutor | None = None
         if self.workers > 1:
-            # spawn, not fork: forking a process that runs gRPC threads is unsafe.
-            ctx = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        else:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="validate")
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                # spawn, not fork: forking a process that runs gRPC threads is unsafe.
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_interrupts,
+            )
 
     async def warm_up(self) -> None:
         """Start the worker processes now rather than on the first submission."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._executor, _noop) for _ in range(self.workers))
-        )
+        if self._pool is not None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(self._pool, _noop) for _ in range(self.workers))
+            )
 
     async def validate(
         self,
         objects: Sequence[Any],
         *,
         submitter_identity: str,
-        default_tlp: Any,
+        default_tlp: Tlp,
         limits: Limits,
     ) -> list[ValidObject | Rejection]:
         loop = asyncio.get_running_loop()
-        size = max(_MIN_CHUNK, math.ceil(len(objects) / self.workers))
+        executor: Executor = self._thread
+        size = len(objects) or 1
+        if self._pool is not None and len(objects) >= _SMALL_BUNDLE:
+            executor, size = self._pool, math.ceil(len(objects) / self.workers)
         chunks = [
             loop.run_in_executor(
-                self._executor,
+                executor,
                 _validate_chunk,
                 list(objects[start : start + size]),
                 start,
@@ -78,15 +85,23 @@ class Validator:
         return results
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._thread.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _noop() -> None:
     return None
 
 
+def _ignore_interrupts() -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the server process
+    # decides when workers stop, so an interrupt must not kill a validation.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _validate_chunk(
-    objects: list[Any], start: int, identity: str, tlp: Any, limits: Limits
+    objects: list[Any], start: int, identity: str, tlp: Tlp, limits: Limits
 ) -> list[ValidObject | Rejection]:
     return validate_objects(
         objects, start_index=start, submitter_identity=identity, default_tlp=tlp, limits=limits

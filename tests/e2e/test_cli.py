@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ class ServerProcess:
             [EXCHANGE, "serve", "--data-dir", str(data_dir), "--listen", self.target, *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal job
         )
         wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
 
@@ -65,6 +67,9 @@ class ServerProcess:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self._log.close()
+            return
         self.proc.terminate()
         try:
             self.proc.wait(30)
@@ -234,3 +239,30 @@ def test_sdk_installs_alone(tmp_path: Path) -> None:
         cwd=tmp_path,  # not the repository, whose folders would be importable
     )
     assert out.stdout.split() == ["ExchangeClient", "[]"]
+
+
+def test_interrupt_stops_the_server_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it, so the
+    validation workers get it too) ends `exchange serve` with exit code 0, and
+    what was accepted is still there after a restart."""
+    data = tmp_path / "data"
+    srv = ServerProcess(data)
+    export = partner_export(HARBOR_LIGHT, "Harbor Light Alliance")
+    try:
+        ngo = add_partner(data, "Harbor Light Alliance", "non-profit", HARBOR_LIGHT)
+        with ExchangeClient(srv.target, token=ngo["token"]) as sdk:
+            assert sdk.submit(export).ok
+        os.killpg(srv.proc.pid, signal.SIGINT)
+        assert srv.proc.wait(30) == 0, srv.log.read_text()
+        assert "Traceback" not in srv.log.read_text()
+    finally:
+        srv.stop()
+    again = ServerProcess(data)
+    try:
+        with ExchangeClient(again.target, token=ngo["token"]) as sdk:
+            sub = sdk.subscribe(from_beginning=True)
+            own = [d.object_id for _, d in zip(export["objects"], sub, strict=False)]
+            sub.cancel()
+        assert sorted(own) == sorted(o["id"] for o in export["objects"])
+    finally:
+        again.stop()

@@ -142,3 +142,19 @@ def test_the_server_survives_any_input(
             assert all(r.reason for r in result.rejected)
         # Still serving, and nothing hostile was accepted into the feed.
         assert c.submit(bundle([])).results == []
+
+
+def test_worker_processes_keep_bundle_order(tmp_path: Path) -> None:
+    """Large bundles are split over worker processes; answers stay in bundle order."""
+    srv = ServerThread(settings_for(tmp_path / "data", validation_workers=2)).start()
+    try:
+        ngo = srv.add_partner("harbor-light")
+        objs = [indicator(ngo.identity, n=i, tlp=Tlp.GREEN) for i in range(101)]
+        objs[77]["confidence"] = 101
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            result = c.submit(bundle(objs))
+        assert [r.object_id for r in result.results] == [o["id"] for o in objs]
+        assert [r.index for r in result.results] == list(range(101))
+        assert [(r.index, r.property) for r in result.rejected] == [(77, "confidence")]
+    finally:
+        srv.stop()
