@@ -25,21 +25,23 @@ from exchange.store import CommitOutcome, Store
 
 __all__ = ["Ingest", "Validator"]
 
-# Below this many objects a bundle is validated in a thread of the server: the
-# hand-off to a worker process would cost more than it saves.
-_SMALL_BUNDLE = 16
+# A worker gets at least this many objects of a bundle: smaller pieces cost more
+# in hand-off than they save. Small bundles still go to a worker process (as one
+# piece), which keeps the server's own process free for gRPC under load.
+_MIN_CHUNK = 8
 
 
 class Validator:
-    """Runs ``validate_objects`` off the event loop: large bundles split evenly
-    over ``workers`` processes (0: one per core), small ones in a thread."""
+    """Runs ``validate_objects`` off the event loop: on ``workers`` processes (0: one
+    per core), a large bundle split evenly over them; with one worker, in a thread."""
 
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers or os.cpu_count() or 1
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="validate")
-        self._pool: ProcessPoolExecutor | None = None
-        if self.workers > 1:
-            self._pool = ProcessPoolExecutor(
+        self._executor: Executor
+        if self.workers == 1:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="validate")
+        else:
+            self._executor = ProcessPoolExecutor(
                 self.workers,
                 # spawn, not fork: forking a process that runs gRPC threads is unsafe.
                 mp_context=multiprocessing.get_context("spawn"),
@@ -48,11 +50,10 @@ class Validator:
 
     async def warm_up(self) -> None:
         """Start the worker processes now rather than on the first submission."""
-        if self._pool is not None:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, _noop) for _ in range(self.workers))
-            )
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, _noop) for _ in range(self.workers))
+        )
 
     async def validate(
         self,
@@ -63,13 +64,11 @@ class Validator:
         limits: Limits,
     ) -> list[ValidObject | Rejection]:
         loop = asyncio.get_running_loop()
-        executor: Executor = self._thread
-        size = len(objects) or 1
-        if self._pool is not None and len(objects) >= _SMALL_BUNDLE:
-            executor, size = self._pool, math.ceil(len(objects) / self.workers)
+        pieces = min(self.workers, math.ceil(len(objects) / _MIN_CHUNK)) or 1
+        size = math.ceil(len(objects) / pieces) or 1
         chunks = [
             loop.run_in_executor(
-                executor,
+                self._executor,
                 _validate_chunk,
                 list(objects[start : start + size]),
                 start,
@@ -85,9 +84,7 @@ class Validator:
         return results
 
     def close(self) -> None:
-        self._thread.shutdown(wait=True, cancel_futures=True)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _noop() -> None:

@@ -126,6 +126,9 @@ def test_first_try(tmp_path: Path, server: ServerProcess, bus: tuple[str, list[s
     # Partners are added while the server runs, against the same data directory.
     ngo = add_partner(data, "Harbor Light Alliance", "non-profit", HARBOR_LIGHT)
     platform = add_partner(data, "Kestrel Social", "technology", KESTREL)
+    # Tokens are shown once and kept only as hashes.
+    stored = b"".join(p.read_bytes() for p in data.iterdir() if p.is_file())
+    assert ngo["token"].encode() not in stored and platform["token"].encode() not in stored
 
     export = partner_export(HARBOR_LIGHT, "Harbor Light Alliance", indicators=40)
     hostile = indicator(
