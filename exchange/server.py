@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 # Room for the largest bundle we accept plus protobuf framing.
 _MESSAGE_SLACK = 1024 * 1024
+# The SDK refuses to send more than this.
+_TRANSPORT_LIMIT = 64 * 1024 * 1024
 
 
 def open_store(settings: Settings) -> SqliteStore:
@@ -79,9 +81,14 @@ class ExchangeServer:
         await self.validator.warm_up()
         self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
 
-        limit = self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK
+        # Bundles up to the transport limit reach the pipeline, which refuses one
+        # over max_bundle_bytes with a reason (the transport could only say "too large").
+        limit = max(self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK, _TRANSPORT_LIMIT)
         server = grpc.aio.server(
             options=[
+                # Never share the port with another process (gRPC's default on Linux):
+                # a second exchange on the same port must fail, not split the traffic.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 # Notice dead subscribers (and let them notice us) within a minute.
@@ -97,9 +104,15 @@ class ExchangeServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(self.settings.listen)
+        try:
+            self.port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise Unavailable(f"cannot listen on {self.settings.listen}")
+            raise Unavailable(
+                f"cannot listen on {self.settings.listen}: the address is in use or not"
+                " a local HOST:PORT"
+            )
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):
