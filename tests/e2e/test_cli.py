@@ -269,3 +269,20 @@ def test_interrupt_stops_the_server_cleanly(tmp_path: Path) -> None:
         assert sorted(own) == sorted(o["id"] for o in export["objects"])
     finally:
         again.stop()
+
+
+def test_a_second_server_on_a_taken_port_refuses_to_start(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path / "one")
+    try:
+        second = subprocess.run(
+            [EXCHANGE, "serve", "--data-dir", str(tmp_path / "two"), "--listen", first.target],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1
+        assert b"cannot listen on" in second.stderr
+        assert b"Traceback" not in second.stderr
+        assert first.serving()
+    finally:
+        first.stop()

@@ -158,3 +158,20 @@ def test_worker_processes_keep_bundle_order(tmp_path: Path) -> None:
         assert [(r.index, r.property) for r in result.rejected] == [(77, "confidence")]
     finally:
         srv.stop()
+
+
+def test_a_bundle_over_the_size_limit_gets_a_reason(tmp_path: Path) -> None:
+    srv = ServerThread(
+        settings_for(tmp_path / "data", limits={"max_bundle_bytes": 100_000})
+    ).start()
+    try:
+        ngo = srv.add_partner("harbor-light")
+        big = [indicator(ngo.identity, n=i, description="x" * 1000) for i in range(200)]
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            with pytest.raises(ValidationError) as info:
+                c.submit(bundle(big))
+            assert "100,000" in str(info.value)
+            # Nothing of it was stored: the same objects in small bundles are all new.
+            assert len(c.submit(bundle(big[:50])).accepted) == 50
+    finally:
+        srv.stop()
