@@ -53,6 +53,9 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class SubscriptionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_open: int = 1000
     max_batch: int = 500
+    # Records the shared live tail keeps in memory; a stream further behind reads
+    # with a reader of its own until it catches up.
+    tail_window: int = 50_000
 
 
 class RelaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -67,6 +67,7 @@ class ExchangeServer:
             self.bus,
             max_open=settings.subscriptions.max_open,
             max_batch=settings.subscriptions.max_batch,
+            tail_window=settings.subscriptions.tail_window,
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, self.relay.wake)
         self.health = health_aio.HealthServicer()
@@ -128,6 +129,8 @@ class ExchangeServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
+        # The streams have ended with the calls; stop their shared bus reader.
+        await self.subscriptions.close()
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

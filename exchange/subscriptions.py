@@ -1,49 +1,92 @@
 """Subscribe: from a start position through history into the live tail.
 
-A subscription reads the partner's topics (policy.subscription_topics) from
-the bus with one reader of its own (manual assignment, no consumer group), re-
-checks the policy for every record, filters by type and label, and hands out
-batches. Each delivery carries a cursor: the read position of every topic-
-partition right after that delivery, plus the highest exchange sequence seen
-there (to drop a relay's at-least-once repeats). Resuming from it repeats
-nothing and skips nothing. Reading waits for the previous batch to be taken,
-so a slow subscriber holds at most one batch in memory.
+A subscription reads the partner's topics (policy.subscription_topics): from the
+process's shared live tail (exchange._tail: one bus reader for every stream, each
+record decoded once) while its position is inside the tail's window, and with a
+bus reader of its own (manual assignment, no consumer group) while it catches up
+from history or after it fell behind the window. It re-checks the policy for every
+record, filters by type and label, and hands out batches. Each delivery carries a
+cursor: the read position of every topic-partition right after that delivery, plus
+the highest exchange sequence seen there (to drop a relay's at-least-once repeats).
+Resuming from it repeats nothing and skips nothing. Reading waits for the previous
+batch to be taken, so a slow subscriber holds at most one batch in memory (and the
+tail never waits for it: the subscriber falls out of its window instead).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import orjson
 
 from exchange import policy
+from exchange._tail import Feed, LiveTail
 from exchange.bus import Bus, TopicPartition
-from exchange.envelope import from_record
 from exchange.errors import InvalidArgument, ResourceExhausted
 from exchange.model import Partner, StoredObject
 from exchange.store import Store
 
 __all__ = ["Batch", "Cursor", "Delivery", "SubscriptionRequest", "Subscriptions"]
 
-log = logging.getLogger(__name__)
-
 _CURSOR_VERSION = 1
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(raw: bytes) -> str:
+    return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+
+
+def _aligned(raw: bytes) -> bytes:
+    """Pad JSON with spaces to a multiple of 3 bytes: the base64 of a concatenation of
+    such pieces is then the concatenation of their base64 texts."""
+    return raw + b" " * (-len(raw) % 3)
+
+
+_HEAD = _b64(_aligned(b'{"v":%d,"p":[' % _CURSOR_VERSION))
+_TAIL = _b64(b"]}").rstrip("=")
+
+
+class _CursorText:
+    """The cursor text of a fixed set of topic-partitions, re-encoding only the one
+    that moved: it runs once per delivery of every stream."""
+
+    __slots__ = ("_index", "_parts", "_prefixes")
+
+    def __init__(self, tps: Iterable[TopicPartition]) -> None:
+        order = sorted(tps)
+        self._index = {tp: i + 1 for i, tp in enumerate(order)}
+        # '["green",1,' (after a comma for all but the first): the offset and seq follow.
+        self._prefixes = {
+            tp: (b"," if i else b"") + orjson.dumps(list(tp))[:-1] + b","
+            for i, tp in enumerate(order)
+        }
+        self._parts = [_HEAD, *([""] * len(order)), _TAIL]
+
+    def set(self, tp: TopicPartition, offset: int, seq: int) -> None:
+        piece = b"%b%d,%d]" % (self._prefixes[tp], offset, seq)
+        self._parts[self._index[tp]] = _b64(_aligned(piece))
+
+    def text(self) -> str:
+        return "".join(self._parts)
 
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Read position per topic-partition (next offset, highest sequence seen)."""
+    """Read position per topic-partition (next offset, highest sequence seen).
+
+    Encoded as URL-safe base64 (unpadded) of ``{"v":1,"p":[[topic,partition,offset,seq],
+    ...]}``, entries sorted, each padded with spaces (see ``_aligned``)."""
 
     positions: Mapping[TopicPartition, tuple[int, int]]
 
     def encode(self) -> str:
-        payload = [[t, p, off, seq] for (t, p), (off, seq) in sorted(self.positions.items())]
-        raw = orjson.dumps({"v": _CURSOR_VERSION, "p": payload})
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        text = _CursorText(self.positions)
+        for tp, (off, seq) in self.positions.items():
+            text.set(tp, off, seq)
+        return text.text()
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
@@ -96,15 +139,24 @@ class Batch:
     cursor: str
 
 
-@dataclass
 class _Position:
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
-    seqs: dict[TopicPartition, int] = field(default_factory=dict)
+    """Where a stream is: next offset and highest sequence seen per topic-partition."""
+
+    __slots__ = ("_text", "moved", "offsets", "seqs")
+
+    def __init__(self, offsets: dict[TopicPartition, int], seqs: dict[TopicPartition, int]) -> None:
+        self.offsets = offsets
+        self.seqs = seqs
+        self._text = _CursorText(offsets)
+        # Topic-partitions whose offset or seq changed since the last cursor.
+        self.moved = set(offsets)
 
     def cursor(self) -> str:
-        return Cursor(
-            {tp: (off, self.seqs.get(tp, -1)) for tp, off in self.offsets.items()}
-        ).encode()
+        if self.moved:
+            for tp in self.moved:
+                self._text.set(tp, self.offsets[tp], self.seqs.get(tp, -1))
+            self.moved.clear()
+        return self._text.text()
 
 
 class Subscriptions:
@@ -116,15 +168,21 @@ class Subscriptions:
         max_open: int = 1000,
         max_batch: int = 500,
         idle_wait_s: float = 1.0,
+        tail_window: int = 50_000,
     ) -> None:
         self._store = store
         self._bus = bus
         self._max_open = max_open
         self._max_batch = max_batch
         self._idle_wait_s = idle_wait_s
+        self.tail = LiveTail(store, bus, window=tail_window, hot_topics=policy.SHARED_TOPICS)
         self.open_count = 0
         # Deliveries handed to streams so far (the gRPC layer awaits each write).
         self.delivered = 0
+
+    async def close(self) -> None:
+        """Stop the live tail; streams still open end with Unavailable."""
+        await self.tail.close()
 
     async def stream(self, partner: Partner, request: SubscriptionRequest) -> AsyncIterator[Batch]:
         """Batches for ``partner`` until the caller stops iterating."""
@@ -142,61 +200,68 @@ class Subscriptions:
     async def _stream(self, partner: Partner, request: SubscriptionRequest) -> AsyncIterator[Batch]:
         names = policy.subscription_topics(partner)
         await self._bus.ensure_topics(names)
-        position = await self._start(names, request)
-        reader = await self._bus.open_reader(
-            {tp: (None if off < 0 else off) for tp, off in position.offsets.items()}
-        )
+        partitions = [(t, p) for t in names for p in await self._bus.partitions(t)]
+        # Before "now" is read, so that a topic-partition new to the tail starts there
+        # no later than this stream does (and the stream can follow the tail at once).
+        await self.tail.ensure(partitions)
+        position = await self._start(names, partitions, request)
+        feed = Feed(self.tail, self._bus, position.offsets)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
+        wanted = _wanted(partner, request)
         try:
             # Tell the subscriber where it starts: from here on nothing is missed.
             yield Batch([], position.cursor())
             while True:
-                records = await reader.read(max_batch, self._idle_wait_s)
-                if not records:
+                entries = await feed.read(max_batch, self._idle_wait_s)
+                if not entries:
                     continue
                 deliveries: list[Delivery] = []
-                for record in records:
-                    tp = (record.topic, record.partition)
-                    position.offsets[tp] = record.offset + 1
-                    try:
-                        stored = from_record(record)
-                    except (KeyError, ValueError):
-                        log.warning("skipping a record not written by the exchange at %s", tp)
+                offsets, seqs, moved = position.offsets, position.seqs, position.moved
+                for tp, offset, stored in entries:
+                    offsets[tp] = offset + 1
+                    moved.add(tp)
+                    # None: a record not written by the exchange (the feed logged it).
+                    # A seq not above the last one: a relay repeat after a crash,
+                    # already delivered (or filtered) once.
+                    if stored is None or stored.seq <= seqs.get(tp, -1):
                         continue
-                    # A relay repeat after a crash: already delivered (or filtered) once.
-                    if stored.seq <= position.seqs.get(tp, -1):
-                        continue
-                    position.seqs[tp] = stored.seq
-                    if _wanted(partner, stored, request):
+                    seqs[tp] = stored.seq
+                    if wanted(stored):
                         deliveries.append(Delivery(stored, position.cursor()))
                 self.delivered += len(deliveries)
                 yield Batch(deliveries, position.cursor())
         finally:
-            await reader.close()
+            await feed.close()
 
-    async def _start(self, names: list[str], request: SubscriptionRequest) -> _Position:
+    async def _start(
+        self, names: list[str], partitions: list[TopicPartition], request: SubscriptionRequest
+    ) -> _Position:
         """Offsets to start at; -1 means the earliest record held."""
-        position = _Position()
-        partitions = [(t, p) for t in names for p in await self._bus.partitions(t)]
         if request.cursor is not None:
             given = Cursor.decode(request.cursor).positions
+            offsets: dict[TopicPartition, int] = {}
+            seqs: dict[TopicPartition, int] = {}
             for tp in partitions:
-                off, seq = given.get(tp, (-1, -1))
-                position.offsets[tp] = off
-                position.seqs[tp] = seq
-        elif request.from_beginning:
-            position.offsets = dict.fromkeys(partitions, -1)
-        else:
-            # "Now" is what the relay recorded, never the broker's idea of the end.
-            recorded = await self._store.relay_positions(names)
-            position.offsets = {tp: recorded.get(tp, -1) for tp in partitions}
-        return position
+                offsets[tp], seqs[tp] = given.get(tp, (-1, -1))
+            return _Position(offsets, seqs)
+        if request.from_beginning:
+            return _Position(dict.fromkeys(partitions, -1), dict.fromkeys(partitions, -1))
+        # "Now" is what the relay recorded, never the broker's idea of the end.
+        recorded = await self._store.relay_positions(names)
+        return _Position({tp: recorded.get(tp, -1) for tp in partitions}, {})
 
 
-def _wanted(partner: Partner, stored: StoredObject, request: SubscriptionRequest) -> bool:
-    obj = stored.obj
-    if not policy.may_receive(partner, tlp=obj.tlp, submitter=stored.submitter):
-        return False
-    if request.types and obj.object_type not in request.types:
-        return False
-    return not request.labels or not request.labels.isdisjoint(obj.labels)
+def _wanted(partner: Partner, request: SubscriptionRequest) -> Callable[[StoredObject], bool]:
+    """The stream's test for each record: the policy (asked every time), then filters."""
+    types, labels = request.types, request.labels
+    may_receive = policy.may_receive
+
+    def wanted(stored: StoredObject) -> bool:
+        obj = stored.obj
+        if not may_receive(partner, tlp=obj.tlp, submitter=stored.submitter):
+            return False
+        if types and obj.object_type not in types:
+            return False
+        return not labels or not labels.isdisjoint(obj.labels)
+
+    return wanted

@@ -1,0 +1,461 @@
+"""The live tail: the bus read once per process for every Subscribe stream.
+
+A stream that had a bus reader of its own (its own Kafka consumer, its own SQLite
+queries) and decoded every record itself made 100 streams cost 100 readers and 100
+decodes per record, which saturated the server's event loop. Here the live part of
+every stream comes from one place.
+
+``LiveTail`` reads every topic-partition (tp) some stream has asked for, decodes
+each record once (``envelope.from_record``) and keeps the most recent ``window``
+records (over all tps together) in memory. Per tp it knows:
+
+    first   every record with an offset in [first, next) is held in memory
+    next    the offset the tail reads next
+
+A tp joins the tail at the relay-recorded position (``store.relay_positions``: what
+the relay has published, never the broker's idea of the end), or at the earliest
+record when the relay has recorded none; then first == next. Records move ``next``
+up; when more than ``window`` records are held, the oldest (over all tps) is dropped
+and ``first`` of its tp moves past it. The tail never waits for a stream: a stream
+that does not keep up simply falls out of the window.
+
+How the tail reads:
+
+- The hot topics (the shared ``clear`` and ``green``, which every stream reads and
+  which carry most records) with ONE bus reader, all the time. Bus readers cannot
+  change their assignment, so when a new hot tp appears the tail reopens that
+  reader with every hot tp at the tail's positions.
+- Every other topic (``partner.<id>``: one per subscribed partner, few records) on
+  demand: every ``cold_poll_s`` the tail asks the store where the relay has
+  published to, and reads just the tps that moved, with a short-lived reader, up to
+  there. A reader kept on hundreds of mostly idle partitions pays for fetching
+  all of them ~100 times a second (``fetch_max_wait_ms``); measured on Tansu with
+  100 idle partner streams, the event loop spent 0.36 cores with one reader over
+  every tp and 0.10 with this split. The price: such records arrive up to
+  ``cold_poll_s`` later than on a hot topic, and the tail only learns of them
+  from the relay's recorded positions (only the relay writes to the bus).
+  ``hot_topics=None`` reads every topic with the one reader.
+
+``Feed`` is one stream's source of records: the shared tail when it can, a private
+bus reader otherwise. With ``pos`` the stream's next offset per tp (-1, "the
+earliest record", counts as 0):
+
+    switch rule: the stream reads from the tail iff, for every one of its tps, the
+    tp is tailed and pos[tp] >= first[tp].
+
+From the tail it takes, per tp, the held records with offset >= pos[tp], in offset
+order; a private reader returns exactly the same records from the bus. So a switch
+in either direction, made between two reads, neither repeats nor skips a record.
+A stream ahead of the tail (pos > next: the relay recorded a position the tail has
+not read up to yet) also satisfies the rule: it waits, and skips the records below
+its position as the tail reads them (the tail reads every offset in order).
+
+- Catching up from history (from_beginning, an old cursor): pos < first, so the
+  stream reads privately until it has reached the window, then switches.
+- Falling behind (a slow client while the window moves on): the stream finds
+  pos < first, opens a private reader at pos and catches up from the bus; it
+  switches back once the rule holds again.
+- New tps (a partner's topic the first time that partner subscribes): ``ensure``
+  registers them at once (first == next == start), so streams can follow them
+  immediately.
+- Failures: read errors are logged and retried with backoff, reopening readers at
+  the tail's positions. Streams following the tail wait through a short outage;
+  once the tail has not read for ``unavailable_after_s`` they end with Unavailable,
+  as a stream whose own reader failed always did, so that the client knows its feed
+  has stopped (silence would look like "nothing new") and resumes from its last
+  cursor, here later or on another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+
+from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition
+from exchange.envelope import from_record
+from exchange.errors import ExchangeError, Unavailable
+from exchange.model import StoredObject
+from exchange.store import Store
+
+__all__ = ["Entry", "Feed", "LiveTail"]
+
+log = logging.getLogger(__name__)
+
+# A record as a stream sees it: where it is, and its decoded object (None: a record
+# this exchange did not write; the stream moves past it).
+Entry = tuple[TopicPartition, int, StoredObject | None]
+
+_FIRST_BACKOFF_S = 0.1
+_MAX_BACKOFF_S = 5.0
+# How long one on-demand read may take to reach the relay-recorded positions.
+_COLD_READ_S = 5.0
+# Compact a tp's lists once this many dropped slots lead them (and they are half).
+_COMPACT_AFTER = 1024
+
+
+def decode(record: ReadRecord) -> Entry:
+    tp = (record.topic, record.partition)
+    try:
+        stored: StoredObject | None = from_record(record)
+    except (KeyError, ValueError):
+        log.warning("skipping a record not written by the exchange at %s@%d", tp, record.offset)
+        stored = None
+    return tp, record.offset, stored
+
+
+class _Log:
+    """The held records of one tp, oldest first; slots before ``head`` are dropped."""
+
+    __slots__ = ("entries", "first", "head", "next", "offsets")
+
+    def __init__(self, start: int) -> None:
+        self.first = start
+        self.next = start
+        self.head = 0
+        self.offsets: list[int] = []  # for bisect: the offsets of ``entries``
+        # Shared by every stream that takes them: built once per record.
+        self.entries: list[Entry | None] = []
+
+    def append(self, entry: Entry) -> None:
+        self.offsets.append(entry[1])
+        self.entries.append(entry)
+        self.next = entry[1] + 1
+
+    def drop_oldest(self) -> None:
+        self.first = self.offsets[self.head] + 1
+        self.entries[self.head] = None
+        self.head += 1
+        if self.head >= _COMPACT_AFTER and self.head * 2 >= len(self.offsets):
+            del self.offsets[: self.head]
+            del self.entries[: self.head]
+            self.head = 0
+
+    def since(self, pos: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` held entries at or after offset ``pos``."""
+        start = bisect_left(self.offsets, pos, self.head)
+        # Slots from ``head`` on are never None.
+        return self.entries[start : start + limit]  # type: ignore[return-value]
+
+
+class LiveTail:
+    """One bus reader for every live stream of this process; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: Bus,
+        *,
+        window: int = 50_000,
+        hot_topics: Collection[str] | None = None,
+        cold_poll_s: float = 0.025,
+        read_batch: int = 5_000,
+        poll_s: float = 0.1,
+        unavailable_after_s: float = 15.0,
+    ) -> None:
+        """``hot_topics``: read continuously (None: every topic); others on demand."""
+        if window <= 0:
+            raise ValueError("the tail window must hold at least one record")
+        self._store = store
+        self._bus = bus
+        self._window = window
+        self._hot_topics = None if hot_topics is None else frozenset(hot_topics)
+        self._cold_poll_s = cold_poll_s
+        self._read_batch = read_batch
+        # Longest single read: new tps wait at most this long for the reader to reopen.
+        self._poll_s = poll_s
+        self._unavailable_after_s = unavailable_after_s
+        self._logs: dict[TopicPartition, _Log] = {}
+        # One entry per held record, oldest first: which tp to drop from when full.
+        self._order: deque[_Log] = deque()
+        self._watchers: dict[TopicPartition, set[asyncio.Event]] = {}
+        self._reader: BusReader | None = None  # over the hot tps
+        self._reopen = False  # the hot tps changed
+        self._hot_added = asyncio.Event()
+        self._adding = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        # "hot" / "cold" reading -> (failing since, error): set on failure, cleared on success.
+        self._failing: dict[str, tuple[float, str]] = {}
+        self._closed = False
+        # Counters, for tests and operators.
+        self.reader_opens = 0  # the hot reader (re)opened
+        self.cold_reads = 0  # an on-demand reader opened for tps the relay moved
+        self.private_opens = 0  # a stream opened a private reader (history or fell behind)
+        self.fell_behind = 0  # a stream on the tail found the window had moved past it
+        self.joins = 0  # a stream switched from its private reader to the tail
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    # -- used by streams -------------------------------------------------------------
+
+    async def ensure(self, tps: Iterable[TopicPartition]) -> None:
+        """Tail these tps too; a new one starts at the relay-recorded position."""
+        self.check()
+        if missing := [tp for tp in tps if tp not in self._logs]:
+            async with self._adding:
+                if missing := [tp for tp in missing if tp not in self._logs]:
+                    recorded = await self._store.relay_positions({t for t, _ in missing})
+                    for tp in missing:
+                        self._logs[tp] = _Log(recorded.get(tp, 0))
+                    if any(self._hot(tp) for tp in missing):
+                        self._reopen = True
+                        self._hot_added.set()
+        self.check()
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run("hot", self._read_hot), name="live-tail-hot"),
+                asyncio.create_task(self._run("cold", self._read_cold), name="live-tail-cold"),
+            ]
+
+    def check(self) -> None:
+        """Raise Unavailable if the tail is closed or has not read for too long."""
+        if self._closed:
+            raise Unavailable("the exchange is shutting down; resume from your last cursor")
+        for since, error in self._failing.values():
+            if self._now() - since > self._unavailable_after_s:
+                raise Unavailable(
+                    f"the exchange cannot read its bus ({error}); resume from your last"
+                    " cursor later"
+                )
+
+    def covers(self, positions: Mapping[TopicPartition, int]) -> bool:
+        """The switch rule: every tp is tailed and its position is not below ``first``."""
+        for tp, pos in positions.items():
+            held = self._logs.get(tp)
+            if held is None or max(pos, 0) < held.first:
+                return False
+        return True
+
+    def take(
+        self, positions: dict[TopicPartition, int], tps: Sequence[TopicPartition], limit: int
+    ) -> list[Entry] | None:
+        """Up to ``limit`` held records at or after ``positions``, taking the tps in the
+        order given, and move ``positions`` past them; None if the switch rule does not
+        hold (read privately instead)."""
+        if not self.covers(positions):
+            return None
+        out: list[Entry] = []
+        for tp in tps:
+            if len(out) >= limit:
+                break
+            if chunk := self._logs[tp].since(positions[tp], limit - len(out)):
+                out += chunk
+                positions[tp] = chunk[-1][1] + 1
+        return out
+
+    def watch(self, tps: Iterable[TopicPartition], event: asyncio.Event) -> None:
+        """Set ``event`` whenever records of these tps arrive (and on close)."""
+        for tp in tps:
+            self._watchers.setdefault(tp, set()).add(event)
+
+    def unwatch(self, tps: Iterable[TopicPartition], event: asyncio.Event) -> None:
+        for tp in tps:
+            if (events := self._watchers.get(tp)) is not None:
+                events.discard(event)
+                if not events:
+                    del self._watchers[tp]
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop reading; streams still following the tail end with Unavailable."""
+        self._closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close_reader()
+        for events in self._watchers.values():
+            for event in events:
+                event.set()
+
+    # -- the reading loops -----------------------------------------------------------
+
+    async def _run(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until cancelled; failures are logged and retried with backoff."""
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = exc.message if isinstance(exc, ExchangeError) else repr(exc)
+                since = self._failing.get(name, (self._now(), ""))[0]
+                self._failing[name] = (since, error)
+                log.warning(
+                    "live tail: reading the bus (%s topics) failed (%s); retrying in %.1f s",
+                    name,
+                    error,
+                    backoff,
+                    exc_info=not isinstance(exc, ExchangeError),
+                )
+                if name == "hot":
+                    await self._close_reader()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            backoff = _FIRST_BACKOFF_S
+            self._failing.pop(name, None)
+
+    async def _read_hot(self) -> None:
+        """One read of the hot tps (waiting while there are none)."""
+        if self._reader is None or self._reopen:
+            self._reopen = False
+            await self._close_reader()
+            start = {tp: _start(held) for tp, held in self._logs.items() if self._hot(tp)}
+            if not start:
+                self._hot_added.clear()
+                await self._hot_added.wait()
+                return
+            self._reader = await self._bus.open_reader(start)
+            self.reader_opens += 1
+        self._append(await self._reader.read(self._read_batch, self._poll_s))
+
+    async def _read_cold(self) -> None:
+        """Read the other tps up to where the relay has recorded publishing, then pause."""
+        cold = {tp for tp in self._logs if not self._hot(tp)}
+        recorded = await self._store.relay_positions({t for t, _ in cold}) if cold else {}
+        behind = {
+            tp: off for tp, off in recorded.items() if tp in cold and off > self._logs[tp].next
+        }
+        if behind:
+            reader = await self._bus.open_reader({tp: _start(self._logs[tp]) for tp in behind})
+            self.cold_reads += 1
+            try:
+                deadline = self._now() + _COLD_READ_S
+                while any(self._logs[tp].next < off for tp, off in behind.items()):
+                    if (left := deadline - self._now()) <= 0:
+                        log.warning("live tail: topics not read up to the relay's positions")
+                        break  # the next round tries again
+                    self._append(await reader.read(self._read_batch, min(left, self._poll_s)))
+            finally:
+                await reader.close()
+        await asyncio.sleep(self._cold_poll_s)
+
+    def _hot(self, tp: TopicPartition) -> bool:
+        return self._hot_topics is None or tp[0] in self._hot_topics
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                await reader.close()
+            except Exception:
+                log.warning("live tail: closing the bus reader failed", exc_info=True)
+
+    def _append(self, records: Sequence[ReadRecord]) -> None:
+        touched: set[TopicPartition] = set()
+        order = self._order
+        for record in records:
+            tp = (record.topic, record.partition)
+            held = self._logs.get(tp)
+            if held is None or record.offset < held.next:
+                continue  # not asked for, or already held (a broker replay)
+            held.append(decode(record))
+            order.append(held)
+            touched.add(tp)
+        while len(order) > self._window:
+            order.popleft().drop_oldest()
+        for tp in touched:
+            for event in self._watchers.get(tp, ()):
+                event.set()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+def _start(held: _Log) -> int | None:
+    """Where a reader for this tp starts: the tail's next offset (None: the earliest)."""
+    return None if held.next == 0 else held.next
+
+
+class Feed:
+    """One stream's records, from the tail or a private reader (module docstring).
+
+    ``start`` is the stream's next offset per tp (-1: the earliest record held).
+    One ``read()`` at a time.
+    """
+
+    def __init__(self, tail: LiveTail, bus: Bus, start: Mapping[TopicPartition, int]) -> None:
+        self._tail = tail
+        self._bus = bus
+        self._next = dict(start)
+        self._tps = sorted(start)
+        self._turn = 0
+        self._event = asyncio.Event()
+        self._reader: BusReader | None = None
+        self._following = False  # the last look at the tail found the rule holding
+        tail.watch(self._tps, self._event)
+
+    @property
+    def private(self) -> bool:
+        """Reading with a private reader (catching up), not from the tail."""
+        return self._reader is not None
+
+    async def read(self, max_records: int, timeout_s: float) -> list[Entry]:
+        """Up to ``max_records`` entries past the previous ones, waiting at most about
+        ``timeout_s`` for the first; ``[]`` when none arrived."""
+        if self._reader is not None and self._tail.covers(self._next):
+            await self._close_reader()
+            self._tail.joins += 1
+        if self._reader is None:
+            entries = await self._from_tail(max_records, timeout_s)
+            if entries is not None:
+                return entries
+            self._reader = await self._bus.open_reader(
+                {tp: (None if off < 0 else off) for tp, off in self._next.items()}
+            )
+            self._tail.private_opens += 1
+        records = await self._reader.read(max_records, timeout_s)
+        return self._advance([decode(r) for r in records])
+
+    async def close(self) -> None:
+        self._tail.unwatch(self._tps, self._event)
+        await self._close_reader()
+
+    async def _from_tail(self, max_records: int, timeout_s: float) -> list[Entry] | None:
+        self._tail.check()
+        # Clear before looking: records appended after the look set it again.
+        self._event.clear()
+        entries = self._take(max_records)
+        if entries == []:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._event.wait()
+            self._tail.check()
+            entries = self._take(max_records)
+        return entries
+
+    def _take(self, max_records: int) -> list[Entry] | None:
+        # Moves self._next past what it returns.
+        entries = self._tail.take(self._next, self._rotation(), max_records)
+        if entries is None and self._following:
+            self._tail.fell_behind += 1
+        self._following = entries is not None
+        return entries
+
+    def _rotation(self) -> list[TopicPartition]:
+        # Start each take at the next tp, so one busy tp cannot starve the others.
+        tps = self._tps
+        self._turn += 1
+        k = self._turn % len(tps) if tps else 0
+        return tps[k:] + tps[:k]
+
+    def _advance(self, entries: list[Entry]) -> list[Entry]:
+        for tp, offset, _ in entries:
+            self._next[tp] = offset + 1
+        return entries
+
+    async def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
