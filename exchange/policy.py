@@ -38,9 +38,7 @@ class Audience:
 
 
 def audience(*, tlp: Tlp, submitter: str) -> Audience:
-    if tlp in _EVERYONE:
-        return Audience(everyone=True, partners=frozenset({submitter}))
-    return Audience(everyone=False, partners=frozenset({submitter}))
+    return Audience(everyone=tlp in _EVERYONE, partners=frozenset({submitter}))
 
 
 def may_receive(partner: Partner, *, tlp: Tlp, submitter: str) -> bool:

@@ -198,13 +198,15 @@ class Subscriptions:
             self.open_count -= 1
 
     async def _stream(self, partner: Partner, request: SubscriptionRequest) -> AsyncIterator[Batch]:
+        # A foreign cursor is refused before anything is set up for the stream.
+        given = None if request.cursor is None else Cursor.decode(request.cursor).positions
         names = policy.subscription_topics(partner)
         await self._bus.ensure_topics(names)
         partitions = [(t, p) for t in names for p in await self._bus.partitions(t)]
         # Before "now" is read, so that a topic-partition new to the tail starts there
         # no later than this stream does (and the stream can follow the tail at once).
         await self.tail.ensure(partitions)
-        position = await self._start(names, partitions, request)
+        position = await self._start(names, partitions, request, given)
         feed = Feed(self.tail, self._bus, position.offsets)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
         wanted = _wanted(partner, request)
@@ -234,11 +236,15 @@ class Subscriptions:
             await feed.close()
 
     async def _start(
-        self, names: list[str], partitions: list[TopicPartition], request: SubscriptionRequest
+        self,
+        names: list[str],
+        partitions: list[TopicPartition],
+        request: SubscriptionRequest,
+        given: Mapping[TopicPartition, tuple[int, int]] | None,
     ) -> _Position:
-        """Offsets to start at; -1 means the earliest record held."""
-        if request.cursor is not None:
-            given = Cursor.decode(request.cursor).positions
+        """Offsets to start at (from the cursor's ``given`` positions, the beginning,
+        or now); -1 means the earliest record held."""
+        if given is not None:
             offsets: dict[TopicPartition, int] = {}
             seqs: dict[TopicPartition, int] = {}
             for tp in partitions:

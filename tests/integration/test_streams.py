@@ -175,3 +175,12 @@ def test_a_bundle_over_the_size_limit_gets_a_reason(tmp_path: Path) -> None:
             assert len(c.submit(bundle(big[:50])).accepted) == 50
     finally:
         srv.stop()
+
+
+def test_a_foreign_cursor_is_refused(server: ServerThread, ngo: PartnerCredentials) -> None:
+    with ExchangeClient(server.target, token=ngo.token) as c:
+        with pytest.raises(ValidationError, match="cursor"):
+            next(c.subscribe(cursor="not-a-cursor"))
+        # The stream was refused, not the partner: a valid one still opens.
+        c.submit(bundle([indicator(ngo.identity, tlp=Tlp.GREEN)]))
+        assert next(c.subscribe(from_beginning=True)).object_id
