@@ -1,12 +1,12 @@
-"""``exchange submit`` and ``exchange subscribe``: the partner API from a shell.
+"""``exchange submit``, ``exchange get`` and ``exchange subscribe``: the partner API from a shell.
 
 Built only on the partner SDK (:mod:`exchange_client`), so what these commands
 do is exactly what a partner's own code can do. Registered in the ``exchange``
 click group by ``exchange.cli``.
 
-Exit codes: 0 success, 1 connection/authentication/server error (one line on
-stderr), 2 something was rejected (``submit``) or the command line is wrong,
-130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 connection/authentication/server error or object not
+found (one line on stderr), 2 something was rejected (``submit``) or the
+command line is wrong, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from exchange_client import (
     Delivery,
     ExchangeClient,
     ExchangeError,
+    NotFound,
+    PartnerKind,
     PermissionDenied,
     RateLimited,
     SubmitResult,
@@ -33,7 +35,7 @@ from exchange_client import (
     ValidationError,
 )
 
-__all__ = ["submit", "subscribe"]
+__all__ = ["get", "submit", "subscribe"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -69,6 +71,21 @@ def _connection_options(command: _F) -> _F:
             type=click.Path(exists=True, dir_okay=False),
             help="PEM root certificates: connect with TLS (default: plaintext).",
         ),
+        click.option(
+            "--cert-file",
+            envvar="EXCHANGE_CERT_FILE",
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="PEM client certificate for mutual TLS (needs --key-file and --ca-file; "
+            "then --token is optional).",
+        ),
+        click.option(
+            "--key-file",
+            envvar="EXCHANGE_KEY_FILE",
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="PEM private key of the client certificate.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -95,14 +112,34 @@ def _fail(ctx: click.Context, message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def _connect(
-    ctx: click.Context, target: str, token: str | None, ca_file: str | None
+    ctx: click.Context,
+    target: str,
+    token: str | None,
+    ca_file: str | None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
 ) -> ExchangeClient:
-    if not token or not token.strip():
-        _fail(ctx, "no API token: pass --token or set EXCHANGE_TOKEN")
+    if (not token or not token.strip()) and not (cert_file or key_file):
+        _fail(
+            ctx,
+            "no API token: pass --token or set EXCHANGE_TOKEN "
+            "(or authenticate with a client certificate: --cert-file and --key-file)",
+        )
     try:
-        return ExchangeClient(target=target, token=token, ca_file=ca_file)
+        return ExchangeClient(
+            target=target,
+            token=token or "",
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
+    except ValueError as err:
+        message = str(err)
+        for name in ("cert_file", "key_file", "ca_file"):
+            message = message.replace(name, "--" + name.replace("_", "-"))
+        _fail(ctx, message)
     except OSError as err:
-        _fail(ctx, f"cannot read the CA file {ca_file}: {err.strerror or err}")
+        _fail(ctx, f"cannot read {err.filename or 'a TLS file'}: {err.strerror or err}")
 
 
 def _write_line(record: dict[str, Any]) -> None:
@@ -121,6 +158,23 @@ def _quiet_broken_pipe(ctx: click.Context) -> NoReturn:
 # -- submit ---------------------------------------------------------------
 
 
+def _non_blank(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """A repeatable name option: each value stripped, none empty."""
+    names = tuple(value.strip() for value in values)
+    if any(not name for name in names):
+        raise click.BadParameter("must not be empty", ctx=ctx, param=param)
+    return names
+
+
+def _notices(result: SubmitResult | None) -> list[tuple[str, str]]:
+    """(object id, notice) of every object the exchange added a notice to, in bundle order."""
+    if result is None:
+        return []
+    return [(r.object_id, r.notice) for r in result.results if r.notice]
+
+
 def _submit_record(name: str, result: SubmitResult | None, error: str | None) -> dict[str, Any]:
     return {
         "file": name,
@@ -129,6 +183,9 @@ def _submit_record(name: str, result: SubmitResult | None, error: str | None) ->
         "rejected": [
             {"object_id": r.object_id, "reason": r.reason}
             for r in (result.rejected if result else [])
+        ],
+        "notices": [
+            {"object_id": object_id, "notice": notice} for object_id, notice in _notices(result)
         ],
         "error": error,
     }
@@ -140,6 +197,7 @@ def _submit_summary(name: str, result: SubmitResult) -> str:
         f"{len(result.rejected)} rejected"
     ]
     lines.extend(f"  {r.reason}" for r in result.rejected)
+    lines.extend(f"  notice: {object_id}: {notice}" for object_id, notice in _notices(result))
     return "\n".join(lines)
 
 
@@ -148,6 +206,8 @@ def _submit_summary(name: str, result: SubmitResult) -> str:
 Examples:
   exchange submit --token "$TOKEN" indicators.json more/*.json
   cat bundle.json | exchange submit --json -
+  exchange submit leads.json --community sea-taskforce --exclude-kind government
+  exchange submit tip.json --recipient ngo-lighthouse --recipient interpol-hq
 """
 )
 @click.argument(
@@ -158,10 +218,37 @@ Examples:
 )
 @_connection_options
 @click.option(
+    "--community",
+    "communities",
+    metavar="NAME",
+    multiple=True,
+    callback=_non_blank,
+    help="Share TLP:AMBER objects with this community (default: yours); repeatable.",
+)
+@click.option(
+    "--recipient",
+    "recipients",
+    metavar="PARTNER_ID",
+    multiple=True,
+    callback=_non_blank,
+    help="Name a partner as recipient (the only audience of TLP:AMBER+STRICT and TLP:RED "
+    "objects); repeatable.",
+)
+@click.option(
+    "--exclude-kind",
+    "exclude_kinds",
+    type=click.Choice([kind.value for kind in PartnerKind], case_sensitive=False),
+    metavar="KIND",
+    multiple=True,
+    help="Withhold the objects from every partner of this kind not named by --recipient: "
+    f"{', '.join(kind.value for kind in PartnerKind)}; repeatable.",
+)
+@click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help='One JSON line per file: {"file", "accepted", "duplicates", "rejected", "error"}.',
+    help='One JSON line per file: {"file", "accepted", "duplicates", "rejected", "notices", '
+    '"error"}.',
 )
 @click.option(
     "--timeout",
@@ -179,18 +266,27 @@ def submit(
     target: str,
     token: str | None,
     ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    communities: tuple[str, ...],
+    recipients: tuple[str, ...],
+    exclude_kinds: tuple[str, ...],
     as_json: bool,
     timeout: float,
 ) -> None:
     """Submit STIX 2.1 bundle files to the exchange (FILE "-" reads stdin).
 
     Prints, per file, how many objects were accepted, already held (duplicate)
-    or rejected, and why each rejection happened. Exits 0 when everything was
-    accepted or duplicate, 2 when any object or file was rejected, 1 when the
-    exchange could not be reached or refused the token.
+    or rejected, why each rejection happened, and any notice the exchange added
+    to an object. Exits 0 when everything was accepted or duplicate, 2 when any
+    object or file was rejected, 1 when the exchange could not be reached or
+    refused the token.
+
+    Who receives the objects follows their TLP; --community, --recipient and
+    --exclude-kind narrow it, for every file of the command.
     """
     exit_code = EXIT_OK
-    client = _connect(ctx, target, token, ca_file)
+    client = _connect(ctx, target, token, ca_file, cert_file, key_file)
     try:
         with client:
             for name in files:
@@ -198,7 +294,13 @@ def submit(
                 result: SubmitResult | None = None
                 error: str | None = None
                 try:
-                    result = client.submit(bundle, timeout=timeout)
+                    result = client.submit(
+                        bundle,
+                        communities=communities,
+                        recipients=recipients,
+                        exclude_kinds=exclude_kinds,
+                        timeout=timeout,
+                    )
                 except ValidationError as err:
                     error = str(err)
                     line = f"{name}: refused: {error}"
@@ -222,6 +324,70 @@ def submit(
     except BrokenPipeError:
         _quiet_broken_pipe(ctx)
     ctx.exit(exit_code)
+
+
+# -- get ------------------------------------------------------------------
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  exchange get indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f | jq .pattern
+  exchange get indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f --version 2024-05-01T10:00:00.000Z
+"""
+)
+@click.argument("object_id")
+@_connection_options
+@click.option(
+    "--version",
+    metavar="MODIFIED",
+    help="This version (the object's modified timestamp) instead of the latest.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the exchange.",
+)
+@click.pass_context
+def get(
+    ctx: click.Context,
+    *,
+    object_id: str,
+    target: str,
+    token: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    version: str | None,
+    timeout: float,
+) -> None:
+    """Print one STIX object you may see, as JSON (the latest version by default).
+
+    Prints the object exactly as the exchange stored it, on one line. Exits 1
+    with one line on stderr when it does not exist or you may not see it (the
+    exchange does not tell the two apart).
+    """
+    object_id = object_id.strip()
+    if not object_id:
+        raise click.UsageError("OBJECT_ID must be a STIX id such as indicator--<uuid>")
+    client = _connect(ctx, target, token, ca_file, cert_file, key_file)
+    try:
+        with client:
+            delivery = client.get(object_id, version=version or None, timeout=timeout)
+        click.echo(delivery.object_json)
+    except NotFound:
+        which = f"{object_id} version {version}" if version else object_id
+        _fail(ctx, f"{which}: not found (or not visible to you)")
+    except ExchangeError as err:
+        _fail(ctx, _describe(err, client.target))
+    except KeyboardInterrupt:
+        ctx.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        _quiet_broken_pipe(ctx)
+    ctx.exit(EXIT_OK)
 
 
 # -- subscribe ------------------------------------------------------------
@@ -287,6 +453,8 @@ def subscribe(
     target: str,
     token: str | None,
     ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
     from_beginning: bool,
     cursor: str | None,
     types: tuple[str, ...],
@@ -302,7 +470,7 @@ def subscribe(
     """
     if cursor and from_beginning:
         raise click.UsageError("--cursor and --from-beginning exclude each other")
-    client = _connect(ctx, target, token, ca_file)
+    client = _connect(ctx, target, token, ca_file, cert_file, key_file)
     count = 0
     try:
         with (

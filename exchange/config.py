@@ -19,7 +19,7 @@ import msgspec
 from exchange.errors import InvalidArgument
 from exchange.model import Tlp
 
-__all__ = ["KafkaSettings", "Limits", "Settings", "load_settings"]
+__all__ = ["KafkaSettings", "Limits", "Settings", "TlsSettings", "load_settings"]
 
 ENV_PREFIX = "EXCHANGE_"
 
@@ -64,6 +64,16 @@ class RelaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     poll_interval_s: float = 0.5
 
 
+class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """gRPC over TLS. With ``client_ca_file``, every client must present a certificate
+    signed by that CA (mutual TLS); a certificate bound to a partner
+    (``exchange token bind-cert``) then signs the partner in without a token."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "./exchange-data"
     listen: str = "127.0.0.1:50051"
@@ -75,6 +85,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     subscriptions: SubscriptionSettings = msgspec.field(default_factory=SubscriptionSettings)
     relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
+    tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
 
     @property
     def data_path(self) -> Path:
@@ -152,5 +163,11 @@ def _check(s: Settings) -> None:
             raise InvalidArgument(f"limits.{name} must be a positive number")
     if not s.topic_prefix or not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
         raise InvalidArgument("topic_prefix may hold only letters, digits, '.', '_' and '-'")
+    if bool(s.tls.cert_file) != bool(s.tls.key_file):
+        raise InvalidArgument("tls.cert_file and tls.key_file go together: set both or neither")
+    if s.tls.client_ca_file and not s.tls.cert_file:
+        raise InvalidArgument(
+            "tls.client_ca_file (mutual TLS) needs the server's own tls.cert_file and key_file"
+        )
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import orjson
 
 from exchange.bus import BusRecord, ReadRecord
-from exchange.model import StoredObject, Tlp, ValidObject
+from exchange.model import Audience, StoredObject, Tlp, ValidObject
 
 __all__ = ["HEADERS", "from_record", "to_records"]
 
@@ -29,10 +29,14 @@ HEADERS = (
     "labels",
     "revoked",
     "exchange-seq",
+    "audience",
+    "topics",
 )
 
 
 def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
+    """One record per topic; each says every topic the version went to, so that a
+    subscriber reading several of them takes it from one (policy.delivers_from)."""
     obj = stored.obj
     headers = (
         ("stix-type", obj.object_type.encode()),
@@ -45,6 +49,8 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
         ("labels", orjson.dumps(obj.labels)),
         ("revoked", b"true" if obj.revoked else b"false"),
         ("exchange-seq", str(stored.seq).encode()),
+        ("audience", stored.audience.to_json()),
+        ("topics", orjson.dumps(list(topics))),
     )
     key = obj.object_id.encode()
     return [BusRecord(topic=t, key=key, value=obj.body, headers=headers) for t in topics]
@@ -53,19 +59,31 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
 def from_record(record: ReadRecord) -> StoredObject:
     """Raises ValueError (or KeyError) for a record this exchange did not write."""
     h = {name: value for name, value in record.headers}
+    tlp = Tlp(h["tlp"].decode())
+    submitter = h["submitter"].decode()
+    # Records from before audiences existed carry neither header: their audience
+    # was the TLP alone, and they went to the one topic they are on.
+    audience = (
+        Audience.from_json(h["audience"])
+        if "audience" in h
+        else Audience(tlp=tlp, submitter=submitter)
+    )
+    topics = tuple(orjson.loads(h["topics"])) if "topics" in h else (record.topic,)
     return StoredObject(
         seq=int(h["exchange-seq"]),
-        submitter=h["submitter"].decode(),
+        submitter=submitter,
         accepted_at=float(h["accepted-at"]),
         obj=ValidObject(
             object_id=record.key.decode(),
             object_type=h["stix-type"].decode(),
             version=h["stix-version"].decode(),
             created_by_ref=h["submitter-identity"].decode(),
-            tlp=Tlp(h["tlp"].decode()),
+            tlp=tlp,
             body=record.value,
             labels=tuple(orjson.loads(h["labels"])),
             revoked=h["revoked"] == b"true",
             spec_version=h["spec-version"].decode(),
         ),
+        audience=audience,
+        topics=topics,
     )

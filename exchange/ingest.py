@@ -1,4 +1,4 @@
-"""The Submit pipeline: bundle -> validate -> stamp -> persist -> answer.
+"""The Submit pipeline: bundle -> validate -> audience (policy) -> persist -> answer.
 
 Pure of any network code: it takes the authenticated partner and the raw
 bundle bytes and returns one result per object. STIX validation is CPU-bound
@@ -18,10 +18,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
+from exchange import policy
 from exchange.config import Limits
-from exchange.model import ObjectOutcome, ObjectResult, Partner, Rejection, Tlp, ValidObject
+from exchange.model import (
+    Audience,
+    AudienceRequest,
+    ObjectOutcome,
+    ObjectResult,
+    Partner,
+    Rejection,
+    Tlp,
+    ValidObject,
+)
 from exchange.stix import decode_bundle, validate_objects
-from exchange.store import CommitOutcome, Store
+from exchange.store import CommitOutcome, Committed, Store
 
 __all__ = ["Ingest", "Validator"]
 
@@ -118,9 +128,19 @@ class Ingest:
         self._limits = limits
         self._on_commit = on_commit
 
-    async def submit(self, partner: Partner, raw: bytes) -> list[ObjectResult]:
-        """Validate and store one bundle. Raises InvalidBundle for bundle-level
-        problems (then nothing is stored); otherwise one result per object."""
+    async def submit(
+        self, partner: Partner, raw: bytes, request: AudienceRequest | None = None
+    ) -> list[ObjectResult]:
+        """Validate and store one bundle for the audience ``request`` names.
+
+        Raises InvalidBundle for bundle-level problems and InvalidArgument for an
+        audience naming unknown communities or partners (then nothing is stored);
+        otherwise one result per object."""
+        request = request or AudienceRequest()
+        if request.communities or request.recipients:
+            communities = [c.name for c in await self._store.list_communities()]
+            partners = {p.partner_id: p for p in await self._store.list_partners()}
+            policy.check_request(request, partners=partners, communities=communities)
         objects = await asyncio.to_thread(decode_bundle, raw, self._limits)
         checked = await self._validator.validate(
             objects,
@@ -129,11 +149,36 @@ class Ingest:
             limits=self._limits,
         )
         valid = [c for c in checked if isinstance(c, ValidObject)]
-        outcomes = await self._store.commit_objects(partner, valid, time.time())
-        if CommitOutcome.INSERTED in outcomes:
+        creators = await self._sighted_creators(valid)
+        results: dict[int, ObjectResult] = {}
+        routed: list[tuple[ValidObject, Audience]] = []
+        for obj in valid:
+            audience = policy.audience_for(
+                obj, partner, request, implied_recipients=creators.get(obj.refers_to, ())
+            )
+            if isinstance(audience, Rejection):
+                results[obj.index] = _rejected(audience)
+            else:
+                routed.append((obj, audience))
+        committed = await self._store.commit_objects(partner, routed, time.time(), policy.widen)
+        if any(c.outcome is CommitOutcome.INSERTED for c in committed):
             self._on_commit()
-        by_index = {v.index: _result(v, o) for v, o in zip(valid, outcomes, strict=True)}
-        return [by_index[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]
+        for (obj, asked), done in zip(routed, committed, strict=True):
+            results[obj.index] = _result(obj, asked, done)
+        return [results[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]
+
+    async def _sighted_creators(self, objects: Sequence[ValidObject]) -> dict[str, list[Partner]]:
+        """For the sightings among ``objects``: the partner that created what each is
+        a sighting of (a sighting travels back to the creator of its indicator)."""
+        refs = {o.refers_to for o in objects if o.refers_to}
+        if not refs:
+            return {}
+        out: dict[str, list[Partner]] = {}
+        for object_id, submitter in (await self._store.submitters_of(refs)).items():
+            creator = await self._store.get_partner(submitter)
+            if creator is not None:
+                out[object_id] = [creator]
+        return out
 
 
 def _rejected(rejection: Rejection) -> ObjectResult:
@@ -146,9 +191,17 @@ def _rejected(rejection: Rejection) -> ObjectResult:
     )
 
 
-def _result(obj: ValidObject, outcome: CommitOutcome) -> ObjectResult:
+def _result(obj: ValidObject, asked: Audience, committed: Committed) -> ObjectResult:
+    outcome = committed.outcome
     if outcome is CommitOutcome.INSERTED:
-        return ObjectResult(obj.index, obj.object_id, obj.version, ObjectOutcome.ACCEPTED)
+        kept = committed.audience or asked
+        return ObjectResult(
+            obj.index,
+            obj.object_id,
+            obj.version,
+            ObjectOutcome.ACCEPTED,
+            notice=policy.kept_notice(asked, kept),
+        )
     if outcome is CommitOutcome.DUPLICATE:
         return ObjectResult(obj.index, obj.object_id, obj.version, ObjectOutcome.DUPLICATE)
     if outcome is CommitOutcome.NOT_CREATOR:

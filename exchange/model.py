@@ -1,4 +1,5 @@
-"""Domain types shared by the pipeline stages: partners, TLP, validated objects, outcomes."""
+"""Domain types shared by the pipeline stages: partners, communities, credentials,
+TLP and audiences, validated objects, outcomes."""
 
 from __future__ import annotations
 
@@ -6,11 +7,21 @@ import builtins
 import enum
 from dataclasses import dataclass, field
 
+import orjson
+
 __all__ = [
+    "DEFAULT_ROLES",
+    "Audience",
+    "AudienceRequest",
+    "Community",
+    "Credential",
+    "CredentialKind",
     "ObjectOutcome",
     "ObjectResult",
     "Partner",
+    "PartnerKind",
     "Rejection",
+    "Role",
     "StoredObject",
     "Tlp",
     "ValidObject",
@@ -28,16 +39,130 @@ class Tlp(enum.StrEnum):
     RED = "red"
 
 
+# From least to most restrictive: widening an audience moves towards the front.
+TLP_ORDER = (Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED)
+
+
+class PartnerKind(enum.StrEnum):
+    """What kind of organisation a partner is (a submitter may exclude kinds)."""
+
+    NGO = "ngo"
+    TECH = "tech"
+    GOVERNMENT = "government"
+    INTERGOVERNMENTAL = "intergovernmental"
+    OTHER = "other"
+
+
+class Role(enum.StrEnum):
+    """What a partner may do; each RPC needs one."""
+
+    SUBMIT = "submit"
+    SUBSCRIBE = "subscribe"
+    AUDIT = "audit"
+    ADMIN = "admin"
+
+
+DEFAULT_ROLES = frozenset({Role.SUBMIT, Role.SUBSCRIBE})
+
+
 @dataclass(frozen=True, slots=True)
 class Partner:
     """An organisation that submits to and receives from the exchange."""
 
     partner_id: str
     name: str
-    sector: str
     identity_id: str
+    kind: PartnerKind = PartnerKind.OTHER
+    sectors: tuple[str, ...] = ()
+    roles: frozenset[Role] = DEFAULT_ROLES
+    # Names of the communities it is a member of.
+    communities: frozenset[str] = frozenset()
     default_tlp: Tlp = Tlp.AMBER
     disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Community:
+    """A named group of partners that AMBER objects can be shared with."""
+
+    name: str
+    description: str = ""
+    # Partner ids, sorted (filled in listings).
+    members: tuple[str, ...] = ()
+
+
+class CredentialKind(enum.StrEnum):
+    TOKEN = "token"  # noqa: S105 (a kind, not a secret)
+    CERTIFICATE = "certificate"
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A token or bound client certificate of a partner; never the secret itself.
+
+    ``digest`` is the SHA-256 of the token, or of the certificate (DER): its
+    fingerprint. ``credential_id`` names it in listings and revocations."""
+
+    credential_id: str
+    partner_id: str
+    kind: CredentialKind
+    digest: bytes
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def problem(self, now: float) -> str | None:
+        """Why this credential cannot be used at ``now`` (None: it can)."""
+        if self.revoked_at is not None:
+            return f"{self.kind} {self.credential_id} was revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return f"{self.kind} {self.credential_id} has expired"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceRequest:
+    """Who a submission names, beyond its objects' TLP."""
+
+    communities: frozenset[str] = frozenset()
+    recipients: frozenset[str] = frozenset()  # partner ids
+    excluded_kinds: frozenset[PartnerKind] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who an object version is for, fixed when it was accepted (``policy`` builds
+    it and decides with it). ``tlp`` is the level that routes the object: the
+    least restrictive of its versions, since an audience never narrows."""
+
+    tlp: Tlp
+    submitter: str  # partner id
+    communities: frozenset[str] = frozenset()
+    recipients: frozenset[str] = frozenset()
+    excluded_kinds: frozenset[PartnerKind] = frozenset()
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "tlp": self.tlp.value,
+                "submitter": self.submitter,
+                "communities": sorted(self.communities),
+                "recipients": sorted(self.recipients),
+                "excluded_kinds": sorted(self.excluded_kinds),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Audience:
+        """Raises ValueError (or KeyError) for anything ``to_json`` did not write."""
+        doc = orjson.loads(raw)
+        return cls(
+            tlp=Tlp(doc["tlp"]),
+            submitter=str(doc["submitter"]),
+            communities=frozenset(map(str, doc["communities"])),
+            recipients=frozenset(map(str, doc["recipients"])),
+            excluded_kinds=frozenset(map(PartnerKind, doc["excluded_kinds"])),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +200,8 @@ class ValidObject:
     labels: tuple[str, ...] = ()
     revoked: bool = False
     spec_version: str = "2.1"
+    # For a sighting: the id it is a sighting of (``sighting_of_ref``).
+    refers_to: str = ""
 
 
 class ObjectOutcome(enum.StrEnum):
@@ -92,6 +219,8 @@ class ObjectResult:
     version: str
     outcome: ObjectOutcome
     rejection: Rejection | None = None
+    # For an accepted object: something the submitter should know (e.g. a kept audience).
+    notice: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +231,10 @@ class StoredObject:
     submitter: str
     accepted_at: float
     obj: ValidObject
+    # Who it is for (fixed at acceptance; see policy).
+    audience: Audience
+    # The bus topics it was routed to, in routing order (set when read from the bus).
+    topics: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
 

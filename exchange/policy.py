@@ -1,55 +1,176 @@
 """Who may receive what. The one place that answers it.
 
-Every delivery path asks ``may_receive``: topic routing in the relay (through
-``audience``/``topics_for``, which ``may_receive`` is built on), the Subscribe
-stream's re-check at delivery time, and later look-ups and audit queries.
+``may_receive`` is the decision. Every delivery path asks it: topic routing in
+the relay (``topics_for`` is built on the same rules, and asks ``may_receive``
+itself when it fans out to partners), the Subscribe stream's re-check of every
+record at delivery time, object look-ups, and audit queries.
 
-Rules until community and recipient audiences exist:
-- TLP:CLEAR and TLP:GREEN go to every active partner;
-- TLP:AMBER, TLP:AMBER+STRICT and TLP:RED go back only to their submitter;
-- the submitter always receives its own objects; a disabled partner receives nothing.
+The rules (TLP 2.0):
+- the submitter always receives its own objects; a disabled partner receives nothing;
+- otherwise only partners with the ``subscribe`` role receive anything;
+- a partner named as a recipient receives the object;
+- a partner of a kind the submitter excluded receives nothing else;
+- TLP:CLEAR and TLP:GREEN: every other partner;
+- TLP:AMBER: members of the audience's communities;
+- TLP:AMBER+STRICT and TLP:RED: named recipients only.
+
+An audience is fixed when an object's first version is accepted. A later version
+may widen it, never narrow it (``widen``): whoever could receive an earlier
+version also receives every later one, a revocation included, so that nobody
+keeps acting on something its creator withdrew.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 
-from exchange.model import Partner, Tlp
+from exchange.errors import InvalidArgument
+from exchange.model import (
+    TLP_ORDER,
+    Audience,
+    AudienceRequest,
+    Partner,
+    Rejection,
+    Role,
+    Tlp,
+    ValidObject,
+)
 
 __all__ = [
     "SHARED_TOPICS",
-    "Audience",
-    "audience",
+    "audience_for",
+    "check_request",
+    "community_topic",
+    "delivers_from",
+    "kept_notice",
     "may_receive",
     "partner_topic",
     "subscription_topics",
     "topics_for",
+    "widen",
 ]
 
 _EVERYONE = frozenset({Tlp.CLEAR, Tlp.GREEN})
+_NAMED_ONLY = frozenset({Tlp.AMBER_STRICT, Tlp.RED})
 
 
-@dataclass(frozen=True, slots=True)
-class Audience:
-    """Who an object is for: everyone, or exactly these partner ids."""
-
-    everyone: bool
-    partners: frozenset[str]
-
-
-def audience(*, tlp: Tlp, submitter: str) -> Audience:
-    return Audience(everyone=tlp in _EVERYONE, partners=frozenset({submitter}))
-
-
-def may_receive(partner: Partner, *, tlp: Tlp, submitter: str) -> bool:
-    """May ``partner`` receive an object of this TLP submitted by ``submitter``?"""
+def may_receive(partner: Partner, audience: Audience) -> bool:  # noqa: PLR0911 (the rules, in order)
+    """May ``partner`` receive an object version with this audience?"""
     if partner.disabled:
         return False
-    aud = audience(tlp=tlp, submitter=submitter)
-    return aud.everyone or partner.partner_id in aud.partners
+    if partner.partner_id == audience.submitter:
+        return True
+    if Role.SUBSCRIBE not in partner.roles:
+        return False
+    if partner.partner_id in audience.recipients:
+        return True
+    if partner.kind in audience.excluded_kinds:
+        return False
+    if audience.tlp in _EVERYONE:
+        return True
+    if audience.tlp is Tlp.AMBER:
+        return not partner.communities.isdisjoint(audience.communities)
+    return False
 
 
-# Bus topics, one per audience (the Kafka bus puts them under its topic prefix).
+# -- building an audience at submission -------------------------------------------------
+
+
+def check_request(
+    request: AudienceRequest,
+    *,
+    partners: Mapping[str, Partner],
+    communities: Iterable[str],
+) -> None:
+    """Refuse a submission's audience naming an unknown community or partner, or
+    naming a recipient of a kind it excludes (``partners``: every registered one)."""
+    missing = sorted(request.communities - set(communities))
+    if missing:
+        raise InvalidArgument(
+            f"unknown communit{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}"
+            " in the audience; see `exchange community list` for the names"
+        )
+    unknown = sorted(r for r in request.recipients if r not in partners)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown partner{'' if len(unknown) == 1 else 's'} {', '.join(unknown)} among"
+            " the recipients; name recipients by partner id"
+        )
+    for pid in sorted(request.recipients):
+        kind = partners[pid].kind
+        if kind in request.excluded_kinds:
+            raise InvalidArgument(
+                f"recipient {pid} is a {kind} partner, a kind this submission excludes;"
+                " drop the recipient or the exclusion"
+            )
+
+
+def audience_for(
+    obj: ValidObject,
+    submitter: Partner,
+    request: AudienceRequest,
+    *,
+    implied_recipients: Iterable[Partner] = (),
+) -> Audience | Rejection:
+    """The audience an accepted ``obj`` gets, or why it is refused.
+
+    ``implied_recipients``: partners the object goes to whatever was named (the
+    creator of the indicator a sighting is of), unless their kind is excluded:
+    the submitter's explicit exclusion wins over an implied route."""
+    recipients = request.recipients | {
+        p.partner_id for p in implied_recipients if p.kind not in request.excluded_kinds
+    }
+    communities: frozenset[str] = frozenset()
+    if obj.tlp is Tlp.AMBER:
+        named = request.communities or request.recipients
+        communities = request.communities if named else submitter.communities
+    elif obj.tlp is Tlp.RED and not recipients - {submitter.partner_id}:
+        return Rejection(
+            obj.object_id,
+            "object_marking_refs",
+            "TLP:RED objects go to named partners only: name the recipients of this"
+            " submission (recipients=[...] / --recipient PARTNER_ID), or use another TLP",
+            obj.index,
+            obj.version,
+        )
+    return Audience(
+        tlp=obj.tlp,
+        submitter=submitter.partner_id,
+        communities=communities,
+        recipients=recipients - {submitter.partner_id},
+        excluded_kinds=request.excluded_kinds,
+    )
+
+
+def widen(earlier: Audience, later: Audience) -> Audience:
+    """The audience of a new version: everyone ``earlier`` reached, plus whom
+    ``later`` names. An audience widens, never narrows."""
+    return Audience(
+        tlp=min(earlier.tlp, later.tlp, key=TLP_ORDER.index),
+        submitter=earlier.submitter,
+        communities=earlier.communities | later.communities,
+        recipients=earlier.recipients | later.recipients,
+        excluded_kinds=earlier.excluded_kinds & later.excluded_kinds,
+    )
+
+
+def kept_notice(asked: Audience, kept: Audience) -> str:
+    """What to tell a submitter whose new version keeps a wider earlier audience."""
+    if kept == asked:
+        return ""
+    return (
+        "this version keeps the wider audience of the object's earlier versions (an"
+        f" audience never narrows): TLP:{kept.tlp.value.upper()} routing"
+        + (f", communities {', '.join(sorted(kept.communities))}" if kept.communities else "")
+        + (f", recipients {', '.join(sorted(kept.recipients))}" if kept.recipients else "")
+        + "; everyone who received an earlier version receives it"
+    )
+
+
+# -- bus topics, one per audience ---------------------------------------------------------
+# Kafka ACLs can then grant a partner's own consumer exactly its topics
+# (deploy/README.md); the Kafka bus puts the names under its topic prefix.
+
 SHARED_TOPICS = ("clear", "green")
 
 
@@ -57,15 +178,43 @@ def partner_topic(partner_id: str) -> str:
     return f"partner.{partner_id}"
 
 
-def topics_for(*, tlp: Tlp, submitter: str) -> list[str]:
-    """The topics an object is published to: its audience's topics, so that a
-    partner's own Kafka consumer can be granted exactly its topics by ACL."""
-    aud = audience(tlp=tlp, submitter=submitter)
-    if aud.everyone:
-        return ["clear" if tlp is Tlp.CLEAR else "green"]
-    return [partner_topic(p) for p in sorted(aud.partners)]
+def community_topic(name: str) -> str:
+    return f"community.{name}"
+
+
+def topics_for(audience: Audience, partners: Iterable[Partner]) -> list[str]:
+    """The topics an object version is published to, most shared first.
+
+    Every reader of a topic may receive every record on it. An audience that
+    excludes kinds of partner cannot use a shared or community topic (an excluded
+    member reads those), so it is fanned out to the topics of the partners that
+    ``may_receive`` it now (``partners``: every registered one)."""
+    if audience.excluded_kinds:
+        return sorted(partner_topic(p.partner_id) for p in partners if may_receive(p, audience))
+    topics: list[str] = []
+    if audience.tlp in _EVERYONE:
+        topics.append(audience.tlp.value)
+    elif audience.tlp is Tlp.AMBER:
+        topics += [community_topic(c) for c in sorted(audience.communities)]
+    named = audience.recipients | {audience.submitter}
+    if audience.tlp not in _EVERYONE:
+        topics += [partner_topic(p) for p in sorted(named)]
+    return topics
 
 
 def subscription_topics(partner: Partner) -> list[str]:
     """Every topic that may hold something ``partner`` is entitled to."""
-    return [*SHARED_TOPICS, partner_topic(partner.partner_id)]
+    return [
+        *SHARED_TOPICS,
+        *(community_topic(c) for c in sorted(partner.communities)),
+        partner_topic(partner.partner_id),
+    ]
+
+
+def delivers_from(topic: str, routed_to: Iterable[str], subscribed: frozenset[str]) -> bool:
+    """Is ``topic`` the one a subscriber reading ``subscribed`` takes a record from?
+
+    A record published to several of a partner's topics (a community and a named
+    recipient, say) is delivered once: from the first of its topics, in routing
+    order, that the partner reads."""
+    return next((t for t in routed_to if t in subscribed), None) == topic

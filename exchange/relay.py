@@ -67,10 +67,15 @@ class Relay:
         rows = await self._store.pending_outbox(self._batch_size)
         if not rows:
             return 0
+        # Audiences that exclude kinds of partner fan out to partner topics (policy.topics_for).
+        partners = (
+            await self._store.list_partners()
+            if any(r.audience.excluded_kinds for r in rows)
+            else []
+        )
         records: list[BusRecord] = []
         for row in rows:
-            names = policy.topics_for(tlp=row.obj.tlp, submitter=row.submitter)
-            records.extend(to_records(row, names))
+            records.extend(to_records(row, policy.topics_for(row.audience, partners)))
         new_topics = {r.topic for r in records} - self._known_topics
         if new_topics:
             await self._bus.ensure_topics(sorted(new_topics))

@@ -8,6 +8,8 @@ import contextlib
 import logging
 
 import grpc
+from exchange_client._pb import admin_pb2 as admin_pb
+from exchange_client._pb import admin_pb2_grpc as admin_grpc
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
@@ -15,14 +17,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange import policy
-from exchange.auth import Authenticator
+from exchange.auth import Authenticator, RegistryWatch
 from exchange.bus import Bus
 from exchange.bus.kafka import KafkaBus
 from exchange.bus.local import LocalBus
-from exchange.config import Settings
+from exchange.config import Settings, TlsSettings
 from exchange.errors import Unavailable
 from exchange.ingest import Ingest, Validator
+from exchange.registry import Registry
 from exchange.relay import Relay
+from exchange.services.admin import AdminService
 from exchange.services.exchange import ExchangeService
 from exchange.store.sqlite import SqliteStore
 from exchange.subscriptions import Subscriptions
@@ -32,6 +36,7 @@ __all__ = ["ExchangeServer", "open_store"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
+ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 # Room for the largest bundle we accept plus protobuf framing.
 _MESSAGE_SLACK = 1024 * 1024
 # The SDK refuses to send more than this.
@@ -46,6 +51,23 @@ def _bus(settings: Settings) -> Bus:
     if settings.kafka.bootstrap:
         return KafkaBus(settings.kafka, settings.topic_prefix)
     return LocalBus(settings.data_path / "bus.sqlite3")
+
+
+def _server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise Unavailable(f"cannot read the {what} {path}: {exc.strerror}") from exc
+
+    client_ca = read(tls.client_ca_file, "client CA file") if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(read(tls.key_file, "TLS key file"), read(tls.cert_file, "TLS certificate file"))],
+        root_certificates=client_ca,
+        # gRPC can require and verify client certificates, or not ask for them at all.
+        require_client_auth=client_ca is not None,
+    )
 
 
 class ExchangeServer:
@@ -70,6 +92,9 @@ class ExchangeServer:
             tail_window=settings.subscriptions.tail_window,
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, self.relay.wake)
+        self.registry_watch = RegistryWatch(self.store)
+        self.auth = Authenticator(self.store, self.registry_watch)
+        self.registry = Registry(self.store, on_change=self.registry_watch.bump)
         self.health = health_aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -80,6 +105,7 @@ class ExchangeServer:
         await self.bus.start()
         await self.bus.ensure_topics(policy.SHARED_TOPICS)
         await self.validator.warm_up()
+        self.registry_watch.start()
         self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
 
         # Bundles up to the transport limit reach the pipeline, which refuses one
@@ -99,14 +125,22 @@ class ExchangeServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
-        service = ExchangeService(Authenticator(self.store), self.ingest, self.subscriptions)
+        service = ExchangeService(self.auth, self.ingest, self.subscriptions, self.store)
         pb_grpc.add_ExchangeServiceServicer_to_server(service, server)
+        admin_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.auth, self.registry), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         try:
-            self.port = server.add_insecure_port(self.settings.listen)
+            if self.settings.tls.cert_file:
+                credentials = _server_credentials(self.settings.tls)
+                self.port = server.add_secure_port(self.settings.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self.settings.listen)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -131,6 +165,7 @@ class ExchangeServer:
             await self._server.stop(grace_s)
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
+        await self.registry_watch.close()
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,13 @@ the highest exchange sequence seen there (to drop a relay's at-least-once repeat
 Resuming from it repeats nothing and skips nothing. Reading waits for the previous
 batch to be taken, so a slow subscriber holds at most one batch in memory (and the
 tail never waits for it: the subscriber falls out of its window instead).
+
+A record on several of the partner's topics (a community and a named recipient) is
+delivered from one of them (policy.delivers_from). Between reads the stream asks its
+``Access`` for the partner as the registry says now: a revoked credential or a
+disabled partner ends the stream, and when the partner's topics change (it joined or
+left a community) the stream ends with Unavailable, so that the client resumes from
+its last cursor with the new set of topics.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import orjson
 
 from exchange import policy
 from exchange._tail import Feed, LiveTail
+from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
-from exchange.errors import InvalidArgument, ResourceExhausted
-from exchange.model import Partner, StoredObject
+from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable
+from exchange.model import Partner, Role, StoredObject
 from exchange.store import Store
 
 __all__ = ["Batch", "Cursor", "Delivery", "SubscriptionRequest", "Subscriptions"]
@@ -184,22 +192,23 @@ class Subscriptions:
         """Stop the live tail; streams still open end with Unavailable."""
         await self.tail.close()
 
-    async def stream(self, partner: Partner, request: SubscriptionRequest) -> AsyncIterator[Batch]:
-        """Batches for ``partner`` until the caller stops iterating."""
+    async def stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
+        """Batches for the caller of ``access`` until it stops iterating."""
         if self.open_count >= self._max_open:
             raise ResourceExhausted(
                 f"the exchange serves at most {self._max_open} open subscriptions; retry later"
             )
         self.open_count += 1
         try:
-            async for batch in self._stream(partner, request):
+            async for batch in self._stream(access, request):
                 yield batch
         finally:
             self.open_count -= 1
 
-    async def _stream(self, partner: Partner, request: SubscriptionRequest) -> AsyncIterator[Batch]:
+    async def _stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
         # A foreign cursor is refused before anything is set up for the stream.
         given = None if request.cursor is None else Cursor.decode(request.cursor).positions
+        partner = access.partner
         names = policy.subscription_topics(partner)
         await self._bus.ensure_topics(names)
         partitions = [(t, p) for t in names for p in await self._bus.partitions(t)]
@@ -209,12 +218,22 @@ class Subscriptions:
         position = await self._start(names, partitions, request, given)
         feed = Feed(self.tail, self._bus, position.offsets)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
-        wanted = _wanted(partner, request)
+        wanted = _wanted(partner, frozenset(names), request)
         try:
             # Tell the subscriber where it starts: from here on nothing is missed.
             yield Batch([], position.cursor())
             while True:
                 entries = await feed.read(max_batch, self._idle_wait_s)
+                now = await access.current()
+                if now != partner:
+                    require(now, Role.SUBSCRIBE, "subscribe")
+                    if policy.subscription_topics(now) != names:
+                        raise Unavailable(
+                            "your communities changed, and with them the topics of this"
+                            " subscription; resume from your last cursor"
+                        )
+                    partner = now
+                    wanted = _wanted(partner, frozenset(names), request)
                 if not entries:
                     continue
                 deliveries: list[Delivery] = []
@@ -228,7 +247,7 @@ class Subscriptions:
                     if stored is None or stored.seq <= seqs.get(tp, -1):
                         continue
                     seqs[tp] = stored.seq
-                    if wanted(stored):
+                    if wanted(tp[0], stored):
                         deliveries.append(Delivery(stored, position.cursor()))
                 self.delivered += len(deliveries)
                 yield Batch(deliveries, position.cursor())
@@ -257,14 +276,19 @@ class Subscriptions:
         return _Position({tp: recorded.get(tp, -1) for tp in partitions}, {})
 
 
-def _wanted(partner: Partner, request: SubscriptionRequest) -> Callable[[StoredObject], bool]:
-    """The stream's test for each record: the policy (asked every time), then filters."""
+def _wanted(
+    partner: Partner, topics: frozenset[str], request: SubscriptionRequest
+) -> Callable[[str, StoredObject], bool]:
+    """The stream's test for each record read from a topic: delivered from this one of
+    the partner's topics, the policy (asked every time), then filters."""
     types, labels = request.types, request.labels
-    may_receive = policy.may_receive
+    may_receive, delivers_from = policy.may_receive, policy.delivers_from
 
-    def wanted(stored: StoredObject) -> bool:
+    def wanted(topic: str, stored: StoredObject) -> bool:
         obj = stored.obj
-        if not may_receive(partner, tlp=obj.tlp, submitter=stored.submitter):
+        if not delivers_from(topic, stored.topics, topics):
+            return False
+        if not may_receive(partner, stored.audience):
             return False
         if types and obj.object_type not in types:
             return False

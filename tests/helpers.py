@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from exchange.auth import hash_token, new_token
+import grpc
+from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+
+from exchange import policy
+from exchange.auth import new_token_credential
 from exchange.config import Settings, load_settings
-from exchange.model import Partner, Tlp
+from exchange.model import Community, Partner, Tlp
 from exchange.server import ExchangeServer
 from exchange.stix.tlp import TLP_BY_MARKING_ID, marking_id
+from exchange.subscriptions import Cursor
 
 T = TypeVar("T")
 
@@ -94,9 +99,10 @@ def bundle(objects: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def mixed_indicators(identity: str, count: int, seed: int = 1) -> list[dict[str, Any]]:
-    """Indicators with every TLP level, like a partner's monthly bulk export."""
+    """Indicators with every TLP level a submission can carry without naming
+    recipients (TLP:RED needs them), like a partner's monthly bulk export."""
     rng = random.Random(seed)
-    levels = list(Tlp)
+    levels = [tlp for tlp in Tlp if tlp is not Tlp.RED]
     return [indicator(identity, n=i, tlp=rng.choice(levels)) for i in range(count)]
 
 
@@ -165,17 +171,65 @@ class ServerThread:
     def add_partner(
         self, name: str, *, identity: str | None = None, **fields: Any
     ) -> PartnerCredentials:
+        """Register a partner on the server's store (``fields``: Partner fields, and
+        ``sector`` for a one-sector partner)."""
         assert self.server is not None
         partner = Partner(
             partner_id=f"{name}-{uuid.uuid4().hex[:6]}",
             name=name,
-            sector=fields.pop("sector", "non-profit"),
+            sectors=(fields.pop("sector", "non-profit"),),
             identity_id=identity or f"identity--{uuid.uuid4()}",
             **fields,
         )
-        token = new_token()
-        self.run(self.server.store.add_partner(partner, hash_token(token)))
+        credential, token = new_token_credential(partner.partner_id)
+        self.run(self.server.store.add_partner(partner, credential))
         return PartnerCredentials(partner, token)
+
+    def add_community(self, name: str, *members: PartnerCredentials) -> str:
+        assert self.server is not None
+        self.run(self.server.store.add_community(Community(name)))
+        for member in members:
+            self.run(self.server.store.join_community(name, member.partner_id))
+        return name
+
+    def partner(self, who: PartnerCredentials) -> Partner:
+        """The partner as the registry says now (memberships included)."""
+        assert self.server is not None
+        found = self.run(self.server.store.get_partner(who.partner_id))
+        assert found is not None
+        return found
+
+    def wait_published(self, timeout_s: float = 30.0) -> None:
+        """Wait until the relay has published everything accepted so far."""
+        assert self.server is not None
+        store = self.server.store
+        wait_until(lambda: not self.run(store.pending_outbox(1)), timeout_s, "the relay to publish")
+
+    def drain(
+        self, who: PartnerCredentials, timeout_s: float = 30.0
+    ) -> list[exchange_pb2.Delivery]:
+        """Everything ``who`` receives when it subscribes from the beginning, up to
+        all that was accepted before this call: reads until the stream's cursor has
+        passed the relay's position on every topic of the partner (a condition, not
+        a pause), failing after ``timeout_s``."""
+        assert self.server is not None
+        store = self.server.store
+        self.wait_published(timeout_s)
+        now = self.run(store.relay_positions(policy.subscription_topics(self.partner(who))))
+        got: list[exchange_pb2.Delivery] = []
+        with grpc.insecure_channel(self.target) as channel:
+            call = exchange_pb2_grpc.ExchangeServiceStub(channel).Subscribe(
+                exchange_pb2.SubscribeRequest(from_beginning=True),
+                metadata=(("authorization", f"Bearer {who.token}"),),
+                timeout=timeout_s,
+            )
+            for response in call:
+                got += response.deliveries
+                at = Cursor.decode(response.cursor).positions
+                if all(at.get(tp, (-1, -1))[0] >= offset for tp, offset in now.items()):
+                    break
+            call.cancel()  # type: ignore[no-untyped-call]
+        return got
 
     def stop(self) -> None:
         if self.loop.is_closed():

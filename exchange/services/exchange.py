@@ -1,4 +1,4 @@
-"""ExchangeService: Submit, SubmitStream, Subscribe."""
+"""ExchangeService: Submit, SubmitStream, Subscribe, GetObject."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ from typing import Any
 import grpc
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from exchange.auth import Authenticator
-from exchange.errors import InvalidBundle
+from exchange.auth import Authenticator, Caller, require
+from exchange.errors import InvalidArgument
 from exchange.ingest import Ingest
-from exchange.model import ObjectOutcome, ObjectResult, Tlp
+from exchange.lookup import get_object
+from exchange.model import (
+    AudienceRequest,
+    ObjectOutcome,
+    ObjectResult,
+    PartnerKind,
+    Role,
+    StoredObject,
+)
+from exchange.services._convert import TLP_TO_PB, kind_from_pb
 from exchange.services._status import guard_stream, guard_unary
+from exchange.store import Store
 from exchange.subscriptions import Batch, SubscriptionRequest, Subscriptions
 
 __all__ = ["ExchangeService"]
@@ -26,35 +35,44 @@ _OUTCOME = {
     ObjectOutcome.DUPLICATE: pb.OUTCOME_DUPLICATE,
     ObjectOutcome.REJECTED: pb.OUTCOME_REJECTED,
 }
-_TLP = {
-    Tlp.CLEAR: pb.TLP_CLEAR,
-    Tlp.GREEN: pb.TLP_GREEN,
-    Tlp.AMBER: pb.TLP_AMBER,
-    Tlp.AMBER_STRICT: pb.TLP_AMBER_STRICT,
-    Tlp.RED: pb.TLP_RED,
-}
 
 
 class ExchangeService(pb_grpc.ExchangeServiceServicer):
-    def __init__(self, auth: Authenticator, ingest: Ingest, subscriptions: Subscriptions) -> None:
+    def __init__(
+        self, auth: Authenticator, ingest: Ingest, subscriptions: Subscriptions, store: Store
+    ) -> None:
         self._auth = auth
         self._ingest = ingest
         self._subscriptions = subscriptions
+        self._store = store
+
+    async def _caller(self, context: Context, role: Role, action: str) -> Caller:
+        caller = await self._auth.authenticate(
+            context.invocation_metadata() or (), context.auth_context()
+        )
+        require(caller.partner, role, action)
+        return caller
 
     @guard_unary
     async def Submit(self, request: pb.SubmitRequest, context: Context) -> pb.SubmitResponse:
-        partner = await self._auth.partner(context.invocation_metadata() or ())
-        return submit_response(await self._ingest.submit(partner, request.bundle))
+        caller = await self._caller(context, Role.SUBMIT, "submit")
+        audience = audience_request(request.audience)
+        return submit_response(await self._ingest.submit(caller.partner, request.bundle, audience))
 
     @guard_stream
     async def SubmitStream(
         self, request_iterator: AsyncIterator[pb.SubmitStreamRequest], context: Context
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
-        partner = await self._auth.partner(context.invocation_metadata() or ())
+        caller = await self._caller(context, Role.SUBMIT, "submit")
+        access = self._auth.access(caller)
         async for request in request_iterator:
+            # A credential revoked while the stream is open stops it at the next bundle.
+            partner = await access.current()
+            require(partner, Role.SUBMIT, "submit")
             try:
-                results = await self._ingest.submit(partner, request.bundle)
-            except InvalidBundle as exc:
+                audience = audience_request(request.audience)
+                results = await self._ingest.submit(partner, request.bundle, audience)
+            except InvalidArgument as exc:
                 yield pb.SubmitStreamResponse(request_id=request.request_id, error=exc.message)
                 continue
             yield pb.SubmitStreamResponse(
@@ -65,7 +83,7 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.SubscribeResponse]:
-        partner = await self._auth.partner(context.invocation_metadata() or ())
+        caller = await self._caller(context, Role.SUBSCRIBE, "subscribe")
         which = request.WhichOneof("start")
         wanted = SubscriptionRequest(
             types=frozenset(request.types),
@@ -74,8 +92,38 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             from_beginning=which == "from_beginning" and request.from_beginning,
             max_batch=request.max_batch,
         )
-        async for batch in self._subscriptions.stream(partner, wanted):
+        async for batch in self._subscriptions.stream(self._auth.access(caller), wanted):
             yield subscribe_response(batch)
+
+    @guard_unary
+    async def GetObject(
+        self, request: pb.GetObjectRequest, context: Context
+    ) -> pb.GetObjectResponse:
+        caller = await self._caller(context, Role.SUBSCRIBE, "look objects up")
+        if not request.object_id:
+            raise InvalidArgument("object_id is empty; pass the STIX id of the object")
+        stored = await get_object(
+            self._store, caller.partner, request.object_id, request.version or None
+        )
+        response = pb.GetObjectResponse()
+        _fill(response.delivery, stored, "")
+        return response
+
+
+def audience_request(audience: pb.Audience) -> AudienceRequest:
+    kinds: set[PartnerKind] = set()
+    for value in audience.exclude_kinds:
+        kind = kind_from_pb(value, "audience.exclude_kinds")
+        if kind is None:
+            raise InvalidArgument(
+                "audience.exclude_kinds holds PARTNER_KIND_UNSPECIFIED; name a partner kind"
+            )
+        kinds.add(kind)
+    return AudienceRequest(
+        communities=frozenset(audience.communities),
+        recipients=frozenset(audience.recipients),
+        excluded_kinds=frozenset(kinds),
+    )
 
 
 def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
@@ -86,6 +134,8 @@ def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
         item = response.results.add(
             object_id=r.object_id, version=r.version, outcome=_OUTCOME[r.outcome], index=r.index
         )
+        if r.notice:
+            item.notice = r.notice
         if r.rejection is not None:
             item.rejection.property = r.rejection.property
             item.rejection.expected = r.rejection.expected
@@ -99,18 +149,18 @@ def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
 def subscribe_response(batch: Batch) -> pb.SubscribeResponse:
     response = pb.SubscribeResponse(cursor=batch.cursor)
     for d in batch.deliveries:
-        obj = d.stored.obj
-        accepted_at = Timestamp()
-        accepted_at.FromNanoseconds(int(d.stored.accepted_at * 1e9))
-        response.deliveries.add(
-            object=obj.body,
-            object_id=obj.object_id,
-            object_type=obj.object_type,
-            version=obj.version,
-            submitter=d.stored.submitter,
-            submitter_identity=obj.created_by_ref,
-            tlp=_TLP[obj.tlp],
-            accepted_at=accepted_at,
-            cursor=d.cursor,
-        )
+        _fill(response.deliveries.add(), d.stored, d.cursor)
     return response
+
+
+def _fill(delivery: pb.Delivery, stored: StoredObject, cursor: str) -> None:
+    obj = stored.obj
+    delivery.object = obj.body
+    delivery.object_id = obj.object_id
+    delivery.object_type = obj.object_type
+    delivery.version = obj.version
+    delivery.submitter = stored.submitter
+    delivery.submitter_identity = obj.created_by_ref
+    delivery.tlp = TLP_TO_PB[obj.tlp]
+    delivery.accepted_at.FromNanoseconds(int(stored.accepted_at * 1e9))
+    delivery.cursor = cursor

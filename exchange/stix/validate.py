@@ -172,6 +172,8 @@ def _check(
         labels=tuple(obj.get("labels", ())),
         revoked=bool(obj.get("revoked")),
         spec_version=obj.get("spec_version", "2.1"),
+        # stix2 has checked it is an identifier by now.
+        refers_to=str(obj["sighting_of_ref"]) if obj_type == "sighting" else "",
     )
 
 

@@ -1,22 +1,34 @@
-"""Persistence behind one protocol: partners, credentials, every STIX object
-version, and the outbox the relay drains.
+"""Persistence behind one protocol: the partner registry (partners, communities,
+credentials), every STIX object version with its audience, and the outbox the
+relay drains.
 
 ``sqlite.SqliteStore`` is the embedded default; a PostgreSQL store implements
 the same protocol. The store never decides who may see what (that is
-``policy``); it only keeps data and its integrity rules: one row per
-(id, version), only an object's creator adds versions, revoked stays revoked.
+``policy``: ``commit_objects`` takes policy's ``widen`` as an argument); it only
+keeps data and its integrity rules: one row per (id, version), only an object's
+creator adds versions, revoked stays revoked, names and identities are unique.
+Every change to the registry moves ``registry_version``, so that servers notice
+changes made by another process (the CLI on the data directory, a replica).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 from exchange.bus import TopicPartition
-from exchange.model import Partner, StoredObject, ValidObject
+from exchange.model import (
+    Audience,
+    Community,
+    Credential,
+    CredentialKind,
+    Partner,
+    StoredObject,
+    ValidObject,
+)
 
-__all__ = ["CommitOutcome", "Store"]
+__all__ = ["CommitOutcome", "Committed", "Store"]
 
 
 class CommitOutcome(enum.StrEnum):
@@ -29,33 +41,104 @@ class CommitOutcome(enum.StrEnum):
     REVOKED = "revoked"
 
 
+class Committed(NamedTuple):
+    outcome: CommitOutcome
+    # INSERTED: the audience the version was stored with (widened by earlier versions).
+    audience: Audience | None = None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    # -- partners and credentials -------------------------------------------------
-    async def add_partner(self, partner: Partner, token_hash: bytes) -> None:
-        """Register a partner with its first credential; AlreadyExists if the
-        partner id or STIX identity is taken."""
+    # -- partners ---------------------------------------------------------------------
+    async def add_partner(self, partner: Partner, credential: Credential) -> None:
+        """Register a partner, its community memberships and its first credential.
+        AlreadyExists if the partner id or STIX identity is taken; NotFound if a
+        community does not exist."""
         ...
 
-    async def partner_for_token(self, token_hash: bytes) -> Partner | None:
-        """The partner holding this (hashed) credential, if it is valid."""
+    async def get_partner(self, partner_id: str) -> Partner | None: ...
+
+    async def list_partners(self) -> list[Partner]:
+        """Every partner (disabled ones too), oldest first."""
         ...
 
-    async def list_partners(self) -> list[Partner]: ...
+    async def update_partner(self, partner: Partner) -> None:
+        """Replace name, kind, sectors, roles, default TLP and disabled of an existing
+        partner (not its id, identity or memberships). NotFound if unknown."""
+        ...
 
-    # -- objects ----------------------------------------------------------------
+    # -- communities ------------------------------------------------------------------
+    async def add_community(self, community: Community) -> None:
+        """AlreadyExists if the name is taken."""
+        ...
+
+    async def list_communities(self) -> list[Community]:
+        """Every community with its members (sorted partner ids), by name."""
+        ...
+
+    async def join_community(self, name: str, partner_id: str) -> None:
+        """NotFound if either does not exist; joining twice changes nothing."""
+        ...
+
+    async def leave_community(self, name: str, partner_id: str) -> None:
+        """NotFound if either does not exist or the partner is not a member."""
+        ...
+
+    # -- credentials ------------------------------------------------------------------
+    async def add_credential(self, credential: Credential) -> None:
+        """NotFound if the partner is unknown; AlreadyExists if the digest is bound."""
+        ...
+
+    async def list_credentials(self, partner_id: str) -> list[Credential]:
+        """A partner's credentials, revoked and expired ones included, oldest first."""
+        ...
+
+    async def revoke_credential(self, partner_id: str, credential_id: str, at: float) -> Credential:
+        """Revoke (revoking twice keeps the first time); NotFound if the partner has
+        no such credential. Returns the credential as revoked."""
+        ...
+
+    async def credential(
+        self, kind: CredentialKind, digest: bytes
+    ) -> tuple[Credential, Partner] | None:
+        """The credential with this digest and its partner, whatever its state
+        (revoked, expired): the caller decides and says why."""
+        ...
+
+    async def registry_version(self) -> int:
+        """A number that changes with every change to partners, communities,
+        memberships or credentials."""
+        ...
+
+    # -- objects ----------------------------------------------------------------------
     async def commit_objects(
-        self, submitter: Partner, objects: Sequence[ValidObject], accepted_at: float
-    ) -> list[CommitOutcome]:
-        """Store the objects and their outbox rows in ONE transaction, durable
-        before this returns. One outcome per object, in order; only INSERTED
-        ones were written."""
+        self,
+        submitter: Partner,
+        objects: Sequence[tuple[ValidObject, Audience]],
+        accepted_at: float,
+        widen: Callable[[Audience, Audience], Audience],
+    ) -> list[Committed]:
+        """Store the objects (each with the audience its submission asked for) and
+        their outbox rows in ONE transaction, durable before this returns.
+
+        A new version of a held object is stored with ``widen(held, asked)``, where
+        ``held`` is the audience of the object's latest version; the first version
+        with ``asked``. One result per object, in order; only INSERTED ones were
+        written."""
         ...
 
-    # -- relay --------------------------------------------------------------------
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
+        """For each held object id, the partner id that submitted it."""
+        ...
+
+    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
+        """One held version (compared canonically), or the latest when ``version`` is None."""
+        ...
+
+    # -- relay ------------------------------------------------------------------------
     async def pending_outbox(self, limit: int) -> list[StoredObject]:
         """Accepted objects not yet published to the bus, oldest first."""
         ...

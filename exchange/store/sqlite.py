@@ -5,6 +5,11 @@ All writes go through one connection on one thread, so a bundle's checks
 Reads that must not wait behind a large commit (credential look-ups) use a
 second connection. WAL mode lets the ``exchange`` CLI write to the same file
 while the server runs.
+
+The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS`` lists the
+steps from an empty file to ``SCHEMA_VERSION``, and ``open`` applies the missing
+ones in one transaction. To change the schema, append a step; never edit one
+that has shipped.
 """
 
 from __future__ import annotations
@@ -14,21 +19,37 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from exchange.bus import TopicPartition
-from exchange.errors import AlreadyExists, Unavailable
-from exchange.model import Partner, StoredObject, Tlp, ValidObject, version_key
-from exchange.store import CommitOutcome
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from exchange.model import (
+    Audience,
+    Community,
+    Credential,
+    CredentialKind,
+    Partner,
+    PartnerKind,
+    Role,
+    StoredObject,
+    Tlp,
+    ValidObject,
+    version_key,
+)
+from exchange.store import CommitOutcome, Committed
 
-__all__ = ["SqliteStore"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqliteStore", "migrate"]
 
 T = TypeVar("T")
 
-SCHEMA = """
+# -- schema migrations -------------------------------------------------------------------
+
+# Version 1: the schema of the first release (which did not set user_version).
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS partners (
     partner_id   TEXT PRIMARY KEY,
     name         TEXT NOT NULL,
@@ -73,9 +94,157 @@ CREATE TABLE IF NOT EXISTS relay_positions (
 );
 """
 
+# Version 2: partner kinds, sectors and roles; communities and memberships;
+# credentials of several kinds (tokens, client certificates) with ids and expiry;
+# each object version's audience; the registry version.
+#
+# SQLite adds a NOT NULL column only with a default: the defaults below are what
+# existing rows get, and every write names these columns explicitly.
+SCHEMA_V2 = """
+ALTER TABLE partners ADD COLUMN kind TEXT NOT NULL DEFAULT 'other';
+ALTER TABLE partners ADD COLUMN sectors TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE partners ADD COLUMN roles TEXT NOT NULL DEFAULT '["submit","subscribe"]';
+UPDATE partners SET sectors = json_array(sector);
+ALTER TABLE partners DROP COLUMN sector;
+
+CREATE TABLE communities (
+    name        TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE memberships (
+    community  TEXT NOT NULL REFERENCES communities(name),
+    partner_id TEXT NOT NULL REFERENCES partners(partner_id),
+    PRIMARY KEY (community, partner_id)
+);
+CREATE INDEX memberships_by_partner ON memberships (partner_id);
+
+ALTER TABLE credentials RENAME TO credentials_v1;
+CREATE TABLE credentials (
+    credential_id TEXT PRIMARY KEY,
+    partner_id    TEXT NOT NULL REFERENCES partners(partner_id),
+    kind          TEXT NOT NULL CHECK (kind IN ('token', 'certificate')),
+    digest        BLOB NOT NULL,
+    created_at    REAL NOT NULL,
+    expires_at    REAL,
+    revoked_at    REAL,
+    UNIQUE (kind, digest)
+);
+CREATE INDEX credentials_by_partner ON credentials (partner_id);
+INSERT INTO credentials
+    SELECT 'tok_' || lower(hex(substr(token_hash, 1, 5))), partner_id, 'token', token_hash,
+           created_at, NULL, revoked_at
+    FROM credentials_v1;
+DROP TABLE credentials_v1;
+
+-- Who each version is for (Audience.to_json); versions accepted before audiences
+-- existed are for what their TLP allows.
+ALTER TABLE objects ADD COLUMN audience TEXT NOT NULL DEFAULT '';
+UPDATE objects SET audience = json_object(
+    'tlp', tlp, 'submitter', submitter, 'communities', json('[]'),
+    'recipients', json('[]'), 'excluded_kinds', json('[]'));
+
+-- Moves with every change to partners, communities, memberships or credentials.
+CREATE TABLE registry_state (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+INSERT INTO registry_state VALUES (1, 0);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: it brings a database at ``version - 1`` to ``version``."""
+
+    version: int
+    summary: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _script(sql: str) -> Callable[[sqlite3.Connection], None]:
+    """A step that runs ``sql`` statement by statement (``executescript`` would
+    commit the migration's transaction)."""
+
+    def apply(conn: sqlite3.Connection) -> None:
+        statement = ""
+        for line in sql.splitlines(keepends=True):
+            statement += line
+            if sqlite3.complete_statement(statement):
+                conn.execute(statement)
+                statement = ""
+        if statement.strip():
+            raise ValueError(f"a migration ends in an incomplete statement: {statement!r}")
+
+    return apply
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "partners, token credentials, objects, outbox, relay positions", _script(SCHEMA_V1)
+    ),
+    Migration(
+        2,
+        "partner kinds, sectors and roles; communities; token and certificate credentials;"
+        " object audiences; registry version",
+        _script(SCHEMA_V2),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if (
+        version == 0
+        and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'partners'"
+        ).fetchone()
+    ):
+        # A data directory of the first release: it has the version 1 tables but
+        # did not record a version.
+        return 1
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the database on ``conn`` to ``SCHEMA_VERSION`` in one transaction.
+
+    Returns (version found, version now). Unavailable if the file was written by a
+    newer release (whose schema this one does not know)."""
+    found = _schema_version(conn)
+    if found == SCHEMA_VERSION:
+        return found, found
+    with _transaction(conn):
+        # Read again under the write lock: another process may have migrated meanwhile.
+        found = _schema_version(conn)
+        if found > SCHEMA_VERSION:
+            raise Unavailable(
+                f"the database has schema version {found}, written by a newer release of"
+                f" the exchange; this release knows versions up to {SCHEMA_VERSION}:"
+                " upgrade the exchange to open it"
+            )
+        for step in MIGRATIONS[found:]:
+            step.apply(conn)
+        # PRAGMA takes no parameters; SCHEMA_VERSION is an int of this module.
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    return found, SCHEMA_VERSION
+
+
+# -- rows <-> domain types -------------------------------------------------------------
+
+_PARTNER_COLUMNS = (
+    "p.partner_id, p.name, p.identity_id, p.kind, p.sectors, p.roles, p.default_tlp,"
+    " p.disabled, (SELECT json_group_array(m.community) FROM memberships m"
+    " WHERE m.partner_id = p.partner_id)"
+)
+_CREDENTIAL_COLUMNS = (
+    "c.credential_id, c.partner_id, c.kind, c.digest, c.created_at, c.expires_at, c.revoked_at"
+)
 _OBJECT_COLUMNS = (
     "o.seq, o.submitter, o.accepted_at, o.object_id, o.object_type, o.version,"
-    " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version"
+    " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience"
 )
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _CHUNK = 500
@@ -91,22 +260,50 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _partner(row: sqlite3.Row | tuple[object, ...]) -> Partner:
-    pid, name, sector, identity, tlp, disabled = row
+def _partner(row: Sequence[Any]) -> Partner:
+    pid, name, identity, kind, sectors, roles, tlp, disabled, communities = row
     return Partner(
         partner_id=str(pid),
         name=str(name),
-        sector=str(sector),
         identity_id=str(identity),
+        kind=PartnerKind(kind),
+        sectors=tuple(map(str, orjson.loads(sectors))),
+        roles=frozenset(map(Role, orjson.loads(roles))),
+        communities=frozenset(map(str, orjson.loads(communities))),
         default_tlp=Tlp(str(tlp)),
         disabled=bool(disabled),
     )
 
 
-def _stored(row: tuple[object, ...]) -> StoredObject:
-    seq, submitter, accepted_at, oid, otype, version, creator, tlp, body, labels, revoked, spec = (
-        row
+def _credential(row: Sequence[Any]) -> Credential:
+    cid, pid, kind, digest, created_at, expires_at, revoked_at = row
+    return Credential(
+        credential_id=str(cid),
+        partner_id=str(pid),
+        kind=CredentialKind(kind),
+        digest=bytes(digest),
+        created_at=float(created_at),
+        expires_at=None if expires_at is None else float(expires_at),
+        revoked_at=None if revoked_at is None else float(revoked_at),
     )
+
+
+def _stored(row: Sequence[Any]) -> StoredObject:
+    (
+        seq,
+        submitter,
+        accepted_at,
+        oid,
+        otype,
+        version,
+        creator,
+        tlp,
+        body,
+        labels,
+        revoked,
+        spec,
+        audience,
+    ) = row
     assert isinstance(seq, int) and isinstance(accepted_at, float) and isinstance(body, bytes)
     assert isinstance(labels, str)
     return StoredObject(
@@ -124,11 +321,16 @@ def _stored(row: tuple[object, ...]) -> StoredObject:
             revoked=bool(revoked),
             spec_version=str(spec),
         ),
+        audience=Audience.from_json(audience),
     )
 
 
+def _json_list(items: Iterable[str]) -> str:
+    return orjson.dumps(list(items)).decode()
+
+
 class SqliteStore:
-    """``Store`` on a SQLite file (created with its schema on first open)."""
+    """``Store`` on a SQLite file (created, or migrated to the current schema, on open)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -142,14 +344,19 @@ class SqliteStore:
         await self._on(self._write_thread, self._open_sync)
 
     def _open_sync(self) -> None:
+        writer: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = _connect(self.path)
-            writer.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise Unavailable(f"cannot open the database {self.path}: {exc}") from exc
+            migrate(writer)
+            self._reader = _connect(self.path)
+        except BaseException as exc:
+            if writer is not None:
+                writer.close()
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise Unavailable(f"cannot open the database {self.path}: {exc}") from exc
+            raise
         self._writer = writer
-        self._reader = _connect(self.path)
 
     async def close(self) -> None:
         for conn in (self._writer, self._reader):
@@ -162,6 +369,19 @@ class SqliteStore:
     async def _on(self, thread: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(thread, fn)
 
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` in one write transaction on the writer thread."""
+
+        def run() -> T:
+            conn = self._w()
+            with _transaction(conn):
+                return fn(conn)
+
+        return await self._on(self._write_thread, run)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._on(self._read_thread, lambda: fn(self._r()))
+
     def _w(self) -> sqlite3.Connection:
         if self._writer is None:
             raise Unavailable("the store is not open")
@@ -172,164 +392,314 @@ class SqliteStore:
             raise Unavailable("the store is not open")
         return self._reader
 
-    # -- partners and credentials -------------------------------------------------
-    async def add_partner(self, partner: Partner, token_hash: bytes) -> None:
-        def run() -> None:
-            conn = self._w()
-            with _transaction(conn):
-                taken = conn.execute(
-                    "SELECT partner_id, identity_id FROM partners"
-                    " WHERE partner_id = ? OR identity_id = ?",
-                    (partner.partner_id, partner.identity_id),
-                ).fetchone()
-                if taken is not None:
-                    what = "partner id" if taken[0] == partner.partner_id else "STIX identity"
-                    raise AlreadyExists(
-                        f"{what} already registered (partner {taken[0]}, identity {taken[1]})"
-                    )
-                now = time.time()
-                conn.execute(
-                    "INSERT INTO partners VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        partner.partner_id,
-                        partner.name,
-                        partner.sector,
-                        partner.identity_id,
-                        partner.default_tlp.value,
-                        int(partner.disabled),
-                        now,
-                    ),
-                )
-                conn.execute(
-                    "INSERT INTO credentials VALUES (?, ?, ?, NULL)",
-                    (token_hash, partner.partner_id, now),
-                )
-
-        await self._on(self._write_thread, run)
-
-    async def partner_for_token(self, token_hash: bytes) -> Partner | None:
-        def run() -> Partner | None:
-            row = (
-                self._r()
-                .execute(
-                    "SELECT p.partner_id, p.name, p.sector, p.identity_id, p.default_tlp,"
-                    " p.disabled FROM credentials c JOIN partners p USING (partner_id)"
-                    " WHERE c.token_hash = ? AND c.revoked_at IS NULL",
-                    (token_hash,),
-                )
-                .fetchone()
+    # -- partners -----------------------------------------------------------------
+    async def add_partner(self, partner: Partner, credential: Credential) -> None:
+        if credential.partner_id != partner.partner_id:
+            raise InvalidArgument(
+                f"the first credential of partner {partner.partner_id} names partner"
+                f" {credential.partner_id}; it must name the new partner"
             )
+
+        def run(conn: sqlite3.Connection) -> None:
+            taken = conn.execute(
+                "SELECT partner_id, identity_id FROM partners"
+                " WHERE partner_id = ? OR identity_id = ?",
+                (partner.partner_id, partner.identity_id),
+            ).fetchone()
+            if taken is not None:
+                what = "partner id" if taken[0] == partner.partner_id else "STIX identity"
+                raise AlreadyExists(
+                    f"{what} already registered (partner {taken[0]}, identity {taken[1]})"
+                )
+            _require_communities(conn, partner.communities)
+            conn.execute(
+                "INSERT INTO partners (partner_id, name, identity_id, kind, sectors, roles,"
+                " default_tlp, disabled, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    partner.partner_id,
+                    partner.name,
+                    partner.identity_id,
+                    partner.kind.value,
+                    _json_list(partner.sectors),
+                    _json_list(sorted(partner.roles)),
+                    partner.default_tlp.value,
+                    int(partner.disabled),
+                    time.time(),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO memberships (community, partner_id) VALUES (?, ?)",
+                [(c, partner.partner_id) for c in sorted(partner.communities)],
+            )
+            _insert_credential(conn, credential)
+            _bump(conn)
+
+        await self._write(run)
+
+    async def get_partner(self, partner_id: str) -> Partner | None:
+        def run(conn: sqlite3.Connection) -> Partner | None:
+            row = conn.execute(
+                f"SELECT {_PARTNER_COLUMNS} FROM partners p WHERE p.partner_id = ?",  # noqa: S608
+                (partner_id,),
+            ).fetchone()
             return None if row is None else _partner(row)
 
-        return await self._on(self._read_thread, run)
+        return await self._read(run)
 
     async def list_partners(self) -> list[Partner]:
-        def run() -> list[Partner]:
-            rows = (
-                self._r()
-                .execute(
-                    "SELECT partner_id, name, sector, identity_id, default_tlp, disabled"
-                    " FROM partners ORDER BY created_at"
-                )
-                .fetchall()
-            )
+        def run(conn: sqlite3.Connection) -> list[Partner]:
+            rows = conn.execute(
+                f"SELECT {_PARTNER_COLUMNS} FROM partners p"  # noqa: S608
+                " ORDER BY p.created_at, p.rowid"
+            ).fetchall()
             return [_partner(r) for r in rows]
 
-        return await self._on(self._read_thread, run)
+        return await self._read(run)
+
+    async def update_partner(self, partner: Partner) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            updated = conn.execute(
+                "UPDATE partners SET name = ?, kind = ?, sectors = ?, roles = ?,"
+                " default_tlp = ?, disabled = ? WHERE partner_id = ?",
+                (
+                    partner.name,
+                    partner.kind.value,
+                    _json_list(partner.sectors),
+                    _json_list(sorted(partner.roles)),
+                    partner.default_tlp.value,
+                    int(partner.disabled),
+                    partner.partner_id,
+                ),
+            ).rowcount
+            if updated == 0:
+                raise NotFound(_unknown_partner(partner.partner_id))
+            _bump(conn)
+
+        await self._write(run)
+
+    # -- communities ----------------------------------------------------------------
+    async def add_community(self, community: Community) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if conn.execute(
+                "SELECT 1 FROM communities WHERE name = ?", (community.name,)
+            ).fetchone():
+                raise AlreadyExists(
+                    f"community {community.name} already exists; choose another name, or"
+                    " add partners to the existing one"
+                )
+            conn.execute(
+                "INSERT INTO communities (name, description, created_at) VALUES (?, ?, ?)",
+                (community.name, community.description, time.time()),
+            )
+            # Members named with the new community join it at once.
+            for partner_id in sorted(set(community.members)):
+                _require_partner(conn, partner_id)
+                conn.execute(
+                    "INSERT INTO memberships (community, partner_id) VALUES (?, ?)",
+                    (community.name, partner_id),
+                )
+            _bump(conn)
+
+        await self._write(run)
+
+    async def list_communities(self) -> list[Community]:
+        def run(conn: sqlite3.Connection) -> list[Community]:
+            rows = conn.execute(
+                "SELECT c.name, c.description, (SELECT json_group_array(m.partner_id)"
+                " FROM memberships m WHERE m.community = c.name)"
+                " FROM communities c ORDER BY c.name"
+            ).fetchall()
+            return [
+                Community(str(name), str(description), tuple(sorted(orjson.loads(members))))
+                for name, description, members in rows
+            ]
+
+        return await self._read(run)
+
+    async def join_community(self, name: str, partner_id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            _require_communities(conn, [name])
+            _require_partner(conn, partner_id)
+            joined = conn.execute(
+                "INSERT OR IGNORE INTO memberships (community, partner_id) VALUES (?, ?)",
+                (name, partner_id),
+            ).rowcount
+            if joined:
+                _bump(conn)
+
+        await self._write(run)
+
+    async def leave_community(self, name: str, partner_id: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            _require_communities(conn, [name])
+            _require_partner(conn, partner_id)
+            left = conn.execute(
+                "DELETE FROM memberships WHERE community = ? AND partner_id = ?",
+                (name, partner_id),
+            ).rowcount
+            if not left:
+                raise NotFound(
+                    f"partner {partner_id} is not a member of community {name}; list the"
+                    " communities to see their members"
+                )
+            _bump(conn)
+
+        await self._write(run)
+
+    # -- credentials ----------------------------------------------------------------
+    async def add_credential(self, credential: Credential) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            _require_partner(conn, credential.partner_id)
+            _insert_credential(conn, credential)
+            _bump(conn)
+
+        await self._write(run)
+
+    async def list_credentials(self, partner_id: str) -> list[Credential]:
+        def run(conn: sqlite3.Connection) -> list[Credential]:
+            rows = conn.execute(
+                f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c"  # noqa: S608
+                " WHERE c.partner_id = ? ORDER BY c.created_at, c.rowid",
+                (partner_id,),
+            ).fetchall()
+            return [_credential(r) for r in rows]
+
+        return await self._read(run)
+
+    async def revoke_credential(self, partner_id: str, credential_id: str, at: float) -> Credential:
+        def run(conn: sqlite3.Connection) -> Credential:
+            _require_partner(conn, partner_id)
+            row = conn.execute(
+                f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c"  # noqa: S608
+                " WHERE c.credential_id = ? AND c.partner_id = ?",
+                (credential_id, partner_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound(
+                    f"partner {partner_id} has no credential {credential_id}; list the"
+                    " partner's credentials to see their ids"
+                )
+            credential = _credential(row)
+            if credential.revoked_at is not None:
+                # Revoking twice keeps the first time, and changes nothing.
+                return credential
+            conn.execute(
+                "UPDATE credentials SET revoked_at = ? WHERE credential_id = ?",
+                (at, credential_id),
+            )
+            _bump(conn)
+            return replace(credential, revoked_at=at)
+
+        return await self._write(run)
+
+    async def credential(
+        self, kind: CredentialKind, digest: bytes
+    ) -> tuple[Credential, Partner] | None:
+        # Runs on every RPC: one query on the read connection.
+        def run(conn: sqlite3.Connection) -> tuple[Credential, Partner] | None:
+            row = conn.execute(
+                f"SELECT {_CREDENTIAL_COLUMNS}, {_PARTNER_COLUMNS}"  # noqa: S608
+                " FROM credentials c JOIN partners p ON p.partner_id = c.partner_id"
+                " WHERE c.kind = ? AND c.digest = ?",
+                (kind.value, digest),
+            ).fetchone()
+            if row is None:
+                return None
+            return _credential(row[:7]), _partner(row[7:])
+
+        return await self._read(run)
+
+    async def registry_version(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            (version,) = conn.execute("SELECT version FROM registry_state WHERE id = 1").fetchone()
+            return int(version)
+
+        return await self._read(run)
 
     # -- objects ----------------------------------------------------------------
     async def commit_objects(
-        self, submitter: Partner, objects: Sequence[ValidObject], accepted_at: float
-    ) -> list[CommitOutcome]:
+        self,
+        submitter: Partner,
+        objects: Sequence[tuple[ValidObject, Audience]],
+        accepted_at: float,
+        widen: Callable[[Audience, Audience], Audience],
+    ) -> list[Committed]:
         if not objects:
             return []
-        return await self._on(
-            self._write_thread, lambda: self._commit_sync(submitter, objects, accepted_at)
-        )
+        return await self._write(lambda conn: _commit(conn, submitter, objects, accepted_at, widen))
 
-    def _commit_sync(
-        self, submitter: Partner, objects: Sequence[ValidObject], accepted_at: float
-    ) -> list[CommitOutcome]:
-        conn = self._w()
-        with _transaction(conn):
-            held = _held_versions(conn, {o.object_id for o in objects})
-            outcomes: list[CommitOutcome] = []
-            for obj in objects:
-                key = version_key(obj.version)
-                versions = held.setdefault(obj.object_id, _Held())
-                if versions.creator is not None and versions.creator != obj.created_by_ref:
-                    outcomes.append(CommitOutcome.NOT_CREATOR)
-                elif key in versions.keys:
-                    outcomes.append(CommitOutcome.DUPLICATE)
-                elif versions.revoked:
-                    outcomes.append(CommitOutcome.REVOKED)
-                else:
-                    cur = conn.execute(
-                        "INSERT INTO objects (object_id, version, version_key, object_type,"
-                        " created_by_ref, submitter, tlp, labels, revoked, spec_version,"
-                        " accepted_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            obj.object_id,
-                            obj.version,
-                            key,
-                            obj.object_type,
-                            obj.created_by_ref,
-                            submitter.partner_id,
-                            obj.tlp.value,
-                            orjson.dumps(obj.labels).decode(),
-                            int(obj.revoked),
-                            obj.spec_version,
-                            accepted_at,
-                            obj.body,
-                        ),
-                    )
-                    conn.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
-                    versions.creator = obj.created_by_ref
-                    versions.keys.add(key)
-                    versions.revoked = versions.revoked or obj.revoked
-                    outcomes.append(CommitOutcome.INSERTED)
-        return outcomes
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(object_ids))
+
+        def run(conn: sqlite3.Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                # The submitter of the first version (later ones come from the same creator).
+                for oid, submitter in conn.execute(
+                    "SELECT object_id, submitter FROM objects o WHERE object_id IN"  # noqa: S608
+                    f" ({marks}) AND seq = (SELECT min(seq) FROM objects"
+                    " WHERE object_id = o.object_id)",
+                    chunk,
+                ):
+                    out[str(oid)] = str(submitter)
+            return out
+
+        return await self._read(run)
+
+    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
+        def run(conn: sqlite3.Connection) -> StoredObject | None:
+            if version is None:
+                row = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?"  # noqa: S608
+                    " ORDER BY o.version_key DESC, o.seq DESC LIMIT 1",
+                    (object_id,),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
+                    " WHERE o.object_id = ? AND o.version_key = ?",
+                    (object_id, version_key(version)),
+                ).fetchone()
+            # Each version under the audience it was stored (and delivered) with.
+            return None if row is None else _stored(row)
+
+        return await self._read(run)
 
     # -- relay --------------------------------------------------------------------
     async def pending_outbox(self, limit: int) -> list[StoredObject]:
-        def run() -> list[StoredObject]:
-            rows = (
-                self._r()
-                .execute(
-                    f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
-                    " ORDER BY b.seq LIMIT ?",
-                    (limit,),
-                )
-                .fetchall()
-            )
+        def run(conn: sqlite3.Connection) -> list[StoredObject]:
+            rows = conn.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
+                " ORDER BY b.seq LIMIT ?",
+                (limit,),
+            ).fetchall()
             return [_stored(r) for r in rows]
 
-        return await self._on(self._read_thread, run)
+        return await self._read(run)
 
     async def mark_published(
         self, seqs: Sequence[int], positions: Mapping[TopicPartition, int]
     ) -> None:
-        def run() -> None:
-            conn = self._w()
-            with _transaction(conn):
-                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-                conn.executemany(
-                    "INSERT INTO relay_positions VALUES (?, ?, ?)"
-                    " ON CONFLICT (topic, partition) DO UPDATE"
-                    " SET next_offset = max(next_offset, excluded.next_offset)",
-                    [(t, p, o) for (t, p), o in positions.items()],
-                )
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            conn.executemany(
+                "INSERT INTO relay_positions VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, partition) DO UPDATE"
+                " SET next_offset = max(next_offset, excluded.next_offset)",
+                [(t, p, o) for (t, p), o in positions.items()],
+            )
 
-        await self._on(self._write_thread, run)
+        await self._write(run)
 
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         wanted = sorted(set(topics))
 
-        def run() -> dict[TopicPartition, int]:
+        def run(conn: sqlite3.Connection) -> dict[TopicPartition, int]:
             out: dict[TopicPartition, int] = {}
             for chunk in _chunks(wanted):
                 marks = ",".join("?" * len(chunk))
-                for topic, partition, offset in self._r().execute(
+                for topic, partition, offset in conn.execute(
                     "SELECT topic, partition, next_offset FROM relay_positions"  # noqa: S608
                     f" WHERE topic IN ({marks})",
                     chunk,
@@ -337,20 +707,146 @@ class SqliteStore:
                     out[(str(topic), int(partition))] = int(offset)
             return out
 
-        return await self._on(self._read_thread, run)
+        return await self._read(run)
+
+
+# -- registry helpers (inside a write transaction) ----------------------------------------
+
+
+def _bump(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE registry_state SET version = version + 1 WHERE id = 1")
+
+
+def _unknown_partner(partner_id: str) -> str:
+    return f"unknown partner {partner_id}; name a registered partner by its partner id"
+
+
+def _require_partner(conn: sqlite3.Connection, partner_id: str) -> None:
+    if not conn.execute("SELECT 1 FROM partners WHERE partner_id = ?", (partner_id,)).fetchone():
+        raise NotFound(_unknown_partner(partner_id))
+
+
+def _require_communities(conn: sqlite3.Connection, names: Iterable[str]) -> None:
+    wanted = sorted(set(names))
+    known: set[str] = set()
+    for chunk in _chunks(wanted):
+        marks = ",".join("?" * len(chunk))
+        known.update(
+            str(n)
+            for (n,) in conn.execute(
+                f"SELECT name FROM communities WHERE name IN ({marks})",  # noqa: S608
+                chunk,
+            )
+        )
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        plural = len(missing) > 1
+        raise NotFound(
+            f"unknown communit{'ies' if plural else 'y'} {', '.join(missing)}; create"
+            f" {'them' if plural else 'it'} first, or name an existing community"
+        )
+
+
+def _insert_credential(conn: sqlite3.Connection, credential: Credential) -> None:
+    bound = conn.execute(
+        "SELECT credential_id, partner_id FROM credentials"
+        " WHERE credential_id = ? OR (kind = ? AND digest = ?)",
+        (credential.credential_id, credential.kind.value, credential.digest),
+    ).fetchone()
+    if bound is not None:
+        if bound[0] == credential.credential_id:
+            raise AlreadyExists(
+                f"credential id {credential.credential_id} is already taken (partner"
+                f" {bound[1]}); give the new credential another id"
+            )
+        raise AlreadyExists(
+            f"this {credential.kind} is already bound to partner {bound[1]} (credential"
+            f" {bound[0]}); a {credential.kind} belongs to one partner only: revoke that"
+            " credential first, or use another one"
+        )
+    conn.execute(
+        "INSERT INTO credentials (credential_id, partner_id, kind, digest, created_at,"
+        " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            credential.credential_id,
+            credential.partner_id,
+            credential.kind.value,
+            credential.digest,
+            credential.created_at,
+            credential.expires_at,
+            credential.revoked_at,
+        ),
+    )
+
+
+# -- objects (inside a write transaction) -------------------------------------------------
+
+
+def _commit(
+    conn: sqlite3.Connection,
+    submitter: Partner,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    accepted_at: float,
+    widen: Callable[[Audience, Audience], Audience],
+) -> list[Committed]:
+    held = _held_versions(conn, {o.object_id for o, _ in objects})
+    results: list[Committed] = []
+    for obj, asked in objects:
+        key = version_key(obj.version)
+        versions = held.setdefault(obj.object_id, _Held())
+        if versions.creator is not None and versions.creator != obj.created_by_ref:
+            results.append(Committed(CommitOutcome.NOT_CREATOR))
+        elif key in versions.keys:
+            results.append(Committed(CommitOutcome.DUPLICATE))
+        elif versions.revoked:
+            results.append(Committed(CommitOutcome.REVOKED))
+        else:
+            # The latest version holds the cumulative audience: an audience never narrows.
+            audience = asked if versions.audience is None else widen(versions.audience, asked)
+            cur = conn.execute(
+                "INSERT INTO objects (object_id, version, version_key, object_type,"
+                " created_by_ref, submitter, tlp, labels, revoked, spec_version,"
+                " accepted_at, body, audience)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    obj.object_id,
+                    obj.version,
+                    key,
+                    obj.object_type,
+                    obj.created_by_ref,
+                    submitter.partner_id,
+                    obj.tlp.value,
+                    orjson.dumps(obj.labels).decode(),
+                    int(obj.revoked),
+                    obj.spec_version,
+                    accepted_at,
+                    obj.body,
+                    audience.to_json().decode(),
+                ),
+            )
+            conn.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
+            versions.creator = obj.created_by_ref
+            versions.keys.add(key)
+            versions.revoked = versions.revoked or obj.revoked
+            versions.audience = audience
+            results.append(Committed(CommitOutcome.INSERTED, audience))
+    return results
 
 
 class _Held:
-    __slots__ = ("creator", "keys", "revoked")
+    __slots__ = ("audience", "creator", "keys", "revoked")
 
     def __init__(self) -> None:
         self.creator: str | None = None
         self.keys: set[str] = set()
         self.revoked = False
+        # The audience of the latest version (by acceptance), None if none is held.
+        self.audience: Audience | None = None
 
 
 def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, _Held]:
     held: dict[str, _Held] = {}
+    latest: dict[str, str] = {}
     for chunk in _chunks(sorted(ids)):
         marks = ",".join("?" * len(chunk))
         # A registered partner's identity object belongs to that partner, even
@@ -360,15 +856,18 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, _Held]:
             chunk,
         ):
             held.setdefault(identity, _Held()).creator = identity
-        for oid, key, creator, revoked in conn.execute(
-            "SELECT object_id, version_key, created_by_ref, revoked FROM objects"  # noqa: S608
-            f" WHERE object_id IN ({marks})",
+        for oid, key, creator, revoked, audience in conn.execute(
+            "SELECT object_id, version_key, created_by_ref, revoked, audience"  # noqa: S608
+            f" FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
             chunk,
         ):
             entry = held.setdefault(oid, _Held())
             entry.creator = creator
             entry.keys.add(key)
             entry.revoked = entry.revoked or bool(revoked)
+            latest[oid] = audience
+    for oid, audience in latest.items():
+        held[oid].audience = Audience.from_json(audience)
     return held
 
 

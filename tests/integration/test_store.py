@@ -1,27 +1,58 @@
-"""The SQLite store on a real database file: integrity rules and the outbox."""
+"""The SQLite store on a real database file: the registry (partners, communities,
+credentials), integrity rules, audiences and the outbox."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from exchange.errors import AlreadyExists
-from exchange.model import Partner, Tlp, ValidObject
-from exchange.store import CommitOutcome
+from exchange import policy
+from exchange.auth import new_token_credential
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound
+from exchange.model import (
+    Audience,
+    Community,
+    Credential,
+    CredentialKind,
+    Partner,
+    PartnerKind,
+    Role,
+    Tlp,
+    ValidObject,
+)
+from exchange.store import CommitOutcome, Committed
 from exchange.store.sqlite import SqliteStore
 
+GULF = Community("gulf-ngos", "NGOs around the Gulf")
 NGO = Partner(
-    "ngo-1", "Harbor Light", "non-profit", "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44"
+    "ngo-1",
+    "Harbor Light",
+    "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44",
+    kind=PartnerKind.NGO,
+    sectors=("non-profit", "shelter"),
+    communities=frozenset({GULF.name}),
 )
 PLATFORM = Partner(
-    "plat-1", "Kestrel", "technology", "identity--a3a9de07-2aff-5a6d-b411-cac72225a4e7"
+    "plat-1",
+    "Kestrel",
+    "identity--a3a9de07-2aff-5a6d-b411-cac72225a4e7",
+    kind=PartnerKind.TECH,
+    sectors=("technology",),
+    roles=frozenset({Role.SUBMIT, Role.SUBSCRIBE, Role.AUDIT}),
+    default_tlp=Tlp.GREEN,
 )
+NGO_TOKEN, _ = new_token_credential(NGO.partner_id, now=10.0)
+PLATFORM_TOKEN, _ = new_token_credential(PLATFORM.partner_id, now=11.0)
+INDICATOR = "indicator--6bd06048-f8e8-5524-a440-95e258a3588a"
+OTHER_INDICATOR = "indicator--50b13f1c-307d-5db3-83b1-125a1e79b9ea"
 
 
 def obj(
-    oid: str = "indicator--6bd06048-f8e8-5524-a440-95e258a3588a",
+    oid: str = INDICATOR,
     version: str = "2026-01-01T00:00:00.000Z",
     creator: str = NGO.identity_id,
     *,
@@ -29,7 +60,54 @@ def obj(
     tlp: Tlp = Tlp.GREEN,
 ) -> ValidObject:
     return ValidObject(
-        oid, oid.split("--", maxsplit=1)[0], version, creator, tlp, b"{}", revoked=revoked
+        oid,
+        oid.split("--", maxsplit=1)[0],
+        version,
+        creator,
+        tlp,
+        f'{{"id":"{oid}","modified":"{version}"}}'.encode(),
+        labels=("trafficking:recruitment",),
+        revoked=revoked,
+    )
+
+
+def audience(
+    tlp: Tlp = Tlp.GREEN,
+    submitter: Partner = NGO,
+    *,
+    communities: Sequence[str] = (),
+    recipients: Sequence[str] = (),
+    excluded: Sequence[PartnerKind] = (),
+) -> Audience:
+    return Audience(
+        tlp,
+        submitter.partner_id,
+        frozenset(communities),
+        frozenset(recipients),
+        frozenset(excluded),
+    )
+
+
+async def commit(
+    store: SqliteStore, submitter: Partner, *objects: ValidObject | tuple[ValidObject, Audience]
+) -> list[Committed]:
+    """Commit ``objects``, each with the audience its TLP alone gives unless paired with one."""
+    pairs = [o if isinstance(o, tuple) else (o, audience(o.tlp, submitter)) for o in objects]
+    return await store.commit_objects(submitter, pairs, 1.0, policy.widen)
+
+
+def outcomes(committed: list[Committed]) -> list[CommitOutcome]:
+    return [c.outcome for c in committed]
+
+
+def certificate(partner_id: str, der: bytes = b"a DER certificate", at: float = 20.0) -> Credential:
+    return Credential(
+        f"crt_{hashlib.sha256(der).hexdigest()[:10]}",
+        partner_id,
+        CredentialKind.CERTIFICATE,
+        hashlib.sha256(der).digest(),
+        created_at=at,
+        expires_at=at + 3600,
     )
 
 
@@ -37,49 +115,55 @@ def obj(
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = SqliteStore(tmp_path / "exchange.sqlite3")
     await s.open()
-    await s.add_partner(NGO, b"n" * 32)
-    await s.add_partner(PLATFORM, b"p" * 32)
+    await s.add_community(GULF)
+    await s.add_partner(NGO, NGO_TOKEN)
+    await s.add_partner(PLATFORM, PLATFORM_TOKEN)
     yield s
     await s.close()
 
 
+# -- objects --------------------------------------------------------------------------
+
+
 async def test_versions_duplicates_and_creators(store: SqliteStore) -> None:
     first = obj()
-    assert await store.commit_objects(NGO, [first, first], 1.0) == [
+    assert outcomes(await commit(store, NGO, first, first)) == [
         CommitOutcome.INSERTED,
         CommitOutcome.DUPLICATE,  # the same id and version twice in one bundle
     ]
     # The same instant written with another precision is the same version.
     same = obj(version="2026-01-01T00:00:00Z")
     newer = obj(version="2026-02-01T00:00:00.000Z")
-    assert await store.commit_objects(NGO, [same, newer], 2.0) == [
+    assert outcomes(await commit(store, NGO, same, newer)) == [
         CommitOutcome.DUPLICATE,
         CommitOutcome.INSERTED,
     ]
     hijack = obj(version="2026-03-01T00:00:00.000Z", creator=PLATFORM.identity_id)
-    assert await store.commit_objects(PLATFORM, [hijack], 3.0) == [CommitOutcome.NOT_CREATOR]
+    assert await commit(store, PLATFORM, hijack) == [Committed(CommitOutcome.NOT_CREATOR)]
 
 
 async def test_revoked_objects_get_no_new_version(store: SqliteStore) -> None:
-    await store.commit_objects(NGO, [obj(version="2026-02-01T00:00:00.000Z", revoked=True)], 1.0)
-    assert await store.commit_objects(NGO, [obj(version="2026-03-01T00:00:00.000Z")], 2.0) == [
+    await commit(store, NGO, obj(version="2026-02-01T00:00:00.000Z", revoked=True))
+    assert outcomes(await commit(store, NGO, obj(version="2026-03-01T00:00:00.000Z"))) == [
         CommitOutcome.REVOKED
     ]
 
 
 async def test_a_partners_identity_object_belongs_to_it(store: SqliteStore) -> None:
     forged = obj(oid=NGO.identity_id, creator=PLATFORM.identity_id)
-    assert await store.commit_objects(PLATFORM, [forged], 1.0) == [CommitOutcome.NOT_CREATOR]
+    assert outcomes(await commit(store, PLATFORM, forged)) == [CommitOutcome.NOT_CREATOR]
     own = obj(oid=NGO.identity_id)
-    assert await store.commit_objects(NGO, [own], 1.0) == [CommitOutcome.INSERTED]
+    assert outcomes(await commit(store, NGO, own)) == [CommitOutcome.INSERTED]
 
 
 async def test_outbox_holds_what_was_not_published(store: SqliteStore, tmp_path: Path) -> None:
-    a, b = obj(), obj(oid="indicator--50b13f1c-307d-5db3-83b1-125a1e79b9ea")
-    await store.commit_objects(NGO, [a, b], 1.0)
+    a, b = obj(), obj(oid=OTHER_INDICATOR, tlp=Tlp.AMBER)
+    asked_b = audience(Tlp.AMBER, communities=[GULF.name], excluded=[PartnerKind.GOVERNMENT])
+    await commit(store, NGO, a, (b, asked_b))
     pending = await store.pending_outbox(10)
-    assert [p.obj.object_id for p in pending] == [a.object_id, b.object_id]
-    assert all(p.submitter == NGO.partner_id for p in pending)
+    assert [p.obj for p in pending] == [a, b]
+    assert [p.audience for p in pending] == [audience(Tlp.GREEN), asked_b]
+    assert all(p.submitter == NGO.partner_id and p.accepted_at == 1.0 for p in pending)
     await store.mark_published([pending[0].seq], {("green", 0): 5})
     await store.mark_published([], {("green", 0): 3})  # positions never move back
     assert [p.obj.object_id for p in await store.pending_outbox(10)] == [b.object_id]
@@ -89,14 +173,272 @@ async def test_outbox_holds_what_was_not_published(store: SqliteStore, tmp_path:
     again = SqliteStore(tmp_path / "exchange.sqlite3")
     await again.open()
     try:
-        assert [p.seq for p in await again.pending_outbox(10)] == [pending[1].seq]
+        assert await again.pending_outbox(10) == [pending[1]]
     finally:
         await again.close()
 
 
-async def test_partners_and_credentials(store: SqliteStore) -> None:
-    assert await store.partner_for_token(b"n" * 32) == NGO
-    assert await store.partner_for_token(b"x" * 32) is None
-    with pytest.raises(AlreadyExists, match="STIX identity"):
-        await store.add_partner(Partner("other", "Other", "non-profit", NGO.identity_id), b"o" * 32)
-    assert [p.partner_id for p in await store.list_partners()] == ["ngo-1", "plat-1"]
+async def test_a_new_version_widens_the_held_audience(store: SqliteStore) -> None:
+    amber = audience(Tlp.AMBER, communities=[GULF.name], excluded=[PartnerKind.TECH])
+    red = audience(Tlp.RED, recipients=[PLATFORM.partner_id])
+    widened = audience(Tlp.AMBER, communities=[GULF.name], recipients=[PLATFORM.partner_id])
+
+    # Across bundles: the second version keeps what the first reached.
+    first = await commit(store, NGO, (obj(), amber))
+    assert first == [Committed(CommitOutcome.INSERTED, amber)]
+    second = await commit(store, NGO, (obj(version="2026-02-01T00:00:00.000Z"), red))
+    assert second == [Committed(CommitOutcome.INSERTED, widened)]
+
+    # Inside one bundle: each version widens the one before it.
+    v1, v2, v3 = (obj(OTHER_INDICATOR, f"2026-0{m}-01T00:00:00.000Z") for m in (1, 2, 3))
+    green = audience(Tlp.GREEN)
+    committed = await commit(store, NGO, (v1, red), (v2, amber), (v1, green), (v3, green))
+    assert committed == [
+        Committed(CommitOutcome.INSERTED, red),
+        Committed(CommitOutcome.INSERTED, widened),
+        Committed(CommitOutcome.DUPLICATE),  # a duplicate widens nothing
+        Committed(
+            CommitOutcome.INSERTED,
+            audience(Tlp.GREEN, communities=[GULF.name], recipients=[PLATFORM.partner_id]),
+        ),
+    ]
+    stored = [p for p in await store.pending_outbox(10) if p.obj.object_id == OTHER_INDICATOR]
+    assert [p.audience for p in stored] == [c.audience for c in committed if c.audience]
+
+
+async def test_widen_starts_from_the_latest_accepted_version(store: SqliteStore) -> None:
+    seen: list[tuple[Audience, Audience]] = []
+
+    def widen(held: Audience, asked: Audience) -> Audience:
+        seen.append((held, asked))
+        return policy.widen(held, asked)
+
+    later, earlier = obj(version="2026-03-01T00:00:00.000Z"), obj(version="2026-02-01T00:00:00Z")
+    a, b = audience(Tlp.RED, recipients=["x"]), audience(Tlp.RED, recipients=["y"])
+    await store.commit_objects(NGO, [(later, a)], 1.0, widen)
+    assert seen == []  # the first version gets what it asked for
+    # An older version accepted later still starts from the latest accepted audience.
+    [done] = await store.commit_objects(NGO, [(earlier, b)], 2.0, widen)
+    assert seen == [(a, b)]
+    assert done.audience == audience(Tlp.RED, recipients=["x", "y"])
+    # ...and the latest version is the one with the highest timestamp, under the
+    # audience it was stored and delivered with.
+    latest = await store.get_object(INDICATOR)
+    assert latest is not None and latest.obj == later and latest.audience == a
+
+
+async def test_get_object_by_version_or_latest(store: SqliteStore) -> None:
+    v1, v2 = obj(), obj(version="2026-02-01T00:00:00.5Z")
+    await commit(store, NGO, v2, v1)
+    latest = await store.get_object(INDICATOR)
+    assert latest is not None and latest.obj == v2 and latest.submitter == NGO.partner_id
+    assert latest.audience == audience(Tlp.GREEN)
+    # Versions compare canonically: the same instant in another precision.
+    found = await store.get_object(INDICATOR, "2026-01-01T00:00:00Z")
+    assert found is not None and found.obj == v1
+    found = await store.get_object(INDICATOR, "2026-02-01T00:00:00.500000Z")
+    assert found is not None and found.obj == v2
+    assert await store.get_object(INDICATOR, "2026-03-01T00:00:00.000Z") is None
+    assert await store.get_object(OTHER_INDICATOR) is None
+
+
+async def test_submitters_of(store: SqliteStore) -> None:
+    theirs = obj(OTHER_INDICATOR, creator=PLATFORM.identity_id)
+    await commit(store, NGO, obj(), obj(version="2026-02-01T00:00:00.000Z"))
+    await commit(store, PLATFORM, theirs)
+    assert await store.submitters_of([INDICATOR, OTHER_INDICATOR, "indicator--unknown"]) == {
+        INDICATOR: NGO.partner_id,
+        OTHER_INDICATOR: PLATFORM.partner_id,
+    }
+    assert await store.submitters_of([]) == {}
+
+
+# -- partners ---------------------------------------------------------------------------
+
+
+async def test_partners_round_trip(store: SqliteStore) -> None:
+    assert await store.get_partner(NGO.partner_id) == NGO
+    assert await store.get_partner(PLATFORM.partner_id) == PLATFORM
+    assert await store.get_partner("nobody") is None
+    assert await store.list_partners() == [NGO, PLATFORM]  # oldest first
+
+    changed = Partner(
+        NGO.partner_id,
+        "Harbor Light Foundation",
+        NGO.identity_id,
+        kind=PartnerKind.INTERGOVERNMENTAL,
+        sectors=("shelter", "hotline"),
+        roles=frozenset({Role.ADMIN}),
+        default_tlp=Tlp.RED,
+        disabled=True,
+    )
+    await store.update_partner(changed)
+    # Memberships are not part of an update: they change by joining and leaving.
+    assert await store.get_partner(NGO.partner_id) == replace(changed, communities=NGO.communities)
+    with pytest.raises(NotFound, match="unknown partner nobody"):
+        await store.update_partner(Partner("nobody", "Nobody", "identity--x"))
+
+
+async def test_adding_a_partner_checks_what_it_names(store: SqliteStore) -> None:
+    token, _ = new_token_credential("other")
+    with pytest.raises(AlreadyExists, match="STIX identity already registered"):
+        await store.add_partner(Partner("other", "Other", NGO.identity_id), token)
+    with pytest.raises(AlreadyExists, match="partner id already registered"):
+        await store.add_partner(
+            Partner(NGO.partner_id, "Other", "identity--y"),
+            replace(token, partner_id=NGO.partner_id),
+        )
+    with pytest.raises(InvalidArgument, match="must name the new partner"):
+        await store.add_partner(Partner("other", "Other", "identity--y"), NGO_TOKEN)
+    version = await store.registry_version()
+    lost = Partner("other", "Other", "identity--z", communities=frozenset({"gulf-ngos", "nope"}))
+    with pytest.raises(NotFound, match="unknown community nope"):
+        await store.add_partner(lost, token)
+    # Nothing of a refused partner was written.
+    assert await store.get_partner("other") is None
+    assert await store.credential(CredentialKind.TOKEN, token.digest) is None
+    assert await store.registry_version() == version
+    # Its first credential's digest must be free too.
+    with pytest.raises(AlreadyExists, match="already bound to partner ngo-1"):
+        await store.add_partner(
+            Partner("other", "Other", "identity--z"),
+            Credential("tok_0", "other", CredentialKind.TOKEN, NGO_TOKEN.digest, 1.0),
+        )
+
+
+# -- communities --------------------------------------------------------------------------
+
+
+async def test_communities_and_memberships(store: SqliteStore) -> None:
+    with pytest.raises(AlreadyExists, match="community gulf-ngos already exists"):
+        await store.add_community(Community(GULF.name, "again"))
+    await store.add_community(Community("alpha", "first by name", (PLATFORM.partner_id,)))
+    assert await store.list_communities() == [
+        Community("alpha", "first by name", (PLATFORM.partner_id,)),
+        Community(GULF.name, GULF.description, (NGO.partner_id,)),
+    ]
+
+    await store.join_community(GULF.name, PLATFORM.partner_id)
+    await store.join_community(GULF.name, PLATFORM.partner_id)  # twice changes nothing
+    [_, gulf] = await store.list_communities()
+    assert gulf.members == (NGO.partner_id, PLATFORM.partner_id)
+    plat = await store.get_partner(PLATFORM.partner_id)
+    assert plat is not None and plat.communities == {"alpha", GULF.name}
+
+    await store.leave_community(GULF.name, NGO.partner_id)
+    ngo = await store.get_partner(NGO.partner_id)
+    assert ngo is not None and ngo.communities == frozenset()
+    with pytest.raises(NotFound, match="partner ngo-1 is not a member of community gulf-ngos"):
+        await store.leave_community(GULF.name, NGO.partner_id)
+    for act in (store.join_community, store.leave_community):
+        with pytest.raises(NotFound, match="unknown community nope"):
+            await act("nope", NGO.partner_id)
+        with pytest.raises(NotFound, match="unknown partner nobody"):
+            await act(GULF.name, "nobody")
+    with pytest.raises(NotFound, match="unknown partner nobody"):
+        await store.add_community(Community("beta", "", ("nobody",)))
+    assert [c.name for c in await store.list_communities()] == ["alpha", GULF.name]
+
+
+# -- credentials ----------------------------------------------------------------------------
+
+
+async def test_credentials_look_up_whatever_their_state(store: SqliteStore) -> None:
+    found = await store.credential(CredentialKind.TOKEN, NGO_TOKEN.digest)
+    assert found == (NGO_TOKEN, NGO)
+    assert await store.credential(CredentialKind.TOKEN, b"x" * 32) is None
+    # A digest is known under its kind only.
+    assert await store.credential(CredentialKind.CERTIFICATE, NGO_TOKEN.digest) is None
+
+    cert = certificate(NGO.partner_id)
+    await store.add_credential(cert)
+    assert await store.credential(CredentialKind.CERTIFICATE, cert.digest) == (cert, NGO)
+    assert await store.list_credentials(NGO.partner_id) == [NGO_TOKEN, cert]
+    assert await store.list_credentials("nobody") == []
+
+    revoked = await store.revoke_credential(NGO.partner_id, NGO_TOKEN.credential_id, 50.0)
+    assert revoked.revoked_at == 50.0 and revoked.credential_id == NGO_TOKEN.credential_id
+    # Revoking again keeps the first time.
+    again = await store.revoke_credential(NGO.partner_id, NGO_TOKEN.credential_id, 60.0)
+    assert again == revoked
+    found = await store.credential(CredentialKind.TOKEN, NGO_TOKEN.digest)
+    assert found is not None and found[0] == revoked
+    assert found[0].problem(70.0) == f"token {NGO_TOKEN.credential_id} was revoked"
+    assert await store.list_credentials(NGO.partner_id) == [revoked, cert]
+
+
+async def test_credential_errors(store: SqliteStore) -> None:
+    with pytest.raises(NotFound, match="unknown partner nobody"):
+        await store.add_credential(certificate("nobody"))
+    cert = certificate(NGO.partner_id)
+    await store.add_credential(cert)
+    # One certificate, one partner.
+    with pytest.raises(AlreadyExists, match="certificate is already bound to partner ngo-1"):
+        await store.add_credential(
+            Credential("crt_other", PLATFORM.partner_id, cert.kind, cert.digest, 30.0)
+        )
+    with pytest.raises(AlreadyExists, match=r"credential id crt_\w+ is already taken"):
+        await store.add_credential(
+            Credential(cert.credential_id, PLATFORM.partner_id, cert.kind, b"d" * 32, 30.0)
+        )
+    # Another partner's credential is not one of this partner's.
+    with pytest.raises(NotFound, match=f"partner plat-1 has no credential {cert.credential_id}"):
+        await store.revoke_credential(PLATFORM.partner_id, cert.credential_id, 1.0)
+    with pytest.raises(NotFound, match="unknown partner nobody"):
+        await store.revoke_credential("nobody", cert.credential_id, 1.0)
+    found = await store.credential(cert.kind, cert.digest)
+    assert found is not None and found[0].revoked_at is None
+
+
+async def test_registry_version_moves_with_every_registry_change(store: SqliteStore) -> None:
+    versions = [await store.registry_version()]
+
+    async def moved() -> bool:
+        versions.append(await store.registry_version())
+        return versions[-1] != versions[-2]
+
+    token, _ = new_token_credential("gov-1")
+    await store.add_partner(Partner("gov-1", "Labour Inspectorate", "identity--g"), token)
+    assert await moved()
+    await store.update_partner(Partner("gov-1", "Inspectorate", "identity--g", disabled=True))
+    assert await moved()
+    await store.add_community(Community("baltic"))
+    assert await moved()
+    await store.join_community("baltic", "gov-1")
+    assert await moved()
+    await store.join_community("baltic", "gov-1")
+    assert not await moved()  # already a member: no change
+    await store.leave_community("baltic", "gov-1")
+    assert await moved()
+    cert = certificate("gov-1")
+    await store.add_credential(cert)
+    assert await moved()
+    await store.revoke_credential("gov-1", cert.credential_id, 5.0)
+    assert await moved()
+    await store.revoke_credential("gov-1", cert.credential_id, 6.0)
+    assert not await moved()  # already revoked: no change
+
+    # Objects are not the registry.
+    await commit(store, NGO, obj())
+    await store.mark_published([1], {("green", 0): 1})
+    assert not await moved()
+    # A failed change moves nothing.
+    with pytest.raises(NotFound):
+        await store.join_community("nope", "gov-1")
+    assert not await moved()
+
+
+async def test_registry_changes_are_seen_by_another_store(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """The CLI changes the registry on the same file while the server runs."""
+    other = SqliteStore(tmp_path / "exchange.sqlite3")
+    await other.open()
+    try:
+        before = await store.registry_version()
+        await other.revoke_credential(NGO.partner_id, NGO_TOKEN.credential_id, 9.0)
+        assert await store.registry_version() == before + 1
+        found = await store.credential(CredentialKind.TOKEN, NGO_TOKEN.digest)
+        assert found is not None and found[0].revoked_at == 9.0
+    finally:
+        await other.close()

@@ -46,6 +46,7 @@ def test_fixed_surface_is_exported() -> None:
         "ObjectResult",
         "Delivery",
         "Subscription",
+        "PartnerKind",
     }
     assert expected <= set(exchange_client.__all__)
 
@@ -69,6 +70,25 @@ def test_client_signatures() -> None:
     subscribe = inspect.signature(client.subscribe).parameters
     assert list(subscribe)[1:5] == ["types", "labels", "cursor", "from_beginning"]
     assert "timeout" in inspect.signature(client.submit).parameters
+    audience = ["communities", "recipients", "exclude_kinds", "timeout"]
+    for method in (client.submit, client.submit_stream):
+        parameters = inspect.signature(method).parameters
+        assert list(parameters)[2:] == audience, method.__name__
+        assert all(parameters[n].kind is inspect.Parameter.KEYWORD_ONLY for n in audience)
+    get = inspect.signature(client.get).parameters
+    assert list(get) == ["self", "object_id", "version", "timeout"]
+    assert get["version"].kind is inspect.Parameter.KEYWORD_ONLY
+    init = inspect.signature(client).parameters
+    for name in ("ca_file", "cert_file", "key_file"):
+        assert init[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert init[name].default is None
+
+
+def test_partner_kinds_are_plain_strings() -> None:
+    kind = exchange_client.PartnerKind
+    assert kind("government") is kind.GOVERNMENT
+    assert str(kind.NGO) == "ngo"
+    assert {k.value for k in kind} == {"ngo", "tech", "government", "intergovernmental", "other"}
 
 
 def test_sdk_is_typed() -> None:

@@ -1,9 +1,10 @@
-"""`exchange submit` and `exchange subscribe` (exchange.cli_feed) against a fake exchange."""
+"""`exchange submit`, `get` and `subscribe` (exchange.cli_feed) against a fake exchange."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,19 +21,23 @@ from click.testing import CliRunner
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
-from exchange.cli_feed import submit, subscribe
+from exchange import cli_feed
+from exchange.cli_feed import get, submit, subscribe
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "good-token"
 
 
 class FakeExchange(pb_grpc.ExchangeServiceServicer):
-    """Accepts ids without 'dup'/'bad'; 'dup' is a duplicate, 'bad' is rejected."""
+    """Accepts ids without 'dup'/'bad'; 'dup' is a duplicate, 'bad' is rejected;
+    accepted ids containing 'notice' get a notice."""
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
+        self.submits: list[pb.SubmitRequest] = []
         self.batches: list[pb.SubscribeResponse] = []
         self.hold_open = False
+        self.objects: dict[tuple[str, str], pb.Delivery] = {}
 
     def _authenticate(self, context: Any) -> None:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
@@ -40,6 +45,7 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
 
     def Submit(self, request: Any, context: Any) -> pb.SubmitResponse:
         self._authenticate(context)
+        self.submits.append(request)
         try:
             objects = json.loads(request.bundle)["objects"]
         except ValueError:
@@ -55,11 +61,21 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
                 result.rejection.message = f"{obj['id']}: confidence: expected 0-100, got 250"
             else:
                 result.outcome = pb.OUTCOME_ACCEPTED
+                if "notice" in obj["id"]:
+                    result.notice = "keeps the wider audience of its earlier versions"
         return response
 
     def SubmitStream(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "the CLI submits file by file")
         yield from ()
+
+    def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
+        self._authenticate(context)
+        self.requests.append(request)
+        found = self.objects.get((request.object_id, request.version))
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id}")
+        return pb.GetObjectResponse(delivery=found)
 
     def Subscribe(self, request: Any, context: Any) -> Iterator[pb.SubscribeResponse]:
         self._authenticate(context)
@@ -78,7 +94,8 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeExchange]:
     server.start()
     monkeypatch.setenv("EXCHANGE_TARGET", f"127.0.0.1:{port}")
     monkeypatch.setenv("EXCHANGE_TOKEN", TOKEN)
-    monkeypatch.delenv("EXCHANGE_CA_FILE", raising=False)
+    for name in ("EXCHANGE_CA_FILE", "EXCHANGE_CERT_FILE", "EXCHANGE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
     yield servicer
     server.stop(0)
 
@@ -110,7 +127,7 @@ def delivery(n: int) -> pb.Delivery:
 # -- help ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [submit, subscribe])
+@pytest.mark.parametrize("command", [submit, get, subscribe])
 def test_help(command: Any) -> None:
     result = CliRunner().invoke(command, ["--help"])
     assert result.exit_code == 0, result.output
@@ -118,6 +135,18 @@ def test_help(command: Any) -> None:
     assert "EXCHANGE_TARGET" in result.output
     assert "EXCHANGE_TOKEN" in result.output
     assert "--token" in result.output
+    for option in ("--cert-file", "EXCHANGE_CERT_FILE", "--key-file", "EXCHANGE_KEY_FILE"):
+        assert option in result.output
+
+
+def test_submit_help_shows_the_audience_options() -> None:
+    output = CliRunner().invoke(submit, ["--help"]).output
+    for option in ("--community NAME", "--recipient PARTNER_ID", "--exclude-kind KIND"):
+        assert option in output
+    assert "ngo, tech, government, intergovernmental, other" in " ".join(output.split())
+    assert "exchange submit leads.json --community sea-taskforce --exclude-kind government" in (
+        output
+    )
 
 
 # -- submit --------------------------------------------------------------------------
@@ -166,6 +195,7 @@ def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
                     "reason": "indicator--bad: confidence: expected 0-100, got 250",
                 }
             ],
+            "notices": [],
             "error": None,
         },
         {
@@ -173,6 +203,7 @@ def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
             "accepted": [],
             "duplicates": [],
             "rejected": [],
+            "notices": [],
             "error": "bundle is not JSON",
         },
     ]
@@ -217,7 +248,11 @@ def test_submit_without_token(
     good = write_bundle(tmp_path / "good.json", "indicator--1")
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 1
-    assert result.stderr == "error: no API token: pass --token or set EXCHANGE_TOKEN\n"
+    assert result.stderr == (
+        "error: no API token: pass --token or set EXCHANGE_TOKEN "
+        "(or authenticate with a client certificate: --cert-file and --key-file)\n"
+    )
+    assert fake.submits == []
 
 
 def _closed_port() -> int:
@@ -240,6 +275,218 @@ def test_submit_missing_file_is_a_usage_error(fake: FakeExchange, tmp_path: Path
     result = CliRunner().invoke(submit, [str(tmp_path / "nope.json")])
     assert result.exit_code == 2
     assert "does not exist" in result.stderr
+
+
+def test_submit_audience_options_reach_the_request(fake: FakeExchange, tmp_path: Path) -> None:
+    first = write_bundle(tmp_path / "first.json", "indicator--1")
+    second = write_bundle(tmp_path / "second.json", "indicator--2")
+    args = [
+        *("--community", "sea-taskforce", "--community", "gulf-labour"),
+        *("--recipient", "ngo-lighthouse"),
+        *("--exclude-kind", "government", "--exclude-kind", "Intergovernmental"),
+    ]
+    result = CliRunner().invoke(submit, [str(first), *args, str(second)])
+    assert result.exit_code == 0, result.output
+    assert len(fake.submits) == 2
+    for request in fake.submits:  # the audience applies to every file
+        assert list(request.audience.communities) == ["sea-taskforce", "gulf-labour"]
+        assert list(request.audience.recipients) == ["ngo-lighthouse"]
+        assert list(request.audience.exclude_kinds) == [
+            pb.PARTNER_KIND_GOVERNMENT,
+            pb.PARTNER_KIND_INTERGOVERNMENTAL,
+        ]
+
+
+def test_submit_without_audience_options_sends_none(fake: FakeExchange, tmp_path: Path) -> None:
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    assert CliRunner().invoke(submit, [str(good)]).exit_code == 0
+    assert not fake.submits[0].HasField("audience")
+
+
+def test_submit_unknown_exclude_kind_is_a_usage_error(fake: FakeExchange, tmp_path: Path) -> None:
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    result = CliRunner().invoke(submit, [str(good), "--exclude-kind", "police"])
+    assert result.exit_code == 2
+    assert "'police' is not one of" in result.stderr
+    assert fake.submits == []
+
+
+@pytest.mark.parametrize("option", ["--community", "--recipient"])
+def test_submit_blank_audience_name_is_a_usage_error(
+    fake: FakeExchange, tmp_path: Path, option: str
+) -> None:
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    result = CliRunner().invoke(submit, [str(good), option, "ngo-a", option, " "])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': must not be empty" in result.stderr
+    assert "Traceback" not in result.output
+    assert fake.submits == []
+
+
+def test_submit_prints_notices(fake: FakeExchange, tmp_path: Path) -> None:
+    path = write_bundle(
+        tmp_path / "leads.json", "indicator--notice1", "indicator--2", "indicator--bad"
+    )
+    result = CliRunner().invoke(submit, [str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [
+        f"{path}: 2 accepted, 0 duplicate, 1 rejected",
+        "  indicator--bad: confidence: expected 0-100, got 250",
+        "  notice: indicator--notice1: keeps the wider audience of its earlier versions",
+    ]
+    result = CliRunner().invoke(submit, ["--json", str(path)])
+    record = json.loads(result.stdout)
+    assert record["notices"] == [
+        {
+            "object_id": "indicator--notice1",
+            "notice": "keeps the wider audience of its earlier versions",
+        }
+    ]
+    assert record["accepted"] == ["indicator--notice1", "indicator--2"]
+
+
+# -- client certificates -------------------------------------------------------------
+
+
+def test_cert_file_without_key_file_is_one_line_exit_1(fake: FakeExchange, tmp_path: Path) -> None:
+    pem = tmp_path / "client.pem"
+    pem.write_text("")
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    result = CliRunner().invoke(submit, [str(good), "--cert-file", str(pem), "--ca-file", str(pem)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: a client certificate needs both --cert-file and")
+    assert "--cert-file is set but --key-file is not" in result.stderr
+    result = CliRunner().invoke(
+        get, ["indicator--1", "--cert-file", str(pem), "--key-file", str(pem)]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: a client certificate needs TLS: set --ca-file")
+    assert fake.submits == fake.requests == []
+
+
+def test_cert_files_from_the_environment_make_the_token_optional(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem = tmp_path / "client.pem"
+    pem.write_text("")
+    monkeypatch.delenv("EXCHANGE_TOKEN")
+    monkeypatch.setenv("EXCHANGE_CERT_FILE", str(pem))
+    result = CliRunner().invoke(subscribe, [])
+    # No complaint about the missing token: the key file is what is missing.
+    assert result.exit_code == 1
+    assert "--key-file is not" in result.stderr
+    assert "no API token" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_submit_over_mutual_tls_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = {}
+    for name in ("localhost", "ngo-lighthouse"):
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        keys[name] = (key, cert)
+
+    class ByCertificate(FakeExchange):
+        def _authenticate(self, context: Any) -> None:
+            if context.auth_context().get("x509_common_name") != [b"ngo-lighthouse"]:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown client certificate")
+
+    servicer = ByCertificate()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
+    server_key, server_cert = keys["localhost"]
+    client_key, client_cert = keys["ngo-lighthouse"]
+    credentials = grpc.ssl_server_credentials(
+        [(server_key.read_bytes(), server_cert.read_bytes())],
+        root_certificates=client_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    for name in ("EXCHANGE_TOKEN", "EXCHANGE_CA_FILE", "EXCHANGE_CERT_FILE", "EXCHANGE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    try:
+        result = CliRunner().invoke(
+            submit,
+            [
+                str(good),
+                *("--target", f"127.0.0.1:{port}", "--ca-file", str(server_cert)),
+                *("--cert-file", str(client_cert), "--key-file", str(client_key)),
+            ],
+        )
+    finally:
+        server.stop(0)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{good}: 1 accepted, 0 duplicate, 0 rejected\n"
+    assert not servicer.submits[0].HasField("audience")
+
+
+# -- get -----------------------------------------------------------------------------
+
+
+def test_get_prints_the_object(fake: FakeExchange) -> None:
+    latest, older = delivery(1), delivery(1)
+    older.version = "2024-04-01T10:00:00.000Z"
+    older.object = b'{"type":"indicator","id":"indicator--1","name":"older"}'
+    fake.objects = {("indicator--1", ""): latest, ("indicator--1", older.version): older}
+    result = CliRunner().invoke(get, ["indicator--1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "type": "indicator",
+        "id": "indicator--1",
+        "labels": ["forced-labour"],
+    }
+    assert result.stdout.count("\n") == 1
+    result = CliRunner().invoke(get, ["indicator--1", "--version", older.version])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == older.object.decode() + "\n"
+    assert [(r.object_id, r.version) for r in fake.requests] == [
+        ("indicator--1", ""),
+        ("indicator--1", "2024-04-01T10:00:00.000Z"),
+    ]
+
+
+def test_get_not_found_is_one_line_exit_1(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(get, ["indicator--hidden"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == "error: indicator--hidden: not found (or not visible to you)\n"
+    result = CliRunner().invoke(get, ["indicator--hidden", "--version", "v9"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: indicator--hidden version v9: not found (or not visible to you)\n"
+    )
+
+
+def test_get_bad_token(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(get, ["indicator--1", "--token", "wrong"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: authentication failed: unknown API token (check --token / EXCHANGE_TOKEN)\n"
+    )
+
+
+def test_get_blank_object_id_is_a_usage_error(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(get, [" "])
+    assert result.exit_code == 2
+    assert "OBJECT_ID" in result.stderr
+    assert fake.requests == []
+
+
+def test_get_is_exported() -> None:
+    assert set(cli_feed.__all__) == {"get", "submit", "subscribe"}
 
 
 # -- subscribe -----------------------------------------------------------------------

@@ -16,9 +16,13 @@ import grpc
 import pytest
 from exchange_client import (
     BundleInput,
+    Delivery,
     ExchangeClient,
+    NotFound,
+    PartnerKind,
     SubmitResult,
     Subscription,
+    Unavailable,
     ValidationError,
 )
 from exchange_client._pb import exchange_pb2 as pb
@@ -34,7 +38,8 @@ def bundle(*object_ids: str) -> dict[str, Any]:
 
 
 def judge(data: bytes) -> pb.SubmitResponse:
-    """Accept every object, except ids containing 'dup' (duplicate) or 'bad' (rejected)."""
+    """Accept every object, except ids containing 'dup' (duplicate) or 'bad' (rejected);
+    accepted ids containing 'notice' get a notice."""
     response = pb.SubmitResponse()
     for index, obj in enumerate(json.loads(data)["objects"]):
         result = response.results.add(object_id=obj["id"], index=index, version="v1")
@@ -46,6 +51,8 @@ def judge(data: bytes) -> pb.SubmitResponse:
             result.rejection.message = f"{obj['id']}: confidence: expected 0-100"
         else:
             result.outcome = pb.OUTCOME_ACCEPTED
+            if "notice" in obj["id"]:
+                result.notice = f"{obj['id']} keeps\nthe wider audience of version v0"
     return response
 
 
@@ -56,6 +63,8 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         self.hold_open = False
         self.stream_ended = threading.Event()
         self.reverse_stream = False
+        self.stream_requests: list[pb.SubmitStreamRequest] = []
+        self.objects: dict[tuple[str, str], pb.Delivery] = {}
 
     def _record(self, context: Any, request: Any) -> None:
         self.calls.append(
@@ -78,6 +87,7 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         self._record(context, None)
         responses = []
         for r in request_iterator:
+            self.stream_requests.append(r)
             try:
                 response = pb.SubmitStreamResponse(request_id=r.request_id, result=judge(r.bundle))
             except ValueError:
@@ -86,6 +96,13 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         if self.reverse_stream:
             responses.reverse()
         yield from responses
+
+    def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
+        self._record(context, request)
+        found = self.objects.get((request.object_id, request.version))
+        if found is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id}")
+        return pb.GetObjectResponse(delivery=found)
 
     def Subscribe(self, request: Any, context: Any) -> Iterator[pb.SubscribeResponse]:
         self._record(context, request)
@@ -222,6 +239,178 @@ def test_closed_client_refuses_calls(fake: tuple[str, FakeExchange]) -> None:
         client.submit(bundle())
     with pytest.raises(RuntimeError, match="closed"):
         client.subscribe()
+
+
+# -- audiences and notices ---------------------------------------------------------
+
+
+def test_submit_without_audience_leaves_it_unset(fake: tuple[str, FakeExchange]) -> None:
+    target, servicer = fake
+    with ExchangeClient(target=target, token="t") as client:
+        client.submit(bundle("indicator--1"))
+        client.submit(bundle("indicator--1"), communities=[], recipients=(), exclude_kinds=[])
+    assert [c["request"].HasField("audience") for c in servicer.calls] == [False, False]
+
+
+def test_submit_audience_reaches_the_request(fake: tuple[str, FakeExchange]) -> None:
+    target, servicer = fake
+    with ExchangeClient(target=target, token="t") as client:
+        client.submit(
+            bundle("indicator--1"),
+            communities=["sea-taskforce", "gulf-labour", "sea-taskforce"],
+            recipients=("ngo-lighthouse",),
+            exclude_kinds=["government", PartnerKind.INTERGOVERNMENTAL, "Government"],
+        )
+        # One string is one name, not its characters.
+        client.submit(bundle("indicator--2"), communities="sea-taskforce", exclude_kinds="tech")
+        client.submit(bundle("indicator--3"), recipients=" ngo-lighthouse ")
+    first, second, third = (c["request"].audience for c in servicer.calls)
+    assert list(first.communities) == ["sea-taskforce", "gulf-labour"]
+    assert list(first.recipients) == ["ngo-lighthouse"]
+    assert list(first.exclude_kinds) == [
+        pb.PARTNER_KIND_GOVERNMENT,
+        pb.PARTNER_KIND_INTERGOVERNMENTAL,
+    ]
+    assert list(second.communities) == ["sea-taskforce"]
+    assert list(second.recipients) == []
+    assert list(second.exclude_kinds) == [pb.PARTNER_KIND_TECH]
+    assert (list(third.communities), list(third.recipients)) == ([], ["ngo-lighthouse"])
+
+
+def test_every_partner_kind_maps_to_the_wire() -> None:
+    assert [k.value for k in PartnerKind] == [
+        "ngo",
+        "tech",
+        "government",
+        "intergovernmental",
+        "other",
+    ]
+    for kind in PartnerKind:
+        assert pb.PartnerKind.Value(f"PARTNER_KIND_{kind.name}") != pb.PARTNER_KIND_UNSPECIFIED
+
+
+def test_unknown_exclude_kind_is_refused_before_any_call(
+    fake: tuple[str, FakeExchange],
+) -> None:
+    target, servicer = fake
+    with ExchangeClient(target=target, token="t") as client:
+        with pytest.raises(ValueError, match="police") as caught:
+            client.submit(bundle("indicator--1"), exclude_kinds=["ngo", "police"])
+        for kind in PartnerKind:
+            assert repr(kind.value) in str(caught.value)
+        with pytest.raises(ValueError, match="unknown partner kind"):
+            client.submit_stream([bundle("indicator--1")], exclude_kinds="police")
+        with pytest.raises(ValueError, match="unknown partner kind"):
+            client.submit(bundle("indicator--1"), exclude_kinds="unspecified")
+    assert servicer.calls == []
+
+
+@pytest.mark.parametrize(
+    "audience",
+    [{"communities": [""]}, {"recipients": ["ngo-a", "  "]}, {"exclude_kinds": [""]}],
+)
+def test_blank_audience_names_are_refused(
+    fake: tuple[str, FakeExchange], audience: dict[str, Any]
+) -> None:
+    target, servicer = fake
+    with (
+        ExchangeClient(target=target, token="t") as client,
+        pytest.raises(ValueError, match="must not be empty"),
+    ):
+        client.submit(bundle("indicator--1"), **audience)
+    assert servicer.calls == []
+
+
+def test_audience_names_must_be_strings(fake: tuple[str, FakeExchange]) -> None:
+    target, _ = fake
+    with ExchangeClient(target=target, token="t") as client:
+        with pytest.raises(TypeError, match="communities"):
+            client.submit(bundle("indicator--1"), communities=[42])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match="bytes"):
+            client.submit(bundle("indicator--1"), recipients=b"ngo-a")  # type: ignore[arg-type]
+
+
+def test_submit_stream_audience_goes_with_every_bundle(fake: tuple[str, FakeExchange]) -> None:
+    target, servicer = fake
+    with ExchangeClient(target=target, token="t") as client:
+        results = list(
+            client.submit_stream(
+                [bundle("indicator--1"), bundle("indicator--2")],
+                communities="sea-taskforce",
+                recipients=["ngo-lighthouse", "tech-platform"],
+                exclude_kinds=[PartnerKind.GOVERNMENT],
+            )
+        )
+        list(client.submit_stream([bundle("indicator--3")]))
+    assert [r.accepted for r in results] == [["indicator--1"], ["indicator--2"]]
+    first, second, plain = servicer.stream_requests
+    for request in (first, second):
+        assert list(request.audience.communities) == ["sea-taskforce"]
+        assert list(request.audience.recipients) == ["ngo-lighthouse", "tech-platform"]
+        assert list(request.audience.exclude_kinds) == [pb.PARTNER_KIND_GOVERNMENT]
+    assert not plain.HasField("audience")
+
+
+def test_notices_are_parsed(fake: tuple[str, FakeExchange]) -> None:
+    target, _ = fake
+    with ExchangeClient(target=target, token="t") as client:
+        result = client.submit(bundle("indicator--1", "indicator--notice", "indicator--bad"))
+        streamed = next(client.submit_stream([bundle("indicator--notice")]))
+    assert [r.notice for r in result.results] == [
+        "",
+        "indicator--notice keeps the wider audience of version v0",  # one line
+        "",
+    ]
+    assert result.accepted == ["indicator--1", "indicator--notice"]
+    assert result.ok is False
+    assert streamed.results[0].notice.startswith("indicator--notice keeps")
+
+
+# -- get ---------------------------------------------------------------------------
+
+
+def test_get_returns_a_delivery(fake: tuple[str, FakeExchange]) -> None:
+    target, servicer = fake
+    latest, older = delivery(7, version="v2"), delivery(7, version="v1")
+    latest.cursor = older.cursor = ""  # a look-up has no stream position
+    servicer.objects = {("indicator--7", ""): latest, ("indicator--7", "v1"): older}
+    with ExchangeClient(target=target, token="s3cret", timeout=5) as client:
+        got = client.get("indicator--7")
+        old = client.get("indicator--7", version="v1", timeout=30)
+    assert isinstance(got, Delivery)
+    assert (got.object_id, got.version, got.tlp, got.cursor) == ("indicator--7", "v2", "green", "")
+    assert got.object == {"type": "indicator", "id": "indicator--7"}
+    assert old.version == "v1"
+    first, second = servicer.calls
+    assert (first["request"].object_id, first["request"].version) == ("indicator--7", "")
+    assert (second["request"].object_id, second["request"].version) == ("indicator--7", "v1")
+    assert first["metadata"]["authorization"] == "Bearer s3cret"
+    assert 3 < first["time_remaining"] <= 7  # the client's unary deadline
+    assert 25 < second["time_remaining"] <= 32
+
+
+def test_get_not_found(fake: tuple[str, FakeExchange]) -> None:
+    target, _ = fake
+    with (
+        ExchangeClient(target=target, token="t") as client,
+        pytest.raises(NotFound) as caught,
+    ):
+        client.get("indicator--hidden")
+    assert caught.value.code == "NOT_FOUND"
+    assert str(caught.value) == "no object indicator--hidden"
+
+
+def test_get_needs_an_object_id(fake: tuple[str, FakeExchange]) -> None:
+    target, servicer = fake
+    with ExchangeClient(target=target, token="t") as client:
+        with pytest.raises(ValueError, match="object_id"):
+            client.get("")
+        with pytest.raises(ValueError, match="object_id"):
+            client.get("  ")
+    client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        client.get("indicator--1")
+    assert servicer.calls == []
 
 
 # -- submit_stream -----------------------------------------------------------------
@@ -434,3 +623,103 @@ def test_ca_file_switches_to_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_missing_ca_file_raises(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         ExchangeClient(token="t", ca_file=tmp_path / "nope.pem")
+
+
+@pytest.fixture
+def no_tls_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EXCHANGE_CA_FILE", "EXCHANGE_CERT_FILE", "EXCHANGE_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_tls_env")
+def test_client_certificate_needs_its_key_and_a_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem = tmp_path / "any.pem"
+    pem.write_text("not read: the arguments are checked first")
+    with pytest.raises(ValueError, match="cert_file is set but key_file is not"):
+        ExchangeClient(token="t", ca_file=pem, cert_file=pem)
+    with pytest.raises(ValueError, match="key_file is set but cert_file is not"):
+        ExchangeClient(token="t", ca_file=pem, key_file=pem)
+    with pytest.raises(ValueError, match=r"needs TLS: set ca_file \(\$EXCHANGE_CA_FILE\)"):
+        ExchangeClient(cert_file=pem, key_file=pem)
+    monkeypatch.setenv("EXCHANGE_CERT_FILE", str(pem))  # the environment is checked alike
+    with pytest.raises(ValueError, match="key_file is not"):
+        ExchangeClient(token="t", ca_file=pem)
+    monkeypatch.setenv("EXCHANGE_KEY_FILE", str(pem))
+    with pytest.raises(ValueError, match="needs TLS"):
+        ExchangeClient(token="t")
+
+
+@pytest.mark.usefixtures("no_tls_env")
+def test_missing_client_certificate_raises(tmp_path: Path) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_text("")
+    with pytest.raises(FileNotFoundError):
+        ExchangeClient(ca_file=pem, cert_file=tmp_path / "nope.pem", key_file=pem)
+
+
+def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return key, cert
+
+
+class _PeerRecorder(FakeExchange):
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: list[list[bytes]] = []
+
+    def Submit(self, request: Any, context: Any) -> pb.SubmitResponse:
+        self.peers.append(list(context.auth_context().get("x509_common_name", [])))
+        return super().Submit(request, context)
+
+
+@pytest.mark.usefixtures("no_tls_env")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_client_certificate_is_presented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server_key, server_cert = _self_signed(tmp_path, "localhost")
+    client_key, client_cert = _self_signed(tmp_path, "ngo-lighthouse")
+    servicer = _PeerRecorder()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
+    credentials = grpc.ssl_server_credentials(
+        [(server_key.read_bytes(), server_cert.read_bytes())],
+        root_certificates=client_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    target = f"127.0.0.1:{server.add_secure_port('127.0.0.1:0', credentials)}"
+    server.start()
+    try:
+        # No token: the certificate is the credential.
+        with ExchangeClient(
+            target=target, ca_file=server_cert, cert_file=client_cert, key_file=client_key
+        ) as client:
+            assert client.submit(bundle("indicator--1")).accepted == ["indicator--1"]
+        assert "authorization" not in servicer.calls[0]["metadata"]
+        monkeypatch.setenv("EXCHANGE_CA_FILE", str(server_cert))
+        monkeypatch.setenv("EXCHANGE_CERT_FILE", str(client_cert))
+        monkeypatch.setenv("EXCHANGE_KEY_FILE", str(client_key))
+        with ExchangeClient(target=target, token="t") as client:
+            assert client.submit(bundle("indicator--2")).accepted == ["indicator--2"]
+        assert servicer.calls[1]["metadata"]["authorization"] == "Bearer t"
+        assert servicer.peers == [[b"ngo-lighthouse"], [b"ngo-lighthouse"]]
+        # Without the certificate the server refuses the handshake.
+        monkeypatch.delenv("EXCHANGE_CERT_FILE")
+        monkeypatch.delenv("EXCHANGE_KEY_FILE")
+        with (
+            ExchangeClient(target=target, token="t", timeout=5) as client,
+            pytest.raises(Unavailable),
+        ):
+            client.submit(bundle("indicator--3"))
+        assert len(servicer.calls) == 2
+    finally:
+        server.stop(0)

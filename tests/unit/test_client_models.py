@@ -255,6 +255,21 @@ def test_unknown_outcome_is_kept_but_not_counted() -> None:
     assert result.ok
 
 
+def test_notices_of_accepted_objects() -> None:
+    with_notice = _result("indicator--a", pb.OUTCOME_ACCEPTED, 0)
+    with_notice.notice = "keeps the wider audience\n  of its earlier versions (community: gulf)"
+    result = SubmitResult._from_pb(
+        pb.SubmitResponse(results=[with_notice, _result("indicator--b", pb.OUTCOME_ACCEPTED, 1)])
+    )
+    assert [r.notice for r in result.results] == [
+        "keeps the wider audience of its earlier versions (community: gulf)",
+        "",
+    ]
+    assert result.ok
+    # The field has a default, so results built by hand need not name it.
+    assert ObjectResult(object_id="x", version="v", outcome="accepted", index=0).notice == ""
+
+
 # -- Delivery -> Delivery --------------------------------------------------------
 
 

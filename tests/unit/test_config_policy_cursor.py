@@ -1,24 +1,16 @@
-"""Settings, the policy decision and cursors: pure functions, no network."""
+"""Settings and cursors: pure functions, no network (the policy: test_policy.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange import policy
 from exchange.config import load_settings
 from exchange.errors import InvalidArgument
-from exchange.model import Partner, Tlp
 from exchange.subscriptions import Cursor
-
-NGO = Partner("ngo", "NGO", "non-profit", "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44")
-PLATFORM = Partner(
-    "plat", "Platform", "technology", "identity--a3a9de07-2aff-5a6d-b411-cac72225a4e7"
-)
 
 
 def test_settings_layers_file_then_environment_then_overrides(tmp_path: Path) -> None:
@@ -42,6 +34,8 @@ def test_settings_layers_file_then_environment_then_overrides(tmp_path: Path) ->
         ("unknown_key = 1\n", "unknown_key"),
         ("default_tlp = 'purple'\n", "default_tlp"),
         ("[limits]\nmax_depth = 0\n", "limits.max_depth"),
+        ("[tls]\ncert_file = 'server.pem'\n", "tls.cert_file and tls.key_file"),
+        ("[tls]\nclient_ca_file = 'ca.pem'\n", "tls.client_ca_file"),
         ("listen = \n", "not valid TOML"),
     ],
 )
@@ -50,28 +44,6 @@ def test_bad_settings_are_named(tmp_path: Path, text: str, named: str) -> None:
     config.write_text(text)
     with pytest.raises(InvalidArgument, match=named.replace(".", r"\.")):
         load_settings(config, environ={})
-
-
-@given(tlp=st.sampled_from(list(Tlp)), disabled=st.booleans())
-def test_routing_and_delivery_agree(tlp: Tlp, disabled: bool) -> None:
-    """Whoever may receive an object reads one of the topics it is routed to."""
-    for partner in (NGO, PLATFORM):
-        who = dataclasses.replace(partner, disabled=disabled)
-        allowed = policy.may_receive(who, tlp=tlp, submitter=NGO.partner_id)
-        routed = set(policy.topics_for(tlp=tlp, submitter=NGO.partner_id))
-        reads = set(policy.subscription_topics(who))
-        # A disabled partner is refused at delivery even where topics overlap.
-        assert allowed == (not disabled and bool(routed & reads))
-
-
-def test_issue_two_rules() -> None:
-    for tlp in (Tlp.CLEAR, Tlp.GREEN):
-        assert policy.may_receive(PLATFORM, tlp=tlp, submitter=NGO.partner_id)
-    for tlp in (Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED):
-        assert not policy.may_receive(PLATFORM, tlp=tlp, submitter=NGO.partner_id)
-        assert policy.may_receive(NGO, tlp=tlp, submitter=NGO.partner_id)
-    disabled = Partner("ngo", "NGO", "non-profit", NGO.identity_id, disabled=True)
-    assert not policy.may_receive(disabled, tlp=Tlp.CLEAR, submitter=NGO.partner_id)
 
 
 @given(

@@ -5,7 +5,10 @@ Submit STIX 2.1 bundles and stream the objects you may see::
     from exchange_client import ExchangeClient
 
     with ExchangeClient(target="exchange.example.org:50051", token="...") as client:
-        result = client.submit({"type": "bundle", "id": "bundle--...", "objects": [...]})
+        bundle = {"type": "bundle", "id": "bundle--...", "objects": [...]}
+        result = client.submit(bundle)  # who receives it: decided by its TLP
+        client.submit(bundle, communities="sea-taskforce", exclude_kinds=["government"])
+        indicator = client.get("indicator--...")  # one object, if you may see it
         for delivery in client.subscribe(from_beginning=True):
             print(delivery.object_id, delivery.tlp)
 
@@ -23,7 +26,13 @@ from exchange_client._errors import (
     Unavailable,
     ValidationError,
 )
-from exchange_client._models import Delivery, ObjectResult, RejectedObject, SubmitResult
+from exchange_client._models import (
+    Delivery,
+    ObjectResult,
+    PartnerKind,
+    RejectedObject,
+    SubmitResult,
+)
 
 __all__ = [
     "AuthenticationError",
@@ -33,6 +42,7 @@ __all__ = [
     "ExchangeError",
     "NotFound",
     "ObjectResult",
+    "PartnerKind",
     "PermissionDenied",
     "RateLimited",
     "RejectedObject",

@@ -14,7 +14,7 @@ import grpc
 
 from exchange_client._bundle import BundleInput, encode_bundle
 from exchange_client._errors import ExchangeError, ValidationError, from_rpc_error
-from exchange_client._models import Delivery, SubmitResult
+from exchange_client._models import Delivery, PartnerKind, SubmitResult, _audience
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
 
@@ -133,6 +133,41 @@ class Subscription:
                 self.last_cursor = response.cursor
 
 
+def _read_pem(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _tls_files(
+    ca_file: str | os.PathLike[str] | None,
+    cert_file: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None,
+) -> tuple[
+    str | os.PathLike[str] | None, str | os.PathLike[str] | None, str | os.PathLike[str] | None
+]:
+    """The CA, client certificate and key files to use (arguments, else environment), checked."""
+    if ca_file is None:
+        ca_file = os.environ.get("EXCHANGE_CA_FILE") or None
+    if cert_file is None:
+        cert_file = os.environ.get("EXCHANGE_CERT_FILE") or None
+    if key_file is None:
+        key_file = os.environ.get("EXCHANGE_KEY_FILE") or None
+    if (cert_file is None) != (key_file is None):
+        given, missing = (
+            ("cert_file", "key_file") if key_file is None else ("key_file", "cert_file")
+        )
+        raise ValueError(
+            f"a client certificate needs both cert_file and key_file "
+            f"($EXCHANGE_CERT_FILE / $EXCHANGE_KEY_FILE): {given} is set but {missing} is not"
+        )
+    if cert_file is not None and ca_file is None:
+        raise ValueError(
+            "a client certificate needs TLS: set ca_file ($EXCHANGE_CA_FILE) to the PEM root "
+            "certificates that verify the exchange"
+        )
+    return ca_file, cert_file, key_file
+
+
 class _BundleRequests:
     """The request side of SubmitStream: encodes bundles lazily, remembers why it stopped.
 
@@ -141,8 +176,9 @@ class _BundleRequests:
     the caller once the results of the bundles before it have been handed out.
     """
 
-    def __init__(self, bundles: Iterable[BundleInput]) -> None:
+    def __init__(self, bundles: Iterable[BundleInput], audience: pb.Audience | None) -> None:
         self._bundles = bundles
+        self._audience = audience
         self.sent = 0
         self.error: BaseException | None = None
 
@@ -151,7 +187,9 @@ class _BundleRequests:
             for bundle in self._bundles:
                 data = encode_bundle(bundle)
                 _check_size(data)
-                yield pb.SubmitStreamRequest(bundle=data, request_id=str(self.sent))
+                yield pb.SubmitStreamRequest(
+                    bundle=data, request_id=str(self.sent), audience=self._audience
+                )
                 self.sent += 1
         except Exception as err:
             self.error = err
@@ -166,6 +204,13 @@ class ExchangeClient:
     certificates to verify the server with. ``timeout`` is the deadline in
     seconds of each unary call (``None``: no deadline); every call may override it.
 
+    For mutual TLS, ``cert_file`` and ``key_file`` (or ``$EXCHANGE_CERT_FILE``
+    and ``$EXCHANGE_KEY_FILE``) name the partner's PEM client certificate
+    (chain) and private key; they need ``ca_file``. With a client certificate
+    the token is optional: the exchange may know the partner by its certificate.
+    Giving only one of the two, or a certificate without ``ca_file``, raises
+    ``ValueError``; a file that cannot be read raises ``OSError``.
+
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -176,6 +221,8 @@ class ExchangeClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target or os.environ.get("EXCHANGE_TARGET") or DEFAULT_TARGET
@@ -186,8 +233,7 @@ class ExchangeClient:
             (("authorization", f"Bearer {token}"),) if token else ()
         )
         self.timeout = timeout
-        if ca_file is None:
-            ca_file = os.environ.get("EXCHANGE_CA_FILE") or None
+        ca_file, cert_file, key_file = _tls_files(ca_file, cert_file, key_file)
         channel_options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -195,9 +241,16 @@ class ExchangeClient:
             *options,
         ]
         if ca_file is not None:
-            with open(ca_file, "rb") as file:
-                roots = file.read()
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+            roots = _read_pem(ca_file)
+            private_key = certificate_chain = None
+            if cert_file is not None and key_file is not None:
+                certificate_chain = _read_pem(cert_file)
+                private_key = _read_pem(key_file)
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=roots,
+                private_key=private_key,
+                certificate_chain=certificate_chain,
+            )
             self._channel = grpc.secure_channel(self.target, credentials, options=channel_options)
         else:
             self._channel = grpc.insecure_channel(self.target, options=channel_options)
@@ -242,20 +295,39 @@ class ExchangeClient:
 
     # -- calls -----------------------------------------------------------
 
-    def submit(self, bundle: BundleInput, *, timeout: float | None = None) -> SubmitResult:
+    def submit(
+        self,
+        bundle: BundleInput,
+        *,
+        communities: Iterable[str] | str = (),
+        recipients: Iterable[str] | str = (),
+        exclude_kinds: Iterable[PartnerKind | str] | PartnerKind | str = (),
+        timeout: float | None = None,
+    ) -> SubmitResult:
         """Submit one STIX 2.1 bundle and return what happened to each object.
 
         ``bundle`` may be a dict, JSON text (``str``) or bytes, a file path
         (``pathlib.Path``; a ``str`` is always taken as JSON), or a stix2 object.
         Objects the exchange refuses are listed in ``result.rejected``; a bundle
         refused as a whole raises :class:`ValidationError`.
+
+        The audience narrows who receives the objects beyond their TLP:
+        ``communities`` (community names) and ``recipients`` (partner ids) say
+        who receives TLP:AMBER objects (default: the submitter's communities);
+        TLP:AMBER+STRICT and TLP:RED objects go to ``recipients`` only.
+        ``exclude_kinds`` (:class:`PartnerKind` values such as ``"government"``)
+        keeps the objects from every partner of those kinds not named in
+        ``recipients``. Each takes one string or an iterable of strings. An
+        unknown kind raises ``ValueError`` before any call; an unknown community
+        or partner id raises :class:`ValidationError`.
         """
         self._check_open()
+        audience = _audience(communities, recipients, exclude_kinds)
         data = encode_bundle(bundle)
         _check_size(data)
         try:
             response = self._stub.Submit(
-                pb.SubmitRequest(bundle=data),
+                pb.SubmitRequest(bundle=data, audience=audience),
                 timeout=self._deadline(timeout),
                 metadata=self._metadata,
             )
@@ -264,7 +336,13 @@ class ExchangeClient:
         return SubmitResult._from_pb(response)
 
     def submit_stream(
-        self, bundles: Iterable[BundleInput], *, timeout: float | None = None
+        self,
+        bundles: Iterable[BundleInput],
+        *,
+        communities: Iterable[str] | str = (),
+        recipients: Iterable[str] | str = (),
+        exclude_kinds: Iterable[PartnerKind | str] | PartnerKind | str = (),
+        timeout: float | None = None,
     ) -> Iterator[SubmitResult]:
         """Submit many bundles on one stream; yield one result per bundle, in order.
 
@@ -274,9 +352,13 @@ class ExchangeClient:
         and no object results. A bundle that cannot be read (e.g.
         ``FileNotFoundError``) is raised after the results of the bundles before
         it. Leaving the loop early cancels the stream.
+
+        ``communities``, ``recipients`` and ``exclude_kinds`` (see :meth:`submit`)
+        apply to every bundle of the stream; an unknown kind raises ``ValueError``
+        here, before the stream opens.
         """
         self._check_open()
-        requests = _BundleRequests(bundles)
+        requests = _BundleRequests(bundles, _audience(communities, recipients, exclude_kinds))
         call = self._stub.SubmitStream(iter(requests), timeout=timeout, metadata=self._metadata)
         return self._stream_results(call, requests)
 
@@ -307,6 +389,33 @@ class ExchangeClient:
                 "on the stream, or answered them out of order",
                 code="UNKNOWN",
             )
+
+    def get(
+        self, object_id: str, *, version: str | None = None, timeout: float | None = None
+    ) -> Delivery:
+        """One object the caller may see, as a :class:`Delivery` (its ``cursor`` is empty).
+
+        ``version`` (the object's ``modified`` timestamp, as the exchange reports
+        it) picks an older version; by default the latest one is returned. An
+        object that does not exist, or that the caller may not see, raises
+        :class:`NotFound` (the exchange does not tell the two apart).
+        """
+        self._check_open()
+        if not isinstance(object_id, str) or not object_id.strip():
+            raise ValueError("object_id must be a STIX id such as 'indicator--<uuid>'")
+        request = pb.GetObjectRequest(object_id=object_id.strip(), version=version or "")
+        try:
+            response = self._stub.GetObject(
+                request, timeout=self._deadline(timeout), metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        if not response.HasField("delivery"):
+            raise ExchangeError(
+                f"the exchange answered the look-up of {request.object_id} without an object",
+                code="UNKNOWN",
+            )
+        return Delivery._from_pb(response.delivery)
 
     def subscribe(
         self,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -10,7 +12,7 @@ from typing import Any, Literal, cast
 
 from exchange_client._pb import exchange_pb2 as pb
 
-__all__ = ["Delivery", "ObjectResult", "RejectedObject", "SubmitResult"]
+__all__ = ["Delivery", "ObjectResult", "PartnerKind", "RejectedObject", "SubmitResult"]
 
 OutcomeName = Literal["accepted", "duplicate", "rejected", "unspecified"]
 TlpName = Literal["clear", "green", "amber", "amber+strict", "red", "unspecified"]
@@ -34,6 +36,84 @@ _TLPS: dict[int, TlpName] = {
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+class PartnerKind(enum.StrEnum):
+    """The kind of organisation a partner is; a submission may exclude kinds.
+
+    Each member is also its plain string (``PartnerKind.NGO == "ngo"``), so
+    ``exclude_kinds=["government"]`` and ``exclude_kinds=[PartnerKind.GOVERNMENT]``
+    mean the same.
+    """
+
+    NGO = "ngo"
+    TECH = "tech"
+    GOVERNMENT = "government"
+    INTERGOVERNMENTAL = "intergovernmental"
+    OTHER = "other"
+
+
+_PARTNER_KINDS: dict[PartnerKind, pb.PartnerKind.ValueType] = {
+    PartnerKind.NGO: pb.PARTNER_KIND_NGO,
+    PartnerKind.TECH: pb.PARTNER_KIND_TECH,
+    PartnerKind.GOVERNMENT: pb.PARTNER_KIND_GOVERNMENT,
+    PartnerKind.INTERGOVERNMENTAL: pb.PARTNER_KIND_INTERGOVERNMENTAL,
+    PartnerKind.OTHER: pb.PARTNER_KIND_OTHER,
+}
+
+
+def _names(values: Iterable[str] | str | None, what: str) -> list[str]:
+    """Community names or partner ids: one string or many; blanks refused, repeats dropped."""
+    if values is None:
+        return []
+    if isinstance(values, bytes | bytearray):
+        raise TypeError(f"{what} must be str or an iterable of str, not bytes")
+    items = [values] if isinstance(values, str) else list(values)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must be str, not {type(item).__name__}: {item!r}")
+        name = item.strip()
+        if not name:
+            raise ValueError(f"{what} must not be empty")
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _partner_kinds(values: Iterable[str] | str | None) -> list[pb.PartnerKind.ValueType]:
+    """``exclude_kinds`` as protobuf enum values; an unknown kind raises ``ValueError``."""
+    kinds: list[pb.PartnerKind.ValueType] = []
+    for name in _names(values, "exclude_kinds"):
+        try:
+            kind = _PARTNER_KINDS[PartnerKind(name.lower())]
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in PartnerKind)
+            raise ValueError(
+                f"unknown partner kind {name!r} in exclude_kinds: expected one of {allowed}"
+            ) from None
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def _audience(
+    communities: Iterable[str] | str | None,
+    recipients: Iterable[str] | str | None,
+    exclude_kinds: Iterable[str] | str | None,
+) -> pb.Audience | None:
+    """The ``Audience`` of a submission, or ``None`` when nothing narrows it (TLP alone decides).
+
+    Raises ``ValueError`` (unknown kind, blank name) or ``TypeError`` before any call.
+    """
+    audience = pb.Audience(
+        communities=_names(communities, "communities"),
+        recipients=_names(recipients, "recipients"),
+        exclude_kinds=_partner_kinds(exclude_kinds),
+    )
+    if not (audience.communities or audience.recipients or audience.exclude_kinds):
+        return None
+    return audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +145,9 @@ class ObjectResult:
     index: int
     rejection: RejectedObject | None = None
     """Why the object was refused; set only when ``outcome == "rejected"``."""
+    notice: str = ""
+    """Something the submitter should know about an accepted object (one line), e.g.
+    that it keeps the wider audience of its earlier versions; ``""`` when none."""
 
     @classmethod
     def _from_pb(cls, message: pb.ObjectResult) -> ObjectResult:
@@ -93,6 +176,7 @@ class ObjectResult:
             outcome=outcome,
             index=message.index,
             rejection=rejection,
+            notice=_one_line(message.notice),
         )
 
 

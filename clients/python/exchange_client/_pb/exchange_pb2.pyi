@@ -49,6 +49,30 @@ TLP_AMBER_STRICT: Tlp.ValueType  # 4
 TLP_RED: Tlp.ValueType  # 5
 Global___Tlp: _TypeAlias = Tlp  # noqa: Y015
 
+class _PartnerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PartnerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PartnerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARTNER_KIND_UNSPECIFIED: _PartnerKind.ValueType  # 0
+    PARTNER_KIND_NGO: _PartnerKind.ValueType  # 1
+    PARTNER_KIND_TECH: _PartnerKind.ValueType  # 2
+    PARTNER_KIND_GOVERNMENT: _PartnerKind.ValueType  # 3
+    PARTNER_KIND_INTERGOVERNMENTAL: _PartnerKind.ValueType  # 4
+    PARTNER_KIND_OTHER: _PartnerKind.ValueType  # 5
+
+class PartnerKind(_PartnerKind, metaclass=_PartnerKindEnumTypeWrapper):
+    """The kind of organisation a partner is; a submission may exclude kinds."""
+
+PARTNER_KIND_UNSPECIFIED: PartnerKind.ValueType  # 0
+PARTNER_KIND_NGO: PartnerKind.ValueType  # 1
+PARTNER_KIND_TECH: PartnerKind.ValueType  # 2
+PARTNER_KIND_GOVERNMENT: PartnerKind.ValueType  # 3
+PARTNER_KIND_INTERGOVERNMENTAL: PartnerKind.ValueType  # 4
+PARTNER_KIND_OTHER: PartnerKind.ValueType  # 5
+Global___PartnerKind: _TypeAlias = PartnerKind  # noqa: Y015
+
 class _Outcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -76,20 +100,71 @@ OUTCOME_REJECTED: Outcome.ValueType  # 3
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
+class Audience(_message.Message):
+    """Who a submission is for, beyond what its objects' TLP says.
+
+    TLP:CLEAR and TLP:GREEN objects go to every partner with the `subscribe`
+    role; TLP:AMBER to the members of `communities` plus `recipients` (the
+    submitter's own communities when neither is given); TLP:AMBER+STRICT and
+    TLP:RED to `recipients` only (a TLP:RED object without recipients is
+    refused). `exclude_kinds` keeps objects from every partner of those kinds
+    that is not named in `recipients`. The submitter always receives its own
+    objects. An unknown community or partner fails the call with INVALID_ARGUMENT.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMUNITIES_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    EXCLUDE_KINDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def communities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Community names (see `exchange community list`)."""
+
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Partner ids of named recipients."""
+
+    @_builtins.property
+    def exclude_kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___PartnerKind.ValueType]:
+        """Kinds of partner that must not receive the objects."""
+
+    def __init__(
+        self,
+        *,
+        communities: _abc.Iterable[_builtins.str] | None = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        exclude_kinds: _abc.Iterable[Global___PartnerKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["communities", b"communities", "exclude_kinds", b"exclude_kinds", "recipients", b"recipients"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Audience: _TypeAlias = Audience  # noqa: Y015
+
+@_typing.final
 class SubmitRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     BUNDLE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     bundle: _builtins.bytes
     """A STIX 2.1 bundle as UTF-8 JSON."""
+    @_builtins.property
+    def audience(self) -> Global___Audience:
+        """Who the bundle's objects are for; unset: decided by their TLP alone."""
+
     def __init__(
         self,
         *,
         bundle: _builtins.bytes = ...,
+        audience: Global___Audience | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "bundle", b"bundle"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -132,19 +207,25 @@ class SubmitStreamRequest(_message.Message):
 
     BUNDLE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     bundle: _builtins.bytes
     """A STIX 2.1 bundle as UTF-8 JSON."""
     request_id: _builtins.str
     """Echoed in the matching response so a client can pair them up."""
+    @_builtins.property
+    def audience(self) -> Global___Audience:
+        """Who the bundle's objects are for; see SubmitRequest."""
+
     def __init__(
         self,
         *,
         bundle: _builtins.bytes = ...,
         request_id: _builtins.str = ...,
+        audience: Global___Audience | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "bundle", b"bundle", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -190,6 +271,7 @@ class ObjectResult(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     REJECTION_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
     object_id: _builtins.str
     """The object's STIX id, or `objects[N]` when the object has no usable id."""
     version: _builtins.str
@@ -197,6 +279,10 @@ class ObjectResult(_message.Message):
     outcome: Global___Outcome.ValueType
     index: _builtins.int
     """Position of the object in the submitted bundle."""
+    notice: _builtins.str
+    """Something the submitter should know about an accepted object, e.g. that
+    it keeps the wider audience of its earlier versions.
+    """
     @_builtins.property
     def rejection(self) -> Global___Rejection:
         """Set when outcome is OUTCOME_REJECTED."""
@@ -209,10 +295,11 @@ class ObjectResult(_message.Message):
         outcome: Global___Outcome.ValueType = ...,
         rejection: Global___Rejection | None = ...,
         index: _builtins.int = ...,
+        notice: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "object_id", b"object_id", "outcome", b"outcome", "rejection", b"rejection", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "notice", b"notice", "object_id", b"object_id", "outcome", b"outcome", "rejection", b"rejection", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -370,3 +457,49 @@ class Delivery(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class GetObjectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    object_id: _builtins.str
+    """The STIX id of the object."""
+    version: _builtins.str
+    """The version (`modified`) wanted; empty: the latest."""
+    def __init__(
+        self,
+        *,
+        object_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_id", b"object_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectRequest: _TypeAlias = GetObjectRequest  # noqa: Y015
+
+@_typing.final
+class GetObjectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___Delivery:
+        """The object version; its `cursor` is empty."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Global___Delivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetObjectResponse: _TypeAlias = GetObjectResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class ExchangeServiceStub:
                 request_serializer=exchange_dot_v1_dot_exchange__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_exchange__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.GetObject = channel.unary_unary(
+                '/exchange.v1.ExchangeService/GetObject',
+                request_serializer=exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
@@ -85,6 +90,15 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetObject(self, request, context):
+        """GetObject returns one version of an object the caller may see (the latest
+        when no version is given). An object the caller may not see is NOT_FOUND,
+        exactly like one that does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +116,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=exchange_dot_v1_dot_exchange__pb2.SubscribeRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_exchange__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'GetObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetObject,
+                    request_deserializer=exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +205,33 @@ class ExchangeService:
             '/exchange.v1.ExchangeService/Subscribe',
             exchange_dot_v1_dot_exchange__pb2.SubscribeRequest.SerializeToString,
             exchange_dot_v1_dot_exchange__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.ExchangeService/GetObject',
+            exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.SerializeToString,
+            exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class ExchangeServiceStub:
     The first message carries no deliveries, only the start cursor: once it
     arrives, the subscription is established and misses nothing after it.
     """
+    GetObject: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetObjectRequest, _exchange_pb2.GetObjectResponse]
+    """GetObject returns one version of an object the caller may see (the latest
+    when no version is given). An object the caller may not see is NOT_FOUND,
+    exactly like one that does not exist.
+    """
 
 @_typing.type_check_only
 class ExchangeServiceAsyncStub(ExchangeServiceStub):
@@ -75,6 +80,11 @@ class ExchangeServiceAsyncStub(ExchangeServiceStub):
     batch of deliveries; resume with the cursor of the last delivery handled.
     The first message carries no deliveries, only the start cursor: once it
     arrives, the subscription is established and misses nothing after it.
+    """
+    GetObject: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetObjectRequest, _exchange_pb2.GetObjectResponse]  # type: ignore[assignment]
+    """GetObject returns one version of an object the caller may see (the latest
+    when no version is given). An object the caller may not see is NOT_FOUND,
+    exactly like one that does not exist.
     """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,6 +122,17 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         batch of deliveries; resume with the cursor of the last delivery handled.
         The first message carries no deliveries, only the start cursor: once it
         arrives, the subscription is established and misses nothing after it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetObject(
+        self,
+        request: _exchange_pb2.GetObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.GetObjectResponse, _abc.Awaitable[_exchange_pb2.GetObjectResponse]]:
+        """GetObject returns one version of an object the caller may see (the latest
+        when no version is given). An object the caller may not see is NOT_FOUND,
+        exactly like one that does not exist.
         """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
