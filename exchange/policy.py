@@ -155,14 +155,28 @@ def widen(earlier: Audience, later: Audience) -> Audience:
 
 
 def kept_notice(asked: Audience, kept: Audience) -> str:
-    """What to tell a submitter whose new version keeps a wider earlier audience."""
-    if kept == asked:
+    """What to tell a submitter whose new version reaches more partners than it asked
+    for, because it keeps the audience of the object's earlier versions."""
+    rank = TLP_ORDER.index
+    named_matter = asked.tlp not in _EVERYONE or bool(asked.excluded_kinds)
+    wider = (
+        rank(kept.tlp) < rank(asked.tlp)
+        or kept.excluded_kinds < asked.excluded_kinds
+        or (named_matter and not kept.recipients <= asked.recipients)
+        or (kept.tlp is Tlp.AMBER and not kept.communities <= asked.communities)
+    )
+    if not wider:
         return ""
     return (
         "this version keeps the wider audience of the object's earlier versions (an"
         f" audience never narrows): TLP:{kept.tlp.value.upper()} routing"
         + (f", communities {', '.join(sorted(kept.communities))}" if kept.communities else "")
         + (f", recipients {', '.join(sorted(kept.recipients))}" if kept.recipients else "")
+        + (
+            f", excluding {', '.join(sorted(kept.excluded_kinds))} partners"
+            if kept.excluded_kinds
+            else ""
+        )
         + "; everyone who received an earlier version receives it"
     )
 

@@ -12,17 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 import pytest
 from exchange_client import ExchangeClient
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from exchange.model import Tlp
-from tests.helpers import free_port, indicator, partner_export, tlp_of, wait_until
+from tests.e2e.process import EXCHANGE, ServerProcess
+from tests.helpers import free_port, indicator, partner_export, tlp_of
 from tests.kcat import kcat_read
 
-EXCHANGE = str(Path(sys.executable).parent / "exchange")
 HARBOR_LIGHT = "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44"
 KESTREL = "identity--a3a9de07-2aff-5a6d-b411-cac72225a4e7"
 
@@ -38,45 +36,6 @@ def run(
             f"exchange {' '.join(args)} -> {proc.returncode}: {proc.stderr.decode()}"
         )
     return proc
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [EXCHANGE, "serve", "--data-dir", str(data_dir), "--listen", self.target, *extra],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, like a terminal job
-        )
-        wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
-
-    def serving(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited: {self.log.read_text()}")
-        with grpc.insecure_channel(self.target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            self._log.close()
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
 
 
 @pytest.fixture(params=["local", "kafka"])

@@ -7,23 +7,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import orjson
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cryptography.hazmat.primitives import serialization
 
-from tests.helpers import free_port, wait_until
-
-EXCHANGE = str(Path(sys.executable).parent / "exchange")
+from tests.certs import CertificateAuthority
+from tests.e2e.process import EXCHANGE, ServerProcess
+from tests.helpers import free_port
 
 
 def run(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
@@ -63,64 +58,9 @@ def failure(*args: str, code: int = 1) -> str:
     return proc.stderr
 
 
-class ServerProcess:
-    """``exchange serve`` on a free port (embedded bus), stopped by its own pid."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.target = f"127.0.0.1:{free_port()}"
-        self.log = data_dir.parent / "server.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [EXCHANGE, "serve", "--data-dir", str(data_dir), "--listen", self.target],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
-
-    def serving(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server exited: {self.log.read_text()}")
-        with grpc.insecure_channel(self.target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
-
-
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return tmp_path / "data"
-
-
-def certificate_pem() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kestrel-client")])
-    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def add_partner(where: list[str], name: str, *extra: str) -> dict[str, str]:
@@ -354,9 +294,8 @@ def test_tokens_on_the_data_directory(data: Path, tmp_path: Path) -> None:
     statuses = {c["credential_id"]: c["status"] for c in many("token", "list", pid, *where)}
     assert statuses == {first: "revoked", issued["credential_id"]: "active"}
 
-    pem = certificate_pem()
-    cert_file = tmp_path / "kestrel-client.pem"
-    cert_file.write_bytes(pem)
+    cert_file = CertificateAuthority(tmp_path / "pki").issue("kestrel-client").cert
+    pem = cert_file.read_bytes()
     bound = one("token", "bind-cert", pid, str(cert_file), "--expires", "2w", *where)
     der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
     assert bound["kind"] == "certificate"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
 from exchange import cli_feed
 from exchange.cli_feed import get, submit, subscribe
+from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "good-token"
@@ -379,23 +379,12 @@ def test_cert_files_from_the_environment_make_the_token_optional(
     assert "no API token" not in result.stderr
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_submit_over_mutual_tls_without_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keys = {}
-    for name in ("localhost", "ngo-lighthouse"):
-        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-        subprocess.run(
-            [
-                "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        keys[name] = (key, cert)
+    ca = CertificateAuthority(tmp_path)
+    localhost = ca.issue("localhost", server=True)
+    lighthouse = ca.issue("ngo-lighthouse")
 
     class ByCertificate(FakeExchange):
         def _authenticate(self, context: Any) -> None:
@@ -405,11 +394,9 @@ def test_submit_over_mutual_tls_without_a_token(
     servicer = ByCertificate()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
-    server_key, server_cert = keys["localhost"]
-    client_key, client_cert = keys["ngo-lighthouse"]
     credentials = grpc.ssl_server_credentials(
-        [(server_key.read_bytes(), server_cert.read_bytes())],
-        root_certificates=client_cert.read_bytes(),
+        [(localhost.key.read_bytes(), localhost.pem)],
+        root_certificates=ca.cert.read_bytes(),
         require_client_auth=True,
     )
     port = server.add_secure_port("127.0.0.1:0", credentials)
@@ -422,8 +409,8 @@ def test_submit_over_mutual_tls_without_a_token(
             submit,
             [
                 str(good),
-                *("--target", f"127.0.0.1:{port}", "--ca-file", str(server_cert)),
-                *("--cert-file", str(client_cert), "--key-file", str(client_key)),
+                *("--target", f"127.0.0.1:{port}", "--ca-file", str(ca.cert)),
+                *("--cert-file", str(lighthouse.cert), "--key-file", str(lighthouse.key)),
             ],
         )
     finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,8 @@ from exchange_client import (
 )
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+
+from tests.certs import CertificateAuthority
 
 
 def bundle(*object_ids: str) -> dict[str, Any]:
@@ -592,28 +592,19 @@ def _wait_for(condition: Any, seconds: float = 5) -> None:
 # -- TLS ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_ca_file_switches_to_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    ca = CertificateAuthority(tmp_path)
+    localhost = ca.issue("localhost", server=True)
     servicer = FakeExchange()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
-    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    credentials = grpc.ssl_server_credentials([(localhost.key.read_bytes(), localhost.pem)])
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     try:
-        with ExchangeClient(target=f"127.0.0.1:{port}", token="t", ca_file=cert) as client:
+        with ExchangeClient(target=f"127.0.0.1:{port}", token="t", ca_file=ca.cert) as client:
             assert client.submit(bundle("indicator--1")).accepted == ["indicator--1"]
-        monkeypatch.setenv("EXCHANGE_CA_FILE", str(cert))
+        monkeypatch.setenv("EXCHANGE_CA_FILE", str(ca.cert))
         with ExchangeClient(target=f"127.0.0.1:{port}", token="t") as client:
             assert client.submit(bundle("indicator--2")).accepted == ["indicator--2"]
     finally:
@@ -659,20 +650,6 @@ def test_missing_client_certificate_raises(tmp_path: Path) -> None:
         ExchangeClient(ca_file=pem, cert_file=tmp_path / "nope.pem", key_file=pem)
 
 
-def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return key, cert
-
-
 class _PeerRecorder(FakeExchange):
     def __init__(self) -> None:
         super().__init__()
@@ -684,16 +661,16 @@ class _PeerRecorder(FakeExchange):
 
 
 @pytest.mark.usefixtures("no_tls_env")
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_client_certificate_is_presented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server_key, server_cert = _self_signed(tmp_path, "localhost")
-    client_key, client_cert = _self_signed(tmp_path, "ngo-lighthouse")
+    ca = CertificateAuthority(tmp_path)
+    localhost = ca.issue("localhost", server=True)
+    lighthouse = ca.issue("ngo-lighthouse")
     servicer = _PeerRecorder()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
     credentials = grpc.ssl_server_credentials(
-        [(server_key.read_bytes(), server_cert.read_bytes())],
-        root_certificates=client_cert.read_bytes(),
+        [(localhost.key.read_bytes(), localhost.pem)],
+        root_certificates=ca.cert.read_bytes(),
         require_client_auth=True,
     )
     target = f"127.0.0.1:{server.add_secure_port('127.0.0.1:0', credentials)}"
@@ -701,13 +678,13 @@ def test_client_certificate_is_presented(tmp_path: Path, monkeypatch: pytest.Mon
     try:
         # No token: the certificate is the credential.
         with ExchangeClient(
-            target=target, ca_file=server_cert, cert_file=client_cert, key_file=client_key
+            target=target, ca_file=ca.cert, cert_file=lighthouse.cert, key_file=lighthouse.key
         ) as client:
             assert client.submit(bundle("indicator--1")).accepted == ["indicator--1"]
         assert "authorization" not in servicer.calls[0]["metadata"]
-        monkeypatch.setenv("EXCHANGE_CA_FILE", str(server_cert))
-        monkeypatch.setenv("EXCHANGE_CERT_FILE", str(client_cert))
-        monkeypatch.setenv("EXCHANGE_KEY_FILE", str(client_key))
+        monkeypatch.setenv("EXCHANGE_CA_FILE", str(ca.cert))
+        monkeypatch.setenv("EXCHANGE_CERT_FILE", str(lighthouse.cert))
+        monkeypatch.setenv("EXCHANGE_KEY_FILE", str(lighthouse.key))
         with ExchangeClient(target=target, token="t") as client:
             assert client.submit(bundle("indicator--2")).accepted == ["indicator--2"]
         assert servicer.calls[1]["metadata"]["authorization"] == "Bearer t"

@@ -163,6 +163,14 @@ def test_a_new_version_keeps_the_wider_audience_and_says_so() -> None:
     assert receivers(kept) == receivers(earlier) | receivers(later)
     assert "keeps the wider audience" in policy.kept_notice(later, kept)
     assert policy.kept_notice(earlier, policy.widen(earlier, earlier)) == ""
+    # Kept names that reach nobody new (GREEN reaches them anyway) are not news.
+    named = aud(Tlp.GREEN, recipients=frozenset({"meridian"}))
+    assert policy.kept_notice(aud(Tlp.GREEN), policy.widen(named, aud(Tlp.GREEN))) == ""
+    # Dropping an exclusion is a widening the later version asked for: no notice either,
+    # but keeping an earlier version's wider reach is.
+    not_gov = aud(Tlp.GREEN, excluded_kinds=frozenset({PartnerKind.GOVERNMENT}))
+    assert policy.kept_notice(aud(Tlp.GREEN), policy.widen(not_gov, aud(Tlp.GREEN))) == ""
+    assert policy.kept_notice(not_gov, policy.widen(aud(Tlp.GREEN), not_gov)) != ""
 
 
 def test_topics_mirror_the_audience() -> None:

@@ -1,0 +1,59 @@
+"""An ``exchange serve`` process for the end-to-end tests, stopped by its own pid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.helpers import free_port, wait_until
+
+__all__ = ["EXCHANGE", "ServerProcess"]
+
+# The installed console script of this virtualenv.
+EXCHANGE = str(Path(sys.executable).parent / "exchange")
+
+
+class ServerProcess:
+    """`exchange serve` on a free loopback port, in its own process group; ``extra``
+    are more `serve` options (the Kafka bus)."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"server-{self.port}.log"
+        self._log = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [EXCHANGE, "serve", "--data-dir", str(data_dir), "--listen", self.target, *extra],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal job
+        )
+        wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
+
+    def serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"server exited: {self.log.read_text()}")
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            self._log.close()
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
