@@ -17,6 +17,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
+from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.bus import TopicPartition
 from exchange.model import (
     Audience,
@@ -24,11 +25,12 @@ from exchange.model import (
     Credential,
     CredentialKind,
     Partner,
+    Rejection,
     StoredObject,
     ValidObject,
 )
 
-__all__ = ["CommitOutcome", "Committed", "Store"]
+__all__ = ["AuditRow", "CommitOutcome", "Committed", "Receipt", "SignedCheckpoint", "Store"]
 
 
 class CommitOutcome(enum.StrEnum):
@@ -41,10 +43,44 @@ class CommitOutcome(enum.StrEnum):
     REVOKED = "revoked"
 
 
+class Receipt(NamedTuple):
+    """Where an audit entry sits in the log."""
+
+    log_index: int
+    leaf_hash: bytes
+    entry: bytes  # its canonical bytes
+
+
 class Committed(NamedTuple):
     outcome: CommitOutcome
     # INSERTED: the audience the version was stored with (widened by earlier versions).
     audience: Audience | None = None
+    # INSERTED: the receipt of its SUBMIT audit entry.
+    receipt: Receipt | None = None
+
+
+class AuditRow(NamedTuple):
+    """An audit entry exactly as stored, for verification: the canonical bytes and
+    leaf hash, and the columns kept beside them for queries."""
+
+    log_index: int
+    data: bytes
+    leaf_hash: bytes
+    at: float
+    action: str
+    actor: str
+    partner: str
+    object_id: str
+    owner: str
+
+
+class SignedCheckpoint(NamedTuple):
+    """A checkpoint as stored: the signed note and its signature
+    (exchange_client._checkpoint.Checkpoint.parse reads them)."""
+
+    tree_size: int
+    note: bytes
+    signature: bytes
 
 
 class Store(Protocol):
@@ -120,15 +156,58 @@ class Store(Protocol):
         objects: Sequence[tuple[ValidObject, Audience]],
         accepted_at: float,
         widen: Callable[[Audience, Audience], Audience],
+        rejected: Sequence[Rejection] = (),
     ) -> list[Committed]:
-        """Store the objects (each with the audience its submission asked for) and
-        their outbox rows in ONE transaction, durable before this returns.
+        """Store the objects (each with the audience its submission asked for),
+        their outbox rows and the submission's audit entries in ONE transaction,
+        durable before this returns.
 
         A new version of a held object is stored with ``widen(held, asked)``, where
         ``held`` is the audience of the object's latest version; the first version
         with ``asked``. One result per object, in order; only INSERTED ones were
-        written."""
+        written. Every object gets a SUBMIT audit entry (audit.entries.submitted):
+        inserted ones (their receipt is in the result), duplicates, those the store
+        refused, and each of ``rejected`` (refused before the store), in bundle order."""
         ...
+
+    # -- audit log ----------------------------------------------------------------------
+    async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
+        """Append entries in one transaction (each committing to the previous one)."""
+        ...
+
+    async def audit_size(self) -> int:
+        """How many entries the log holds."""
+        ...
+
+    async def audit_entries(self, query: AuditQuery, *, only_of: str = "") -> list[AuditEntry]:
+        """Entries matching ``query``, by index, after ``query.after_index``, at most
+        ``query.limit``. ``only_of``: only entries whose actor or owner is that partner
+        id (policy decides who is limited so)."""
+        ...
+
+    async def audit_rows(self, start: int, limit: int) -> list[AuditRow]:
+        """Stored entries from index ``start`` on, as stored (for verification)."""
+        ...
+
+    async def audit_leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """Stored leaf hashes of indexes ``start`` to ``end - 1``."""
+        ...
+
+    async def add_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
+        """Keep a signed checkpoint (one per tree size; a second one is ignored)."""
+        ...
+
+    async def checkpoints(self) -> list[SignedCheckpoint]:
+        """Every kept checkpoint, by tree size."""
+        ...
+
+    async def latest_checkpoint(self) -> SignedCheckpoint | None: ...
+
+    async def audit_mirror_position(self) -> int:
+        """The next audit index to mirror to the bus (0 at first)."""
+        ...
+
+    async def set_audit_mirror_position(self, index: int) -> None: ...
 
     async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
         """For each held object id, the partner id that submitted it."""

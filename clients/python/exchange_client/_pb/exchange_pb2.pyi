@@ -272,6 +272,7 @@ class ObjectResult(_message.Message):
     REJECTION_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
     NOTICE_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
     object_id: _builtins.str
     """The object's STIX id, or `objects[N]` when the object has no usable id."""
     version: _builtins.str
@@ -287,6 +288,12 @@ class ObjectResult(_message.Message):
     def rejection(self) -> Global___Rejection:
         """Set when outcome is OUTCOME_REJECTED."""
 
+    @_builtins.property
+    def receipt(self) -> Global___Receipt:
+        """Set for an accepted object: where its submission entry sits in the audit log.
+        Verify it later, offline, against a signed checkpoint (AuditService).
+        """
+
     def __init__(
         self,
         *,
@@ -296,14 +303,47 @@ class ObjectResult(_message.Message):
         rejection: Global___Rejection | None = ...,
         index: _builtins.int = ...,
         notice: _builtins.str = ...,
+        receipt: Global___Receipt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rejection", b"rejection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "notice", b"notice", "object_id", b"object_id", "outcome", b"outcome", "rejection", b"rejection", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "notice", b"notice", "object_id", b"object_id", "outcome", b"outcome", "receipt", b"receipt", "rejection", b"rejection", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ObjectResult: _TypeAlias = ObjectResult  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """Proof of record: the audit log entry of an accepted object."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    LEAF_HASH_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    log_index: _builtins.int
+    """Position of the entry in the audit log (0-based)."""
+    leaf_hash: _builtins.bytes
+    """RFC 6962 leaf hash of the entry: SHA-256(0x00 || entry bytes)."""
+    entry: _builtins.bytes
+    """The entry's canonical bytes (sorted-key JSON: object id, version, SHA-256 of
+    the stored object, submitter, time), so a partner can check what it proves.
+    """
+    def __init__(
+        self,
+        *,
+        log_index: _builtins.int = ...,
+        leaf_hash: _builtins.bytes = ...,
+        entry: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "leaf_hash", b"leaf_hash", "log_index", b"log_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):

@@ -1,0 +1,190 @@
+"""What an audit entry says: the personality of the audit log.
+
+An ``Event`` is what happened; the store appends it as an entry with its place in
+the log (index), the hash of the previous entry, and its leaf hash. Its canonical
+bytes (``encode``) are what the Merkle tree commits to: sorted-key compact JSON,
+so that any verifier can re-derive them. Nothing here holds an object body, a
+token or a key: object ids, versions, SHA-256 digests of stored bodies, partner ids.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from exchange.model import ObjectOutcome, Rejection, StoredObject, ValidObject
+
+__all__ = [
+    "OPERATOR",
+    "Action",
+    "AuditEntry",
+    "AuditQuery",
+    "Event",
+    "body_digest",
+    "delivered",
+    "submitted",
+]
+
+# The actor of changes made with the CLI on the data directory (no partner signed in).
+OPERATOR = "operator"
+
+Detail = Mapping[str, str | int | float | bool | list[str]]
+
+
+class Action(enum.StrEnum):
+    # One object of a submission; detail: outcome (accepted|duplicate|rejected),
+    # and for a rejection property and reason.
+    SUBMIT = "submit"
+    # One object version handed to a partner; detail: channel (subscribe), cursor.
+    DELIVER = "deliver"
+    # A Subscribe stream started / ended; detail: start (cursor|beginning|now), filters,
+    # and at the end the reason and deliveries count.
+    SUBSCRIBE_START = "subscribe.start"
+    SUBSCRIBE_END = "subscribe.end"
+    # A GetObject look-up; detail: found (bool).
+    LOOKUP = "lookup"
+    # An audit query, a checkpoint or proof request; detail: the filters.
+    AUDIT_QUERY = "audit.query"
+    # Registry changes; ``partner`` is the partner changed (or joining / leaving),
+    # detail: what changed (never a secret; credential ids only).
+    PARTNER_ADD = "partner.add"
+    PARTNER_UPDATE = "partner.update"
+    COMMUNITY_ADD = "community.add"
+    COMMUNITY_JOIN = "community.join"
+    COMMUNITY_LEAVE = "community.leave"
+    CREDENTIAL_ISSUE = "credential.issue"
+    CREDENTIAL_REVOKE = "credential.revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something to record. ``actor`` did ``action``; ``partner`` is the partner it
+    concerns when that is another one (the recipient of a delivery is the actor of
+    its DELIVER entry); ``owner`` is the submitter of the object concerned, so that a
+    partner can review who received what it shared."""
+
+    action: Action
+    actor: str
+    at: float
+    partner: str = ""
+    object_id: str = ""
+    version: str = ""
+    digest: str = ""  # SHA-256 (hex) of the stored object body
+    owner: str = ""
+    detail: Detail = field(default_factory=dict)
+
+    def encode(self, index: int, previous: bytes) -> bytes:
+        """The entry's canonical bytes at ``index`` after the entry whose leaf hash is
+        ``previous`` (32 zero bytes for the first): what its leaf hash covers."""
+        return orjson.dumps(
+            {
+                "v": 1,
+                "index": index,
+                "prev": previous.hex(),
+                "at": round(self.at, 6),
+                "action": self.action.value,
+                "actor": self.actor,
+                "partner": self.partner,
+                "object_id": self.object_id,
+                "version": self.version,
+                "digest": self.digest,
+                "owner": self.owner,
+                "detail": dict(self.detail),
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> tuple[int, bytes, Event]:
+        """(index, previous leaf hash, event) from ``encode``'s bytes; ValueError or
+        KeyError for anything else."""
+        doc = orjson.loads(data)
+        if doc.get("v") != 1:
+            raise ValueError("not a version 1 audit entry")
+        event = cls(
+            action=Action(doc["action"]),
+            actor=str(doc["actor"]),
+            at=float(doc["at"]),
+            partner=str(doc["partner"]),
+            object_id=str(doc["object_id"]),
+            version=str(doc["version"]),
+            digest=str(doc["digest"]),
+            owner=str(doc["owner"]),
+            detail=dict(doc["detail"]),
+        )
+        return int(doc["index"]), bytes.fromhex(doc["prev"]), event
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An event in the log."""
+
+    index: int
+    event: Event
+    data: bytes  # the canonical bytes (Event.encode)
+    leaf_hash: bytes  # RFC 6962: SHA-256(0x00 || data)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which entries to list; empty fields match everything."""
+
+    partner: str = ""  # the actor, or the partner concerned
+    object_id: str = ""
+    action: str = ""
+    since: float | None = None
+    until: float | None = None
+    after_index: int = -1  # paging: entries with a larger index
+    limit: int = 1000
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def submitted(
+    submitter: str,
+    obj: ValidObject | Rejection,
+    outcome: ObjectOutcome,
+    at: float,
+) -> Event:
+    """The SUBMIT entry of one object of a submission."""
+    if isinstance(obj, Rejection):
+        return Event(
+            Action.SUBMIT,
+            submitter,
+            at,
+            object_id=obj.object_id,
+            version=obj.version,
+            owner=submitter,
+            detail={"outcome": outcome.value, "property": obj.property, "reason": obj.expected},
+        )
+    return Event(
+        Action.SUBMIT,
+        submitter,
+        at,
+        object_id=obj.object_id,
+        version=obj.version,
+        digest=body_digest(obj.body),
+        owner=submitter,
+        detail={"outcome": outcome.value},
+    )
+
+
+def delivered(recipient: str, stored: StoredObject, cursor: str, at: float) -> Event:
+    """The DELIVER entry of one object version handed to ``recipient``'s stream."""
+    obj = stored.obj
+    return Event(
+        Action.DELIVER,
+        recipient,
+        at,
+        object_id=obj.object_id,
+        version=obj.version,
+        digest=body_digest(obj.body),
+        owner=stored.submitter,
+        detail={"channel": "subscribe", "cursor": cursor},
+    )
