@@ -19,7 +19,7 @@ import msgspec
 from exchange.errors import InvalidArgument
 from exchange.model import Tlp
 
-__all__ = ["KafkaSettings", "Limits", "Settings", "TlsSettings", "load_settings"]
+__all__ = ["AuditSettings", "KafkaSettings", "Limits", "Settings", "TlsSettings", "load_settings"]
 
 ENV_PREFIX = "EXCHANGE_"
 
@@ -74,6 +74,18 @@ class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     client_ca_file: str = ""
 
 
+class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The audit log's checkpoints and signing key."""
+
+    # Ed25519 key that signs checkpoints; created on first start. Empty: in the data
+    # directory (audit-signing-key.pem). Keep a copy of its public key elsewhere.
+    signing_key_file: str = ""
+    # Names this log in every checkpoint (e.g. the operator's domain).
+    origin: str = "trafficking-indicator-exchange"
+    # A new checkpoint is signed this often when the log has grown.
+    checkpoint_interval_s: float = 10.0
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "./exchange-data"
     listen: str = "127.0.0.1:50051"
@@ -86,10 +98,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     subscriptions: SubscriptionSettings = msgspec.field(default_factory=SubscriptionSettings)
     relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
     tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def signing_key_path(self) -> Path:
+        return Path(self.audit.signing_key_file or self.data_path / "audit-signing-key.pem")
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -169,5 +186,9 @@ def _check(s: Settings) -> None:
         raise InvalidArgument(
             "tls.client_ca_file (mutual TLS) needs the server's own tls.cert_file and key_file"
         )
+    if not s.audit.origin or "\n" in s.audit.origin:
+        raise InvalidArgument("audit.origin must be one non-empty line")
+    if s.audit.checkpoint_interval_s <= 0:
+        raise InvalidArgument("audit.checkpoint_interval_s must be a positive number of seconds")
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")

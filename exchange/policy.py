@@ -39,6 +39,7 @@ from exchange.model import (
 __all__ = [
     "SHARED_TOPICS",
     "audience_for",
+    "audit_scope",
     "check_request",
     "community_topic",
     "delivers_from",
@@ -71,6 +72,15 @@ def may_receive(partner: Partner, audience: Audience) -> bool:  # noqa: PLR0911 
     if audience.tlp is Tlp.AMBER:
         return not partner.communities.isdisjoint(audience.communities)
     return False
+
+
+def audit_scope(partner: Partner) -> str:
+    """Whose audit entries ``partner`` may read: "" for all (the ``audit`` role),
+    else its own partner id, meaning the entries of its own actions and about the
+    objects it submitted (who received what it shared)."""
+    if not partner.disabled and Role.AUDIT in partner.roles:
+        return ""
+    return partner.partner_id
 
 
 # -- building an audience at submission -------------------------------------------------
