@@ -14,6 +14,7 @@ from exchange.cli_admin import community, partner, token
 from exchange.cli_admin import config_option as _config_option
 from exchange.cli_admin import data_dir_option as _data_dir_option
 from exchange.cli_admin import load_cli_settings as _settings
+from exchange.cli_audit import audit
 from exchange.cli_feed import get, submit, subscribe
 from exchange.config import Settings
 from exchange.errors import ExchangeError
@@ -29,6 +30,7 @@ def main() -> None:
 
     \b
     Operators:  exchange serve, exchange partner|community|token ...
+    Auditors:   exchange audit log|verify|export
     Partners:   exchange submit FILE..., exchange subscribe, exchange get ID
     """
 
@@ -119,3 +121,4 @@ main.add_command(token)
 main.add_command(submit)
 main.add_command(subscribe)
 main.add_command(get)
+main.add_command(audit)

@@ -31,7 +31,7 @@ from exchange.model import (
     ValidObject,
 )
 from exchange.stix import decode_bundle, validate_objects
-from exchange.store import CommitOutcome, Committed, Store
+from exchange.store import CommitOutcome, Committed, Store, refusal
 
 __all__ = ["Ingest", "Validator"]
 
@@ -160,7 +160,13 @@ class Ingest:
                 results[obj.index] = _rejected(audience)
             else:
                 routed.append((obj, audience))
-        committed = await self._store.commit_objects(partner, routed, time.time(), policy.widen)
+        # Refused by validation or by the audience rules: recorded by the store with
+        # the accepted ones, in one transaction.
+        rejected = [c for c in checked if isinstance(c, Rejection)]
+        rejected += [r.rejection for r in results.values() if r.rejection is not None]
+        committed = await self._store.commit_objects(
+            partner, routed, time.time(), policy.widen, rejected
+        )
         if any(c.outcome is CommitOutcome.INSERTED for c in committed):
             self._on_commit()
         for (obj, asked), done in zip(routed, committed, strict=True):
@@ -201,25 +207,8 @@ def _result(obj: ValidObject, asked: Audience, committed: Committed) -> ObjectRe
             obj.version,
             ObjectOutcome.ACCEPTED,
             notice=policy.kept_notice(asked, kept),
+            receipt=committed.receipt,
         )
     if outcome is CommitOutcome.DUPLICATE:
         return ObjectResult(obj.index, obj.object_id, obj.version, ObjectOutcome.DUPLICATE)
-    if outcome is CommitOutcome.NOT_CREATOR:
-        # Do not name the owner: the submitter may not be entitled to know it.
-        reason = Rejection(
-            obj.object_id,
-            "id",
-            "an id this partner created; another partner holds this object, and only its"
-            " creator may publish new versions of it",
-            obj.index,
-            obj.version,
-        )
-    else:
-        reason = Rejection(
-            obj.object_id,
-            "revoked",
-            "no new version: this object was revoked, and STIX allows no version after that",
-            obj.index,
-            obj.version,
-        )
-    return _rejected(reason)
+    return _rejected(refusal(obj, outcome))

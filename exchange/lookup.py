@@ -1,8 +1,13 @@
-"""Object look-ups: one version of an object, if the caller may see it."""
+"""Object look-ups: one version of an object, if the caller may see it. Each
+look-up is recorded in the audit log, found or not."""
 
 from __future__ import annotations
 
+import time
+
 from exchange import policy
+from exchange.audit.entries import Action, Event, body_digest
+from exchange.audit.recorder import AuditRecorder
 from exchange.errors import NotFound
 from exchange.model import Partner, StoredObject
 from exchange.store import Store
@@ -11,12 +16,37 @@ __all__ = ["get_object"]
 
 
 async def get_object(
-    store: Store, partner: Partner, object_id: str, version: str | None = None
+    store: Store,
+    recorder: AuditRecorder,
+    partner: Partner,
+    object_id: str,
+    version: str | None = None,
 ) -> StoredObject:
     """The version (latest when None), or NotFound: the same answer whether it does
     not exist or ``partner`` may not receive it, so a look-up reveals nothing."""
     stored = await store.get_object(object_id, version or None)
-    if stored is None or not policy.may_receive(partner, stored.audience):
+    visible = stored is not None and policy.may_receive(partner, stored.audience)
+    event = Event(
+        Action.LOOKUP,
+        partner.partner_id,
+        time.time(),
+        object_id=object_id,
+        version=version or "",
+        detail={"found": visible},
+    )
+    if stored is not None and visible:
+        event = Event(
+            Action.LOOKUP,
+            partner.partner_id,
+            event.at,
+            object_id=object_id,
+            version=stored.obj.version,
+            digest=body_digest(stored.obj.body),
+            owner=stored.submitter,
+            detail={"found": True},
+        )
+    await recorder.record([event])
+    if stored is None or not visible:
         at = f" version {version}" if version else ""
         raise NotFound(f"no object {object_id}{at} that partner {partner.partner_id} may see")
     return stored

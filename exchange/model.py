@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
@@ -20,6 +21,7 @@ __all__ = [
     "ObjectResult",
     "Partner",
     "PartnerKind",
+    "Receipt",
     "Rejection",
     "Role",
     "StoredObject",
@@ -210,6 +212,14 @@ class ObjectOutcome(enum.StrEnum):
     REJECTED = "rejected"
 
 
+class Receipt(NamedTuple):
+    """Where an accepted object's audit entry sits in the log: proof of record."""
+
+    log_index: int
+    leaf_hash: bytes
+    entry: bytes  # the entry's canonical bytes
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
     """The answer for one object of a submitted bundle."""
@@ -221,6 +231,8 @@ class ObjectResult:
     rejection: Rejection | None = None
     # For an accepted object: something the submitter should know (e.g. a kept audience).
     notice: str = ""
+    # For an accepted object: its audit entry.
+    receipt: Receipt | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ this process re-check their callers at once (``auth.RegistryWatch.bump``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
+from exchange.audit.entries import OPERATOR, Action, Event
 from exchange.auth import new_certificate_binding, new_token_credential
 from exchange.errors import AlreadyExists, InvalidArgument, NotFound
 from exchange.model import (
@@ -82,6 +84,20 @@ class Registry:
         self._store = store
         self._on_change = on_change
         self._clock = clock
+        self._actor = OPERATOR
+
+    def acting_as(self, partner_id: str) -> Registry:
+        """The same registry, recording ``partner_id`` as the actor of its changes
+        (the admin partner calling the AdminService; by default the operator)."""
+        view = copy.copy(self)
+        view._actor = partner_id
+        return view
+
+    async def _changed(self, action: Action, partner: str = "", **detail: str) -> None:
+        """After every change: record it in the audit log, tell open streams."""
+        event = Event(action, self._actor, self._clock(), partner=partner, detail=detail)
+        await self._store.append_audit([event])
+        self._on_change()
 
     # -- partners ---------------------------------------------------------------------
 
@@ -128,7 +144,15 @@ class Registry:
         partner = dataclasses.replace(partner, partner_id=partner_id)
         credential, token = new_token_credential(partner_id, now=self._clock())
         await self._store.add_partner(partner, credential)
-        self._on_change()
+        await self._changed(
+            Action.PARTNER_ADD,
+            partner_id,
+            name=partner.name,
+            kind=partner.kind.value,
+            roles=",".join(sorted(partner.roles)),
+            communities=",".join(sorted(partner.communities)),
+            credential_id=credential.credential_id,
+        )
         return partner, credential, token
 
     async def get_partner(self, partner_id: str) -> Partner:
@@ -175,7 +199,16 @@ class Registry:
             disabled=current.disabled if disabled is None else bool(disabled),
         )
         await self._store.update_partner(updated)
-        self._on_change()
+        changed = {
+            field: str(getattr(updated, field))
+            for field in ("name", "kind", "default_tlp", "disabled")
+            if getattr(updated, field) != getattr(current, field)
+        }
+        if updated.sectors != current.sectors:
+            changed["sectors"] = ",".join(updated.sectors)
+        if updated.roles != current.roles:
+            changed["roles"] = ",".join(sorted(updated.roles))
+        await self._changed(Action.PARTNER_UPDATE, partner_id, **changed)
         return updated
 
     async def disable_partner(self, partner_id: str) -> Partner:
@@ -187,7 +220,7 @@ class Registry:
     async def add_community(self, name: str, description: str = "") -> Community:
         community = Community(name=_community_name(name), description=_description(description))
         await self._store.add_community(community)
-        self._on_change()
+        await self._changed(Action.COMMUNITY_ADD, community=community.name)
         return community
 
     async def list_communities(self) -> list[Community]:
@@ -200,7 +233,7 @@ class Registry:
         await self.get_partner(partner_id)
         await self._community(name)
         await self._store.join_community(name, partner_id)
-        self._on_change()
+        await self._changed(Action.COMMUNITY_JOIN, partner_id, community=name)
         return await self._community(name)
 
     async def leave_community(self, name: str, partner_id: str) -> Community:
@@ -209,7 +242,7 @@ class Registry:
         if partner_id not in (await self._community(name)).members:
             raise NotFound(f"partner {partner_id} is not a member of community '{name}'")
         await self._store.leave_community(name, partner_id)
-        self._on_change()
+        await self._changed(Action.COMMUNITY_LEAVE, partner_id, community=name)
         return await self._community(name)
 
     async def _community(self, name: str) -> Community:
@@ -228,7 +261,12 @@ class Registry:
         await self.get_partner(partner_id)
         credential, token = new_token_credential(partner_id, expires_in_s=expiry, now=self._clock())
         await self._store.add_credential(credential)
-        self._on_change()
+        await self._changed(
+            Action.CREDENTIAL_ISSUE,
+            partner_id,
+            credential_id=credential.credential_id,
+            kind="token",
+        )
         return credential, token
 
     async def bind_certificate(
@@ -245,7 +283,13 @@ class Registry:
         except ValueError:
             raise InvalidArgument(_NOT_PEM) from None
         await self._store.add_credential(credential)
-        self._on_change()
+        await self._changed(
+            Action.CREDENTIAL_ISSUE,
+            partner_id,
+            credential_id=credential.credential_id,
+            kind="certificate",
+            fingerprint=credential.digest.hex(),
+        )
         return credential
 
     async def list_credentials(self, partner_id: str) -> list[Credential]:
@@ -261,7 +305,9 @@ class Registry:
         revoked = await self._store.revoke_credential(
             partner_id, credential_id.strip(), self._clock()
         )
-        self._on_change()
+        await self._changed(
+            Action.CREDENTIAL_REVOKE, partner_id, credential_id=revoked.credential_id
+        )
         return revoked
 
 

@@ -10,6 +10,8 @@ import logging
 import grpc
 from exchange_client._pb import admin_pb2 as admin_pb
 from exchange_client._pb import admin_pb2_grpc as admin_grpc
+from exchange_client._pb import audit_pb2 as audit_pb
+from exchange_client._pb import audit_pb2_grpc as audit_grpc
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
@@ -17,6 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange import policy
+from exchange.audit.log import AuditLog
+from exchange.audit.mirror import AuditMirror
+from exchange.audit.recorder import AuditRecorder
+from exchange.audit.signer import Signer
 from exchange.auth import Authenticator, RegistryWatch
 from exchange.bus import Bus
 from exchange.bus.kafka import KafkaBus
@@ -27,6 +33,7 @@ from exchange.ingest import Ingest, Validator
 from exchange.registry import Registry
 from exchange.relay import Relay
 from exchange.services.admin import AdminService
+from exchange.services.audit import AuditService
 from exchange.services.exchange import ExchangeService
 from exchange.store.sqlite import SqliteStore
 from exchange.subscriptions import Subscriptions
@@ -37,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+AUDIT_SERVICE_NAME = audit_pb.DESCRIPTOR.services_by_name["AuditService"].full_name
 # Room for the largest bundle we accept plus protobuf framing.
 _MESSAGE_SLACK = 1024 * 1024
 # The SDK refuses to send more than this.
@@ -78,6 +86,7 @@ class ExchangeServer:
         self.store = open_store(settings)
         self.bus = _bus(settings)
         self.validator = Validator(settings.validation_workers)
+        self.recorder = AuditRecorder(self.store)
         self.relay = Relay(
             self.store,
             self.bus,
@@ -90,6 +99,7 @@ class ExchangeServer:
             max_open=settings.subscriptions.max_open,
             max_batch=settings.subscriptions.max_batch,
             tail_window=settings.subscriptions.tail_window,
+            recorder=self.recorder,
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, self.relay.wake)
         self.registry_watch = RegistryWatch(self.store)
@@ -99,14 +109,25 @@ class ExchangeServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.signer: Signer | None = None
+        self.audit_log: AuditLog | None = None
 
     async def start(self) -> int:
+        # The key first: an exchange that cannot sign its audit log does not start.
+        self.signer = Signer.load_or_create(self.settings.signing_key_path)
+        self.audit_log = AuditLog(self.store, self.signer, self.settings.audit.origin)
         await self.store.open()
         await self.bus.start()
         await self.bus.ensure_topics(policy.SHARED_TOPICS)
         await self.validator.warm_up()
         self.registry_watch.start()
+        self.recorder.start()
         self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
+        self._tasks.append(asyncio.create_task(self._checkpoints(), name="audit-checkpoints"))
+        if self.settings.kafka.bootstrap:
+            mirror = AuditMirror(self.store, self.bus)
+            self._tasks.append(asyncio.create_task(mirror.run(), name="audit-mirror"))
 
         # Bundles up to the transport limit reach the pipeline, which refuses one
         # over max_bundle_bytes with a reason (the transport could only say "too large").
@@ -125,14 +146,26 @@ class ExchangeServer:
                 ("grpc.keepalive_permit_without_calls", 1),
             ]
         )
-        service = ExchangeService(self.auth, self.ingest, self.subscriptions, self.store)
+        service = ExchangeService(
+            self.auth, self.ingest, self.subscriptions, self.store, self.recorder
+        )
         pb_grpc.add_ExchangeServiceServicer_to_server(service, server)
         admin_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.auth, self.registry), server
         )
+        assert self.audit_log is not None and self.signer is not None
+        audit_grpc.add_AuditServiceServicer_to_server(
+            AuditService(self.auth, self.store, self.audit_log, self.signer), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                AUDIT_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         try:
@@ -154,6 +187,18 @@ class ExchangeServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
+    async def _checkpoints(self) -> None:
+        """Sign a checkpoint whenever the audit log has grown, every interval."""
+        assert self.audit_log is not None
+        while True:
+            await asyncio.sleep(self.settings.audit.checkpoint_interval_s)
+            try:
+                await self.audit_log.checkpoint()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("audit: signing a checkpoint failed", exc_info=True)
+
     async def wait(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
@@ -166,6 +211,12 @@ class ExchangeServer:
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
         await self.registry_watch.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,5 +228,12 @@ class ExchangeServer:
                 # The rows stay in the outbox and are published on the next start.
                 log.warning("relay could not flush on shutdown", exc_info=True)
         self.validator.close()
+        try:
+            # The streams' last entries, and a checkpoint over everything recorded.
+            await self.recorder.close()
+            if self.audit_log is not None:
+                await self.audit_log.checkpoint()
+        except Exception:
+            log.warning("audit: could not record or sign on shutdown", exc_info=True)
         await self.bus.close()
         await self.store.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -31,9 +32,11 @@ import orjson
 
 from exchange import policy
 from exchange._tail import Feed, LiveTail
+from exchange.audit.entries import Action, Event, delivered
+from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
-from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable
+from exchange.errors import ExchangeError, InvalidArgument, ResourceExhausted, Unavailable
 from exchange.model import Partner, Role, StoredObject
 from exchange.store import Store
 
@@ -177,8 +180,10 @@ class Subscriptions:
         max_batch: int = 500,
         idle_wait_s: float = 1.0,
         tail_window: int = 50_000,
+        recorder: AuditRecorder | None = None,
     ) -> None:
         self._store = store
+        self._recorder = recorder
         self._bus = bus
         self._max_open = max_open
         self._max_batch = max_batch
@@ -193,17 +198,42 @@ class Subscriptions:
         await self.tail.close()
 
     async def stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
-        """Batches for the caller of ``access`` until it stops iterating."""
+        """Batches for the caller of ``access`` until it stops iterating. The audit
+        log records the start, every delivery and the end."""
         if self.open_count >= self._max_open:
             raise ResourceExhausted(
                 f"the exchange serves at most {self._max_open} open subscriptions; retry later"
             )
         self.open_count += 1
+        me = access.partner.partner_id
+        self._record(Event(Action.SUBSCRIBE_START, me, time.time(), detail=_described(request)))
+        count, ending = 0, "closed by the subscriber"
         try:
             async for batch in self._stream(access, request):
+                if batch.deliveries:
+                    count += len(batch.deliveries)
+                    now = time.time()
+                    self._record(
+                        *(delivered(me, d.stored, d.cursor, now) for d in batch.deliveries)
+                    )
                 yield batch
+        except ExchangeError as exc:
+            ending = exc.message
+            raise
         finally:
             self.open_count -= 1
+            self._record(
+                Event(
+                    Action.SUBSCRIBE_END,
+                    me,
+                    time.time(),
+                    detail={"deliveries": count, "reason": ending},
+                )
+            )
+
+    def _record(self, *events: Event) -> None:
+        if self._recorder is not None:
+            self._recorder.note(events)
 
     async def _stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
         # A foreign cursor is refused before anything is set up for the stream.
@@ -274,6 +304,19 @@ class Subscriptions:
         # "Now" is what the relay recorded, never the broker's idea of the end.
         recorded = await self._store.relay_positions(names)
         return _Position({tp: recorded.get(tp, -1) for tp in partitions}, {})
+
+
+def _described(request: SubscriptionRequest) -> dict[str, str | list[str]]:
+    """A stream's start and filters, for its audit entry."""
+    start = "cursor" if request.cursor else "beginning" if request.from_beginning else "now"
+    detail: dict[str, str | list[str]] = {"start": start}
+    if request.cursor:
+        detail["cursor"] = request.cursor
+    if request.types:
+        detail["types"] = sorted(request.types)
+    if request.labels:
+        detail["labels"] = sorted(request.labels)
+    return detail
 
 
 def _wanted(

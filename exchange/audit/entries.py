@@ -131,7 +131,8 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
-    """Which entries to list; empty fields match everything."""
+    """Which entries to list; empty fields match everything. ``since`` is inclusive,
+    ``until`` exclusive (seconds since the epoch)."""
 
     partner: str = ""  # the actor, or the partner concerned
     object_id: str = ""

@@ -34,11 +34,13 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self._auth = auth
         self._registry = registry
 
-    async def _admin(self, context: Context, action: str) -> None:
+    async def _admin(self, context: Context, action: str) -> Registry:
+        """The registry, acting as the calling admin partner (recorded as the actor)."""
         caller = await self._auth.authenticate(
             context.invocation_metadata() or (), context.auth_context()
         )
         require(caller.partner, Role.ADMIN, action)
+        return self._registry.acting_as(caller.partner.partner_id)
 
     # -- partners ---------------------------------------------------------------------
 
@@ -46,8 +48,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def AddPartner(
         self, request: pb.AddPartnerRequest, context: Context
     ) -> pb.AddPartnerResponse:
-        await self._admin(context, "add partners")
-        partner, credential, token = await self._registry.add_partner(
+        registry = await self._admin(context, "add partners")
+        partner, credential, token = await registry.add_partner(
             request.name,
             kind=kind_from_pb(request.kind) or PartnerKind.OTHER,
             sectors=request.sectors,
@@ -64,23 +66,23 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def ListPartners(
         self, request: pb.ListPartnersRequest, context: Context
     ) -> pb.ListPartnersResponse:
-        await self._admin(context, "list partners")
-        partners = await self._registry.list_partners()
+        registry = await self._admin(context, "list partners")
+        partners = await registry.list_partners()
         return pb.ListPartnersResponse(partners=[partner_to_pb(p) for p in partners])
 
     @guard_unary
     async def GetPartner(
         self, request: pb.GetPartnerRequest, context: Context
     ) -> pb.GetPartnerResponse:
-        await self._admin(context, "look partners up")
-        partner = await self._registry.get_partner(request.partner_id)
+        registry = await self._admin(context, "look partners up")
+        partner = await registry.get_partner(request.partner_id)
         return pb.GetPartnerResponse(partner=partner_to_pb(partner))
 
     @guard_unary
     async def UpdatePartner(
         self, request: pb.UpdatePartnerRequest, context: Context
     ) -> pb.UpdatePartnerResponse:
-        await self._admin(context, "update partners")
+        registry = await self._admin(context, "update partners")
         kind = None
         if request.HasField("kind"):
             kind = kind_from_pb(request.kind)
@@ -91,7 +93,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             default_tlp = tlp_from_pb(request.default_tlp, "default_tlp")
             if default_tlp is None:
                 raise _unspecified("default_tlp", "TLP_AMBER")
-        partner = await self._registry.update_partner(
+        partner = await registry.update_partner(
             request.partner_id,
             name=request.name if request.HasField("name") else None,
             kind=kind,
@@ -106,8 +108,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def DisablePartner(
         self, request: pb.DisablePartnerRequest, context: Context
     ) -> pb.DisablePartnerResponse:
-        await self._admin(context, "disable partners")
-        partner = await self._registry.disable_partner(request.partner_id)
+        registry = await self._admin(context, "disable partners")
+        partner = await registry.disable_partner(request.partner_id)
         return pb.DisablePartnerResponse(partner=partner_to_pb(partner))
 
     # -- communities ------------------------------------------------------------------
@@ -116,32 +118,32 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def AddCommunity(
         self, request: pb.AddCommunityRequest, context: Context
     ) -> pb.AddCommunityResponse:
-        await self._admin(context, "add communities")
-        community = await self._registry.add_community(request.name, request.description)
+        registry = await self._admin(context, "add communities")
+        community = await registry.add_community(request.name, request.description)
         return pb.AddCommunityResponse(community=community_to_pb(community))
 
     @guard_unary
     async def ListCommunities(
         self, request: pb.ListCommunitiesRequest, context: Context
     ) -> pb.ListCommunitiesResponse:
-        await self._admin(context, "list communities")
-        communities = await self._registry.list_communities()
+        registry = await self._admin(context, "list communities")
+        communities = await registry.list_communities()
         return pb.ListCommunitiesResponse(communities=[community_to_pb(c) for c in communities])
 
     @guard_unary
     async def JoinCommunity(
         self, request: pb.JoinCommunityRequest, context: Context
     ) -> pb.JoinCommunityResponse:
-        await self._admin(context, "change community memberships")
-        community = await self._registry.join_community(request.community, request.partner_id)
+        registry = await self._admin(context, "change community memberships")
+        community = await registry.join_community(request.community, request.partner_id)
         return pb.JoinCommunityResponse(community=community_to_pb(community))
 
     @guard_unary
     async def LeaveCommunity(
         self, request: pb.LeaveCommunityRequest, context: Context
     ) -> pb.LeaveCommunityResponse:
-        await self._admin(context, "change community memberships")
-        community = await self._registry.leave_community(request.community, request.partner_id)
+        registry = await self._admin(context, "change community memberships")
+        community = await registry.leave_community(request.community, request.partner_id)
         return pb.LeaveCommunityResponse(community=community_to_pb(community))
 
     # -- credentials ------------------------------------------------------------------
@@ -150,22 +152,22 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def IssueToken(
         self, request: pb.IssueTokenRequest, context: Context
     ) -> pb.IssueTokenResponse:
-        await self._admin(context, "issue tokens")
+        registry = await self._admin(context, "issue tokens")
         expires_in = (
             request.expires_in.ToNanoseconds() / 1e9 if request.HasField("expires_in") else None
         )
-        credential, token = await self._registry.issue_token(request.partner_id, expires_in)
+        credential, token = await registry.issue_token(request.partner_id, expires_in)
         return pb.IssueTokenResponse(credential=credential_to_pb(credential), token=token)
 
     @guard_unary
     async def BindCertificate(
         self, request: pb.BindCertificateRequest, context: Context
     ) -> pb.BindCertificateResponse:
-        await self._admin(context, "bind certificates")
+        registry = await self._admin(context, "bind certificates")
         expires_in = (
             request.expires_in.ToNanoseconds() / 1e9 if request.HasField("expires_in") else None
         )
-        credential = await self._registry.bind_certificate(
+        credential = await registry.bind_certificate(
             request.partner_id, request.certificate_pem, expires_in
         )
         return pb.BindCertificateResponse(credential=credential_to_pb(credential))
@@ -174,18 +176,16 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def ListCredentials(
         self, request: pb.ListCredentialsRequest, context: Context
     ) -> pb.ListCredentialsResponse:
-        await self._admin(context, "list credentials")
-        credentials = await self._registry.list_credentials(request.partner_id)
+        registry = await self._admin(context, "list credentials")
+        credentials = await registry.list_credentials(request.partner_id)
         return pb.ListCredentialsResponse(credentials=[credential_to_pb(c) for c in credentials])
 
     @guard_unary
     async def RevokeCredential(
         self, request: pb.RevokeCredentialRequest, context: Context
     ) -> pb.RevokeCredentialResponse:
-        await self._admin(context, "revoke credentials")
-        credential = await self._registry.revoke_credential(
-            request.partner_id, request.credential_id
-        )
+        registry = await self._admin(context, "revoke credentials")
+        credential = await registry.revoke_credential(request.partner_id, request.credential_id)
         return pb.RevokeCredentialResponse(credential=credential_to_pb(credential))
 
 

@@ -9,6 +9,7 @@ import grpc
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
+from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Authenticator, Caller, require
 from exchange.errors import InvalidArgument
 from exchange.ingest import Ingest
@@ -39,12 +40,18 @@ _OUTCOME = {
 
 class ExchangeService(pb_grpc.ExchangeServiceServicer):
     def __init__(
-        self, auth: Authenticator, ingest: Ingest, subscriptions: Subscriptions, store: Store
+        self,
+        auth: Authenticator,
+        ingest: Ingest,
+        subscriptions: Subscriptions,
+        store: Store,
+        recorder: AuditRecorder,
     ) -> None:
         self._auth = auth
         self._ingest = ingest
         self._subscriptions = subscriptions
         self._store = store
+        self._recorder = recorder
 
     async def _caller(self, context: Context, role: Role, action: str) -> Caller:
         caller = await self._auth.authenticate(
@@ -103,7 +110,7 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         if not request.object_id:
             raise InvalidArgument("object_id is empty; pass the STIX id of the object")
         stored = await get_object(
-            self._store, caller.partner, request.object_id, request.version or None
+            self._store, self._recorder, caller.partner, request.object_id, request.version or None
         )
         response = pb.GetObjectResponse()
         _fill(response.delivery, stored, "")
@@ -136,6 +143,10 @@ def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
         )
         if r.notice:
             item.notice = r.notice
+        if r.receipt is not None:
+            item.receipt.log_index = r.receipt.log_index
+            item.receipt.leaf_hash = r.receipt.leaf_hash
+            item.receipt.entry = r.receipt.entry
         if r.rejection is not None:
             item.rejection.property = r.rejection.property
             item.rejection.expected = r.rejection.expected

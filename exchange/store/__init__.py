@@ -25,12 +25,21 @@ from exchange.model import (
     Credential,
     CredentialKind,
     Partner,
+    Receipt,
     Rejection,
     StoredObject,
     ValidObject,
 )
 
-__all__ = ["AuditRow", "CommitOutcome", "Committed", "Receipt", "SignedCheckpoint", "Store"]
+__all__ = [
+    "AuditRow",
+    "CommitOutcome",
+    "Committed",
+    "Receipt",
+    "SignedCheckpoint",
+    "Store",
+    "refusal",
+]
 
 
 class CommitOutcome(enum.StrEnum):
@@ -43,12 +52,26 @@ class CommitOutcome(enum.StrEnum):
     REVOKED = "revoked"
 
 
-class Receipt(NamedTuple):
-    """Where an audit entry sits in the log."""
-
-    log_index: int
-    leaf_hash: bytes
-    entry: bytes  # its canonical bytes
+def refusal(obj: ValidObject, outcome: CommitOutcome) -> Rejection:
+    """Why the store refused ``obj`` (NOT_CREATOR or REVOKED): the reason the
+    submitter gets and its SUBMIT audit entry keeps."""
+    if outcome is CommitOutcome.NOT_CREATOR:
+        # Do not name the owner: the submitter may not be entitled to know it.
+        return Rejection(
+            obj.object_id,
+            "id",
+            "an id this partner created; another partner holds this object, and only its"
+            " creator may publish new versions of it",
+            obj.index,
+            obj.version,
+        )
+    return Rejection(
+        obj.object_id,
+        "revoked",
+        "no new version: this object was revoked, and STIX allows no version after that",
+        obj.index,
+        obj.version,
+    )
 
 
 class Committed(NamedTuple):

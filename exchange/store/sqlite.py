@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+from exchange_client._merkle import leaf_hash
 
+from exchange.audit.entries import AuditEntry, AuditQuery, Event, submitted
 from exchange.bus import TopicPartition
 from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from exchange.model import (
@@ -32,15 +34,18 @@ from exchange.model import (
     Community,
     Credential,
     CredentialKind,
+    ObjectOutcome,
     Partner,
     PartnerKind,
+    Receipt,
+    Rejection,
     Role,
     StoredObject,
     Tlp,
     ValidObject,
     version_key,
 )
-from exchange.store import CommitOutcome, Committed
+from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint, refusal
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqliteStore", "migrate"]
 
@@ -152,6 +157,40 @@ CREATE TABLE registry_state (
 INSERT INTO registry_state VALUES (1, 0);
 """
 
+# Version 3: the audit log. Each entry's canonical bytes (``data``, which commit to
+# the previous entry's leaf hash) and leaf hash, with copies of the fields that
+# queries filter on; signed checkpoints; how far the bus mirror of the log got.
+SCHEMA_V3 = """
+CREATE TABLE audit (
+    idx       INTEGER PRIMARY KEY,
+    at        REAL NOT NULL,
+    action    TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    partner   TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    owner     TEXT NOT NULL,
+    data      BLOB NOT NULL,
+    leaf_hash BLOB NOT NULL
+);
+CREATE INDEX audit_by_object ON audit (object_id);
+CREATE INDEX audit_by_actor ON audit (actor);
+CREATE INDEX audit_by_owner ON audit (owner);
+-- Most entries concern no other partner: only those that do are indexed.
+CREATE INDEX audit_by_partner ON audit (partner) WHERE partner != '';
+CREATE INDEX audit_by_action ON audit (action, at);
+CREATE TABLE audit_checkpoints (
+    tree_size INTEGER PRIMARY KEY,
+    note      BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
+-- The next audit index to mirror to the bus.
+CREATE TABLE audit_mirror (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    next_index INTEGER NOT NULL
+);
+INSERT INTO audit_mirror VALUES (1, 0);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -189,6 +228,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         " object audiences; registry version",
         _script(SCHEMA_V2),
     ),
+    Migration(3, "the audit log, its checkpoints and its bus mirror position", _script(SCHEMA_V3)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -246,6 +286,9 @@ _OBJECT_COLUMNS = (
     "o.seq, o.submitter, o.accepted_at, o.object_id, o.object_type, o.version,"
     " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience"
 )
+# Bytes as bytes, even where someone stored them as text (verification reads what is there).
+_AUDIT_BYTES = "CAST(data AS BLOB), CAST(leaf_hash AS BLOB)"
+_CHECKPOINT_COLUMNS = "tree_size, CAST(note AS BLOB), CAST(signature AS BLOB)"
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _CHUNK = 500
 
@@ -623,10 +666,130 @@ class SqliteStore:
         objects: Sequence[tuple[ValidObject, Audience]],
         accepted_at: float,
         widen: Callable[[Audience, Audience], Audience],
+        rejected: Sequence[Rejection] = (),
     ) -> list[Committed]:
-        if not objects:
+        if not objects and not rejected:
             return []
-        return await self._write(lambda conn: _commit(conn, submitter, objects, accepted_at, widen))
+        return await self._write(
+            lambda conn: _commit(conn, submitter, objects, accepted_at, widen, rejected=rejected)
+        )
+
+    # -- audit log ------------------------------------------------------------------
+    async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
+        if not events:
+            return []
+        return await self._write(lambda conn: _append_audit(conn, events))
+
+    async def audit_size(self) -> int:
+        return await self._read(_audit_size)
+
+    async def audit_entries(self, query: AuditQuery, *, only_of: str = "") -> list[AuditEntry]:
+        where = ["idx > ?"]
+        args: list[object] = [query.after_index]
+        if query.partner:
+            # "partner != ''" lets SQLite use the partial index on partner.
+            where.append("(actor = ? OR (partner = ? AND partner != ''))")
+            args += [query.partner, query.partner]
+        if query.object_id:
+            where.append("object_id = ?")
+            args.append(query.object_id)
+        if query.action:
+            where.append("action = ?")
+            args.append(query.action)
+        if query.since is not None:
+            where.append("at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("at < ?")
+            args.append(query.until)
+        if only_of:
+            where.append("(actor = ? OR owner = ?)")
+            args += [only_of, only_of]
+        args.append(max(query.limit, 0))
+        # Only fixed clauses above; every value is a parameter.
+        sql = f"SELECT idx, {_AUDIT_BYTES} FROM audit WHERE {' AND '.join(where)}"  # noqa: S608
+        sql += " ORDER BY idx LIMIT ?"
+
+        def run(conn: sqlite3.Connection) -> list[AuditEntry]:
+            out: list[AuditEntry] = []
+            for idx, data, leaf in conn.execute(sql, args):
+                try:
+                    _, _, event = Event.decode(data)
+                except (ValueError, KeyError, TypeError):
+                    raise Unavailable(
+                        f"audit entry {idx} is damaged (its bytes are not an entry); run"
+                        " `exchange audit verify` on the data directory"
+                    ) from None
+                out.append(AuditEntry(int(idx), event, data, leaf))
+            return out
+
+        return await self._read(run)
+
+    async def audit_rows(self, start: int, limit: int) -> list[AuditRow]:
+        def run(conn: sqlite3.Connection) -> list[AuditRow]:
+            cur = conn.execute(
+                f"SELECT idx, {_AUDIT_BYTES}, at, action, actor, partner, object_id, owner"  # noqa: S608
+                " FROM audit WHERE idx >= ? ORDER BY idx LIMIT ?",
+                (start, limit),
+            )
+            return list(map(AuditRow._make, cur))
+
+        return await self._read(run)
+
+    async def audit_leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        def run(conn: sqlite3.Connection) -> list[bytes]:
+            cur = conn.execute(
+                "SELECT CAST(leaf_hash AS BLOB) FROM audit WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            )
+            return [leaf for (leaf,) in cur]
+
+        return await self._read(run)
+
+    async def add_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints (tree_size, note, signature)"
+                " VALUES (?, ?, ?)",
+                (checkpoint.tree_size, checkpoint.note, checkpoint.signature),
+            )
+
+        await self._write(run)
+
+    async def checkpoints(self) -> list[SignedCheckpoint]:
+        def run(conn: sqlite3.Connection) -> list[SignedCheckpoint]:
+            cur = conn.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
+                " ORDER BY tree_size"
+            )
+            return [_checkpoint(row) for row in cur]
+
+        return await self._read(run)
+
+    async def latest_checkpoint(self) -> SignedCheckpoint | None:
+        def run(conn: sqlite3.Connection) -> SignedCheckpoint | None:
+            row = conn.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
+                " ORDER BY tree_size DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else _checkpoint(row)
+
+        return await self._read(run)
+
+    async def audit_mirror_position(self) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            (position,) = conn.execute(
+                "SELECT next_index FROM audit_mirror WHERE id = 1"
+            ).fetchone()
+            return int(position)
+
+        return await self._read(run)
+
+    async def set_audit_mirror_position(self, index: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE audit_mirror SET next_index = ? WHERE id = 1", (index,))
+
+        await self._write(run)
 
     async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
         wanted = sorted(set(object_ids))
@@ -783,6 +946,96 @@ def _insert_credential(conn: sqlite3.Connection, credential: Credential) -> None
 
 
 def _commit(
+    conn: sqlite3.Connection,
+    submitter: Partner,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    accepted_at: float,
+    widen: Callable[[Audience, Audience], Audience],
+    *,
+    rejected: Sequence[Rejection],
+) -> list[Committed]:
+    results = _insert_objects(conn, submitter, objects, accepted_at, widen)
+    # One SUBMIT entry per object of the bundle, in bundle order: the objects the
+    # store took or refused, and those refused before it. (bundle index, position
+    # in ``objects`` or -1, event); sorted stably, so with equal bundle indexes the
+    # objects come first, in their order.
+    submits = [
+        (obj.index, i, _submit_event(submitter.partner_id, obj, done.outcome, accepted_at))
+        for i, ((obj, _), done) in enumerate(zip(objects, results, strict=True))
+    ]
+    submits += [
+        (r.index, -1, submitted(submitter.partner_id, r, ObjectOutcome.REJECTED, accepted_at))
+        for r in rejected
+    ]
+    submits.sort(key=lambda s: s[0])
+    entries = _append_audit(conn, [event for _, _, event in submits])
+    for (_, i, _), entry in zip(submits, entries, strict=True):
+        if i >= 0 and results[i].outcome is CommitOutcome.INSERTED:
+            results[i] = results[i]._replace(
+                receipt=Receipt(entry.index, entry.leaf_hash, entry.data)
+            )
+    return results
+
+
+def _submit_event(submitter_id: str, obj: ValidObject, outcome: CommitOutcome, at: float) -> Event:
+    if outcome is CommitOutcome.INSERTED:
+        return submitted(submitter_id, obj, ObjectOutcome.ACCEPTED, at)
+    if outcome is CommitOutcome.DUPLICATE:
+        return submitted(submitter_id, obj, ObjectOutcome.DUPLICATE, at)
+    return submitted(submitter_id, refusal(obj, outcome), ObjectOutcome.REJECTED, at)
+
+
+# -- audit log (inside a write transaction) -----------------------------------------------
+
+_NO_PREVIOUS = bytes(32)
+
+
+def _audit_size(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT idx FROM audit ORDER BY idx DESC LIMIT 1").fetchone()
+    return 0 if row is None else int(row[0]) + 1
+
+
+def _append_audit(conn: sqlite3.Connection, events: Sequence[Event]) -> list[AuditEntry]:
+    """Append ``events`` after the last stored entry (read here, under the write lock:
+    another process may have appended), hashing them in this transaction."""
+    last = conn.execute(
+        "SELECT idx, CAST(leaf_hash AS BLOB) FROM audit ORDER BY idx DESC LIMIT 1"
+    ).fetchone()
+    index, previous = (0, _NO_PREVIOUS) if last is None else (int(last[0]) + 1, bytes(last[1]))
+    rows: list[tuple[object, ...]] = []
+    entries: list[AuditEntry] = []
+    for event in events:
+        data = event.encode(index, previous)
+        leaf = leaf_hash(data)
+        rows.append(
+            (
+                index,
+                round(event.at, 6),  # as in the canonical bytes
+                event.action.value,
+                event.actor,
+                event.partner,
+                event.object_id,
+                event.owner,
+                data,
+                leaf,
+            )
+        )
+        entries.append(AuditEntry(index, event, data, leaf))
+        index, previous = index + 1, leaf
+    conn.executemany(
+        "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    return entries
+
+
+def _checkpoint(row: Sequence[Any]) -> SignedCheckpoint:
+    size, note, signature = row
+    return SignedCheckpoint(int(size), bytes(note), bytes(signature))
+
+
+def _insert_objects(
     conn: sqlite3.Connection,
     submitter: Partner,
     objects: Sequence[tuple[ValidObject, Audience]],

@@ -47,8 +47,17 @@ def test_fixed_surface_is_exported() -> None:
         "Delivery",
         "Subscription",
         "PartnerKind",
+        # The audit log: receipts, proofs, checkpoints, offline verification.
+        "AuditEntry",
+        "Checkpoint",
+        "InclusionProof",
+        "Receipt",
+        "ReceiptError",
+        "VerifyResult",
+        "verify_receipt",
     }
     assert expected <= set(exchange_client.__all__)
+    assert issubclass(exchange_client.ReceiptError, ValueError)
 
 
 def test_error_tree() -> None:
@@ -84,6 +93,28 @@ def test_client_signatures() -> None:
         assert init[name].default is None
 
 
+def test_audit_signatures() -> None:
+    client = exchange_client.ExchangeClient
+    entries = inspect.signature(client.audit_entries).parameters
+    names = ["partner", "object_id", "action", "since", "until", "page_size", "with_proofs_at"]
+    assert list(entries)[1:8] == names
+    assert all(entries[n].kind is inspect.Parameter.KEYWORD_ONLY for n in names)
+    assert all(entries[n].default is None for n in names)
+    assert list(inspect.signature(client.inclusion_proof).parameters)[1:3] == [
+        "log_index",
+        "tree_size",
+    ]
+    assert list(inspect.signature(client.consistency_proof).parameters)[1:3] == [
+        "first",
+        "second",
+    ]
+    assert list(inspect.signature(client.verify_log).parameters)[1:3] == ["start", "end"]
+    for method in ("checkpoint", "public_key"):
+        assert "timeout" in inspect.signature(getattr(client, method)).parameters
+    verify = inspect.signature(exchange_client.verify_receipt).parameters
+    assert list(verify) == ["receipt", "proof", "checkpoint", "public_key_pem"]
+
+
 def test_partner_kinds_are_plain_strings() -> None:
     kind = exchange_client.PartnerKind
     assert kind("government") is kind.GOVERNMENT
@@ -113,5 +144,7 @@ def test_import_does_not_pull_optional_or_server_packages() -> None:
         "exchange_client.ExchangeClient(target='127.0.0.1:9', token='t').close()"
     )
     assert "exchange_client" in loaded
-    for forbidden in ("stix2", "aiokafka", "exchange", "orjson", "msgspec", "click", "rich"):
+    forbidden_modules = ("stix2", "aiokafka", "exchange", "orjson", "msgspec", "click", "rich")
+    # cryptography is optional (the [verify] extra), imported only to check a signature.
+    for forbidden in (*forbidden_modules, "cryptography"):
         assert not any(m == forbidden or m.startswith(forbidden + ".") for m in loaded), forbidden

@@ -12,10 +12,18 @@ Submit STIX 2.1 bundles and stream the objects you may see::
         for delivery in client.subscribe(from_beginning=True):
             print(delivery.object_id, delivery.tlp)
 
+Every accepted object comes with a receipt: its entry in the exchange's audit
+log, which anyone can check offline against a signed checkpoint::
+
+    receipt = result.results[0].receipt
+    proof = client.inclusion_proof(receipt.log_index)  # with the latest checkpoint
+    verify_receipt(receipt, proof, proof.checkpoint, public_key_pem)  # or ReceiptError
+
 Every failed call raises an :class:`ExchangeError` subclass.
 """
 
 from exchange_client._bundle import BundleInput
+from exchange_client._checkpoint import Checkpoint
 from exchange_client._client import ExchangeClient, Subscription
 from exchange_client._errors import (
     AuthenticationError,
@@ -27,27 +35,39 @@ from exchange_client._errors import (
     ValidationError,
 )
 from exchange_client._models import (
+    AuditEntry,
     Delivery,
+    InclusionProof,
     ObjectResult,
     PartnerKind,
+    Receipt,
     RejectedObject,
     SubmitResult,
+    VerifyResult,
 )
+from exchange_client._receipts import ReceiptError, verify_receipt
 
 __all__ = [
+    "AuditEntry",
     "AuthenticationError",
     "BundleInput",
+    "Checkpoint",
     "Delivery",
     "ExchangeClient",
     "ExchangeError",
+    "InclusionProof",
     "NotFound",
     "ObjectResult",
     "PartnerKind",
     "PermissionDenied",
     "RateLimited",
+    "Receipt",
+    "ReceiptError",
     "RejectedObject",
     "SubmitResult",
     "Subscription",
     "Unavailable",
     "ValidationError",
+    "VerifyResult",
+    "verify_receipt",
 ]

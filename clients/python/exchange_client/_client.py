@@ -7,15 +7,28 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
 from exchange_client._bundle import BundleInput, encode_bundle
+from exchange_client._checkpoint import Checkpoint
 from exchange_client._errors import ExchangeError, ValidationError, from_rpc_error
-from exchange_client._models import Delivery, PartnerKind, SubmitResult, _audience
+from exchange_client._models import (
+    AuditEntry,
+    Delivery,
+    InclusionProof,
+    PartnerKind,
+    SubmitResult,
+    VerifyResult,
+    _audience,
+    _checkpoint,
+)
+from exchange_client._pb import audit_pb2 as audit_pb
 from exchange_client._pb import exchange_pb2 as pb
+from exchange_client._pb.audit_pb2_grpc import AuditServiceStub
 from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
 
 __all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "ExchangeClient", "Subscription"]
@@ -35,6 +48,33 @@ def _check_size(data: bytes) -> None:
             f"{MAX_MESSAGE_BYTES - _FRAMING_BYTES} bytes: split it into smaller bundles"
         )
         raise ValidationError(message, code="INVALID_ARGUMENT")
+
+
+def _instant(value: datetime | str | None, name: str) -> datetime | None:
+    """``since=`` / ``until=``: a datetime (naive means UTC) or ISO 8601 text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{name} must be a datetime or ISO 8601 text such as '2026-11-27' or"
+                f" '2026-11-27T10:00:00Z', not {value!r}"
+            ) from None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime or ISO 8601 text, not {type(value).__name__}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _count(value: int | None, name: str, minimum: int) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value
 
 
 def _strings(values: Iterable[str] | str | None) -> list[str]:
@@ -255,6 +295,7 @@ class ExchangeClient:
         else:
             self._channel = grpc.insecure_channel(self.target, options=channel_options)
         self._stub = ExchangeServiceStub(self._channel)
+        self._audit = AuditServiceStub(self._channel)
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
@@ -454,3 +495,126 @@ class ExchangeClient:
         if closed:  # the client was closed from another thread meanwhile
             subscription.close()
         return subscription
+
+    # -- the audit log ---------------------------------------------------
+
+    def audit_entries(
+        self,
+        *,
+        partner: str | None = None,
+        object_id: str | None = None,
+        action: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int | None = None,
+        with_proofs_at: int | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[AuditEntry]:
+        """The audit log entries you may read that match, oldest first (every
+        argument is keyword-only).
+
+        A partner with the ``audit`` role reads every entry; any other partner
+        the entries of its own actions and those about the objects it submitted
+        (who received what it shared). ``partner`` matches the actor or the
+        partner concerned; ``action`` is e.g. ``"submit"`` or ``"deliver"``;
+        ``since`` / ``until`` take a ``datetime`` (naive means UTC) or ISO 8601
+        text. ``page_size`` (at most 1000) is how many entries each streamed
+        message carries. With ``with_proofs_at=N`` only the entries of the log's
+        first ``N`` (a checkpoint's ``tree_size``) are returned, each with its
+        inclusion proof in that tree.
+
+        The entries stream as you iterate (``timeout`` bounds the whole stream;
+        default: none); leaving the loop early cancels the stream. Your query is
+        itself recorded in the log.
+        """
+        self._check_open()
+        request = audit_pb.QueryEntriesRequest(
+            partner=(partner or "").strip(),
+            object_id=(object_id or "").strip(),
+            action=(action or "").strip(),
+            page_size=_count(page_size, "page_size", 1),
+            proof_tree_size=_count(with_proofs_at, "with_proofs_at", 1),
+        )
+        start, end = _instant(since, "since"), _instant(until, "until")
+        if start is not None:
+            request.since.FromDatetime(start)
+        if end is not None:
+            request.until.FromDatetime(end)
+        if start is not None and end is not None and start > end:
+            raise ValueError(f"since ({start.isoformat()}) is after until ({end.isoformat()})")
+        call = self._audit.QueryEntries(request, timeout=timeout, metadata=self._metadata)
+        return self._entries(call)
+
+    @staticmethod
+    def _entries(call: grpc.CallIterator[audit_pb.QueryEntriesResponse]) -> Iterator[AuditEntry]:
+        try:
+            for response in call:
+                for entry in response.entries:
+                    yield AuditEntry._from_pb(entry)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        self._check_open()
+        try:
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def checkpoint(self, *, timeout: float | None = None) -> Checkpoint:
+        """The latest signed checkpoint of the audit log (its size and Merkle root).
+
+        Check its signature with ``checkpoint.verify(public_key_pem)`` (needs
+        ``pip install 'exchange-client[verify]'``)."""
+        response = self._unary(self._audit.GetCheckpoint, audit_pb.GetCheckpointRequest(), timeout)
+        if not response.HasField("checkpoint"):
+            raise ExchangeError("the exchange answered without a checkpoint", code="UNKNOWN")
+        return _checkpoint(response.checkpoint)
+
+    def inclusion_proof(
+        self, log_index: int, tree_size: int = 0, *, timeout: float | None = None
+    ) -> InclusionProof:
+        """Proof that the entry at ``log_index`` is in the log's tree of ``tree_size``
+        entries; with ``tree_size=0`` (default), in the latest checkpoint's tree, which
+        comes with it (``proof.checkpoint``). Check it with :func:`verify_receipt`."""
+        request = audit_pb.GetInclusionProofRequest(
+            log_index=_count(log_index, "log_index", 0),
+            tree_size=_count(tree_size, "tree_size", 0),
+        )
+        response = self._unary(self._audit.GetInclusionProof, request, timeout)
+        return InclusionProof._from_pb(response)
+
+    def consistency_proof(
+        self, first: int, second: int, *, timeout: float | None = None
+    ) -> list[bytes]:
+        """Proof that the log's tree of ``second`` entries extends that of ``first``
+        (RFC 9162 section 2.1.4): nothing of the first was changed or removed. Check
+        it with two checkpoints' roots (``exchange_client._merkle.verify_consistency``)."""
+        first, second = _count(first, "first", 1), _count(second, "second", 1)
+        if first > second:
+            raise ValueError(f"first ({first}) must not be larger than second ({second})")
+        request = audit_pb.GetConsistencyProofRequest(
+            first_tree_size=first, second_tree_size=second
+        )
+        response = self._unary(self._audit.GetConsistencyProof, request, timeout)
+        return list(response.hashes)
+
+    def public_key(self, *, timeout: float | None = None) -> str:
+        """The PEM (SubjectPublicKeyInfo) of the Ed25519 key the exchange signs
+        checkpoints with. Keep a copy: a checkpoint is only as good as the key you
+        check it with, so compare it with one obtained from the operator."""
+        response = self._unary(self._audit.GetPublicKey, audit_pb.GetPublicKeyRequest(), timeout)
+        return str(response.public_key_pem)
+
+    def verify_log(
+        self, start: int = 0, end: int = 0, *, timeout: float | None = None
+    ) -> VerifyResult:
+        """Have the exchange re-derive every hash of entries ``start`` to ``end - 1``
+        (``end=0``: to the end) and check every checkpoint. Needs the ``audit`` role."""
+        start, end = _count(start, "start", 0), _count(end, "end", 0)
+        if end and start >= end:
+            raise ValueError(f"start ({start}) must be smaller than end ({end})")
+        request = audit_pb.VerifyLogRequest(start=start, end=end)
+        return VerifyResult._from_pb(self._unary(self._audit.VerifyLog, request, timeout))

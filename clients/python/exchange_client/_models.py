@@ -10,9 +10,22 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal, cast
 
+from exchange_client._checkpoint import Checkpoint, CheckpointError
+from exchange_client._errors import ExchangeError
+from exchange_client._pb import audit_pb2 as audit_pb
 from exchange_client._pb import exchange_pb2 as pb
 
-__all__ = ["Delivery", "ObjectResult", "PartnerKind", "RejectedObject", "SubmitResult"]
+__all__ = [
+    "AuditEntry",
+    "Delivery",
+    "InclusionProof",
+    "ObjectResult",
+    "PartnerKind",
+    "Receipt",
+    "RejectedObject",
+    "SubmitResult",
+    "VerifyResult",
+]
 
 OutcomeName = Literal["accepted", "duplicate", "rejected", "unspecified"]
 TlpName = Literal["clear", "green", "amber", "amber+strict", "red", "unspecified"]
@@ -36,6 +49,10 @@ _TLPS: dict[int, TlpName] = {
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _datetime(seconds: int, nanos: int) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
 
 
 class PartnerKind(enum.StrEnum):
@@ -135,6 +152,28 @@ class RejectedObject:
 
 
 @dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof of record of an accepted object: its entry in the exchange's audit log.
+
+    Keep it. With an inclusion proof and a signed checkpoint fetched at any later
+    time, :func:`verify_receipt` shows, offline, that the exchange's log holds
+    this entry and cannot drop or change it without the change being detected.
+    """
+
+    log_index: int
+    """Position of the entry in the audit log (0-based)."""
+    leaf_hash: bytes
+    """RFC 6962 leaf hash of the entry: SHA-256(0x00 || entry)."""
+    entry: bytes
+    """The entry's canonical bytes (sorted-key JSON: object id, version, SHA-256 of
+    the stored object, submitter, time, and the hash of the entry before it)."""
+
+    @classmethod
+    def _from_pb(cls, message: pb.Receipt) -> Receipt:
+        return cls(log_index=message.log_index, leaf_hash=message.leaf_hash, entry=message.entry)
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectResult:
     """The outcome of one object of a submitted bundle."""
 
@@ -148,6 +187,9 @@ class ObjectResult:
     notice: str = ""
     """Something the submitter should know about an accepted object (one line), e.g.
     that it keeps the wider audience of its earlier versions; ``""`` when none."""
+    receipt: Receipt | None = None
+    """For an accepted object: its entry in the audit log (see :func:`verify_receipt`);
+    ``None`` otherwise, or when the exchange does not give receipts."""
 
     @classmethod
     def _from_pb(cls, message: pb.ObjectResult) -> ObjectResult:
@@ -177,6 +219,7 @@ class ObjectResult:
             index=message.index,
             rejection=rejection,
             notice=_one_line(message.notice),
+            receipt=Receipt._from_pb(message.receipt) if message.HasField("receipt") else None,
         )
 
 
@@ -244,7 +287,7 @@ class Delivery:
     @classmethod
     def _from_pb(cls, message: pb.Delivery) -> Delivery:
         stamp = message.accepted_at
-        accepted_at = _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+        accepted_at = _datetime(stamp.seconds, stamp.nanos)
         return cls(
             object_json=message.object,
             object_id=message.object_id,
@@ -262,3 +305,130 @@ class Delivery:
     def object(self) -> dict[str, Any]:
         """The STIX object as a dict (decoded from ``object_json`` on first access)."""
         return cast(dict[str, Any], json.loads(self.object_json))
+
+
+# -- the audit log ---------------------------------------------------------------------
+
+
+def _checkpoint(message: audit_pb.Checkpoint) -> Checkpoint:
+    """The checkpoint the signed note says (the note is the truth, not the fields beside it)."""
+    try:
+        return Checkpoint.parse(message.note, message.signature)
+    except CheckpointError as exc:
+        raise ExchangeError(f"the exchange sent a malformed checkpoint: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the exchange's audit log: who did what, when, to which object.
+
+    ``data`` is what the log commits to (its leaf hash covers it); the other
+    fields are read from it for convenience. ``inclusion_proof`` is set when the
+    entries were asked for with ``with_proofs_at=`` (a tree size).
+    """
+
+    index: int
+    """Position in the log (0-based)."""
+    at: datetime
+    """When it happened (timezone-aware, UTC)."""
+    action: str
+    """``"submit"``, ``"deliver"``, ``"subscribe.start"``, ``"lookup"``,
+    ``"audit.query"``, ``"credential.revoke"``..."""
+    actor: str
+    """Partner id of who did it (``"operator"`` for the operator's command line)."""
+    partner: str
+    """Partner id the action concerns, when another one (``""`` otherwise)."""
+    object_id: str
+    version: str
+    digest: str
+    """SHA-256 (hex) of the stored object, for entries about one."""
+    owner: str
+    """Partner id of the object's submitter."""
+    detail: dict[str, Any]
+    """More about it: outcome, reason, channel, cursor, filters..."""
+    data: bytes = field(repr=False)
+    """The entry's canonical bytes (sorted-key JSON)."""
+    leaf_hash: bytes = field(repr=False)
+    """SHA-256(0x00 || data)."""
+    inclusion_proof: list[bytes] = field(default_factory=list, repr=False)
+    """With ``with_proofs_at=N``: the audit path of this entry in the tree of size N."""
+
+    @property
+    def receipt(self) -> Receipt:
+        """The entry as a :class:`Receipt`, to check with :func:`verify_receipt`."""
+        return Receipt(log_index=self.index, leaf_hash=self.leaf_hash, entry=self.data)
+
+    @classmethod
+    def _from_pb(cls, message: audit_pb.AuditEntry) -> AuditEntry:
+        try:
+            detail = json.loads(message.detail_json) if message.detail_json else {}
+        except ValueError:
+            detail = {"raw": message.detail_json}
+        if not isinstance(detail, dict):
+            detail = {"raw": detail}
+        return cls(
+            index=message.index,
+            at=_datetime(message.at.seconds, message.at.nanos),
+            action=message.action,
+            actor=message.actor,
+            partner=message.partner,
+            object_id=message.object_id,
+            version=message.version,
+            digest=message.digest,
+            owner=message.owner,
+            detail=detail,
+            data=message.data,
+            leaf_hash=message.leaf_hash,
+            inclusion_proof=list(message.inclusion_proof),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    """Proof that the entry at ``log_index`` is in the log's tree of ``tree_size`` entries."""
+
+    log_index: int
+    tree_size: int
+    hashes: list[bytes]
+    """The audit path, leaf to root (RFC 9162 section 2.1.3)."""
+    checkpoint: Checkpoint | None = None
+    """The signed checkpoint of ``tree_size``, when the proof was asked for against
+    the latest one (``tree_size=0``)."""
+
+    @classmethod
+    def _from_pb(cls, message: audit_pb.GetInclusionProofResponse) -> InclusionProof:
+        return cls(
+            log_index=message.log_index,
+            tree_size=message.tree_size,
+            hashes=list(message.hashes),
+            checkpoint=_checkpoint(message.checkpoint) if message.HasField("checkpoint") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """What the exchange found re-deriving every hash of its log and checking every
+    checkpoint (:meth:`ExchangeClient.verify_log`)."""
+
+    intact: bool
+    entries_checked: int
+    checkpoints_checked: int
+    first_bad_index: int | None
+    """When not intact: the first entry found wrong (``0`` as well when the problem is
+    a checkpoint's own, such as its signature: ``problem`` says which); ``None`` when
+    intact."""
+    problem: str
+    """When not intact: what is wrong with it."""
+    summary: str
+    """One line, as ``exchange audit verify`` prints it."""
+
+    @classmethod
+    def _from_pb(cls, message: audit_pb.VerifyLogResponse) -> VerifyResult:
+        return cls(
+            intact=message.intact,
+            entries_checked=message.entries_checked,
+            checkpoints_checked=message.checkpoints_checked,
+            first_bad_index=None if message.intact else message.first_bad_index,
+            problem=_one_line(message.problem),
+            summary=_one_line(message.summary),
+        )

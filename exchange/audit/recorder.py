@@ -1,0 +1,83 @@
+"""Records what happens outside a submission's transaction: deliveries, stream
+starts and ends, look-ups, registry changes.
+
+Submissions are recorded by the store in the same transaction as the objects.
+Deliveries are many (one entry per object version per partner), so they are
+queued and appended in batches (one transaction, one hashing pass per batch,
+at most ``flush_interval_s`` after the delivery); a crash can lose the entries of
+the last batch, never an object. Everything else is appended at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+
+from exchange.audit.entries import Event
+from exchange.store import Store
+
+__all__ = ["AuditRecorder"]
+
+log = logging.getLogger(__name__)
+
+
+class AuditRecorder:
+    def __init__(
+        self, store: Store, *, flush_interval_s: float = 0.05, max_batch: int = 5000
+    ) -> None:
+        self._store = store
+        self._flush_interval_s = flush_interval_s
+        self._max_batch = max_batch
+        self._queue: list[Event] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.recorded = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="audit-recorder")
+
+    async def close(self) -> None:
+        """Stop, after appending everything queued."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush()
+
+    def note(self, events: Iterable[Event]) -> None:
+        """Queue events to be appended with the next batch."""
+        self._queue.extend(events)
+        if len(self._queue) >= self._max_batch:
+            self._wakeup.set()
+
+    async def record(self, events: Sequence[Event]) -> None:
+        """Append now, after what is queued (so the log keeps the order of events)."""
+        self.note(events)
+        await self.flush()
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            try:
+                await self._store.append_audit(batch)
+            except BaseException:
+                self._queue[:0] = batch  # keep them for the next try
+                raise
+            self.recorded += len(batch)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("audit: appending %d entries failed; retrying", len(self._queue))
+                await asyncio.sleep(1.0)

@@ -1,0 +1,377 @@
+"""Offline verification of the audit log: re-derive every hash, check every checkpoint.
+
+For every stored entry, in index order: the indexes run on without a gap (a deleted
+entry leaves one); the leaf hash is SHA-256(0x00 || bytes); the bytes are an entry
+that names its own index and the previous entry's leaf hash (an edited, moved or
+reordered entry breaks that chain); the columns kept for queries say what the bytes
+say. Then every kept checkpoint: its signature verifies with the exchange's public
+key, its note parses and names its own size, its root is the root recomputed from
+the stored leaves at that size (one pass over the log), and it is not larger than
+the log (a truncated log is shorter than what was signed). An entry edited and every
+hash after it recomputed passes the first checks, but not the checkpoints signed
+after it.
+
+The first problem in log order is reported, with the entry it concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
+from exchange_client._checkpoint import Checkpoint, CheckpointError, key_id
+from exchange_client._merkle import EMPTY_ROOT, node_hash
+
+from exchange.audit.entries import Action
+from exchange.errors import InvalidArgument
+from exchange.store import AuditRow, SignedCheckpoint, Store
+
+__all__ = ["VerifyReport", "verify_log"]
+
+# Entries read per query; the next page is read while this one is checked.
+_PAGE = 20_000
+_ACTIONS = frozenset(a.value for a in Action)
+# The query columns, in AuditRow order after log_index, data and leaf_hash.
+_COLUMNS = ("at", "action", "actor", "partner", "object_id", "owner")
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    intact: bool
+    entries_checked: int
+    checkpoints_checked: int
+    # When not intact: the first entry found wrong (for a checkpoint whose root does
+    # not match: the first entry it vouches for that no earlier checkpoint does; for
+    # a truncated log: the first missing entry); None for a checkpoint's own problem.
+    first_bad_index: int | None
+    problem: str
+    summary: str  # one line, as `exchange audit verify` prints it
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    index: int | None
+    where: str  # "entry 41 (submit indicator--...)", "checkpoint at size 1,000"
+    what: str
+
+
+async def verify_log(
+    store: Store, public_key_pem: str | None, *, start: int = 0, end: int | None = None
+) -> VerifyReport:
+    """Check entries ``start`` to ``end - 1`` (to the end of the log when None; the
+    leaf hashes before ``start`` are taken as stored) and every checkpoint.
+    ``public_key_pem`` None skips the signatures (and the summary says so).
+    InvalidArgument for an impossible range or a public key that is not Ed25519."""
+    key = _key_id(public_key_pem) if public_key_pem is not None else None
+    size = await store.audit_size()
+    if start < 0 or start > size:
+        raise InvalidArgument(
+            f"cannot verify from entry {start:,}: the audit log holds {size:,} entries"
+        )
+    stop = size if end is None else min(end, size)
+    if stop < start:
+        raise InvalidArgument(f"cannot verify entries {start:,} to {end}: the end is before")
+    whole = stop == size
+    checker = _Checker(await store.checkpoints(), public_key_pem)
+
+    problem = await _seed(store, checker, start)
+    if problem is None:
+        problem = await _check_entries(store, checker, start, stop)
+    if problem is None:
+        problem = checker.after_last(size if whole else None)
+    return _report(checker, problem, start=start, stop=stop, size=size, key=key)
+
+
+async def _seed(store: Store, checker: _Checker, start: int) -> _Problem | None:
+    """Feed the stored leaf hashes before ``start`` (checking the checkpoints they reach)."""
+    problem = checker.reach(0)
+    position = 0
+    while problem is None and position < start:
+        end = min(start, position + 10 * _PAGE)
+        leaves = await store.audit_leaf_hashes(position, end)
+        if len(leaves) != end - position:
+            return _Problem(
+                None,
+                f"entries {position:,} to {end - 1:,} (before the range)",
+                f"missing (deleted): only {len(leaves):,} of them are stored",
+            )
+        problem = await asyncio.to_thread(checker.seed, leaves)
+        position = end
+    return problem
+
+
+async def _check_entries(store: Store, checker: _Checker, start: int, stop: int) -> _Problem | None:
+    position = start
+    while position < stop:
+        # Read, then check: not at once (two threads taking turns on the GIL for each
+        # row SQLite steps through are slower than one after the other).
+        rows = await store.audit_rows(position, min(_PAGE, stop - position))
+        if rows and rows[-1].log_index >= stop:  # a gap moved later rows into range
+            rows = [r for r in rows if r.log_index < stop]
+        if not rows:
+            missing = checker.next_index
+            return _Problem(missing, f"entry {missing:,}", "missing (deleted)")
+        problem = await asyncio.to_thread(checker.check, rows)
+        if problem is not None:
+            return problem
+        position = rows[-1].log_index + 1
+    return None
+
+
+class _Checker:
+    """The state of one pass: the next index (the number of leaves seen), the previous
+    leaf hash, the roots of the perfect subtrees so far (as ``RootBuilder`` keeps
+    them, inlined in the hot loop) and the checkpoints still ahead."""
+
+    def __init__(self, checkpoints: Sequence[SignedCheckpoint], public_key_pem: str | None) -> None:
+        self.next_index = 0
+        self.previous = bytes(32)
+        # Left to right; their sizes are the set bits of next_index, largest first.
+        self.peaks: list[bytes] = []
+        self.checked = 0  # checkpoints whose root was compared
+        self.vouched = 0  # the size of the last checkpoint that matched
+        self.latest: Checkpoint | None = None
+        # Each checkpoint, with its own problem if any, by size (ascending).
+        self.ahead: list[tuple[SignedCheckpoint, Checkpoint | None, str]] = []
+        for signed in checkpoints:
+            parsed, what = _check_signature(signed, public_key_pem)
+            self.ahead.append((signed, parsed, what))
+        self.ahead.reverse()  # popped from the end
+
+    @property
+    def total_checkpoints(self) -> int:
+        return self.checked + len(self.ahead)
+
+    def reach(self, size: int) -> _Problem | None:
+        """Check the checkpoints of ``size`` (``peaks`` holds that many leaves)."""
+        while self.ahead and self.ahead[-1][0].tree_size == size:
+            signed, parsed, what = self.ahead.pop()
+            where = f"checkpoint at size {signed.tree_size:,}"
+            if parsed is None:
+                return _Problem(None, where, what)
+            if what:
+                return _Problem(None, f"{where} (signed {_when(parsed)})", what)
+            if parsed.root_hash != self.root():
+                return _Problem(
+                    self.vouched,
+                    f"{where} (signed {_when(parsed)})",
+                    "its root does not match the stored entries: an entry from"
+                    f" {self.vouched:,} to {size - 1:,} was changed since it was signed"
+                    " (and the hashes after it recomputed)",
+                )
+            self.checked += 1
+            self.vouched = size
+            self.latest = parsed
+        return None
+
+    def after_last(self, log_size: int | None) -> _Problem | None:
+        """After the last entry checked: checkpoints larger than the log (when the
+        range reached its end) are a truncation."""
+        if log_size is None or not self.ahead:
+            return None
+        signed, parsed, what = self.ahead[-1]
+        where = f"checkpoint at size {signed.tree_size:,}"
+        if parsed is None or what:
+            return _Problem(None, where, what)
+        return _Problem(
+            log_size,
+            f"{where} (signed {_when(parsed)})",
+            f"the log holds {log_size:,} entries, fewer than this checkpoint signed: entries"
+            f" {log_size:,} to {signed.tree_size - 1:,} are missing (truncated)",
+        )
+
+    def root(self) -> bytes:
+        if not self.peaks:
+            return EMPTY_ROOT
+        node = self.peaks[-1]
+        for peak in reversed(self.peaks[:-1]):
+            node = node_hash(peak, node)
+        return node
+
+    def _add(self, leaf: bytes) -> None:
+        n = self.next_index
+        while n & 1:
+            leaf = node_hash(self.peaks.pop(), leaf)
+            n >>= 1
+        self.peaks.append(leaf)
+        self.next_index += 1
+
+    def seed(self, leaves: Sequence[bytes]) -> _Problem | None:
+        for leaf in leaves:
+            self._add(leaf)
+            self.previous = leaf
+            if self.ahead and self.ahead[-1][0].tree_size == self.next_index:
+                problem = self.reach(self.next_index)
+                if problem is not None:
+                    return problem
+        return None
+
+    def check(self, rows: Sequence[AuditRow]) -> _Problem | None:  # noqa: PLR0911
+        """Check ``rows`` (the next ones, by index); the first problem, or None."""
+        sha256 = hashlib.sha256
+        loads = orjson.loads
+        peaks = self.peaks
+        expected = self.next_index
+        previous = self.previous
+        next_checkpoint = self.ahead[-1][0].tree_size if self.ahead else -1
+        try:
+            for row in rows:
+                index, data, leaf, at, action, actor, partner, object_id, owner = row
+                if index != expected:
+                    what = (
+                        f"missing (deleted): the log goes from entry {expected - 1:,} to {index:,}"
+                        if expected
+                        else f"missing (deleted): the log starts at entry {index:,}"
+                    )
+                    return _Problem(expected, f"entry {expected:,}", what)
+                if sha256(b"\x00" + data).digest() != leaf:
+                    return _entry(row, "leaf hash does not match its bytes (edited)")
+                try:
+                    doc = loads(data)
+                    said = (
+                        doc["at"],
+                        doc["action"],
+                        doc["actor"],
+                        doc["partner"],
+                        doc["object_id"],
+                        doc["owner"],
+                    )
+                    said_index, said_previous = doc["index"], doc["prev"]
+                    if (
+                        doc["v"] != 1
+                        or said[1] not in _ACTIONS
+                        or not isinstance(doc["detail"], dict)
+                    ):
+                        raise ValueError
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    return _entry(row, "its bytes are not an audit entry")
+                if said_index != index:
+                    return _entry(
+                        row, f"its bytes say index {said_index} (moved: entries reordered)"
+                    )
+                if said_previous != previous.hex():
+                    return _entry(
+                        row,
+                        f"it does not follow entry {index - 1:,} (its previous hash is not"
+                        f" that entry's leaf hash: reordered, or an entry before it replaced)"
+                        if index
+                        else "the first entry names a previous entry",
+                    )
+                if said != (at, action, actor, partner, object_id, owner):
+                    return _entry(row, _column_mismatch(row, said))
+                # The leaf joins the perfect subtrees (RootBuilder.add, inlined).
+                n, node = expected, leaf
+                while n & 1:
+                    node = sha256(b"\x01" + peaks.pop() + node).digest()
+                    n >>= 1
+                peaks.append(node)
+                expected += 1
+                previous = leaf
+                if expected == next_checkpoint:
+                    self.next_index, self.previous = expected, previous
+                    problem = self.reach(expected)
+                    if problem is not None:
+                        return problem
+                    next_checkpoint = self.ahead[-1][0].tree_size if self.ahead else -1
+            return None
+        finally:
+            self.next_index, self.previous = expected, previous
+
+
+def _entry(row: AuditRow, what: str) -> _Problem:
+    about = " ".join(str(x) for x in (row.action, row.object_id or row.partner) if x)
+    return _Problem(row.log_index, f"entry {row.log_index:,} ({about})", what)
+
+
+def _column_mismatch(row: AuditRow, said: tuple[object, ...]) -> str:
+    for name, stored, value in zip(_COLUMNS, row[3:], said, strict=True):
+        if stored != value:
+            return f"its query column {name} is {stored!r} but its bytes say {value!r} (edited)"
+    return "its query columns do not match its bytes (edited)"
+
+
+def _check_signature(
+    signed: SignedCheckpoint, public_key_pem: str | None
+) -> tuple[Checkpoint | None, str]:
+    """The parsed checkpoint (None if it does not parse) and what is wrong with it."""
+    try:
+        parsed = Checkpoint.parse(signed.note, signed.signature)
+    except CheckpointError:
+        return None, "its note is not a checkpoint note (edited)"
+    if parsed.tree_size != signed.tree_size:
+        return parsed, f"its note says size {parsed.tree_size:,} (edited)"
+    if public_key_pem is not None:
+        try:
+            parsed.verify(public_key_pem)
+        except CheckpointError:
+            return parsed, "its signature does not verify with the public key (forged or edited)"
+    return parsed, ""
+
+
+def _key_id(public_key_pem: str) -> str:
+    try:
+        key = load_pem_public_key(public_key_pem.encode())
+    except ValueError:
+        raise InvalidArgument("the public key is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidArgument("the public key is not an Ed25519 key: checkpoints are Ed25519")
+    return key_id(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _when(checkpoint: Checkpoint) -> str:
+    try:
+        at = datetime.fromtimestamp(checkpoint.at_ns / 1e9, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"at {checkpoint.at_ns} ns"
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _report(
+    checker: _Checker,
+    problem: _Problem | None,
+    *,
+    start: int,
+    stop: int,
+    size: int,
+    key: str | None,
+) -> VerifyReport:
+    entries = checker.next_index - start if checker.next_index >= start else 0
+    if problem is not None:
+        return VerifyReport(
+            intact=False,
+            entries_checked=entries,
+            checkpoints_checked=checker.checked,
+            first_bad_index=problem.index,
+            problem=problem.what,
+            summary=f"audit log NOT intact: {problem.where}: {problem.what}",
+        )
+    if start == 0 and stop == size:
+        what = f"{entries:,} entries"
+    else:
+        what = f"entries {start:,} to {stop - 1:,} ({entries:,} of {size:,})"
+    if checker.latest is None:
+        cps = "no checkpoint yet" if not checker.total_checkpoints else "no checkpoint in range"
+    else:
+        cps = (
+            f"{checker.checked:,} checkpoint{'s' if checker.checked != 1 else ''}, latest"
+            f" signed at size {checker.latest.tree_size:,}"
+        )
+        cps += f" (key {key})" if key else " (signatures NOT checked: no public key given)"
+    return VerifyReport(
+        intact=True,
+        entries_checked=entries,
+        checkpoints_checked=checker.checked,
+        first_bad_index=None,
+        problem="",
+        summary=f"audit log intact: {what}, {cps}",
+    )

@@ -1,0 +1,552 @@
+"""``exchange audit``: review the audit log, prove it intact, export it with proofs.
+
+Each command works on the data directory (``--data-dir``/``--config``, as the
+operator: every entry; also while the server runs) or, with ``--target``, through
+a running server's AuditService with a partner's token (a partner without the
+``audit`` role sees the entries of its own actions and those about the objects it
+submitted; ``verify`` needs ``audit``). Both ways go through one
+``AuditBackend`` (``exchange.audit_backend``), so each command is written once.
+Through a server every call is itself recorded in the log; on the data directory
+nothing is written, except that ``export`` signs a new checkpoint (with the key in
+the data directory) when the log has grown since the latest one.
+
+Exit codes: 0 success (``verify``: the log is intact), 1 an error (one line on
+stderr), 2 a wrong command line, 3 ``verify`` found the log NOT intact (the
+first bad entry is named).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, NoReturn
+
+import click
+import exchange_client
+import orjson
+from exchange_client import AuditEntry, Checkpoint, ExchangeClient
+
+from exchange import errors
+from exchange.audit.entries import Action
+from exchange.audit_backend import AuditBackend, EntryFilter, LocalAudit, RemoteAudit
+from exchange.cli_admin import config_option, data_dir_option, load_cli_settings
+
+__all__ = ["EXIT_NOT_INTACT", "audit"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_INTACT = 3
+
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DETAIL_WIDTH = 60
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"exchange: {message}", err=True)
+    sys.exit(code)
+
+
+def _remote_message(error: exchange_client.ExchangeError, target: str) -> str:
+    if isinstance(error, exchange_client.AuthenticationError):
+        return f"authentication failed: {error} (check --token / EXCHANGE_TOKEN)"
+    if isinstance(error, exchange_client.PermissionDenied):
+        return f"permission denied: {error}"
+    if isinstance(error, exchange_client.Unavailable):
+        return f"cannot reach the exchange at {target}: {error}"
+    if error.code == "UNIMPLEMENTED":
+        return f"the exchange at {target} does not offer the audit API; is it an older version?"
+    if isinstance(error, exchange_client.ValidationError):
+        return str(error)
+    return f"{error.code}: {error}"
+
+
+# -- where a command works -------------------------------------------------------------------
+
+_WHERE_OPTIONS = (
+    config_option,
+    data_dir_option,
+    click.option(
+        "--target",
+        metavar="HOST:PORT",
+        help="Ask the exchange server at HOST:PORT (its audit API) instead of reading the"
+        " data directory; needs a partner's --token.",
+    ),
+    click.option(
+        "--token",
+        envvar="EXCHANGE_TOKEN",
+        show_envvar=True,
+        help="With --target: your partner API token (without the 'audit' role you see your"
+        " own actions and the entries about the objects you submitted).",
+    ),
+    click.option(
+        "--ca-file",
+        envvar="EXCHANGE_CA_FILE",
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="With --target: PEM root certificates, connect with TLS (default: plaintext).",
+    ),
+    click.option(
+        "--cert-file",
+        envvar="EXCHANGE_CERT_FILE",
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="With --target: PEM client certificate for mutual TLS (needs --key-file).",
+    ),
+    click.option(
+        "--key-file",
+        envvar="EXCHANGE_KEY_FILE",
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="With --target: PEM private key of the client certificate.",
+    ),
+)
+
+
+_WHERE_PARAMS = ("config_file", "data_dir", "target", "token", "ca_file", "cert_file", "key_file")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
+def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
+    for name in ("token", "ca_file", "cert_file", "key_file"):
+        if _given(ctx, name):
+            raise click.UsageError(
+                f"--{name.replace('_', '-')} is for --target HOST:PORT; without --target"
+                " the command reads the data directory"
+            )
+    params = ctx.params
+    settings = load_cli_settings(params.get("config_file"), data_dir=params.get("data_dir"))
+    return LocalAudit(settings, public_key_file)
+
+
+def _remote(ctx: click.Context, target: str, public_key_file: str | None) -> AuditBackend:
+    if _given(ctx, "data_dir") or _given(ctx, "config_file"):
+        raise click.UsageError(
+            "--data-dir and --config are for the local data directory; with --target the"
+            " server's own log is used"
+        )
+    if not target:
+        raise click.BadParameter("expected HOST:PORT", param_hint="--target")
+    params = ctx.params
+    token = (params.get("token") or "").strip()
+    if not token and not params.get("cert_file"):
+        _fail("no API token for --target: pass --token or set EXCHANGE_TOKEN")
+    try:
+        client = ExchangeClient(
+            target,
+            token,
+            ca_file=params.get("ca_file"),
+            cert_file=params.get("cert_file"),
+            key_file=params.get("key_file"),
+        )
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    return RemoteAudit(client, public_key_file)
+
+
+@contextlib.contextmanager
+def _backend(public_key_file: str | None = None) -> Iterator[AuditBackend]:
+    """The backend the command line asks for; errors become one line and exit 1."""
+    ctx = click.get_current_context()
+    target = (
+        (ctx.params.get("target") or "").strip() if ctx.params.get("target") is not None else None
+    )
+    try:
+        if target is None:
+            backend = _local(ctx, public_key_file)
+        else:
+            backend = _remote(ctx, target, public_key_file)
+    except errors.ExchangeError as exc:
+        _fail(exc.message)
+    try:
+        yield backend
+    except errors.ExchangeError as exc:
+        _fail(exc.message)
+    except exchange_client.ExchangeError as exc:
+        _fail(_remote_message(exc, target or ""))
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    finally:
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """The reader went away (``| head``): stop without a traceback."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_OK)
+
+
+def _where_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Add --config/--data-dir/--target/--token/--ca-file/--cert-file/--key-file; the
+    command reads them through ``_backend`` (from the click context)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        for name in _WHERE_PARAMS:
+            kwargs.pop(name, None)
+        fn(*args, **kwargs)
+
+    command: Callable[..., None] = wrapper
+    for option in reversed(_WHERE_OPTIONS):
+        command = option(command)
+    return command
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    """ISO 8601 (``2026-11-27``, ``2026-11-27T10:00:00Z``; no zone: UTC). A date alone
+    as ``--until`` means up to the end of that day."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time; e.g. 2026-11-27 or 2026-11-27T10:00:00Z",
+            ctx=ctx,
+            param=param,
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if param.name == "until" and _DATE_ONLY.match(text):
+        when += timedelta(days=1)
+    return when
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _short_detail(detail: dict[str, Any]) -> str:
+    parts: list[str] = []
+    if "outcome" in detail:
+        parts.append(str(detail["outcome"]))
+    for key, value in detail.items():
+        if key == "outcome":
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key}={shown}")
+    text = " ".join(" ".join(parts).split())
+    return text if len(text) <= _DETAIL_WIDTH else text[: _DETAIL_WIDTH - 3] + "..."
+
+
+def _record(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "index": entry.index,
+        "at": _iso(entry.at),
+        "action": entry.action,
+        "actor": entry.actor,
+        "partner": entry.partner,
+        "object_id": entry.object_id,
+        "version": entry.version,
+        "digest": entry.digest,
+        "owner": entry.owner,
+        "detail": entry.detail,
+        "leaf_hash": entry.leaf_hash.hex(),
+    }
+
+
+_HEADERS = ("INDEX", "TIME", "ACTION", "ACTOR", "PARTNER", "OBJECT", "VERSION", "DETAIL")
+
+
+def _row(entry: AuditEntry) -> list[str]:
+    return [
+        str(entry.index),
+        entry.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        entry.action,
+        entry.actor or "-",
+        entry.partner or "-",
+        entry.object_id or "-",
+        entry.version or "-",
+        _short_detail(entry.detail) or "-",
+    ]
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [list(_HEADERS), *rows]) for i in range(len(_HEADERS))]
+    for row in [list(_HEADERS), *rows]:
+        cells = [row[0].rjust(widths[0])]
+        cells += [f"{cell:<{widths[i + 1]}}" for i, cell in enumerate(row[1:-1])]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+# -- the group -------------------------------------------------------------------------------
+
+_EPILOG_WHERE = """
+Without --target, works on the data directory (--data-dir/--config) as the
+operator; with --target HOST:PORT --token TOKEN, through a running server as
+that partner."""
+
+
+@click.group(
+    epilog="""\b
+Examples:
+  exchange audit log --object indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f
+  exchange audit log --action deliver --since 2026-11-27 --format jsonl
+  exchange audit verify --public-key exchange-audit.pub
+  exchange audit export --output audit-2026-11.jsonl
+  exchange audit public-key > exchange-audit.pub
+  exchange audit log --target exchange.example.org:50051 --token "$TOKEN"
+"""
+)
+def audit() -> None:
+    """Review the audit log, prove it intact, export it with proofs.
+
+    Every submission, delivery, look-up, subscription, audit query and registry
+    change is an entry of an append-only log whose Merkle tree the exchange signs
+    (checkpoints). Works on the data directory, or with --target through a running
+    server and a partner's token.
+    """
+
+
+@audit.command(
+    "log",
+    epilog="""\b
+Examples:
+  exchange audit log
+  exchange audit log --object indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f
+  exchange audit log --partner kestrel-social-1a2b3c --action deliver
+  exchange audit log --since 2026-11-27 --until 2026-11-27 --format csv > today.csv
+  exchange audit log --since 2026-11-27T10:00:00Z --format jsonl | jq .detail
+"""
+    + _EPILOG_WHERE,
+)
+@click.option("--partner", help="Entries by, or about, this partner id.")
+@click.option("--object", "object_id", metavar="ID", help="Entries about this STIX object id.")
+@click.option(
+    "--action",
+    type=click.Choice(sorted(a.value for a in Action)),
+    help="Entries of this action.",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_instant,
+    help="Entries at or after TIME (ISO 8601, e.g. 2026-11-27 or 2026-11-27T10:00:00Z; UTC"
+    " unless it says otherwise).",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_instant,
+    help="Entries before TIME (a date alone: up to the end of that day).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "jsonl", "csv"]),
+    default="table",
+    show_default=True,
+    help="A readable table, one JSON object per line, or CSV.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="Stop after this many entries (default: all)."
+)
+@_where_options
+def log_command(
+    partner: str | None,
+    object_id: str | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    output_format: str,
+    limit: int | None,
+) -> None:
+    """List the audit log's entries that match, oldest first.
+
+    The table shows index, time (UTC), action, actor, partner concerned, object,
+    version and a short detail (the outcome first); jsonl and csv have every field.
+    """
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter("--since is after --until: no entry can match")
+    which = EntryFilter(
+        partner=(partner or "").strip(),
+        object_id=(object_id or "").strip(),
+        action=action or "",
+        since=since,
+        until=until,
+    )
+    with _backend() as backend:
+        entries = backend.entries(which)
+        if limit is not None:
+            entries = _first(entries, limit)
+        if output_format == "jsonl":
+            for entry in entries:
+                click.echo(orjson.dumps(_record(entry)).decode())
+        elif output_format == "csv":
+            _csv(entries, sys.stdout)
+        else:
+            rows = [_row(e) for e in entries]
+            if rows:
+                _table(rows)
+            else:
+                click.echo("no matching entries", err=True)
+
+
+def _first(entries: Iterator[AuditEntry], limit: int) -> Iterator[AuditEntry]:
+    for n, entry in enumerate(entries, 1):
+        yield entry
+        if n >= limit:
+            return
+
+
+def _csv(entries: Iterator[AuditEntry], out: IO[str]) -> None:
+    fields = ["index", "at", "action", "actor", "partner", "object_id", "version", "digest"]
+    fields += ["owner", "detail", "leaf_hash"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for entry in entries:
+        record = _record(entry)
+        record["detail"] = orjson.dumps(record["detail"]).decode()
+        writer.writerow(record)
+    out.flush()
+
+
+@audit.command(
+    epilog="""\b
+Examples:
+  exchange audit verify
+  exchange audit verify --public-key exchange-audit.pub
+  exchange audit verify --target exchange.example.org:50051 --token "$AUDITOR_TOKEN"
+"""
+    + _EPILOG_WHERE
+    + """
+
+\b
+Exit codes: 0 intact, 1 error, 3 NOT intact (the first bad entry is named)."""
+)
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The exchange's public key (PEM) to check the checkpoints with; default: the"
+    " signing key in the data directory. With --target: also check that the server signs"
+    " with this key.",
+)
+@_where_options
+def verify(public_key_file: str | None) -> None:
+    """Re-derive every hash of the audit log and check every signed checkpoint.
+
+    Detects an entry edited, deleted, reordered or added in the middle, a
+    truncated log, and a forged checkpoint. Through a server it needs the 'audit'
+    role. Keep a copy of the public key (`exchange audit public-key`) away from the
+    data directory and pass it with --public-key: whoever can edit the data
+    directory can also replace the key there.
+    """
+    with _backend(public_key_file) as backend:
+        result = backend.verify()
+    # One line either way; when not intact it names the first bad entry (or checkpoint).
+    click.echo(result.summary)
+    if not result.intact:
+        sys.exit(EXIT_NOT_INTACT)
+
+
+@audit.command(
+    epilog="""\b
+Examples:
+  exchange audit export --output audit.jsonl
+  exchange audit export | gzip > audit.jsonl.gz
+  exchange audit export --target exchange.example.org:50051 --token "$TOKEN" -o mine.jsonl
+"""
+    + _EPILOG_WHERE,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to this file (default: standard output).",
+)
+@_where_options
+def export(output: str | None) -> None:
+    """Export the log with proofs, as JSON lines, for offline review.
+
+    The first line is the latest signed checkpoint ("type": "checkpoint": origin,
+    tree_size, root_hash, at, the signed note and its signature in base64, and the
+    public key PEM); then every entry of that checkpoint's tree ("type": "entry": its
+    fields, its canonical bytes "data" and "leaf_hash" in base64, and its
+    "inclusion_proof" in that tree, base64 hashes leaf to root). On the data
+    directory a new checkpoint is signed first when the log has grown.
+    """
+    with _backend() as backend:
+        checkpoint = backend.checkpoint()
+        public_key = backend.public_key()
+        entries = backend.entries(EntryFilter(), with_proofs_at=checkpoint.tree_size)
+        if output is None:
+            count = _export(checkpoint, public_key, entries, sys.stdout)
+        else:
+            try:
+                with open(output, "w", encoding="utf-8") as out:
+                    count = _export(checkpoint, public_key, entries, out)
+            except OSError as exc:
+                _fail(f"cannot write {output}: {exc.strerror or exc}")
+    click.echo(
+        f"exported {count:,} entries with proofs against the checkpoint of size"
+        f" {checkpoint.tree_size:,}" + (f" to {output}" if output else ""),
+        err=True,
+    )
+
+
+def _export(
+    checkpoint: Checkpoint, public_key: str, entries: Iterator[AuditEntry], out: IO[str]
+) -> int:
+    head = {
+        "type": "checkpoint",
+        "origin": checkpoint.origin,
+        "tree_size": checkpoint.tree_size,
+        "root_hash": _b64(checkpoint.root_hash),
+        "at": _iso(datetime.fromtimestamp(checkpoint.at_ns / 1e9, tz=UTC)),
+        "note": _b64(checkpoint.note),
+        "signature": _b64(checkpoint.signature),
+        "public_key": public_key,
+    }
+    out.write(orjson.dumps(head).decode() + "\n")
+    count = 0
+    for entry in entries:
+        record: dict[str, Any] = {"type": "entry", **_record(entry)}
+        record["leaf_hash"] = _b64(entry.leaf_hash)
+        record["data"] = _b64(entry.data)
+        record["inclusion_proof"] = [_b64(h) for h in entry.inclusion_proof]
+        out.write(orjson.dumps(record).decode() + "\n")
+        count += 1
+    out.flush()
+    return count
+
+
+@audit.command(
+    "public-key",
+    epilog="""\b
+Examples:
+  exchange audit public-key > exchange-audit.pub
+  exchange audit public-key --target exchange.example.org:50051 --token "$TOKEN"
+"""
+    + _EPILOG_WHERE,
+)
+@_where_options
+def public_key() -> None:
+    """Print the public key (PEM) the exchange signs its checkpoints with.
+
+    Keep a copy, and give it to partners and auditors through another channel than
+    the exchange itself: a checkpoint proves only as much as the key checked with.
+    """
+    with _backend() as backend:
+        pem = backend.public_key()
+    click.echo(pem.rstrip("\n"))

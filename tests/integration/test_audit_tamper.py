@@ -1,0 +1,306 @@
+"""Tampering with the audit log's SQLite file, the way someone with the file would:
+every edit, deletion, reordering or truncation makes ``verify_log`` report the log
+not intact and name the first entry (or checkpoint) concerned (invariant 4)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from exchange_client import _merkle
+from exchange_client._checkpoint import make_note
+
+from exchange.audit.entries import Action, Event
+from exchange.audit.log import AuditLog
+from exchange.audit.signer import Signer
+from exchange.audit.verify import VerifyReport, verify_log
+from exchange.errors import InvalidArgument
+from exchange.store.sqlite import SqliteStore
+
+SIZE = 100
+# Checkpoints are signed at these sizes.
+CHECKPOINTS = (40, SIZE)
+SIGNER = Signer.generate()
+
+
+def event(n: int) -> Event:
+    kind = (Action.SUBMIT, Action.DELIVER, Action.LOOKUP)[n % 3]
+    return Event(
+        kind,
+        f"partner-{n % 4}",
+        1_700_000_000.0 + n / 7,
+        object_id=f"indicator--00000000-0000-4000-8000-{n:012d}",
+        version="2026-01-01T00:00:00.000Z",
+        digest=f"{n:064x}",
+        owner="partner-0",
+        detail={"outcome": "accepted"} if kind is Action.SUBMIT else {"channel": "subscribe"},
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """A log of SIZE entries with checkpoints at CHECKPOINTS, appended in batches."""
+    s = SqliteStore(tmp_path / "exchange.sqlite3")
+    await s.open()
+    log = AuditLog(s, SIGNER, "exchange.test")
+    try:
+        start = 0
+        for size in CHECKPOINTS:
+            for n in range(start, size, 7):
+                await s.append_audit([event(i) for i in range(n, min(n + 7, size))])
+            await log.checkpoint()
+            start = size
+        yield s
+    finally:
+        await s.close()
+
+
+def tamper(store: SqliteStore, *statements: str | tuple[str, tuple[object, ...]]) -> None:
+    """Run ``statements`` on the file with a connection of its own, as an intruder would."""
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        for statement in statements:
+            sql, args = (statement, ()) if isinstance(statement, str) else statement
+            conn.execute(sql, args)
+
+
+def row(store: SqliteStore, index: int) -> tuple[bytes, bytes]:
+    with closing(sqlite3.connect(store.path)) as conn:
+        data, leaf = conn.execute(
+            "SELECT data, leaf_hash FROM audit WHERE idx = ?", (index,)
+        ).fetchone()
+    return bytes(data), bytes(leaf)
+
+
+async def verify(
+    store: SqliteStore, *, public_key: str | None = SIGNER.public_key_pem
+) -> VerifyReport:
+    return await verify_log(store, public_key)
+
+
+def not_intact(report: VerifyReport, first_bad: int | None, problem: str) -> None:
+    assert not report.intact, report.summary
+    assert report.first_bad_index == first_bad, report.summary
+    assert problem in report.problem, report.summary
+    assert report.summary.startswith("audit log NOT intact: ")
+    assert report.problem in report.summary
+    assert "\n" not in report.summary
+
+
+async def test_an_intact_log_is_reported_intact(store: SqliteStore) -> None:
+    report = await verify(store)
+    assert report == VerifyReport(
+        intact=True,
+        entries_checked=SIZE,
+        checkpoints_checked=2,
+        first_bad_index=None,
+        problem="",
+        summary="audit log intact: 100 entries, 2 checkpoints, latest signed at size 100"
+        f" (key {SIGNER.key_id})",
+    )
+    unsigned = await verify(store, public_key=None)
+    assert unsigned.intact and unsigned.checkpoints_checked == 2
+    assert "signatures NOT checked" in unsigned.summary
+
+
+async def test_an_empty_log_is_intact(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "empty.sqlite3")
+    await s.open()
+    try:
+        report = await verify_log(s, SIGNER.public_key_pem)
+        assert report.intact and report.entries_checked == 0
+        assert report.summary == "audit log intact: 0 entries, no checkpoint yet"
+        await AuditLog(s, SIGNER, "exchange.test").checkpoint()
+        assert (await verify_log(s, SIGNER.public_key_pem)).checkpoints_checked == 1
+    finally:
+        await s.close()
+
+
+async def test_one_changed_byte_of_an_entry(store: SqliteStore) -> None:
+    data, _ = row(store, 41)
+    edited = data.replace(b'"partner-1"', b'"partner-2"', 1)
+    assert edited != data
+    tamper(store, ("UPDATE audit SET data = ? WHERE idx = 41", (edited,)))
+    report = await verify(store)
+    not_intact(report, 41, "leaf hash does not match its bytes")
+    assert "entry 41 (lookup indicator--00000000-0000-4000-8000-000000000041)" in report.summary
+    assert report.entries_checked == 41
+    assert report.checkpoints_checked == 1  # the one at 40 held
+
+
+async def test_a_changed_query_column(store: SqliteStore) -> None:
+    tamper(store, "UPDATE audit SET actor = 'someone-else' WHERE idx = 41")
+    not_intact(await verify(store), 41, "query column actor is 'someone-else'")
+    tamper(store, "UPDATE audit SET actor = 'partner-1', at = at + 1 WHERE idx = 41")
+    not_intact(await verify(store), 41, "query column at")
+    # Stored with another type: still read, and found wrong.
+    tamper(store, "UPDATE audit SET at = CAST(at AS TEXT) WHERE idx = 41")
+    not_intact(await verify(store), 41, "query column at")
+
+
+async def test_bytes_stored_as_text(store: SqliteStore) -> None:
+    tamper(
+        store,
+        "UPDATE audit SET data = CAST(data AS TEXT) WHERE idx = 41",
+        "UPDATE audit_checkpoints SET signature = 'text' WHERE tree_size = 100",
+    )
+    # The same bytes as text are the same entry; a signature of other bytes is not.
+    report = await verify(store)
+    not_intact(report, None, "its signature does not verify")
+    assert report.entries_checked == SIZE
+
+
+async def test_a_deleted_entry(store: SqliteStore) -> None:
+    tamper(store, "DELETE FROM audit WHERE idx = 50")
+    not_intact(await verify(store), 50, "missing (deleted): the log goes from entry 49 to 51")
+
+
+async def test_a_deleted_first_entry(store: SqliteStore) -> None:
+    tamper(store, "DELETE FROM audit WHERE idx = 0")
+    not_intact(await verify(store), 0, "the log starts at entry 1")
+
+
+async def test_two_entries_swapped(store: SqliteStore) -> None:
+    # Each row keeps its index but takes the other's contents: a reordering.
+    columns = "at, action, actor, partner, object_id, owner, data, leaf_hash"
+    tamper(
+        store,
+        "CREATE TEMP TABLE saved AS SELECT * FROM audit WHERE idx IN (60, 61)",
+        f"UPDATE audit SET ({columns}) = (SELECT {columns} FROM saved"  # noqa: S608
+        " WHERE saved.idx = 121 - audit.idx) WHERE idx IN (60, 61)",
+    )
+    assert row(store, 60)[1] == _merkle.leaf_hash(row(store, 60)[0])
+    not_intact(await verify(store), 60, "its bytes say index 61")
+
+
+async def test_an_entry_moved_with_its_index(store: SqliteStore) -> None:
+    # Renumbered to fill the gap it leaves: its bytes still say where it was.
+    tamper(store, "DELETE FROM audit WHERE idx = 70", "UPDATE audit SET idx = 70 WHERE idx = 71")
+    not_intact(await verify(store), 70, "its bytes say index 71")
+
+
+async def test_a_replaced_entry_breaks_the_chain(store: SqliteStore) -> None:
+    # An entry rewritten consistently in itself (index, bytes, leaf hash, columns)
+    # but over another previous hash: the next entry no longer follows it.
+    forged = replace(event(30), actor="partner-9")
+    data = forged.encode(30, bytes(32))
+    tamper(
+        store,
+        (
+            "UPDATE audit SET data = ?, leaf_hash = ?, actor = ? WHERE idx = 30",
+            (data, _merkle.leaf_hash(data), "partner-9"),
+        ),
+    )
+    not_intact(await verify(store), 30, "does not follow entry 29")
+
+
+async def test_a_truncated_log(store: SqliteStore) -> None:
+    tamper(store, "DELETE FROM audit WHERE idx >= 90")
+    report = await verify(store)
+    not_intact(report, 90, "entries 90 to 99 are missing (truncated)")
+    assert report.entries_checked == 90 and report.checkpoints_checked == 1
+
+
+async def test_a_truncated_log_is_not_hidden_by_its_checkpoint_gone(store: SqliteStore) -> None:
+    # With the latest checkpoint deleted too, the earlier one still vouches for 40.
+    tamper(
+        store,
+        "DELETE FROM audit WHERE idx >= 30",
+        "DELETE FROM audit_checkpoints WHERE tree_size = 100",
+    )
+    not_intact(await verify(store), 30, "entries 30 to 39 are missing (truncated)")
+
+
+async def test_an_edited_checkpoint_note(store: SqliteStore) -> None:
+    # Its root replaced by the root of other entries: the signature no longer matches.
+    with closing(sqlite3.connect(store.path)) as conn:
+        (note,) = conn.execute("SELECT note FROM audit_checkpoints WHERE tree_size = 40").fetchone()
+    origin, size, _, at, _ = note.decode().split("\n")
+    other_root = _merkle.root_hash([_merkle.leaf_hash(b"forged")])
+    forged = make_note(origin, int(size), other_root, int(at))
+    tamper(store, ("UPDATE audit_checkpoints SET note = ? WHERE tree_size = 40", (forged,)))
+    report = await verify(store)
+    not_intact(report, None, "its signature does not verify with the public key")
+    assert "checkpoint at size 40" in report.summary
+    # Without the public key, its root still does not match the entries.
+    not_intact(
+        await verify(store, public_key=None), 0, "its root does not match the stored entries"
+    )
+    # A note that is not a note at all.
+    tamper(store, "UPDATE audit_checkpoints SET note = X'00ff' WHERE tree_size = 40")
+    not_intact(await verify(store, public_key=None), None, "not a checkpoint note")
+
+
+async def test_a_checkpoint_note_of_another_size(store: SqliteStore) -> None:
+    tamper(store, "UPDATE audit_checkpoints SET tree_size = 41 WHERE tree_size = 40")
+    not_intact(await verify(store), None, "its note says size 40")
+
+
+async def test_an_edited_checkpoint_signature(store: SqliteStore) -> None:
+    [signature] = [c.signature for c in await store.checkpoints() if c.tree_size == SIZE]
+    forged = bytes([signature[0] ^ 1]) + signature[1:]
+    tamper(store, ("UPDATE audit_checkpoints SET signature = ? WHERE tree_size = 100", (forged,)))
+    report = await verify(store)
+    not_intact(report, None, "its signature does not verify")
+    assert "checkpoint at size 100" in report.summary
+    assert report.entries_checked == SIZE and report.checkpoints_checked == 1
+
+
+async def test_another_key(store: SqliteStore) -> None:
+    not_intact(
+        await verify(store, public_key=Signer.generate().public_key_pem),
+        None,
+        "its signature does not verify",
+    )
+
+
+async def test_an_edit_with_every_hash_after_it_recomputed(store: SqliteStore) -> None:
+    # Every check between entries passes; the checkpoint signed after the edit does not.
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        previous = bytes(conn.execute("SELECT leaf_hash FROM audit WHERE idx = 40").fetchone()[0])
+        for index in range(41, SIZE):
+            (data,) = conn.execute("SELECT data FROM audit WHERE idx = ?", (index,)).fetchone()
+            _, _, original = Event.decode(data)
+            changed = replace(original, actor="partner-9") if index == 41 else original
+            data = changed.encode(index, previous)
+            previous = _merkle.leaf_hash(data)
+            conn.execute(
+                "UPDATE audit SET data = ?, leaf_hash = ?, actor = ? WHERE idx = ?",
+                (data, previous, changed.actor, index),
+            )
+    report = await verify(store)
+    not_intact(report, 40, "its root does not match the stored entries: an entry from 40 to 99")
+    assert "checkpoint at size 100 (signed 2" in report.summary
+    assert report.entries_checked == SIZE and report.checkpoints_checked == 1
+
+
+async def test_a_range(store: SqliteStore) -> None:
+    report = await verify_log(store, SIGNER.public_key_pem, start=30, end=60)
+    assert report.intact and report.entries_checked == 30
+    assert report.summary.startswith(
+        "audit log intact: entries 30 to 59 (30 of 100), 1 checkpoint,"
+    )
+    tamper(store, "DELETE FROM audit WHERE idx = 50")
+    not_intact(await verify_log(store, None, start=45, end=55), 50, "missing (deleted)")
+    # Before the range, the leaf hashes are taken as stored.
+    not_intact(await verify_log(store, None, start=60), None, "missing (deleted): only 59 of them")
+    assert (await verify_log(store, None, start=0, end=50)).intact
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [(-1, None, "from entry -1"), (101, None, "from entry 101"), (50, 40, "to 40")],
+)
+async def test_an_impossible_range(
+    store: SqliteStore, start: int, end: int | None, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        await verify_log(store, None, start=start, end=end)
+
+
+async def test_a_public_key_that_is_not_ed25519(store: SqliteStore) -> None:
+    with pytest.raises(InvalidArgument, match="not a PEM public key"):
+        await verify_log(store, "not a key")
