@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class AuditRecorder:
+    """``max_batch`` is small on purpose: appends share the store's one writer with
+    submissions, and a commit waits behind at most one batch (measured with 100
+    subscribers at 200 objects/s: p50 delivery latency 69 ms with 250, 195 ms with 5,000)."""
+
     def __init__(
-        self, store: Store, *, flush_interval_s: float = 0.05, max_batch: int = 5000
+        self, store: Store, *, flush_interval_s: float = 0.05, max_batch: int = 250
     ) -> None:
         self._store = store
         self._flush_interval_s = flush_interval_s
