@@ -15,7 +15,7 @@ from exchange.cli_admin import config_option as _config_option
 from exchange.cli_admin import data_dir_option as _data_dir_option
 from exchange.cli_admin import load_cli_settings as _settings
 from exchange.cli_audit import audit
-from exchange.cli_feed import get, submit, subscribe
+from exchange.cli_feed import get, revoke, sighting, submit, subscribe
 from exchange.config import Settings
 from exchange.errors import ExchangeError
 from exchange.server import ExchangeServer
@@ -31,7 +31,8 @@ def main() -> None:
     \b
     Operators:  exchange serve, exchange partner|community|token ...
     Auditors:   exchange audit log|verify|export
-    Partners:   exchange submit FILE..., exchange subscribe, exchange get ID
+    Partners:   exchange submit FILE|DIR..., exchange subscribe, exchange get ID,
+                exchange sighting ID, exchange revoke ID
     """
 
 
@@ -121,4 +122,6 @@ main.add_command(token)
 main.add_command(submit)
 main.add_command(subscribe)
 main.add_command(get)
+main.add_command(sighting)
+main.add_command(revoke)
 main.add_command(audit)

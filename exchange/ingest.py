@@ -150,11 +150,16 @@ class Ingest:
         )
         valid = [c for c in checked if isinstance(c, ValidObject)]
         creators = await self._sighted_creators(valid)
+        held = await self._store.submitters_of({o.object_id for o in valid})
         results: dict[int, ObjectResult] = {}
         routed: list[tuple[ValidObject, Audience]] = []
         for obj in valid:
             audience = policy.audience_for(
-                obj, partner, request, implied_recipients=creators.get(obj.refers_to, ())
+                obj,
+                partner,
+                request,
+                implied_recipients=creators.get(obj.refers_to, ()),
+                first_version=obj.object_id not in held,
             )
             if isinstance(audience, Rejection):
                 results[obj.index] = _rejected(audience)

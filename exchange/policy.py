@@ -121,12 +121,15 @@ def audience_for(
     request: AudienceRequest,
     *,
     implied_recipients: Iterable[Partner] = (),
+    first_version: bool = True,
 ) -> Audience | Rejection:
     """The audience an accepted ``obj`` gets, or why it is refused.
 
     ``implied_recipients``: partners the object goes to whatever was named (the
     creator of the indicator a sighting is of), unless their kind is excluded:
-    the submitter's explicit exclusion wins over an implied route."""
+    the submitter's explicit exclusion wins over an implied route. A later version
+    (``first_version`` False) keeps its object's earlier recipients (``widen``), so a
+    TLP:RED one needs none named."""
     recipients = request.recipients | {
         p.partner_id for p in implied_recipients if p.kind not in request.excluded_kinds
     }
@@ -134,7 +137,7 @@ def audience_for(
     if obj.tlp is Tlp.AMBER:
         named = request.communities or request.recipients
         communities = request.communities if named else submitter.communities
-    elif obj.tlp is Tlp.RED and not recipients - {submitter.partner_id}:
+    elif obj.tlp is Tlp.RED and first_version and not recipients - {submitter.partner_id}:
         return Rejection(
             obj.object_id,
             "object_marking_refs",

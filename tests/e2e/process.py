@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -18,13 +21,13 @@ EXCHANGE = str(Path(sys.executable).parent / "exchange")
 
 
 class ServerProcess:
-    """`exchange serve` on a free loopback port, in its own process group; ``extra``
-    are more `serve` options (the Kafka bus)."""
+    """`exchange serve` on a free loopback port (or ``port``), in its own process
+    group; ``extra`` are more `serve` options (the Kafka bus)."""
 
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
+        self.log = data_dir.parent / f"server-{self.port}-{time.monotonic_ns()}.log"
         self._log = self.log.open("wb")
         self.proc = subprocess.Popen(
             [EXCHANGE, "serve", "--data-dir", str(data_dir), "--listen", self.target, *extra],
@@ -45,6 +48,12 @@ class ServerProcess:
             except grpc.RpcError:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group: a crash, nothing flushed or closed."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is not None:

@@ -260,7 +260,7 @@ def test_joining_a_community_ends_the_stream_and_resuming_brings_its_objects(
     assert submit(server, net.ngo, [shared], communities=[net.taskforce]).ok
     assert shared["id"] not in {d.object_id for d in server.drain(net.payments)}
     with client(server, net.payments) as c:
-        sub = c.subscribe(from_beginning=True)
+        sub = c.subscribe(from_beginning=True, reconnect=False)
         errors: list[BaseException] = []
 
         def consume() -> None:
@@ -309,3 +309,15 @@ def test_grpc_status_codes(server: ServerThread, net: Network) -> None:
             )
         assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "nowhere" in (info.value.details() or "")
+
+
+def test_a_red_object_is_revoked_without_naming_its_recipients_again(
+    server: ServerThread, net: Network
+) -> None:
+    red = indicator(net.ngo.identity, tlp=Tlp.RED)
+    assert submit(server, net.ngo, [red], recipients=[net.ministry.partner_id]).ok
+    with client(server, net.ngo) as c:
+        assert c.revoke(red["id"]).accepted == [red["id"]]
+    versions = [d for d in server.drain(net.ministry) if d.object_id == red["id"]]
+    assert len(versions) == 2 and orjson.loads(versions[-1].object)["revoked"] is True
+    assert red["id"] not in {d.object_id for d in server.drain(net.social)}

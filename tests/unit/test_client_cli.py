@@ -1,9 +1,11 @@
-"""`exchange submit`, `get` and `subscribe` (exchange.cli_feed) against a fake exchange."""
+"""`exchange submit`, `get`, `subscribe`, `sighting` and `revoke` (exchange.cli_feed)
+against a fake exchange."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +23,7 @@ from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
 from exchange import cli_feed
-from exchange.cli_feed import get, submit, subscribe
+from exchange.cli_feed import get, revoke, sighting, submit, subscribe
 from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,36 +40,50 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         self.batches: list[pb.SubscribeResponse] = []
         self.hold_open = False
         self.objects: dict[tuple[str, str], pb.Delivery] = {}
+        self.stream_requests: list[pb.SubmitStreamRequest] = []
+        self.reject_all = False
+        self.unavailable_first = 0  # Subscribe calls to fail with UNAVAILABLE first
 
     def _authenticate(self, context: Any) -> None:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown API token")
 
-    def Submit(self, request: Any, context: Any) -> pb.SubmitResponse:
-        self._authenticate(context)
-        self.submits.append(request)
-        try:
-            objects = json.loads(request.bundle)["objects"]
-        except ValueError:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bundle is not JSON")
-            raise
+    def _answer(self, bundle: bytes) -> pb.SubmitResponse:
+        objects = json.loads(bundle)["objects"]
         response = pb.SubmitResponse()
         for index, obj in enumerate(objects):
-            result = response.results.add(object_id=obj["id"], index=index)
+            result = response.results.add(
+                object_id=obj["id"], index=index, version=obj.get("modified", "")
+            )
             if "dup" in obj["id"]:
                 result.outcome = pb.OUTCOME_DUPLICATE
-            elif "bad" in obj["id"]:
+            elif "bad" in obj["id"] or self.reject_all:
                 result.outcome = pb.OUTCOME_REJECTED
                 result.rejection.message = f"{obj['id']}: confidence: expected 0-100, got 250"
+                result.rejection.property = "confidence"
+                result.rejection.expected = "0-100"
             else:
                 result.outcome = pb.OUTCOME_ACCEPTED
                 if "notice" in obj["id"]:
                     result.notice = "keeps the wider audience of its earlier versions"
         return response
 
+    def Submit(self, request: Any, context: Any) -> pb.SubmitResponse:
+        self._authenticate(context)
+        self.submits.append(request)
+        try:
+            return self._answer(request.bundle)
+        except ValueError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bundle is not JSON")
+            raise
+
     def SubmitStream(self, request_iterator: Any, context: Any) -> Iterator[Any]:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the CLI submits file by file")
-        yield from ()
+        self._authenticate(context)
+        for request in request_iterator:
+            self.stream_requests.append(request)
+            yield pb.SubmitStreamResponse(
+                request_id=request.request_id, result=self._answer(request.bundle)
+            )
 
     def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
         self._authenticate(context)
@@ -80,6 +96,9 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
     def Subscribe(self, request: Any, context: Any) -> Iterator[pb.SubscribeResponse]:
         self._authenticate(context)
         self.requests.append(request)
+        if self.unavailable_first:
+            self.unavailable_first -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the exchange is restarting")
         yield from self.batches
         while self.hold_open and context.is_active():
             time.sleep(0.01)
@@ -106,9 +125,9 @@ def write_bundle(path: Path, *ids: str) -> Path:
     return path
 
 
-def delivery(n: int) -> pb.Delivery:
+def delivery(n: int, seconds: int = 1_714_557_600, **extra: Any) -> pb.Delivery:
     obj_id = f"indicator--{n}"
-    obj = {"type": "indicator", "id": obj_id, "labels": ["forced-labour"]}
+    obj = {"type": "indicator", "id": obj_id, "labels": ["forced-labour"], **extra}
     message = pb.Delivery(
         object=json.dumps(obj).encode(),
         object_id=obj_id,
@@ -119,7 +138,7 @@ def delivery(n: int) -> pb.Delivery:
         tlp=pb.TLP_AMBER_STRICT,
         cursor=f"c{n}",
     )
-    message.accepted_at.seconds = 1_714_557_600
+    message.accepted_at.seconds = seconds
     message.accepted_at.nanos = 5_000
     return message
 
@@ -127,7 +146,16 @@ def delivery(n: int) -> pb.Delivery:
 # -- help ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [submit, get, subscribe])
+def rows(text: str) -> list[list[str]]:
+    """The rows of rich's tables (cells: runs of text between 2+ spaces), rules left out."""
+    return [
+        re.split(r"\s{2,}", line.strip())
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("\u2500")
+    ]
+
+
+@pytest.mark.parametrize("command", [submit, get, subscribe, sighting, revoke])
 def test_help(command: Any) -> None:
     result = CliRunner().invoke(command, ["--help"])
     assert result.exit_code == 0, result.output
@@ -159,20 +187,28 @@ def test_submit_human_output(fake: FakeExchange, tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(submit, [str(good), str(mixed)])
     assert result.exit_code == 2, result.output
-    assert result.stdout.splitlines() == [
-        f"{good}: 2 accepted, 1 duplicate, 0 rejected",
-        f"{mixed}: 1 accepted, 0 duplicate, 2 rejected",
-        "  indicator--bad1: confidence: expected 0-100, got 250",
-        "  indicator--bad2: confidence: expected 0-100, got 250",
+    assert rows(result.stdout) == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
+        [str(good), "2", "1", "0"],
+        [str(mixed), "1", "0", "2"],
+        ["Rejected objects"],
+        ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
+        [str(mixed), "indicator--bad1", "confidence", "expected 0-100, got 250"],
+        [str(mixed), "indicator--bad2", "confidence", "expected 0-100, got 250"],
+        ["2 files: 3 accepted, 1 duplicate, 2 rejected"],
     ]
-    assert result.stderr == ""
+    assert result.stderr == ""  # no progress bar: stderr is not a terminal
 
 
 def test_submit_everything_accepted_exits_zero(fake: FakeExchange, tmp_path: Path) -> None:
     good = write_bundle(tmp_path / "good.json", "indicator--1", "indicator--dup")
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{good}: 1 accepted, 1 duplicate, 0 rejected\n"
+    assert rows(result.stdout) == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
+        [str(good), "1", "1", "0"],
+        ["1 file: 1 accepted, 1 duplicate, 0 rejected"],
+    ]
 
 
 def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
@@ -217,9 +253,11 @@ def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     good = write_bundle(tmp_path / "good.json", "indicator--1")
     result = CliRunner().invoke(submit, [str(broken), str(good)])
     assert result.exit_code == 2
-    assert result.stdout.splitlines() == [
-        f"{broken}: refused: bundle is not JSON",
-        f"{good}: 1 accepted, 0 duplicate, 0 rejected",
+    assert rows(result.stdout) == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"],
+        [str(broken), "-", "-", "-", "refused: bundle is not JSON"],
+        [str(good), "1", "0", "0"],
+        ["2 files: 1 accepted, 0 duplicate, 0 rejected, 1 refused"],
     ]
 
 
@@ -227,7 +265,10 @@ def test_submit_stdin(fake: FakeExchange) -> None:
     data = json.dumps({"type": "bundle", "objects": [{"type": "indicator", "id": "indicator--9"}]})
     result = CliRunner().invoke(submit, ["-"], input=data)
     assert result.exit_code == 0, result.output
-    assert result.stdout == "-: 1 accepted, 0 duplicate, 0 rejected\n"
+    assert rows(result.stdout)[1] == ["-", "1", "0", "0"]
+    result = CliRunner().invoke(submit, ["-", "-"], input=data)
+    assert result.exit_code == 2
+    assert "'-' (stdin) may be given only once" in result.stderr
 
 
 def test_submit_bad_token_is_one_line_exit_1(fake: FakeExchange, tmp_path: Path) -> None:
@@ -329,10 +370,20 @@ def test_submit_prints_notices(fake: FakeExchange, tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(submit, [str(path)])
     assert result.exit_code == 2, result.output
-    assert result.stdout.splitlines() == [
-        f"{path}: 2 accepted, 0 duplicate, 1 rejected",
-        "  indicator--bad: confidence: expected 0-100, got 250",
-        "  notice: indicator--notice1: keeps the wider audience of its earlier versions",
+    assert rows(result.stdout) == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
+        [str(path), "2", "0", "1"],
+        ["Rejected objects"],
+        ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
+        [str(path), "indicator--bad", "confidence", "expected 0-100, got 250"],
+        ["Notices"],
+        ["FILE", "OBJECT", "NOTICE"],
+        [
+            str(path),
+            "indicator--notice1",
+            "keeps the wider audience of its earlier versions",
+        ],
+        ["1 file: 2 accepted, 0 duplicate, 1 rejected"],
     ]
     result = CliRunner().invoke(submit, ["--json", str(path)])
     record = json.loads(result.stdout)
@@ -416,7 +467,7 @@ def test_submit_over_mutual_tls_without_a_token(
     finally:
         server.stop(0)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{good}: 1 accepted, 0 duplicate, 0 rejected\n"
+    assert rows(result.stdout)[1] == [str(good), "1", "0", "0"]
     assert not servicer.submits[0].HasField("audience")
 
 
@@ -472,8 +523,8 @@ def test_get_blank_object_id_is_a_usage_error(fake: FakeExchange) -> None:
     assert fake.requests == []
 
 
-def test_get_is_exported() -> None:
-    assert set(cli_feed.__all__) == {"get", "submit", "subscribe"}
+def test_commands_are_exported() -> None:
+    assert set(cli_feed.__all__) == {"get", "revoke", "sighting", "submit", "subscribe"}
 
 
 # -- subscribe -----------------------------------------------------------------------
@@ -536,9 +587,9 @@ def test_subscribe_bad_token(fake: FakeExchange) -> None:
     )
 
 
-def test_subscribe_unreachable() -> None:
+def test_subscribe_unreachable_without_reconnect() -> None:
     target = f"127.0.0.1:{_closed_port()}"
-    result = CliRunner().invoke(subscribe, ["--target", target, "--token", "t"])
+    result = CliRunner().invoke(subscribe, ["--target", target, "--token", "t", "--no-reconnect"])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"error: cannot reach the exchange at {target}: ")
     assert result.stderr.count("\n") == 1
@@ -563,3 +614,298 @@ def test_subscribe_ctrl_c_exits_quietly_with_130(fake: FakeExchange) -> None:
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 130
     assert stderr == b""
+
+
+# -- submit: directories, large files, progress, --quiet -------------------------------
+
+
+def test_submit_directory_is_every_json_file_below_it_sorted(
+    fake: FakeExchange, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "b-sub").mkdir(parents=True)
+    first = write_bundle(corpus / "a.json", "indicator--1")
+    nested = write_bundle(corpus / "b-sub" / "c.json", "indicator--2", "indicator--bad")
+    last = write_bundle(corpus / "d.json", "indicator--dup")
+    (corpus / "notes.txt").write_text("not a bundle")
+    result = CliRunner().invoke(submit, [str(corpus)])
+    assert result.exit_code == 2, result.output
+    table = rows(result.stdout)
+    assert table[1:4] == [
+        [str(first), "1", "0", "0"],
+        [str(nested), "1", "0", "1"],
+        [str(last), "0", "1", "0"],
+    ]
+    assert table[-1] == ["3 files: 2 accepted, 1 duplicate, 1 rejected"]
+    assert len(fake.submits) == 3
+
+
+def test_submit_empty_directory_is_a_usage_error(fake: FakeExchange, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(submit, [str(tmp_path / "empty")])
+    assert result.exit_code == 2
+    assert "no *.json file in this directory" in result.stderr
+    assert fake.submits == []
+
+
+def test_submit_large_file_goes_in_batches(fake: FakeExchange, tmp_path: Path) -> None:
+    ids = [f"indicator--{n}" for n in range(1_200)] + ["indicator--bad", "indicator--dup"]
+    big = write_bundle(tmp_path / "big.json", *ids)
+    result = CliRunner().invoke(submit, [str(big)])
+    assert result.exit_code == 2, result.output
+    assert rows(result.stdout)[1] == [str(big), "1200", "1", "1"]
+    assert fake.submits == []
+    assert len(fake.stream_requests) == 3  # 500 + 500 + 202
+    result = CliRunner().invoke(submit, ["--json", str(big)])
+    record = json.loads(result.stdout)
+    assert len(record["accepted"]) == 1_200
+    assert record["rejected"] == [
+        {
+            "object_id": "indicator--bad",
+            "reason": "indicator--bad: confidence: expected 0-100, got 250",
+        }
+    ]
+
+
+def test_submit_progress_bar_only_on_a_terminal(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one = write_bundle(tmp_path / "one.json", "indicator--1")
+    two = write_bundle(tmp_path / "two.json", "indicator--2", "indicator--3")
+    monkeypatch.setattr(cli_feed, "_is_terminal", lambda stream: True)
+    result = CliRunner().invoke(submit, [str(one), str(two)])
+    assert result.exit_code == 0, result.output
+    assert "objects" in result.stderr  # the bar: "3/3 objects"
+    assert rows(result.stdout)[-1] == ["2 files: 3 accepted, 0 duplicate, 0 rejected"]
+    for quiet in ("--json", "--quiet"):
+        result = CliRunner().invoke(submit, [quiet, str(one), str(two)])
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""
+    # One small file: no bar.
+    result = CliRunner().invoke(submit, [str(one)])
+    assert result.stderr == ""
+
+
+def test_submit_quiet_prints_only_problems(fake: FakeExchange, tmp_path: Path) -> None:
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    result = CliRunner().invoke(submit, ["--quiet", str(good)])
+    assert (result.exit_code, result.stdout) == (0, "")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope")
+    mixed = write_bundle(tmp_path / "mixed.json", "indicator--2", "indicator--bad")
+    result = CliRunner().invoke(submit, ["-q", str(good), str(broken), str(mixed)])
+    assert result.exit_code == 2
+    assert rows(result.stdout) == [
+        ["FILE", "ERROR"],
+        [str(broken), "refused: bundle is not JSON"],
+        ["Rejected objects"],
+        ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
+        [str(mixed), "indicator--bad", "confidence", "expected 0-100, got 250"],
+    ]
+
+
+# -- sighting and revoke -------------------------------------------------------------
+
+
+def test_sighting(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(
+        sighting,
+        [
+            "indicator--1",
+            *("--count", "3", "--first-seen", "2026-11-01", "--last-seen", "2026-11-02T10:00Z"),
+            *("--tlp", "green", "--description", "seen in a job ad"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (request,) = fake.submits
+    (obj,) = json.loads(request.bundle)["objects"]
+    assert obj["type"] == "sighting"
+    assert obj["sighting_of_ref"] == "indicator--1"
+    assert obj["count"] == 3
+    assert obj["first_seen"] == "2026-11-01T00:00:00.000Z"
+    assert obj["last_seen"] == "2026-11-02T10:00:00.000Z"
+    assert obj["description"] == "seen in a job ad"
+    assert result.stdout.splitlines() == [
+        f"{obj['id']}: sighting of indicator--1 recorded (version {obj['modified']})"
+    ]
+
+
+def test_sighting_json_and_rejection(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(sighting, ["indicator--1", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["outcome"] == "accepted"
+    assert record["object_id"].startswith("sighting--")
+    fake.reject_all = True
+    result = CliRunner().invoke(sighting, ["indicator--1"])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: sighting rejected: sighting--")
+    assert result.stderr.endswith(": confidence: expected 0-100, got 250\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["indicator--1", "--first-seen", "yesterday"], "is not an ISO 8601 time"),
+        (["indicator--1", "--count", "0"], "0 is not in the range x>=1"),
+        (["indicator--1", "--tlp", "amberish"], "'amberish' is not one of"),
+        (
+            ["indicator--1", "--first-seen", "2026-11-02", "--last-seen", "2026-11-01"],
+            "--first-seen is after --last-seen",
+        ),
+        (["not-an-id"], "is not a STIX id"),
+    ],
+)
+def test_sighting_bad_command_line(fake: FakeExchange, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(sighting, args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert fake.submits == []
+
+
+def _stored(object_id: str) -> pb.Delivery:
+    message = delivery(1)
+    message.object_id = object_id
+    message.object = json.dumps(
+        {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": object_id,
+            "created": "2026-01-01T00:00:00.000Z",
+            "modified": "2026-01-01T00:00:00.000Z",
+            "pattern": "[x-phone-number:value = '+15550001111']",
+        }
+    ).encode()
+    return message
+
+
+def test_revoke(fake: FakeExchange) -> None:
+    fake.objects = {("indicator--1", ""): _stored("indicator--1")}
+    result = CliRunner().invoke(revoke, ["indicator--1"])
+    assert result.exit_code == 0, result.output
+    (obj,) = json.loads(fake.submits[0].bundle)["objects"]
+    assert obj["revoked"] is True
+    assert obj["modified"] > "2026-01-01T00:00:00.000Z"
+    assert result.stdout == f"indicator--1: revoked (version {obj['modified']})\n"
+
+
+def test_revoke_not_found_and_rejected(fake: FakeExchange) -> None:
+    result = CliRunner().invoke(revoke, ["indicator--9"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: indicator--9: not found (or not visible to you)\n"
+    fake.objects = {("indicator--bad", ""): _stored("indicator--bad")}
+    result = CliRunner().invoke(revoke, ["indicator--bad"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: revocation rejected: indicator--bad: confidence: expected 0-100, got 250\n"
+    )
+    result = CliRunner().invoke(revoke, ["indicator--bad", "--json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)["outcome"] == "rejected"
+
+
+# -- subscribe: --format, --since, --cursor-file, reconnecting -----------------------
+
+
+def test_subscribe_pretty(fake: FakeExchange) -> None:
+    fake.batches = [
+        pb.SubscribeResponse(
+            deliveries=[
+                delivery(1, pattern="[x-phone-number:value = '+15550001111']"),
+                delivery(2, name="Lure", revoked=True),
+            ],
+            cursor="c2",
+        )
+    ]
+    result = CliRunner().invoke(subscribe, ["--format", "pretty", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        [
+            *("2024-05-01", "10:00:00Z", "TLP:AMBER+STRICT", "indicator", "indicator--1"),
+            *("by", "ngo-a", "[x-phone-number:value", "=", "'+15550001111']"),
+        ],
+        [
+            *("2024-05-01", "10:00:00Z", "TLP:AMBER+STRICT", "indicator", "indicator--2"),
+            *("by", "ngo-a", "REVOKED", "Lure"),
+        ],
+    ]
+
+
+def test_subscribe_since_skips_older_deliveries(fake: FakeExchange) -> None:
+    day = 86_400
+    fake.batches = [
+        pb.SubscribeResponse(
+            deliveries=[delivery(1), delivery(2, 1_714_557_600 + day), delivery(3)],
+            cursor="c3",
+        ),
+        pb.SubscribeResponse(deliveries=[delivery(4, 1_714_557_600 + 2 * day)], cursor="c4"),
+    ]
+    result = CliRunner().invoke(subscribe, ["--since", "2024-05-02T10:00:00Z", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["cursor"] for line in result.stdout.splitlines()] == ["c2", "c4"]
+    assert fake.requests[0].from_beginning
+    result = CliRunner().invoke(subscribe, ["--since", "May 2nd"])
+    assert result.exit_code == 2
+    assert "is not an ISO 8601 time" in result.stderr
+
+
+def test_subscribe_cursor_file_resumes(fake: FakeExchange, tmp_path: Path) -> None:
+    cursor_file = tmp_path / "feed.cursor"
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(1), delivery(2)], cursor="c2")]
+    args = ["--cursor-file", str(cursor_file), "--from-beginning", "--limit", "2"]
+    result = CliRunner().invoke(subscribe, args)
+    assert result.exit_code == 0, result.output
+    assert cursor_file.read_text() == "c2\n"
+    assert fake.requests[0].from_beginning
+    assert list(tmp_path.iterdir()) == [cursor_file]  # no temporary file left behind
+    result = CliRunner().invoke(subscribe, [*args[:3], "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert fake.requests[1].cursor == "c2"
+    assert not fake.requests[1].from_beginning
+
+
+def test_subscribe_cursor_file_written_after_each_delivery(
+    fake: FakeExchange, tmp_path: Path
+) -> None:
+    cursor_file = tmp_path / "feed.cursor"
+    fake.batches = [
+        pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1"),
+        pb.SubscribeResponse(deliveries=[delivery(2)], cursor="c2"),
+    ]
+    fake.hold_open = True
+    seen: list[str] = []
+
+    def spy(self: Any, cursor: str | None) -> None:
+        original(self, cursor)
+        seen.append(cursor_file.read_text())
+
+    original = cli_feed._CursorFile.write
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_feed._CursorFile, "write", spy)
+        result = CliRunner().invoke(subscribe, ["--cursor-file", str(cursor_file), "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen[:2] == ["c1\n", "c2\n"]
+
+
+def test_subscribe_cursor_and_cursor_file_exclude_each_other(
+    fake: FakeExchange, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(subscribe, ["--cursor", "c1", "--cursor-file", str(tmp_path / "c")])
+    assert result.exit_code == 2
+    assert "--cursor and --cursor-file exclude each other" in result.stderr
+
+
+def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
+    fake.unavailable_first = 2
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")]
+    result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["cursor"] == "c1"
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "reconnecting (attempt 1)",
+        "reconnecting (attempt 2)",
+    ]
+    assert "the exchange is restarting" in lines[0]
+    assert len(fake.requests) == 3

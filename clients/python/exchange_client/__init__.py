@@ -8,9 +8,19 @@ Submit STIX 2.1 bundles and stream the objects you may see::
         bundle = {"type": "bundle", "id": "bundle--...", "objects": [...]}
         result = client.submit(bundle)  # who receives it: decided by its TLP
         client.submit(bundle, communities="sea-taskforce", exclude_kinds=["government"])
+        summary = client.submit_many(objects, batch_size=500, on_progress=print)
         indicator = client.get("indicator--...")  # one object, if you may see it
-        for delivery in client.subscribe(from_beginning=True):
+        for delivery in client.subscribe(from_beginning=True):  # reconnects by itself
             print(delivery.object_id, delivery.tlp)
+
+The same with asyncio::
+
+    from exchange_client import AsyncExchangeClient
+
+    async with AsyncExchangeClient() as client:
+        result = await client.submit(bundle)
+        async for delivery in client.subscribe(from_beginning=True):
+            print(delivery.object_id)
 
 Every accepted object comes with a receipt: its entry in the exchange's audit
 log, which anyone can check offline against a signed checkpoint::
@@ -22,6 +32,7 @@ log, which anyone can check offline against a signed checkpoint::
 Every failed call raises an :class:`ExchangeError` subclass.
 """
 
+from exchange_client._aio import AsyncExchangeClient, AsyncSubscription
 from exchange_client._bundle import BundleInput
 from exchange_client._checkpoint import Checkpoint
 from exchange_client._client import ExchangeClient, Subscription
@@ -36,20 +47,32 @@ from exchange_client._errors import (
 )
 from exchange_client._models import (
     AuditEntry,
+    BatchError,
     Delivery,
     InclusionProof,
     ObjectResult,
     PartnerKind,
     Receipt,
     RejectedObject,
+    SubmitProgress,
     SubmitResult,
+    SubmitSummary,
     VerifyResult,
 )
+from exchange_client._objects import TLP_AMBER, TLP_AMBER_STRICT, TLP_CLEAR, TLP_GREEN, TLP_RED
 from exchange_client._receipts import ReceiptError, verify_receipt
 
 __all__ = [
+    "TLP_AMBER",
+    "TLP_AMBER_STRICT",
+    "TLP_CLEAR",
+    "TLP_GREEN",
+    "TLP_RED",
+    "AsyncExchangeClient",
+    "AsyncSubscription",
     "AuditEntry",
     "AuthenticationError",
+    "BatchError",
     "BundleInput",
     "Checkpoint",
     "Delivery",
@@ -64,7 +87,9 @@ __all__ = [
     "Receipt",
     "ReceiptError",
     "RejectedObject",
+    "SubmitProgress",
     "SubmitResult",
+    "SubmitSummary",
     "Subscription",
     "Unavailable",
     "ValidationError",

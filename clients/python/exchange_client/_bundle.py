@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -23,9 +24,17 @@ class _Serializable(Protocol):
 
 
 BundleInput: TypeAlias = (
-    Mapping[str, Any] | str | bytes | bytearray | memoryview | os.PathLike[str] | _Serializable
+    Mapping[str, Any]
+    | str
+    | bytes
+    | bytearray
+    | memoryview
+    | os.PathLike[str]
+    | _Serializable
+    | Sequence[Mapping[str, Any] | _Serializable]
 )
-"""What ``submit`` accepts: a dict, JSON text or bytes, a file path, or a stix2 object."""
+"""What ``submit`` accepts: a dict, JSON text or bytes, a file path, a stix2 object,
+or a list of STIX objects (dicts or stix2 objects; sent wrapped in a new bundle)."""
 
 
 def _stix_timestamp(value: datetime) -> str:
@@ -56,7 +65,8 @@ def encode_bundle(bundle: BundleInput) -> bytes:
 
     Text and bytes are sent as they are (the exchange judges them); a path is
     read (a missing file raises ``FileNotFoundError``); a stix2 object is
-    serialized; a mapping is encoded as JSON. Anything else raises ``TypeError``.
+    serialized; a mapping is encoded as JSON; a list (or tuple) of objects is
+    wrapped in a new bundle. Anything else raises ``TypeError``.
     """
     if isinstance(bundle, bytes):
         return bundle
@@ -70,11 +80,19 @@ def encode_bundle(bundle: BundleInput) -> bytes:
     if isinstance(bundle, _Serializable):
         text = bundle.serialize()
         return text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    if isinstance(bundle, list | tuple):
+        for item in bundle:
+            if not isinstance(item, Mapping | _Serializable):
+                raise TypeError(
+                    f"cannot submit a list of {type(item).__name__}: a list must hold STIX"
+                    " objects (dicts or stix2 objects)"
+                )
+        bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": list(bundle)}
     if isinstance(bundle, Mapping):
         return json.dumps(
             bundle, ensure_ascii=False, separators=(",", ":"), default=_json_default
         ).encode("utf-8")
     raise TypeError(
         f"cannot submit a {type(bundle).__name__}: pass a dict, JSON str or bytes, "
-        "a file path (pathlib.Path), or a stix2 object"
+        "a file path (pathlib.Path), a stix2 object, or a list of STIX objects"
     )

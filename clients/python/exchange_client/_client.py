@@ -1,88 +1,49 @@
-"""ExchangeClient: one gRPC channel to the exchange, and the subscriptions it opened."""
+"""ExchangeClient: one gRPC channel to the exchange, and the subscriptions it opened.
+
+Only the blocking I/O lives here; arguments, requests, responses and retry
+decisions come from the modules :class:`AsyncExchangeClient` shares.
+"""
 
 from __future__ import annotations
 
-import collections
-import os
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 import grpc
 
-from exchange_client._bundle import BundleInput, encode_bundle
+from exchange_client import _calls
+from exchange_client._batches import DEFAULT_BATCH_SIZE, ManySubmission, ProgressCallback
+from exchange_client._bundle import BundleInput
 from exchange_client._checkpoint import Checkpoint
-from exchange_client._errors import ExchangeError, ValidationError, from_rpc_error
+from exchange_client._config import DEFAULT_TIMEOUT, ClientConfig, PathLike
+from exchange_client._errors import ExchangeError, from_rpc_error
+from exchange_client._feed import FeedState, Reconnect, ReconnectCallback
 from exchange_client._models import (
     AuditEntry,
     Delivery,
     InclusionProof,
     PartnerKind,
     SubmitResult,
+    SubmitSummary,
     VerifyResult,
-    _audience,
-    _checkpoint,
 )
+from exchange_client._objects import make_bundle, revoked_version, sighting
 from exchange_client._pb import audit_pb2 as audit_pb
 from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._pb.audit_pb2_grpc import AuditServiceStub
 from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
+from exchange_client._retry import Backoff, jitter, unary_retry
 
-__all__ = ["DEFAULT_TARGET", "DEFAULT_TIMEOUT", "ExchangeClient", "Subscription"]
+__all__ = ["ExchangeClient", "Subscription"]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
-DEFAULT_TIMEOUT = 60.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Room for the protobuf framing around the bundle bytes (tags, lengths, request id).
-_FRAMING_BYTES = 1024
-
-
-def _check_size(data: bytes) -> None:
-    """Refuse, before sending, a bundle no gRPC message may carry."""
-    if len(data) + _FRAMING_BYTES > MAX_MESSAGE_BYTES:
-        message = (
-            f"bundle is {len(data)} bytes; one message may carry at most "
-            f"{MAX_MESSAGE_BYTES - _FRAMING_BYTES} bytes: split it into smaller bundles"
-        )
-        raise ValidationError(message, code="INVALID_ARGUMENT")
-
-
-def _instant(value: datetime | str | None, name: str) -> datetime | None:
-    """``since=`` / ``until=``: a datetime (naive means UTC) or ISO 8601 text."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(
-                f"{name} must be a datetime or ISO 8601 text such as '2026-11-27' or"
-                f" '2026-11-27T10:00:00Z', not {value!r}"
-            ) from None
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime or ISO 8601 text, not {type(value).__name__}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _count(value: int | None, name: str, minimum: int) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
-    return value
-
-
-def _strings(values: Iterable[str] | str | None) -> list[str]:
-    if values is None:
-        return []
-    if isinstance(values, str):
-        return [values]
-    return [str(v) for v in values]
+_OpenStream = Callable[
+    [pb.SubscribeRequest, float | None], "grpc.CallIterator[pb.SubscribeResponse]"
+]
 
 
 class Subscription:
@@ -92,17 +53,36 @@ class Subscription:
     cursor the subscription started from, or ``None``). Breaking out of a ``for``
     loop over the subscription, calling :meth:`close`, or closing the client
     cancels the stream.
+
+    With ``reconnect=True`` (the default of :meth:`ExchangeClient.subscribe`), a
+    stream lost to ``UNAVAILABLE`` (restart, network cut) is reopened from
+    ``last_cursor`` after a backoff, so the caller sees neither gap nor repeat;
+    ``reconnects`` counts how often.
     """
 
     def __init__(
-        self, call: grpc.CallIterator[pb.SubscribeResponse], *, cursor: str | None
+        self,
+        open_stream: _OpenStream,
+        state: FeedState,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
-        self._call = call
-        self._responses = iter(call)
-        self._pending: collections.deque[Delivery] = collections.deque()
-        self._batch_cursor = ""
+        self._open = open_stream
+        self._state = state
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._closed = False
-        self.last_cursor: str | None = cursor
+        self._call = open_stream(state.next_request(), state.timeout())
+        self._responses: Iterator[pb.SubscribeResponse] = iter(self._call)
+
+    @property
+    def last_cursor(self) -> str | None:
+        return self._state.last_cursor
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the stream was reopened."""
+        return self._state.reconnects
 
     @property
     def closed(self) -> bool:
@@ -110,9 +90,12 @@ class Subscription:
 
     def close(self) -> None:
         """Cancel the stream; iteration then ends. Safe to call twice, from any thread."""
-        self._closed = True
-        self._pending.clear()
-        self._call.cancel()  # type: ignore[no-untyped-call]
+        with self._lock:
+            self._closed = True
+            self._state.clear()
+            self._wake.set()
+            call = self._call
+        call.cancel()  # type: ignore[no-untyped-call]
 
     def cancel(self) -> None:
         """Same as :meth:`close`."""
@@ -144,15 +127,19 @@ class Subscription:
             raise StopIteration
         return delivery
 
+    def _wait(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before reopening; False when closed meanwhile."""
+        if self._sleep is not None:
+            self._sleep(delay)
+        else:
+            self._wake.wait(delay)
+        return not self._closed
+
     def _next(self) -> Delivery | None:
+        state = self._state
         while True:
-            if self._pending:
-                delivery = self._pending.popleft()
-                if delivery.cursor:
-                    self.last_cursor = delivery.cursor
-                if not self._pending and self._batch_cursor:
-                    # The batch cursor also covers objects read but filtered out after it.
-                    self.last_cursor = self._batch_cursor
+            delivery = state.take()
+            if delivery is not None:
                 return delivery
             if self._closed:
                 return None
@@ -164,75 +151,20 @@ class Subscription:
             except grpc.RpcError as err:
                 if self._closed:  # cancelled by close(), possibly from another thread
                     return None
-                self._closed = True
-                raise from_rpc_error(err) from None
-            self._batch_cursor = response.cursor
-            self._pending.extend(Delivery._from_pb(d) for d in response.deliveries)
-            if not self._pending and response.cursor:
-                # A cursor-only message: nothing to deliver, but resume from here.
-                self.last_cursor = response.cursor
-
-
-def _read_pem(path: str | os.PathLike[str]) -> bytes:
-    with open(path, "rb") as file:
-        return file.read()
-
-
-def _tls_files(
-    ca_file: str | os.PathLike[str] | None,
-    cert_file: str | os.PathLike[str] | None,
-    key_file: str | os.PathLike[str] | None,
-) -> tuple[
-    str | os.PathLike[str] | None, str | os.PathLike[str] | None, str | os.PathLike[str] | None
-]:
-    """The CA, client certificate and key files to use (arguments, else environment), checked."""
-    if ca_file is None:
-        ca_file = os.environ.get("EXCHANGE_CA_FILE") or None
-    if cert_file is None:
-        cert_file = os.environ.get("EXCHANGE_CERT_FILE") or None
-    if key_file is None:
-        key_file = os.environ.get("EXCHANGE_KEY_FILE") or None
-    if (cert_file is None) != (key_file is None):
-        given, missing = (
-            ("cert_file", "key_file") if key_file is None else ("key_file", "cert_file")
-        )
-        raise ValueError(
-            f"a client certificate needs both cert_file and key_file "
-            f"($EXCHANGE_CERT_FILE / $EXCHANGE_KEY_FILE): {given} is set but {missing} is not"
-        )
-    if cert_file is not None and ca_file is None:
-        raise ValueError(
-            "a client certificate needs TLS: set ca_file ($EXCHANGE_CA_FILE) to the PEM root "
-            "certificates that verify the exchange"
-        )
-    return ca_file, cert_file, key_file
-
-
-class _BundleRequests:
-    """The request side of SubmitStream: encodes bundles lazily, remembers why it stopped.
-
-    gRPC consumes this iterator on its own thread and swallows its exceptions, so a
-    bundle that cannot be read or encoded ends the requests and is re-raised to
-    the caller once the results of the bundles before it have been handed out.
-    """
-
-    def __init__(self, bundles: Iterable[BundleInput], audience: pb.Audience | None) -> None:
-        self._bundles = bundles
-        self._audience = audience
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[pb.SubmitStreamRequest]:
-        try:
-            for bundle in self._bundles:
-                data = encode_bundle(bundle)
-                _check_size(data)
-                yield pb.SubmitStreamRequest(
-                    bundle=data, request_id=str(self.sent), audience=self._audience
-                )
-                self.sent += 1
-        except Exception as err:
-            self.error = err
+                try:
+                    delay = state.after_failure(err)
+                except ExchangeError as failure:
+                    self._closed = True
+                    raise failure from None
+                if not self._wait(delay):
+                    return None
+                with self._lock:
+                    if self._closed:
+                        return None
+                    self._call = self._open(state.next_request(), state.timeout())
+                    self._responses = iter(self._call)
+                continue
+            state.receive(response)
 
 
 class ExchangeClient:
@@ -251,6 +183,10 @@ class ExchangeClient:
     Giving only one of the two, or a certificate without ``ca_file``, raises
     ``ValueError``; a file that cannot be read raises ``OSError``.
 
+    Calls that may safely run twice (look-ups, opening a subscription, audit
+    queries) are retried a few times within their deadline when the exchange is
+    ``UNAVAILABLE``; submissions never are.
+
     Use it as a context manager, or call :meth:`close`.
     """
 
@@ -260,45 +196,39 @@ class ExchangeClient:
         token: str | None = None,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
-        ca_file: str | os.PathLike[str] | None = None,
-        cert_file: str | os.PathLike[str] | None = None,
-        key_file: str | os.PathLike[str] | None = None,
+        ca_file: PathLike | None = None,
+        cert_file: PathLike | None = None,
+        key_file: PathLike | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target or os.environ.get("EXCHANGE_TARGET") or DEFAULT_TARGET
-        if token is None:
-            token = os.environ.get("EXCHANGE_TOKEN", "")
-        token = token.strip()
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
+        self._config = ClientConfig.resolve(
+            target,
+            token,
+            timeout=timeout,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            options=options,
         )
+        self.target = self._config.target
         self.timeout = timeout
-        ca_file, cert_file, key_file = _tls_files(ca_file, cert_file, key_file)
-        channel_options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.primary_user_agent", "exchange-client-python"),
-            *options,
-        ]
-        if ca_file is not None:
-            roots = _read_pem(ca_file)
-            private_key = certificate_chain = None
-            if cert_file is not None and key_file is not None:
-                certificate_chain = _read_pem(cert_file)
-                private_key = _read_pem(key_file)
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=roots,
-                private_key=private_key,
-                certificate_chain=certificate_chain,
+        config = self._config
+        if config.credentials is not None:
+            self._channel = grpc.secure_channel(
+                config.target, config.credentials, options=config.options
             )
-            self._channel = grpc.secure_channel(self.target, credentials, options=channel_options)
         else:
-            self._channel = grpc.insecure_channel(self.target, options=channel_options)
+            self._channel = grpc.insecure_channel(config.target, options=config.options)
+        self._metadata = config.metadata
         self._stub = ExchangeServiceStub(self._channel)
         self._audit = AuditServiceStub(self._channel)
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False
+        # Seams for tests: how to wait, what time it is, the jitter.
+        self._sleep: Callable[[float], object] | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        self._jitter: Callable[[], float] = jitter
 
     def __repr__(self) -> str:
         return f"ExchangeClient(target={self.target!r})"
@@ -331,10 +261,28 @@ class ExchangeClient:
         if self._closed:
             raise RuntimeError("this ExchangeClient is closed")
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        return self.timeout if timeout is None else timeout
+    def _unary(
+        self, method: Any, request: Any, timeout: float | None, *, idempotent: bool = True
+    ) -> Any:
+        """One unary call; an idempotent one is retried on ``UNAVAILABLE``."""
+        self._check_open()
+        deadline = self._config.deadline(timeout)
+        if not idempotent:
+            try:
+                return method(request, timeout=deadline, metadata=self._metadata)
+            except grpc.RpcError as err:
+                raise from_rpc_error(err, self.target) from None
+        retry = unary_retry(deadline, clock=self._clock, random=self._jitter)
+        while True:
+            try:
+                return method(request, timeout=retry.remaining(), metadata=self._metadata)
+            except grpc.RpcError as err:
+                delay = retry.next_delay(err)
+                if delay is None:
+                    raise from_rpc_error(err, self.target) from None
+            (self._sleep or time.sleep)(delay)
 
-    # -- calls -----------------------------------------------------------
+    # -- submitting ------------------------------------------------------
 
     def submit(
         self,
@@ -348,9 +296,10 @@ class ExchangeClient:
         """Submit one STIX 2.1 bundle and return what happened to each object.
 
         ``bundle`` may be a dict, JSON text (``str``) or bytes, a file path
-        (``pathlib.Path``; a ``str`` is always taken as JSON), or a stix2 object.
-        Objects the exchange refuses are listed in ``result.rejected``; a bundle
-        refused as a whole raises :class:`ValidationError`.
+        (``pathlib.Path``; a ``str`` is always taken as JSON), a stix2 object,
+        or a list of STIX objects (dicts or stix2 objects), sent wrapped in a new
+        bundle. Objects the exchange refuses are listed in ``result.rejected``; a
+        bundle refused as a whole raises :class:`ValidationError`.
 
         The audience narrows who receives the objects beyond their TLP:
         ``communities`` (community names) and ``recipients`` (partner ids) say
@@ -361,19 +310,13 @@ class ExchangeClient:
         ``recipients``. Each takes one string or an iterable of strings. An
         unknown kind raises ``ValueError`` before any call; an unknown community
         or partner id raises :class:`ValidationError`.
+
+        A submission is never retried: if it fails with :class:`Unavailable`,
+        submitting again is safe (what was stored comes back as duplicate).
         """
         self._check_open()
-        audience = _audience(communities, recipients, exclude_kinds)
-        data = encode_bundle(bundle)
-        _check_size(data)
-        try:
-            response = self._stub.Submit(
-                pb.SubmitRequest(bundle=data, audience=audience),
-                timeout=self._deadline(timeout),
-                metadata=self._metadata,
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+        request = _calls.submit_request(bundle, communities, recipients, exclude_kinds)
+        response = self._unary(self._stub.Submit, request, timeout, idempotent=False)
         return SubmitResult._from_pb(response)
 
     def submit_stream(
@@ -399,37 +342,109 @@ class ExchangeClient:
         here, before the stream opens.
         """
         self._check_open()
-        requests = _BundleRequests(bundles, _audience(communities, recipients, exclude_kinds))
+        requests = _calls.BundleRequests(bundles, communities, recipients, exclude_kinds)
         call = self._stub.SubmitStream(iter(requests), timeout=timeout, metadata=self._metadata)
         return self._stream_results(call, requests)
 
     def _stream_results(
         self,
         call: grpc.CallIterator[pb.SubmitStreamResponse],
-        requests: _BundleRequests,
+        requests: _calls.BundleRequests,
     ) -> Iterator[SubmitResult]:
-        done: dict[str, SubmitResult] = {}
-        expected = 0
+        order = _calls.ResultOrder()
         try:
             for response in call:
-                request_id = response.request_id or str(expected + len(done))
-                done[request_id] = SubmitResult._from_pb(response.result, response.error)
-                while str(expected) in done:
-                    yield done.pop(str(expected))
-                    expected += 1
+                yield from order.add(response)
         except grpc.RpcError as err:
             # The exchange's verdict comes first; an unreadable later bundle stays attached.
-            raise from_rpc_error(err) from requests.error
+            raise from_rpc_error(err, self.target) from requests.error
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
-        if requests.error is not None:
-            raise requests.error
-        if done or expected != requests.sent:
-            raise ExchangeError(
-                f"the exchange answered {expected + len(done)} of {requests.sent} bundles "
-                "on the stream, or answered them out of order",
-                code="UNKNOWN",
-            )
+        order.finish(requests)
+
+    def submit_many(
+        self,
+        objects: Iterable[Any],
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        communities: Iterable[str] | str = (),
+        recipients: Iterable[str] | str = (),
+        exclude_kinds: Iterable[PartnerKind | str] | PartnerKind | str = (),
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> SubmitSummary:
+        """Submit any number of STIX objects (dicts or stix2 objects), ``batch_size``
+        to a bundle, on one stream; return what happened to all of them.
+
+        The objects are read as the stream needs them, so a generator over a huge
+        export never sits in memory whole. After each batch the exchange answered,
+        ``on_progress`` gets a :class:`SubmitProgress` (objects sent, answered,
+        accepted, duplicates, rejected, and the total when ``objects`` has a
+        length). A batch refused as a whole is in ``summary.errors`` with its
+        number; the others go on. ``timeout`` bounds the whole stream (default:
+        none). The audience arguments are those of :meth:`submit`, for every batch.
+        Never retried (see :meth:`submit`).
+        """
+        run = ManySubmission(objects, batch_size, on_progress)
+        for result in self.submit_stream(
+            run.bundles(),
+            communities=communities,
+            recipients=recipients,
+            exclude_kinds=exclude_kinds,
+            timeout=timeout,
+        ):
+            run.add(result)
+        return run.summary()
+
+    def revoke(self, object_id: str, *, timeout: float | None = None) -> SubmitResult:
+        """Withdraw one of your objects: submit its latest version again with
+        ``"revoked": true`` and a later ``modified``, everything else kept.
+
+        The new version keeps the widest audience of the earlier ones, so every
+        partner that received the object receives the revocation. Only the
+        object's creator may revoke it: for anyone else the result has the object
+        in ``rejected``. An object you cannot see raises :class:`NotFound`.
+        """
+        current = self.get(object_id, timeout=timeout)
+        bundle = make_bundle([revoked_version(current.object)])
+        return self.submit(bundle, timeout=timeout)
+
+    def report_sighting(
+        self,
+        indicator_id: str,
+        *,
+        count: int = 1,
+        first_seen: datetime | str | None = None,
+        last_seen: datetime | str | None = None,
+        tlp: str = "amber",
+        communities: Iterable[str] | str = (),
+        recipients: Iterable[str] | str = (),
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> SubmitResult:
+        """Tell the exchange you saw ``indicator_id`` (``count`` times, between
+        ``first_seen`` and ``last_seen``: datetimes, naive meaning UTC, or ISO 8601
+        text): submits a STIX 2.1 ``sighting`` marked ``tlp`` (``"clear"``,
+        ``"green"``, ``"amber"``, ``"amber+strict"`` or ``"red"``).
+
+        The exchange routes a sighting back to the creator of what it is a
+        sighting of, whatever its TLP, as well as to its TLP's audience
+        (narrowed by ``communities`` and ``recipients`` as in :meth:`submit`).
+        ``result.accepted[0]`` is the sighting's id.
+        """
+        obj = sighting(
+            indicator_id,
+            count=count,
+            first_seen=first_seen,
+            last_seen=last_seen,
+            tlp=tlp,
+            description=description,
+        )
+        return self.submit(
+            make_bundle([obj]), communities=communities, recipients=recipients, timeout=timeout
+        )
+
+    # -- reading ---------------------------------------------------------
 
     def get(
         self, object_id: str, *, version: str | None = None, timeout: float | None = None
@@ -442,21 +457,8 @@ class ExchangeClient:
         :class:`NotFound` (the exchange does not tell the two apart).
         """
         self._check_open()
-        if not isinstance(object_id, str) or not object_id.strip():
-            raise ValueError("object_id must be a STIX id such as 'indicator--<uuid>'")
-        request = pb.GetObjectRequest(object_id=object_id.strip(), version=version or "")
-        try:
-            response = self._stub.GetObject(
-                request, timeout=self._deadline(timeout), metadata=self._metadata
-            )
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        if not response.HasField("delivery"):
-            raise ExchangeError(
-                f"the exchange answered the look-up of {request.object_id} without an object",
-                code="UNKNOWN",
-            )
-        return Delivery._from_pb(response.delivery)
+        request = _calls.get_request(object_id, version)
+        return _calls.delivery_of(self._unary(self._stub.GetObject, request, timeout), request)
 
     def subscribe(
         self,
@@ -466,6 +468,9 @@ class ExchangeClient:
         from_beginning: bool = False,
         *,
         max_batch: int | None = None,
+        reconnect: bool = True,
+        max_backoff: float = 30.0,
+        on_reconnect: ReconnectCallback | None = None,
         timeout: float | None = None,
     ) -> Subscription:
         """Stream the objects the caller may see, as :class:`Delivery` objects.
@@ -475,19 +480,33 @@ class ExchangeClient:
         ``subscription.last_cursor`` of an earlier subscription). ``types`` and
         ``labels`` narrow the feed (an object matches with any one of the labels).
         ``timeout`` bounds the whole stream (default: none; it runs until closed).
+
+        With ``reconnect=True`` (default), a stream lost to ``UNAVAILABLE`` (the
+        exchange restarting, a network cut, nobody listening yet) is reopened
+        after an exponential backoff with full jitter (0.1 s doubling up to
+        ``max_backoff``), resuming from ``last_cursor``: no gap, no repeat.
+        ``on_reconnect(attempt, error)`` is called before each wait. Other
+        errors (authentication, permission, a bad cursor...) are raised. With
+        ``reconnect=False`` only opening the stream is retried, a few times.
         """
         self._check_open()
-        if cursor and from_beginning:
-            raise ValueError("pass either cursor= or from_beginning=True, not both")
-        request = pb.SubscribeRequest(types=_strings(types), labels=_strings(labels))
-        if cursor:
-            request.cursor = cursor
-        elif from_beginning:
-            request.from_beginning = True
-        if max_batch is not None:
-            request.max_batch = max_batch
-        call = self._stub.Subscribe(request, timeout=timeout, metadata=self._metadata)
-        subscription = Subscription(call, cursor=cursor or None)
+        request = _calls.subscribe_request(types, labels, cursor, from_beginning, max_batch)
+        state = FeedState(
+            request,
+            target=self.target,
+            reconnect=Reconnect(
+                reconnect, Backoff(maximum=max_backoff, random=self._jitter), on_reconnect
+            ),
+            timeout=timeout,
+            clock=self._clock,
+        )
+
+        def open_stream(
+            request: pb.SubscribeRequest, timeout: float | None
+        ) -> grpc.CallIterator[pb.SubscribeResponse]:
+            return self._stub.Subscribe(request, timeout=timeout, metadata=self._metadata)
+
+        subscription = Subscription(open_stream, state, self._sleep)
         with self._lock:
             closed = self._closed
             if not closed:
@@ -528,50 +547,48 @@ class ExchangeClient:
         itself recorded in the log.
         """
         self._check_open()
-        request = audit_pb.QueryEntriesRequest(
-            partner=(partner or "").strip(),
-            object_id=(object_id or "").strip(),
-            action=(action or "").strip(),
-            page_size=_count(page_size, "page_size", 1),
-            proof_tree_size=_count(with_proofs_at, "with_proofs_at", 1),
+        request = _calls.audit_entries_request(
+            partner=partner,
+            object_id=object_id,
+            action=action,
+            since=since,
+            until=until,
+            page_size=page_size,
+            with_proofs_at=with_proofs_at,
         )
-        start, end = _instant(since, "since"), _instant(until, "until")
-        if start is not None:
-            request.since.FromDatetime(start)
-        if end is not None:
-            request.until.FromDatetime(end)
-        if start is not None and end is not None and start > end:
-            raise ValueError(f"since ({start.isoformat()}) is after until ({end.isoformat()})")
-        call = self._audit.QueryEntries(request, timeout=timeout, metadata=self._metadata)
-        return self._entries(call)
+        return self._entries(request, timeout)
 
-    @staticmethod
-    def _entries(call: grpc.CallIterator[audit_pb.QueryEntriesResponse]) -> Iterator[AuditEntry]:
-        try:
-            for response in call:
-                for entry in response.entries:
-                    yield AuditEntry._from_pb(entry)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
-        finally:
-            call.cancel()  # type: ignore[no-untyped-call]
-
-    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        self._check_open()
-        try:
-            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+    def _entries(
+        self, request: audit_pb.QueryEntriesRequest, timeout: float | None
+    ) -> Iterator[AuditEntry]:
+        retry = unary_retry(timeout, clock=self._clock, random=self._jitter)
+        while True:
+            call = self._audit.QueryEntries(
+                request, timeout=retry.remaining(), metadata=self._metadata
+            )
+            received = False
+            try:
+                for response in call:
+                    received = True
+                    for entry in response.entries:
+                        yield AuditEntry._from_pb(entry)
+                return
+            except grpc.RpcError as err:
+                # Retried only before the first page: the caller has seen nothing yet.
+                delay = None if received else retry.next_delay(err)
+                if delay is None:
+                    raise from_rpc_error(err, self.target) from None
+            finally:
+                call.cancel()  # type: ignore[no-untyped-call]
+            (self._sleep or time.sleep)(delay)
 
     def checkpoint(self, *, timeout: float | None = None) -> Checkpoint:
         """The latest signed checkpoint of the audit log (its size and Merkle root).
 
         Check its signature with ``checkpoint.verify(public_key_pem)`` (needs
         ``pip install 'exchange-client[verify]'``)."""
-        response = self._unary(self._audit.GetCheckpoint, audit_pb.GetCheckpointRequest(), timeout)
-        if not response.HasField("checkpoint"):
-            raise ExchangeError("the exchange answered without a checkpoint", code="UNKNOWN")
-        return _checkpoint(response.checkpoint)
+        request = audit_pb.GetCheckpointRequest()
+        return _calls.checkpoint_of(self._unary(self._audit.GetCheckpoint, request, timeout))
 
     def inclusion_proof(
         self, log_index: int, tree_size: int = 0, *, timeout: float | None = None
@@ -579,10 +596,7 @@ class ExchangeClient:
         """Proof that the entry at ``log_index`` is in the log's tree of ``tree_size``
         entries; with ``tree_size=0`` (default), in the latest checkpoint's tree, which
         comes with it (``proof.checkpoint``). Check it with :func:`verify_receipt`."""
-        request = audit_pb.GetInclusionProofRequest(
-            log_index=_count(log_index, "log_index", 0),
-            tree_size=_count(tree_size, "tree_size", 0),
-        )
+        request = _calls.inclusion_proof_request(log_index, tree_size)
         response = self._unary(self._audit.GetInclusionProof, request, timeout)
         return InclusionProof._from_pb(response)
 
@@ -592,12 +606,7 @@ class ExchangeClient:
         """Proof that the log's tree of ``second`` entries extends that of ``first``
         (RFC 9162 section 2.1.4): nothing of the first was changed or removed. Check
         it with two checkpoints' roots (``exchange_client._merkle.verify_consistency``)."""
-        first, second = _count(first, "first", 1), _count(second, "second", 1)
-        if first > second:
-            raise ValueError(f"first ({first}) must not be larger than second ({second})")
-        request = audit_pb.GetConsistencyProofRequest(
-            first_tree_size=first, second_tree_size=second
-        )
+        request = _calls.consistency_proof_request(first, second)
         response = self._unary(self._audit.GetConsistencyProof, request, timeout)
         return list(response.hashes)
 
@@ -613,8 +622,5 @@ class ExchangeClient:
     ) -> VerifyResult:
         """Have the exchange re-derive every hash of entries ``start`` to ``end - 1``
         (``end=0``: to the end) and check every checkpoint. Needs the ``audit`` role."""
-        start, end = _count(start, "start", 0), _count(end, "end", 0)
-        if end and start >= end:
-            raise ValueError(f"start ({start}) must be smaller than end ({end})")
-        request = audit_pb.VerifyLogRequest(start=start, end=end)
+        request = _calls.verify_log_request(start, end)
         return VerifyResult._from_pb(self._unary(self._audit.VerifyLog, request, timeout))

@@ -129,13 +129,44 @@ def _call_attr(error: grpc.RpcError, name: str) -> Any:
         return None
 
 
-def from_rpc_error(error: grpc.RpcError) -> ExchangeError:
-    """Translate a failed gRPC call into the matching :class:`ExchangeError`."""
+# Words gRPC uses when the connection itself failed (rather than the exchange saying so).
+_CONNECTION_WORDS = (
+    "connect",
+    "connection",
+    "dns",
+    "socket",
+    "handshake",
+    "ssl",
+    "tls",
+    "unreachable",
+    "no route",
+    "name resolution",
+)
+
+
+def _is_connection_failure(details: str) -> bool:
+    lowered = details.lower()
+    return not details or any(word in lowered for word in _CONNECTION_WORDS)
+
+
+def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> ExchangeError:
+    """Translate a failed gRPC call into the matching :class:`ExchangeError`.
+
+    With ``target``, a connection failure (``UNAVAILABLE`` raised by gRPC itself)
+    says which exchange could not be reached.
+    """
     status = _call_attr(error, "code")
     code = status if isinstance(status, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
     raw_details = _call_attr(error, "details")
     details = " ".join(str(raw_details).split()) if raw_details else ""
     message = details or f"the exchange failed the call with {code.name} and no details"
+    if (
+        code is grpc.StatusCode.UNAVAILABLE
+        and target
+        and target not in details
+        and _is_connection_failure(details)
+    ):
+        message = f"cannot reach the exchange at {target}: {details or 'no answer'}"
     cls = _BY_CODE.get(code, ExchangeError)
     if cls is RateLimited:
         retry_after = _parse_retry_after(

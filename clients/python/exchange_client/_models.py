@@ -17,13 +17,16 @@ from exchange_client._pb import exchange_pb2 as pb
 
 __all__ = [
     "AuditEntry",
+    "BatchError",
     "Delivery",
     "InclusionProof",
     "ObjectResult",
     "PartnerKind",
     "Receipt",
     "RejectedObject",
+    "SubmitProgress",
     "SubmitResult",
+    "SubmitSummary",
     "VerifyResult",
 ]
 
@@ -258,6 +261,66 @@ class SubmitResult:
             results=results,
             error=_one_line(error) or None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitProgress:
+    """Where :meth:`ExchangeClient.submit_many` stands, handed to ``on_progress`` after
+    each batch the exchange answered."""
+
+    objects_sent: int
+    """Objects put on the stream so far (answered or not)."""
+    objects_done: int
+    """Objects the exchange has answered for (accepted, duplicate, rejected or in a
+    refused batch)."""
+    accepted: int
+    duplicates: int
+    rejected: int
+    total: int | None
+    """How many objects there are in all, when the input has a length; else ``None``."""
+
+    @property
+    def fraction(self) -> float | None:
+        """``objects_done / total`` (0.0 to 1.0), or ``None`` without a total."""
+        if not self.total:
+            return None
+        return min(self.objects_done / self.total, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    """A batch of :meth:`ExchangeClient.submit_many` the exchange refused as a whole."""
+
+    batch: int
+    """The batch number (0-based): objects ``batch * batch_size`` onwards."""
+    error: str
+    """The exchange's one-line reason."""
+    object_ids: list[str] = field(default_factory=list)
+    """The ids of the objects of that batch (those that had one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitSummary:
+    """What :meth:`ExchangeClient.submit_many` did with every object, all batches together."""
+
+    accepted: list[str]
+    """Ids of the objects stored and queued for delivery."""
+    duplicates: list[str]
+    """Ids of the objects the exchange already held (nothing changed)."""
+    rejected: list[RejectedObject]
+    """The objects refused one by one, each with the reason (``index`` is the
+    position in its batch; see ``results``)."""
+    errors: list[BatchError]
+    """Batches refused as a whole (none of their objects was stored)."""
+    results: list[ObjectResult]
+    """Every answered object's outcome, in submission order."""
+    batches: int = 0
+    """How many batches were sent."""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was rejected and no batch was refused."""
+        return not self.rejected and not self.errors
 
 
 @dataclass(frozen=True)

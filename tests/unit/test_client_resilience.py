@@ -1,0 +1,495 @@
+"""Retries, backoff and reconnecting subscriptions, for both clients, against a fake
+exchange that fails on cue. Waits are recorded, never slept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest
+from exchange_client import (
+    AsyncExchangeClient,
+    AuthenticationError,
+    Delivery,
+    ExchangeClient,
+    ExchangeError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    ValidationError,
+)
+from exchange_client._pb import exchange_pb2 as pb
+from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from exchange_client._retry import Backoff, UnaryRetry, is_retryable
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class RpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__()
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"failed with {self._code.name}"
+
+
+def delivery(n: int) -> pb.Delivery:
+    obj = {"type": "indicator", "id": f"indicator--{n}", "modified": "2026-01-01T00:00:00.000Z"}
+    return pb.Delivery(
+        object=json.dumps(obj).encode(),
+        object_id=obj["id"],
+        object_type="indicator",
+        version=obj["modified"],
+        tlp=pb.TLP_GREEN,
+        cursor=f"c{n}",
+    )
+
+
+@dataclass
+class Stream:
+    """One Subscribe call's script: these messages, then this ending (None: OK)."""
+
+    messages: list[pb.SubscribeResponse] = field(default_factory=list)
+    ending: grpc.StatusCode | None = None
+
+
+class FlakyExchange(pb_grpc.ExchangeServiceServicer):
+    """Fails unary calls with ``unary_failures`` codes first; plays ``streams`` in turn."""
+
+    def __init__(self) -> None:
+        self.unary_failures: list[grpc.StatusCode] = []
+        self.streams: list[Stream] = []
+        self.requests: list[Any] = []
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+
+    def _fail_maybe(self, context: Any) -> None:
+        with self.lock:
+            code = self.unary_failures.pop(0) if self.unary_failures else None
+        if code is not None:
+            context.abort(code, f"failed with {code.name}")
+
+    def Submit(self, request: Any, context: Any) -> pb.SubmitResponse:
+        self.requests.append(request)
+        self._fail_maybe(context)
+        response = pb.SubmitResponse()
+        for index, obj in enumerate(json.loads(request.bundle)["objects"]):
+            response.results.add(
+                object_id=obj["id"],
+                index=index,
+                version=obj.get("modified", ""),
+                outcome=pb.OUTCOME_ACCEPTED,
+            )
+            self.objects[obj["id"]] = obj
+        return response
+
+    def SubmitStream(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        yield from ()
+
+    def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
+        self.requests.append(request)
+        self._fail_maybe(context)
+        obj = self.objects.get(request.object_id)
+        if obj is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id}")
+        assert obj is not None
+        return pb.GetObjectResponse(
+            delivery=pb.Delivery(
+                object=json.dumps(obj).encode(), object_id=obj["id"], version=obj["modified"]
+            )
+        )
+
+    def Subscribe(self, request: Any, context: Any) -> Iterator[pb.SubscribeResponse]:
+        self.requests.append(request)
+        with self.lock:
+            script = self.streams.pop(0) if self.streams else Stream()
+        yield from script.messages
+        if script.ending is not None:
+            context.abort(script.ending, f"stream ended with {script.ending.name}")
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, FlakyExchange]]:
+    servicer = FlakyExchange()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    pb_grpc.add_ExchangeServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(0)
+
+
+def fast(client: ExchangeClient, waits: list[float]) -> ExchangeClient:
+    """No real waiting, and the longest wait every time (jitter = 1.0)."""
+    client._sleep = waits.append
+    client._jitter = lambda: 1.0
+    return client
+
+
+def fast_async(client: AsyncExchangeClient, waits: list[float]) -> AsyncExchangeClient:
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+
+    client._sleep = sleep
+    client._jitter = lambda: 1.0
+    return client
+
+
+def batch(*numbers: int, cursor: str | None = None) -> pb.SubscribeResponse:
+    last = f"c{numbers[-1]}" if numbers else ""
+    return pb.SubscribeResponse(
+        deliveries=[delivery(n) for n in numbers], cursor=cursor if cursor is not None else last
+    )
+
+
+# -- the policy itself -----------------------------------------------------------------
+
+
+def test_backoff_doubles_from_100ms_up_to_the_cap_with_full_jitter() -> None:
+    backoff = Backoff(maximum=1.0, random=lambda: 1.0)
+    assert [backoff.ceiling(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert backoff.delay(3) == 0.4
+    assert Backoff(random=lambda: 0.5).delay(2) == 0.1
+    assert Backoff(random=lambda: 0.0).delay(9) == 0.0
+    assert Backoff().ceiling(10_000) == 30.0  # no overflow
+    with pytest.raises(ValueError, match="positive"):
+        Backoff(maximum=0)
+
+
+def test_only_unavailable_is_retryable() -> None:
+    assert is_retryable(RpcError(UNAVAILABLE))
+    for code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+    ):
+        assert not is_retryable(RpcError(code)), code
+
+
+def test_unary_retry_stops_after_its_attempts_and_at_its_deadline() -> None:
+    now = [100.0]
+    retry = UnaryRetry(None, attempts=3, backoff=Backoff(random=lambda: 1.0))
+    delays = []
+    while True:
+        retry.remaining()
+        delay = retry.next_delay(RpcError(UNAVAILABLE))
+        if delay is None:
+            break
+        delays.append(delay)
+    assert delays == [0.1, 0.2]
+    timed = UnaryRetry(1.0, backoff=Backoff(random=lambda: 1.0), clock=lambda: now[0])
+    assert timed.remaining() == 1.0
+    now[0] += 0.85
+    assert timed.next_delay(RpcError(UNAVAILABLE)) == 0.1
+    now[0] += 0.1
+    assert timed.remaining() == pytest.approx(0.05)  # what is left of the call's timeout
+    # A wait of 0.2 s would pass the deadline: give up now.
+    assert timed.next_delay(RpcError(UNAVAILABLE)) is None
+
+
+# -- idempotent calls retry; submissions do not -------------------------------------------
+
+
+def test_get_retries_unavailable_then_succeeds(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.objects["indicator--1"] = {"id": "indicator--1", "modified": "v1"}
+    servicer.unary_failures = [UNAVAILABLE, UNAVAILABLE]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        assert client.get("indicator--1").object_id == "indicator--1"
+    assert waits == [0.1, 0.2]
+    assert len(servicer.requests) == 3
+
+
+def test_get_gives_up_after_a_few_attempts(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.unary_failures = [UNAVAILABLE] * 10
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client, pytest.raises(Unavailable):
+        client.get("indicator--1")
+    assert len(servicer.requests) == 4
+    assert waits == [0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.NOT_FOUND, NotFound),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, AuthenticationError),
+    ],
+)
+def test_final_errors_are_not_retried(
+    fake: tuple[str, FlakyExchange], code: grpc.StatusCode, error: type[ExchangeError]
+) -> None:
+    target, servicer = fake
+    servicer.unary_failures = [code]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client, pytest.raises(error):
+        client.get("indicator--1")
+    assert waits == [] and len(servicer.requests) == 1
+
+
+def test_submit_is_never_retried(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.unary_failures = [UNAVAILABLE]
+    waits: list[float] = []
+    objects = [{"type": "indicator", "id": "indicator--1", "modified": "v1"}]
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        with pytest.raises(Unavailable):
+            client.submit(objects)
+        assert waits == [] and len(servicer.requests) == 1
+        assert client.submit(objects).accepted == ["indicator--1"]
+
+
+async def test_async_get_retries_and_submit_does_not(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.objects["indicator--1"] = {"id": "indicator--1", "modified": "v1"}
+    servicer.unary_failures = [UNAVAILABLE]
+    waits: list[float] = []
+    async with fast_async(AsyncExchangeClient(target, token="t"), waits) as client:
+        assert (await client.get("indicator--1")).object_id == "indicator--1"
+        assert waits == [0.1]
+        servicer.unary_failures = [UNAVAILABLE]
+        with pytest.raises(Unavailable):
+            await client.submit([{"type": "indicator", "id": "indicator--2", "modified": "v"}])
+        assert waits == [0.1]
+
+
+def test_nobody_listening_names_the_target() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = f"127.0.0.1:{port}"
+    waits: list[float] = []
+    with (
+        fast(ExchangeClient(target, token="t", timeout=5), waits) as client,
+        pytest.raises(Unavailable) as caught,
+    ):
+        client.submit([{"type": "indicator", "id": "indicator--1"}])
+    assert target in str(caught.value)
+
+
+# -- subscriptions reconnect ---------------------------------------------------------------
+
+
+def test_subscription_resumes_after_unavailable_without_gap_or_repeat(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [
+        Stream([batch(cursor="c0"), batch(1, 2), batch(3)], ending=UNAVAILABLE),
+        Stream(ending=UNAVAILABLE),  # the exchange is still down
+        Stream([batch(cursor="c3"), batch(4, 5, cursor="c6")], ending=UNAVAILABLE),
+        Stream([batch(cursor="c6"), batch(7)]),  # ends normally: iteration ends
+    ]
+    waits: list[float] = []
+    calls: list[tuple[int, str]] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(
+            types="indicator",
+            from_beginning=True,
+            on_reconnect=lambda attempt, err: calls.append((attempt, err.code)),
+        )
+        got = [d.object_id for d in sub]
+    assert got == [f"indicator--{n}" for n in (1, 2, 3, 4, 5, 7)]
+    starts = [(r.WhichOneof("start"), r.cursor, list(r.types)) for r in servicer.requests]
+    assert starts == [
+        ("from_beginning", "", ["indicator"]),
+        ("cursor", "c3", ["indicator"]),
+        ("cursor", "c3", ["indicator"]),
+        ("cursor", "c6", ["indicator"]),  # the batch cursor: past what was filtered out
+    ]
+    # The count restarts after a message: 1, 2 (still down), then 1 again.
+    assert calls == [(1, "UNAVAILABLE"), (2, "UNAVAILABLE"), (1, "UNAVAILABLE")]
+    assert waits == [0.1, 0.2, 0.1]
+    assert sub.reconnects == 3 and sub.last_cursor == "c7"
+
+
+def test_before_the_first_message_it_resumes_from_the_requested_start(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(ending=UNAVAILABLE), Stream([batch(cursor="c4"), batch(5)])]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        assert [d.cursor for d in client.subscribe(cursor="c4")] == ["c5"]
+        servicer.streams = [Stream(ending=UNAVAILABLE), Stream([batch(cursor="c0")])]
+        assert list(client.subscribe()) == []
+    assert [r.cursor for r in servicer.requests[:2]] == ["c4", "c4"]
+    assert [r.WhichOneof("start") for r in servicer.requests[2:]] == [None, None]
+
+
+def test_backoff_is_capped_by_max_backoff(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(ending=UNAVAILABLE) for _ in range(8)] + [Stream()]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        assert list(client.subscribe(max_backoff=0.5)) == []
+    assert waits == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, AuthenticationError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.INVALID_ARGUMENT, ValidationError),
+    ],
+)
+def test_subscription_raises_final_errors(
+    fake: tuple[str, FlakyExchange], code: grpc.StatusCode, error: type[ExchangeError]
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream([batch(cursor="c0"), batch(1)], ending=code)]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe()
+        assert next(sub).object_id == "indicator--1"
+        with pytest.raises(error):
+            next(sub)
+        assert sub.closed
+    assert waits == [] and len(servicer.requests) == 1
+
+
+def test_without_reconnect_only_opening_is_retried(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.streams = [
+        Stream(ending=UNAVAILABLE),
+        Stream([batch(cursor="c0"), batch(1)], ending=UNAVAILABLE),
+    ]
+    waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(reconnect=False)
+        assert next(sub).object_id == "indicator--1"
+        with pytest.raises(Unavailable):
+            next(sub)
+        assert waits == [0.1]
+        servicer.streams = [Stream(ending=UNAVAILABLE) for _ in range(5)]
+        with pytest.raises(Unavailable):
+            list(client.subscribe(reconnect=False))
+    assert len(servicer.requests) == 2 + 4
+
+
+def test_close_during_the_backoff_ends_iteration(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream([batch(cursor="c0"), batch(1)], ending=UNAVAILABLE)]
+    with ExchangeClient(target, token="t") as client:
+        client._jitter = lambda: 1.0
+        sub = client.subscribe(max_backoff=60.0)
+        sub_iter = iter(sub)
+        assert next(sub_iter).object_id == "indicator--1"
+        # The next read fails, then waits 0.1 s, 0.2 s...; close it meanwhile.
+        servicer.streams = [Stream(ending=UNAVAILABLE) for _ in range(100)]
+        threading.Timer(0.5, sub.close).start()
+        assert list(sub_iter) == []
+    assert sub.closed
+
+
+async def test_async_subscription_reconnects_like_the_sync_one(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    script = [
+        Stream([batch(cursor="c0"), batch(1, 2)], ending=UNAVAILABLE),
+        Stream(ending=UNAVAILABLE),
+        Stream([batch(cursor="c2"), batch(3)]),
+    ]
+    servicer.streams = list(script)
+    waits: list[float] = []
+    calls: list[int] = []
+    async with fast_async(AsyncExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(from_beginning=True, on_reconnect=lambda n, _: calls.append(n))
+        got: list[Delivery] = [d async for d in sub]
+        assert sub.last_cursor == "c3" and sub.closed
+    async_view = ([d.object_id for d in got], [r.cursor for r in servicer.requests], waits)
+    assert calls == [1, 2]
+
+    servicer.streams, servicer.requests = list(script), []
+    sync_waits: list[float] = []
+    with fast(ExchangeClient(target, token="t"), sync_waits) as sync:
+        sync_got = list(sync.subscribe(from_beginning=True))
+    sync_view = ([d.object_id for d in sync_got], [r.cursor for r in servicer.requests], sync_waits)
+    assert async_view == sync_view
+    assert async_view[0] == ["indicator--1", "indicator--2", "indicator--3"]
+
+
+async def test_async_subscription_raises_final_errors_and_closes(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream([batch(cursor="c0")], ending=grpc.StatusCode.PERMISSION_DENIED)]
+    async with AsyncExchangeClient(target, token="t") as client:
+        sub = client.subscribe()
+        with pytest.raises(PermissionDenied):
+            await anext(sub)
+        assert sub.closed
+
+
+async def test_async_close_ends_a_waiting_subscription(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream([batch(cursor="c0")], ending=UNAVAILABLE)] + [
+        Stream(ending=UNAVAILABLE) for _ in range(100)
+    ]
+    async with AsyncExchangeClient(target, token="t") as client:
+        sub = client.subscribe(max_backoff=60.0)
+        reader = asyncio.create_task(anext(sub, None))
+        await asyncio.sleep(0.3)
+        await sub.aclose()
+        assert await asyncio.wait_for(reader, 5) is None
+    assert client._closed
+
+
+def test_async_client_is_built_without_a_running_loop(fake: tuple[str, FlakyExchange]) -> None:
+    target, servicer = fake
+    servicer.objects["indicator--1"] = {"id": "indicator--1", "modified": "v1"}
+    client = AsyncExchangeClient(target, token="t")  # no loop here: the channel opens later
+
+    async def main() -> str:
+        async with client:
+            return (await client.get("indicator--1")).object_id
+
+    assert asyncio.run(main()) == "indicator--1"
+    with pytest.raises(RuntimeError, match="closed"):
+        client.subscribe()
+
+
+# -- revoke over the wire ----------------------------------------------------------------------
+
+
+def test_revoke_submits_the_latest_version_revoked_and_later(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    current = {
+        "type": "indicator",
+        "id": "indicator--1",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2999-01-01T00:00:00.000Z",  # in the future: revoked must still be later
+        "name": "kept",
+    }
+    servicer.objects["indicator--1"] = current
+    with ExchangeClient(target, token="t") as client:
+        result = client.revoke("indicator--1")
+    assert result.accepted == ["indicator--1"]
+    submitted = json.loads(servicer.requests[-1].bundle)["objects"][0]
+    assert submitted["revoked"] is True
+    assert submitted["modified"] == "2999-01-01T00:00:00.001Z"
+    assert {k: v for k, v in submitted.items() if k not in {"revoked", "modified"}} == {
+        k: v for k, v in current.items() if k != "modified"
+    }
