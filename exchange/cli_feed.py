@@ -381,7 +381,8 @@ def _expand(ctx: click.Context, files: Sequence[str]) -> list[_Input]:
             found = sorted(p for p in path.rglob("*.json") if p.is_file())
             if not found:
                 raise click.UsageError(f"{name}: no *.json file in this directory")
-            inputs.extend(_Input(str(p), path=p) for p in found)
+            # Named from the directory given, so the summary stays readable.
+            inputs.extend(_Input(str(Path(path.name) / p.relative_to(path)), path=p) for p in found)
         else:
             inputs.append(_Input(name, path=path))
     return inputs

@@ -87,14 +87,14 @@ def test_submit_directory_summary_and_exit_2(server: ServerProcess, tmp_path: Pa
     out = run("submit", str(corpus), *as_partner(server, ngo), code=2)
     table = rows(out.stdout)
     assert table[0] == ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"]
-    assert table[1] == [str(first), "3", "0", "0"]
-    assert table[2] == [str(nested), "1", "0", "1"]
-    assert table[3][:4] == [str(broken), "-", "-", "-"]
+    assert table[1] == [shown(first), "3", "0", "0"]
+    assert table[2] == [shown(nested), "1", "0", "1"]
+    assert table[3][:4] == [shown(broken), "-", "-", "-"]
     assert table[3][4].startswith("refused: ")
     assert table[-1] == ["3 files: 4 accepted, 0 duplicate, 1 rejected, 1 refused"]
     nested_rejection = table[table.index(["Rejected objects"]) + 2]
     assert nested_rejection[:3] == [
-        str(nested),
+        shown(nested),
         orjson.loads(nested.read_text())["objects"][1]["id"],
         "confidence",
     ]
@@ -249,3 +249,10 @@ def test_examples_run_against_a_real_exchange(server: ServerProcess, tmp_path: P
     lines = out.stdout.splitlines()
     assert any(" submit " in line for line in lines)
     assert re.fullmatch(r"(\d+) of \1 entries proven in the signed log, 0 failed", lines[-1])
+
+
+def shown(path: Path) -> str:
+    """How the summary names a file: as given, or, found in the directory ``corpus``
+    given on the command line, from there."""
+    root = next((p for p in path.parents if p.name == "corpus"), None)
+    return str(path) if root is None else str(path.relative_to(root.parent))

@@ -251,11 +251,11 @@ def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     broken = tmp_path / "broken.json"
     broken.write_text("{nope")
     good = write_bundle(tmp_path / "good.json", "indicator--1")
-    result = CliRunner().invoke(submit, [str(broken), str(good)])
+    result = CliRunner().invoke(submit, [shown(broken), str(good)])
     assert result.exit_code == 2
     assert rows(result.stdout) == [
         ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"],
-        [str(broken), "-", "-", "-", "refused: bundle is not JSON"],
+        [shown(broken), "-", "-", "-", "refused: bundle is not JSON"],
         [str(good), "1", "0", "0"],
         ["2 files: 1 accepted, 0 duplicate, 0 rejected, 1 refused"],
     ]
@@ -326,7 +326,7 @@ def test_submit_audience_options_reach_the_request(fake: FakeExchange, tmp_path:
         *("--recipient", "ngo-lighthouse"),
         *("--exclude-kind", "government", "--exclude-kind", "Intergovernmental"),
     ]
-    result = CliRunner().invoke(submit, [str(first), *args, str(second)])
+    result = CliRunner().invoke(submit, [shown(first), *args, str(second)])
     assert result.exit_code == 0, result.output
     assert len(fake.submits) == 2
     for request in fake.submits:  # the audience applies to every file
@@ -632,9 +632,9 @@ def test_submit_directory_is_every_json_file_below_it_sorted(
     assert result.exit_code == 2, result.output
     table = rows(result.stdout)
     assert table[1:4] == [
-        [str(first), "1", "0", "0"],
-        [str(nested), "1", "0", "1"],
-        [str(last), "0", "1", "0"],
+        [shown(first), "1", "0", "0"],
+        [shown(nested), "1", "0", "1"],
+        [shown(last), "0", "1", "0"],
     ]
     assert table[-1] == ["3 files: 2 accepted, 1 duplicate, 1 rejected"]
     assert len(fake.submits) == 3
@@ -697,7 +697,7 @@ def test_submit_quiet_prints_only_problems(fake: FakeExchange, tmp_path: Path) -
     assert result.exit_code == 2
     assert rows(result.stdout) == [
         ["FILE", "ERROR"],
-        [str(broken), "refused: bundle is not JSON"],
+        [shown(broken), "refused: bundle is not JSON"],
         ["Rejected objects"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(mixed), "indicator--bad", "confidence", "expected 0-100, got 250"],
@@ -909,3 +909,10 @@ def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
     ]
     assert "the exchange is restarting" in lines[0]
     assert len(fake.requests) == 3
+
+
+def shown(path: Path) -> str:
+    """How the summary names a file: as given, or, found in the directory ``corpus``
+    given on the command line, from there."""
+    root = next((p for p in path.parents if p.name == "corpus"), None)
+    return str(path) if root is None else str(path.relative_to(root.parent))
