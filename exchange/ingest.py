@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -149,8 +149,11 @@ class Ingest:
             limits=self._limits,
         )
         valid = [c for c in checked if isinstance(c, ValidObject)]
-        creators = await self._sighted_creators(valid)
-        held = await self._store.submitters_of({o.object_id for o in valid})
+        # One look-up for both: which objects are held already (a later version keeps
+        # its audience) and who created what the sightings among them are of.
+        refs = {o.refers_to for o in valid if o.refers_to}
+        held = await self._store.submitters_of({o.object_id for o in valid} | refs)
+        creators = await self._sighted_creators(refs, held)
         results: dict[int, ObjectResult] = {}
         routed: list[tuple[ValidObject, Audience]] = []
         for obj in valid:
@@ -178,15 +181,14 @@ class Ingest:
             results[obj.index] = _result(obj, asked, done)
         return [results[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]
 
-    async def _sighted_creators(self, objects: Sequence[ValidObject]) -> dict[str, list[Partner]]:
-        """For the sightings among ``objects``: the partner that created what each is
-        a sighting of (a sighting travels back to the creator of its indicator)."""
-        refs = {o.refers_to for o in objects if o.refers_to}
-        if not refs:
-            return {}
+    async def _sighted_creators(
+        self, refs: set[str], held: Mapping[str, str]
+    ) -> dict[str, list[Partner]]:
+        """For each sighted object id in ``refs`` that is held: the partner that
+        created it (a sighting travels back to the creator of its indicator)."""
         out: dict[str, list[Partner]] = {}
-        for object_id, submitter in (await self._store.submitters_of(refs)).items():
-            creator = await self._store.get_partner(submitter)
+        for object_id in refs & held.keys():
+            creator = await self._store.get_partner(held[object_id])
             if creator is not None:
                 out[object_id] = [creator]
         return out

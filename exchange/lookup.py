@@ -25,28 +25,28 @@ async def get_object(
     """The version (latest when None), or NotFound: the same answer whether it does
     not exist or ``partner`` may not receive it, so a look-up reveals nothing."""
     stored = await store.get_object(object_id, version or None)
-    visible = stored is not None and policy.may_receive(partner, stored.audience)
-    event = Event(
+    if stored is None or not policy.may_receive(partner, stored.audience):
+        # What was asked for, not what is held: the entry must not reveal it either.
+        miss = Event(
+            Action.LOOKUP,
+            partner.partner_id,
+            time.time(),
+            object_id=object_id,
+            version=version or "",
+            detail={"found": False},
+        )
+        await recorder.record([miss])
+        at = f" version {version}" if version else ""
+        raise NotFound(f"no object {object_id}{at} that partner {partner.partner_id} may see")
+    hit = Event(
         Action.LOOKUP,
         partner.partner_id,
         time.time(),
         object_id=object_id,
-        version=version or "",
-        detail={"found": visible},
+        version=stored.obj.version,
+        digest=body_digest(stored.obj.body),
+        owner=stored.submitter,
+        detail={"found": True},
     )
-    if stored is not None and visible:
-        event = Event(
-            Action.LOOKUP,
-            partner.partner_id,
-            event.at,
-            object_id=object_id,
-            version=stored.obj.version,
-            digest=body_digest(stored.obj.body),
-            owner=stored.submitter,
-            detail={"found": True},
-        )
-    await recorder.record([event])
-    if stored is None or not visible:
-        at = f" version {version}" if version else ""
-        raise NotFound(f"no object {object_id}{at} that partner {partner.partner_id} may see")
+    await recorder.record([hit])
     return stored

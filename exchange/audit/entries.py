@@ -10,6 +10,7 @@ token or a key: object ids, versions, SHA-256 digests of stored bodies, partner 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,7 +144,11 @@ class AuditQuery:
     limit: int = 1000
 
 
+@functools.lru_cache(maxsize=4096)
 def body_digest(body: bytes) -> str:
+    """SHA-256 (hex) of a stored object body. Cached: every stream delivering one
+    record shares its decoded body (the live tail's), so 100 subscribers hash it once
+    (a bytes object keeps its own hash, so a hit costs a dict look-up)."""
     return hashlib.sha256(body).hexdigest()
 
 
