@@ -97,13 +97,13 @@ def check_request(
     missing = sorted(request.communities - set(communities))
     if missing:
         raise InvalidArgument(
-            f"unknown communit{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}"
+            f"unknown communit{'y' if len(missing) == 1 else 'ies'} {_listed(missing)}"
             " in the audience; see `exchange community list` for the names"
         )
     unknown = sorted(r for r in request.recipients if r not in partners)
     if unknown:
         raise InvalidArgument(
-            f"unknown partner{'' if len(unknown) == 1 else 's'} {', '.join(unknown)} among"
+            f"unknown partner{'' if len(unknown) == 1 else 's'} {_listed(unknown)} among"
             " the recipients; name recipients by partner id"
         )
     for pid in sorted(request.recipients):
@@ -113,6 +113,13 @@ def check_request(
                 f"recipient {pid} is a {kind} partner, a kind this submission excludes;"
                 " drop the recipient or the exclusion"
             )
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    """Names for an error message, bounded however many and long the caller sent."""
+    shown = [n if len(n) <= 80 else n[:77] + "..." for n in names[:most]]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(shown) + more
 
 
 def audience_for(

@@ -38,6 +38,10 @@ _OUTCOME = {
 }
 
 
+# Far above any STIX id or timestamp; keeps look-ups (and their audit entries) small.
+_MAX_ID = 256
+
+
 class ExchangeService(pb_grpc.ExchangeServiceServicer):
     def __init__(
         self,
@@ -109,6 +113,11 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         caller = await self._caller(context, Role.SUBSCRIBE, "look objects up")
         if not request.object_id:
             raise InvalidArgument("object_id is empty; pass the STIX id of the object")
+        if len(request.object_id) > _MAX_ID or len(request.version) > _MAX_ID:
+            raise InvalidArgument(
+                f"object_id and version are at most {_MAX_ID} characters; a STIX id is"
+                " type--UUID and a version a timestamp"
+            )
         stored = await get_object(
             self._store, self._recorder, caller.partner, request.object_id, request.version or None
         )

@@ -199,6 +199,8 @@ def test_look_ups_follow_the_policy(server: ServerThread, net: Network) -> None:
             c.get(red["id"])
         with pytest.raises(NotFound) as absent:
             c.get(absent_id)
+    with client(server, net.social) as c, pytest.raises(ValidationError, match="at most 256"):
+        c.get("indicator--" + "0" * 100_000)
     # The same answer for "hidden" and "absent": a look-up reveals nothing.
     assert str(hidden.value).replace(red["id"], "ID") == str(absent.value).replace(absent_id, "ID")
 

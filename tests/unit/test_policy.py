@@ -256,3 +256,12 @@ def test_an_audience_only_widens(
     for p, a in itertools.product(partners, (earlier, later)):
         if policy.may_receive(p, a):
             assert policy.may_receive(p, kept)
+
+
+def test_an_audience_error_stays_short_whatever_was_sent() -> None:
+    request = AudienceRequest(
+        recipients=frozenset(f"ghost-{i}-" + "x" * 10_000 for i in range(500))
+    )
+    with pytest.raises(InvalidArgument, match="and 495 more") as refused:
+        policy.check_request(request, partners={}, communities=[])
+    assert len(refused.value.message) < 1000
