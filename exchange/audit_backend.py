@@ -93,7 +93,7 @@ class LocalAudit:
     edit the data directory can also replace the key there)."""
 
     def __init__(self, settings: Settings, public_key_file: str | None = None) -> None:
-        if not settings.data_path.is_dir():
+        if not settings.database and not settings.data_path.is_dir():
             raise errors.InvalidArgument(
                 f"no data directory at {settings.data_path}: pass --data-dir (or --config)"
                 " of the exchange to review, or --target to ask a running server"

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from exchange.errors import PermissionDenied, Unauthenticated
+from exchange.errors import PermissionDenied, Unauthenticated, Unavailable
+from exchange.logs import PARTNER_ID
 from exchange.model import Credential, CredentialKind, Partner, Role
 from exchange.store import Store
 
@@ -151,14 +152,23 @@ class RegistryWatch:
         self.generation += 1
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 version = await self._store.registry_version()
                 if version != self._version:
                     self._version = version
                     self.generation += 1
+                if failing:
+                    log.info("registry watch: the registry version can be read again")
+                failing = False
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:
+                # Health reports the outage; one line here, not four a second.
+                if not failing:
+                    log.warning("registry watch: cannot read the registry version: %s", exc)
+                failing = True
             except Exception:
                 log.warning("registry watch: cannot read the registry version", exc_info=True)
             await asyncio.sleep(self._interval_s)
@@ -205,6 +215,7 @@ class Authenticator:
             raise Unauthenticated(
                 "the token and the client certificate belong to different partners"
             )
+        PARTNER_ID.set(partner.partner_id)  # for the log lines of this call (exchange.logs)
         if partner.disabled:
             raise PermissionDenied(f"partner {partner.partner_id} is disabled")
         return Caller(partner, tuple(c for c, _ in found))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 from typing import Any
@@ -13,12 +12,15 @@ import click
 from exchange.cli_admin import community, partner, token
 from exchange.cli_admin import config_option as _config_option
 from exchange.cli_admin import data_dir_option as _data_dir_option
+from exchange.cli_admin import database_option as _database_option
 from exchange.cli_admin import load_cli_settings as _settings
 from exchange.cli_audit import audit
 from exchange.cli_feed import get, revoke, sighting, submit, subscribe
-from exchange.config import Settings
+from exchange.cli_ops import config, db, health
+from exchange.config import Settings, mask_url
 from exchange.errors import ExchangeError
-from exchange.server import ExchangeServer
+from exchange.logs import configure_logging
+from exchange.server import SHUTDOWN_SLACK_S, ExchangeServer
 
 __all__ = ["main"]
 
@@ -29,7 +31,8 @@ def main() -> None:
     """Share STIX 2.1 indicators of human trafficking between partners.
 
     \b
-    Operators:  exchange serve, exchange partner|community|token ...
+    Operators:  exchange serve, exchange partner|community|token ...,
+                exchange db migrate, exchange config check, exchange health
     Auditors:   exchange audit log|verify|export
     Partners:   exchange submit FILE|DIR..., exchange subscribe, exchange get ID,
                 exchange sighting ID, exchange revoke ID
@@ -39,10 +42,40 @@ def main() -> None:
 @main.command()
 @_config_option
 @_data_dir_option
+@_database_option
 @click.option(
     "--listen",
     metavar="HOST:PORT",
-    help="Address to serve gRPC on (env: EXCHANGE_LISTEN; default 127.0.0.1:50051).",
+    help="Address to serve gRPC on (env: EXCHANGE_LISTEN; default 127.0.0.1:50051). An"
+    " address other machines can reach needs TLS (--tls-cert/--tls-key) or --insecure.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Allow plain gRPC on a non-loopback address (behind a TLS-terminating proxy or on"
+    " a private network only).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Serve TLS with this certificate chain (PEM; env: EXCHANGE_TLS_CERT_FILE).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The private key of --tls-cert (PEM; env: EXCHANGE_TLS_KEY_FILE).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Require client certificates from this CA (mutual TLS; env: EXCHANGE_TLS_CLIENT_CA_FILE).",
+)
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics, /healthz and /readyz over HTTP here"
+    " (env: EXCHANGE_METRICS_LISTEN; default: off).",
 )
 @click.option(
     "--kafka-bootstrap",
@@ -60,7 +93,13 @@ def main() -> None:
 def serve(
     config_file: str | None,
     data_dir: str | None,
+    database: str | None,
     listen: str | None,
+    insecure: bool | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_client_ca: str | None,
+    metrics_listen: str | None,
     kafka_bootstrap: str | None,
     topic_prefix: str | None,
     no_kafka_idempotence: bool | None,
@@ -72,22 +111,31 @@ def serve(
       exchange serve
       exchange serve --data-dir /var/lib/exchange --listen 127.0.0.1:6000
       exchange serve --kafka-bootstrap kafka-1:9092,kafka-2:9092
+      exchange serve --database postgresql://exchange@db.internal/exchange \\
+          --listen 0.0.0.0:50051 --tls-cert server.pem --tls-key server.key
+
+    SIGTERM or Ctrl-C shuts down gracefully: no new calls, open subscriptions end
+    with UNAVAILABLE (clients resume from their last cursor), in-flight submissions
+    finish (up to shutdown_grace_s), accepted objects are published.
     """
     kafka: dict[str, Any] = {}
     if kafka_bootstrap:
         kafka["bootstrap"] = kafka_bootstrap
     if no_kafka_idempotence:
         kafka["enable_idempotence"] = False
+    tls = {"cert_file": tls_cert, "key_file": tls_key, "client_ca_file": tls_client_ca}
     settings = _settings(
         config_file,
         data_dir=data_dir,
+        database=database,
         listen=listen,
+        insecure=insecure,
         topic_prefix=topic_prefix,
         kafka=kafka or None,
+        tls={k: v for k, v in tls.items() if v} or None,
+        metrics={"listen": metrics_listen} if metrics_listen else None,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.logging)
     try:
         asyncio.run(_serve(settings))
     except ExchangeError as exc:
@@ -105,15 +153,25 @@ async def _serve(settings: Settings) -> None:
         port = await server.start()
         host = settings.listen.rsplit(":", 1)[0]
         bus = f"kafka {settings.kafka.bootstrap}" if settings.kafka.bootstrap else "embedded"
-        click.echo(
-            f"exchange listening on {host}:{port}"
-            f" (data: {settings.data_path.resolve()}, bus: {bus})",
-            err=True,
+        data = (
+            f"database {mask_url(settings.database)}"
+            if settings.database
+            else f"data: {settings.data_path.resolve()}"
         )
+        click.echo(f"exchange listening on {host}:{port} ({data}, bus: {bus})", err=True)
         await stop.wait()
         click.echo("exchange: shutting down", err=True)
     finally:
-        await server.stop()
+        try:
+            # Bounded: calls get shutdown_grace_s, publishing and closing the rest.
+            async with asyncio.timeout(settings.shutdown_grace_s + SHUTDOWN_SLACK_S):
+                await server.stop()
+        except TimeoutError:
+            raise ExchangeError(
+                f"shutdown did not finish within {settings.shutdown_grace_s + SHUTDOWN_SLACK_S:g}"
+                " s; exiting anyway (accepted objects not yet published stay in the outbox"
+                " and are published on the next start)"
+            ) from None
 
 
 main.add_command(partner)
@@ -125,3 +183,6 @@ main.add_command(get)
 main.add_command(sighting)
 main.add_command(revoke)
 main.add_command(audit)
+main.add_command(db)
+main.add_command(config)
+main.add_command(health)

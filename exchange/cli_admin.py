@@ -47,6 +47,7 @@ __all__ = [
     "community",
     "config_option",
     "data_dir_option",
+    "database_option",
     "load_cli_settings",
     "partner",
     "token",
@@ -68,6 +69,14 @@ data_dir_option = click.option(
     type=click.Path(file_okay=False),
     help="Where the embedded store keeps its files"
     " (env: EXCHANGE_DATA_DIR; default ./exchange-data).",
+)
+
+database_option = click.option(
+    "--database",
+    metavar="URL",
+    help="PostgreSQL instead of the SQLite file in the data directory:"
+    " postgresql://USER@HOST:PORT/DATABASE (env: EXCHANGE_DATABASE; the password is best"
+    " given as PGPASSWORD).",
 )
 
 
@@ -140,6 +149,7 @@ def _fail(message: str) -> NoReturn:
 _WHERE_OPTIONS = (
     config_option,
     data_dir_option,
+    database_option,
     click.option(
         "--target",
         metavar="HOST:PORT",
@@ -167,6 +177,7 @@ def _where(
     ctx: click.Context,
     config_file: str | None,
     data_dir: str | None,
+    database: str | None,
     target: str | None,
     token: str | None,
     ca_file: str | None,
@@ -180,11 +191,11 @@ def _where(
                 "--token and --ca-file are for --target HOST:PORT; without --target the"
                 " command works on the data directory"
             )
-        return Where(settings=load_cli_settings(config_file, data_dir=data_dir))
-    if given("data_dir") or given("config_file"):
+        return Where(settings=load_cli_settings(config_file, data_dir=data_dir, database=database))
+    if given("data_dir") or given("config_file") or given("database"):
         raise click.UsageError(
-            "--data-dir and --config are for the local data directory; with --target"
-            " the server's own data is used"
+            "--data-dir, --database and --config are for working on the store directly;"
+            " with --target the server's own data is used"
         )
     if not target.strip():
         raise click.BadParameter("expected HOST:PORT", param_hint="--target")
@@ -194,7 +205,7 @@ def _where(
 
 
 def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Add the --config/--data-dir/--target/--token/--ca-file/--json options; the
+    """Add the --config/--data-dir/--database/--target/--token/--ca-file/--json options; the
     command receives ``where`` and ``as_json``."""
 
     @functools.wraps(fn)
@@ -202,13 +213,14 @@ def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
         *args: Any,
         config_file: str | None,
         data_dir: str | None,
+        database: str | None,
         target: str | None,
         token: str | None,
         ca_file: str | None,
         **kwargs: Any,
     ) -> None:
         ctx = click.get_current_context()
-        where = _where(ctx, config_file, data_dir, target, token, ca_file)
+        where = _where(ctx, config_file, data_dir, database, target, token, ca_file)
         fn(*args, where=where, **kwargs)
 
     command: Callable[..., None] = wrapper

@@ -36,7 +36,12 @@ from exchange_client import AuditEntry, Checkpoint, ExchangeClient
 from exchange import errors
 from exchange.audit.entries import Action
 from exchange.audit_backend import AuditBackend, EntryFilter, LocalAudit, RemoteAudit
-from exchange.cli_admin import config_option, data_dir_option, load_cli_settings
+from exchange.cli_admin import (
+    config_option,
+    data_dir_option,
+    database_option,
+    load_cli_settings,
+)
 
 __all__ = ["EXIT_NOT_INTACT", "audit"]
 
@@ -72,6 +77,7 @@ def _remote_message(error: exchange_client.ExchangeError, target: str) -> str:
 _WHERE_OPTIONS = (
     config_option,
     data_dir_option,
+    database_option,
     click.option(
         "--target",
         metavar="HOST:PORT",
@@ -109,7 +115,16 @@ _WHERE_OPTIONS = (
 )
 
 
-_WHERE_PARAMS = ("config_file", "data_dir", "target", "token", "ca_file", "cert_file", "key_file")
+_WHERE_PARAMS = (
+    "config_file",
+    "data_dir",
+    "database",
+    "target",
+    "token",
+    "ca_file",
+    "cert_file",
+    "key_file",
+)
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -124,15 +139,17 @@ def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
                 " the command reads the data directory"
             )
     params = ctx.params
-    settings = load_cli_settings(params.get("config_file"), data_dir=params.get("data_dir"))
+    settings = load_cli_settings(
+        params.get("config_file"), data_dir=params.get("data_dir"), database=params.get("database")
+    )
     return LocalAudit(settings, public_key_file)
 
 
 def _remote(ctx: click.Context, target: str, public_key_file: str | None) -> AuditBackend:
-    if _given(ctx, "data_dir") or _given(ctx, "config_file"):
+    if _given(ctx, "data_dir") or _given(ctx, "config_file") or _given(ctx, "database"):
         raise click.UsageError(
-            "--data-dir and --config are for the local data directory; with --target the"
-            " server's own log is used"
+            "--data-dir, --database and --config are for reading the store directly; with"
+            " --target the server's own log is used"
         )
     if not target:
         raise click.BadParameter("expected HOST:PORT", param_hint="--target")
@@ -189,7 +206,7 @@ def _quiet_broken_pipe() -> NoReturn:
 
 
 def _where_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Add --config/--data-dir/--target/--token/--ca-file/--cert-file/--key-file; the
+    """Add --config/--data-dir/--database/--target/--token/--ca-file/--cert-file/--key-file; the
     command reads them through ``_backend`` (from the click context)."""
 
     @functools.wraps(fn)

@@ -8,7 +8,9 @@ Every field of a section is also an environment variable named
 
 from __future__ import annotations
 
+import enum
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +21,19 @@ import msgspec
 from exchange.errors import InvalidArgument
 from exchange.model import Tlp
 
-__all__ = ["AuditSettings", "KafkaSettings", "Limits", "Settings", "TlsSettings", "load_settings"]
+__all__ = [
+    "AuditSettings",
+    "KafkaSettings",
+    "Limits",
+    "LoggingSettings",
+    "MetricsSettings",
+    "PostgresSettings",
+    "Settings",
+    "TlsSettings",
+    "effective_settings",
+    "load_settings",
+    "mask_url",
+]
 
 ENV_PREFIX = "EXCHANGE_"
 
@@ -47,7 +61,11 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sasl_mechanism: str = ""
     sasl_username: str = ""
     sasl_password: str = ""
+    # SSL / SASL_SSL: the CA that signed the brokers' certificates (empty: the system's),
+    # and a client certificate and key when the brokers require one.
     ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
 
 class SubscriptionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -56,6 +74,8 @@ class SubscriptionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     # Records the shared live tail keeps in memory; a stream further behind reads
     # with a reader of its own until it catches up.
     tail_window: int = 50_000
+    # An idle stream sends its cursor this often (how a vanished subscriber is noticed).
+    heartbeat_s: float = 5.0
 
 
 class RelaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,9 +106,40 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     checkpoint_interval_s: float = 10.0
 
 
+class PostgresSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The connection pool to PostgreSQL (used when ``database`` is a postgresql:// URL)."""
+
+    # Connections per process; every replica opens its own pool.
+    pool_size: int = 10
+    # A connection attempt or a statement that takes longer fails (the store reports
+    # Unavailable and gRPC health NOT_SERVING) instead of hanging the call.
+    timeout_s: float = 10.0
+
+
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus metrics over HTTP (``GET /metrics``)."""
+
+    # HOST:PORT to serve metrics on; empty: no metrics endpoint.
+    listen: str = ""
+
+
+class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # "text" for people, "json" (one object per line) for log collectors.
+    format: str = "text"
+    level: str = "info"
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "./exchange-data"
+    # Empty: the SQLite file in data_dir. A postgresql://USER@HOST:PORT/DB URL: PostgreSQL,
+    # which several replicas can share (the password is best given as PGPASSWORD).
+    database: str = ""
     listen: str = "127.0.0.1:50051"
+    # Allow listening on a non-loopback address without TLS (behind a TLS-terminating
+    # proxy or inside a private network); refused otherwise.
+    insecure: bool = False
+    # On SIGTERM: how long in-flight calls may take to finish before they are cancelled.
+    shutdown_grace_s: float = 10.0
     default_tlp: Tlp = Tlp.AMBER
     topic_prefix: str = "tix"
     # Processes used to validate large bundles; 0 means one per core.
@@ -99,6 +150,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
     tls: TlsSettings = msgspec.field(default_factory=TlsSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
+    postgres: PostgresSettings = msgspec.field(default_factory=PostgresSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return bool(self.database)
 
     @property
     def data_path(self) -> Path:
@@ -173,6 +231,69 @@ def load_settings(
     return settings
 
 
+# Settings whose values are secrets: shown masked by ``effective_settings``.
+SECRET_FIELDS = frozenset({"kafka.sasl_password"})
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***``."""
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def effective_settings(
+    settings: Settings,
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> list[tuple[str, Any, str]]:
+    """Every setting as (dotted name, value with secrets masked, where it came from:
+    "default", "file", "env EXCHANGE_..." or "option"), in declaration order."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG") or None
+    from_file = tomllib.loads(Path(config_file).read_text()) if config_file else {}
+    from_env = _env_overrides(environ)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    out: list[tuple[str, Any, str]] = []
+
+    def source(section: str | None, name: str) -> str:
+        def has(layer: Mapping[str, Any]) -> bool:
+            if section is None:
+                return name in layer
+            inner = layer.get(section)
+            return isinstance(inner, Mapping) and name in inner
+
+        if has(given):
+            return "option"
+        if has(from_env):
+            key = f"{ENV_PREFIX}{section}_{name}" if section else f"{ENV_PREFIX}{name}"
+            return f"env {key.upper()}"
+        return "file" if has(from_file) else "default"
+
+    def shown(dotted: str, value: Any) -> Any:
+        if dotted in SECRET_FIELDS and value:
+            return "***"
+        if dotted == "database":
+            return mask_url(str(value))
+        return value.value if isinstance(value, enum.Enum) else value
+
+    for name, struct in _fields(Settings):
+        value = getattr(settings, name)
+        if struct is None:
+            out.append((name, shown(name, value), source(None, name)))
+            continue
+        for sub, _ in _fields(struct):
+            dotted = f"{name}.{sub}"
+            out.append((dotted, shown(dotted, getattr(value, sub)), source(name, sub)))
+    return out
+
+
 def _check(s: Settings) -> None:
     limits = s.limits
     for name in ("max_bundle_bytes", "max_objects", "max_string_length", "max_depth"):
@@ -190,5 +311,25 @@ def _check(s: Settings) -> None:
         raise InvalidArgument("audit.origin must be one non-empty line")
     if s.audit.checkpoint_interval_s <= 0:
         raise InvalidArgument("audit.checkpoint_interval_s must be a positive number of seconds")
+    if s.subscriptions.heartbeat_s <= 0:
+        raise InvalidArgument("subscriptions.heartbeat_s must be a positive number of seconds")
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")
+    _check_operations(s)
+
+
+def _check_operations(s: Settings) -> None:
+    """Where the data lives, and how the process is run and watched."""
+    if s.database and not s.database.startswith(("postgresql://", "postgres://")):
+        raise InvalidArgument(
+            "database must be empty (the SQLite file in data_dir) or a"
+            " postgresql://USER@HOST:PORT/DATABASE URL"
+        )
+    if s.postgres.pool_size < 2:
+        raise InvalidArgument("postgres.pool_size must be 2 or more")
+    if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:
+        raise InvalidArgument("postgres.timeout_s and shutdown_grace_s must be positive seconds")
+    if s.logging.format not in ("text", "json"):
+        raise InvalidArgument('logging.format must be "text" or "json"')
+    if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise InvalidArgument("logging.level must be debug, info, warning or error")

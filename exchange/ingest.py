@@ -20,6 +20,8 @@ from typing import Any
 
 from exchange import policy
 from exchange.config import Limits
+from exchange.errors import InvalidArgument
+from exchange.metrics import Metrics
 from exchange.model import (
     Audience,
     AudienceRequest,
@@ -122,11 +124,13 @@ class Ingest:
         validator: Validator,
         limits: Limits,
         on_commit: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._validator = validator
         self._limits = limits
         self._on_commit = on_commit
+        self._metrics = metrics or Metrics(process=False)
 
     async def submit(
         self, partner: Partner, raw: bytes, request: AudienceRequest | None = None
@@ -136,6 +140,21 @@ class Ingest:
         Raises InvalidBundle for bundle-level problems and InvalidArgument for an
         audience naming unknown communities or partners (then nothing is stored);
         otherwise one result per object."""
+        try:
+            with self._metrics.submissions_in_progress.track_inprogress():
+                results = await self._submit(partner, raw, request)
+        except InvalidArgument:
+            self._metrics.submissions.labels("refused").inc()
+            raise
+        except Exception:
+            self._metrics.submissions.labels("failed").inc()
+            raise
+        self._metrics.submitted(results)
+        return results
+
+    async def _submit(
+        self, partner: Partner, raw: bytes, request: AudienceRequest | None
+    ) -> list[ObjectResult]:
         request = request or AudienceRequest()
         if request.communities or request.recipients:
             communities = [c.name for c in await self._store.list_communities()]

@@ -15,6 +15,7 @@ import logging
 from exchange import policy
 from exchange.bus import Bus, BusRecord, TopicPartition
 from exchange.envelope import to_records
+from exchange.metrics import Metrics
 from exchange.store import Store
 
 __all__ = ["Relay"]
@@ -30,14 +31,18 @@ class Relay:
         *,
         batch_size: int = 1000,
         poll_interval_s: float = 0.5,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
+        self._metrics = metrics or Metrics(process=False)
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         self._known_topics: set[str] = set()
         self.published = 0
+        # Whether this process held the relay lease at its last look (logged on change).
+        self.leading: bool | None = None
 
     def wake(self) -> None:
         """Called after a commit: there is something to publish."""
@@ -59,12 +64,33 @@ class Relay:
                 backoff = min(backoff * 2, 10.0)
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
+                # that arrives as the wait ends (a wake-up at shutdown), and the
+                # server's stop() would wait for this task forever.
+                async with asyncio.timeout(self._poll_interval_s):
+                    await self._wakeup.wait()
             self._wakeup.clear()
 
     async def flush_once(self) -> int:
-        """Publish one batch of pending rows; returns how many rows it published."""
+        """Publish one batch of pending rows; returns how many rows it published.
+
+        Replicas sharing the store: only the holder of the relay lease publishes, so
+        that records reach each topic in sequence order (subscribers take a sequence
+        not above the last one seen as a repeat). A replica that loses the lease
+        mid-batch may publish that batch twice: at-least-once, and dropped as repeats."""
+        leading = await self._store.hold_lease("relay")
+        if leading != self.leading:
+            self.leading = leading
+            log.info(
+                "relay: %s",
+                "this process relays the outbox now"
+                if leading
+                else "another process relays the outbox",
+            )
+        if not leading:
+            return 0
         rows = await self._store.pending_outbox(self._batch_size)
+        self._metrics.relay_pass(rows)
         if not rows:
             return 0
         # Audiences that exclude kinds of partner fan out to partner topics (policy.topics_for).
@@ -85,5 +111,6 @@ class Relay:
         for tp, offset in landed:
             positions[tp] = max(positions.get(tp, 0), offset + 1)
         await self._store.mark_published([r.seq for r in rows], positions)
+        self._metrics.relayed(rows)
         self.published += len(rows)
         return len(rows)

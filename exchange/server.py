@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 
 import grpc
@@ -28,17 +29,21 @@ from exchange.bus import Bus
 from exchange.bus.kafka import KafkaBus
 from exchange.bus.local import LocalBus
 from exchange.config import Settings, TlsSettings
-from exchange.errors import Unavailable
+from exchange.errors import InvalidArgument, Unavailable
+from exchange.health import HealthMonitor
 from exchange.ingest import Ingest, Validator
+from exchange.metrics import Metrics, MetricsServer
 from exchange.registry import Registry
 from exchange.relay import Relay
+from exchange.services._logging import CallLog
 from exchange.services.admin import AdminService
 from exchange.services.audit import AuditService
 from exchange.services.exchange import ExchangeService
+from exchange.store import Store
 from exchange.store.sqlite import SqliteStore
 from exchange.subscriptions import Subscriptions
 
-__all__ = ["ExchangeServer", "open_store"]
+__all__ = ["SHUTDOWN_SLACK_S", "ExchangeServer", "check_listen", "is_loopback", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +52,57 @@ ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_n
 AUDIT_SERVICE_NAME = audit_pb.DESCRIPTOR.services_by_name["AuditService"].full_name
 # Room for the largest bundle we accept plus protobuf framing.
 _MESSAGE_SLACK = 1024 * 1024
+# On shutdown, publishing what is left in the outbox may take this long (the rest is
+# published by the next start, or by another replica).
+_RELAY_FLUSH_S = 10.0
+# How long `exchange serve` gives its shutdown beyond shutdown_grace_s (the relay's flush,
+# the last audit entries and checkpoint) before it exits anyway.
+SHUTDOWN_SLACK_S = 20.0
 # The SDK refuses to send more than this.
 _TRANSPORT_LIMIT = 64 * 1024 * 1024
 
 
-def open_store(settings: Settings) -> SqliteStore:
+def open_store(settings: Settings) -> Store:
+    """The store the settings name: PostgreSQL for a ``database`` URL, else the SQLite
+    file in the data directory. Not opened yet."""
+    if settings.database:
+        # Imported here: the embedded default needs no PostgreSQL driver loaded.
+        from exchange.store.postgres import PostgresStore  # noqa: PLC0415
+
+        return PostgresStore(
+            settings.database,
+            pool_size=settings.postgres.pool_size,
+            timeout_s=settings.postgres.timeout_s,
+        )
     return SqliteStore(settings.data_path / "exchange.sqlite3")
 
 
-def _bus(settings: Settings) -> Bus:
+def is_loopback(listen: str) -> bool:
+    """Whether HOST:PORT names a loopback address (only this machine can connect)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(settings: Settings) -> None:
+    """Refuse plain gRPC on an address other machines can reach, unless asked for."""
+    if settings.tls.cert_file or settings.insecure or is_loopback(settings.listen):
+        return
+    raise InvalidArgument(
+        f"refusing to listen on {settings.listen} without TLS: tokens and indicators would"
+        " cross the network in clear text. Set tls.cert_file and tls.key_file (or"
+        " --tls-cert/--tls-key), or pass --insecure (insecure = true) when a"
+        " TLS-terminating proxy or a private network protects the traffic"
+    )
+
+
+def _bus(settings: Settings, metrics: Metrics | None = None) -> Bus:
     if settings.kafka.bootstrap:
-        return KafkaBus(settings.kafka, settings.topic_prefix)
+        return KafkaBus(settings.kafka, settings.topic_prefix, metrics=metrics)
     return LocalBus(settings.data_path / "bus.sqlite3")
 
 
@@ -83,8 +128,9 @@ class ExchangeServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.metrics = Metrics()
         self.store = open_store(settings)
-        self.bus = _bus(settings)
+        self.bus = _bus(settings, self.metrics)
         self.validator = Validator(settings.validation_workers)
         self.recorder = AuditRecorder(self.store)
         self.relay = Relay(
@@ -92,6 +138,7 @@ class ExchangeServer:
             self.bus,
             batch_size=settings.relay.batch_size,
             poll_interval_s=settings.relay.poll_interval_s,
+            metrics=self.metrics,
         )
         self.subscriptions = Subscriptions(
             self.store,
@@ -99,13 +146,26 @@ class ExchangeServer:
             max_open=settings.subscriptions.max_open,
             max_batch=settings.subscriptions.max_batch,
             tail_window=settings.subscriptions.tail_window,
+            heartbeat_s=settings.subscriptions.heartbeat_s,
             recorder=self.recorder,
+            metrics=self.metrics,
         )
-        self.ingest = Ingest(self.store, self.validator, settings.limits, self.relay.wake)
+        self.ingest = Ingest(
+            self.store, self.validator, settings.limits, self.relay.wake, metrics=self.metrics
+        )
         self.registry_watch = RegistryWatch(self.store)
         self.auth = Authenticator(self.store, self.registry_watch)
         self.registry = Registry(self.store, on_change=self.registry_watch.bump)
         self.health = health_aio.HealthServicer()
+        # NOT_SERVING while the store or the bus does not answer (exchange/health.py).
+        self.monitor = HealthMonitor(
+            self.store, self.bus, self.health, services=(SERVICE_NAME,), metrics=self.metrics
+        )
+        self.metrics_server = (
+            MetricsServer(self.metrics, settings.metrics.listen, self.monitor.readiness)
+            if settings.metrics.listen
+            else None
+        )
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._relay_task: asyncio.Task[None] | None = None
@@ -114,10 +174,12 @@ class ExchangeServer:
         self.audit_log: AuditLog | None = None
 
     async def start(self) -> int:
+        check_listen(self.settings)
         # The key first: an exchange that cannot sign its audit log does not start.
         self.signer = Signer.load_or_create(self.settings.signing_key_path)
         self.audit_log = AuditLog(self.store, self.signer, self.settings.audit.origin)
         await self.store.open()
+        await self._check_signing_key(self.signer)
         await self.bus.start()
         await self.bus.ensure_topics(policy.SHARED_TOPICS)
         await self.validator.warm_up()
@@ -133,6 +195,8 @@ class ExchangeServer:
         # over max_bundle_bytes with a reason (the transport could only say "too large").
         limit = max(self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK, _TRANSPORT_LIMIT)
         server = grpc.aio.server(
+            # A request id and one log line per call (exchange/services/_logging.py).
+            interceptors=(CallLog(self.metrics),),
             options=[
                 # Never share the port with another process (gRPC's default on Linux):
                 # a second exchange on the same port must fail, not split the traffic.
@@ -144,7 +208,7 @@ class ExchangeServer:
                 ("grpc.keepalive_timeout_ms", 10_000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
-            ]
+            ],
         )
         service = ExchangeService(
             self.auth, self.ingest, self.subscriptions, self.store, self.recorder
@@ -185,7 +249,22 @@ class ExchangeServer:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.monitor.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         return self.port
+
+    async def _check_signing_key(self, signer: Signer) -> None:
+        """Every process that signs this log's checkpoints must use the same key:
+        checkpoints signed with another one would not verify."""
+        mine = signer.public_key_pem.encode()
+        recorded = await self.store.audit_public_key(mine)
+        if recorded != mine:
+            raise Unavailable(
+                f"the audit signing key {signer.path} is not the key that signs this"
+                " audit log's checkpoints (recorded at the first start): give every"
+                " replica the same audit.signing_key_file, or restore the original key"
+            )
 
     async def _checkpoints(self) -> None:
         """Sign a checkpoint whenever the audit log has grown, every interval."""
@@ -203,11 +282,18 @@ class ExchangeServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop taking calls, let in-flight ones finish, publish what was accepted."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful shutdown (SIGTERM): report NOT_SERVING, take no new calls, end open
+        streams with Unavailable (clients resume from their last cursor, on another
+        replica), let in-flight submissions finish within ``grace_s`` (default
+        ``shutdown_grace_s``; then they are cancelled, and their transactions roll
+        back unacknowledged), publish what was accepted, sign a last checkpoint."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
+        self.subscriptions.begin_shutdown()
         if self._server is not None:
-            await self._server.stop(grace_s)
+            await self._server.stop(grace)
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
         await self.registry_watch.close()
@@ -222,12 +308,16 @@ class ExchangeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._relay_task
             try:
-                while await self.relay.flush_once():
-                    pass
+                async with asyncio.timeout(_RELAY_FLUSH_S):
+                    while await self.relay.flush_once():
+                        pass
             except Exception:
                 # The rows stay in the outbox and are published on the next start.
                 log.warning("relay could not flush on shutdown", exc_info=True)
         self.validator.close()
+        # Kept up while calls drain: /readyz answers 503, the last scrape sees the end.
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         try:
             # The streams' last entries, and a checkpoint over everything recorded.
             await self.recorder.close()

@@ -37,12 +37,14 @@ from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
 from exchange.errors import ExchangeError, InvalidArgument, ResourceExhausted, Unavailable
+from exchange.metrics import Metrics
 from exchange.model import Partner, Role, StoredObject
 from exchange.store import Store
 
 __all__ = ["Batch", "Cursor", "Delivery", "SubscriptionRequest", "Subscriptions"]
 
 _CURSOR_VERSION = 1
+_SHUTTING_DOWN = "the exchange is shutting down; resume from your last cursor"
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
@@ -179,32 +181,46 @@ class Subscriptions:
         max_open: int = 1000,
         max_batch: int = 500,
         idle_wait_s: float = 1.0,
+        heartbeat_s: float = 5.0,
         tail_window: int = 50_000,
         recorder: AuditRecorder | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._recorder = recorder
+        self._metrics = metrics or Metrics(process=False)
         self._bus = bus
         self._max_open = max_open
         self._max_batch = max_batch
         self._idle_wait_s = idle_wait_s
+        self._heartbeat_s = heartbeat_s
         self.tail = LiveTail(store, bus, window=tail_window, hot_topics=policy.SHARED_TOPICS)
         self.open_count = 0
         # Deliveries handed to streams so far (the gRPC layer awaits each write).
         self.delivered = 0
+        self._shutting_down = False
+
+    def begin_shutdown(self) -> None:
+        """Open streams end with Unavailable at their next read (within ``idle_wait_s``),
+        so that their clients resume from their last cursor elsewhere; new ones are refused."""
+        self._shutting_down = True
 
     async def close(self) -> None:
         """Stop the live tail; streams still open end with Unavailable."""
+        self._shutting_down = True
         await self.tail.close()
 
     async def stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
         """Batches for the caller of ``access`` until it stops iterating. The audit
         log records the start, every delivery and the end."""
+        if self._shutting_down:
+            raise Unavailable(_SHUTTING_DOWN)
         if self.open_count >= self._max_open:
             raise ResourceExhausted(
                 f"the exchange serves at most {self._max_open} open subscriptions; retry later"
             )
         self.open_count += 1
+        self._metrics.subscriptions_open.inc()
         me = access.partner.partner_id
         self._record(Event(Action.SUBSCRIBE_START, me, time.time(), detail=_described(request)))
         count, ending = 0, "closed by the subscriber"
@@ -216,12 +232,14 @@ class Subscriptions:
                     self._record(
                         *(delivered(me, d.stored, d.cursor, now) for d in batch.deliveries)
                     )
+                    self._metrics.delivered((d.stored for d in batch.deliveries), now)
                 yield batch
         except ExchangeError as exc:
             ending = exc.message
             raise
         finally:
             self.open_count -= 1
+            self._metrics.subscriptions_open.dec()
             self._record(
                 Event(
                     Action.SUBSCRIBE_END,
@@ -252,8 +270,11 @@ class Subscriptions:
         try:
             # Tell the subscriber where it starts: from here on nothing is missed.
             yield Batch([], position.cursor())
+            sent_at = time.monotonic()
             while True:
                 entries = await feed.read(max_batch, self._idle_wait_s)
+                if self._shutting_down:
+                    raise Unavailable(_SHUTTING_DOWN)
                 now = await access.current()
                 if now != partner:
                     require(now, Role.SUBSCRIBE, "subscribe")
@@ -265,7 +286,15 @@ class Subscriptions:
                     partner = now
                     wanted = _wanted(partner, frozenset(names), request)
                 if not entries:
+                    # An idle stream still writes now and then: a write is how the
+                    # server learns that the subscriber went away (a cancellation it
+                    # was told about can be lost on the way), and it keeps proxies
+                    # from closing a quiet connection.
+                    if time.monotonic() - sent_at >= self._heartbeat_s:
+                        sent_at = time.monotonic()
+                        yield Batch([], position.cursor())
                     continue
+                sent_at = time.monotonic()
                 deliveries: list[Delivery] = []
                 offsets, seqs, moved = position.offsets, position.seqs, position.moved
                 for tp, offset, stored in entries:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kafka_broker import TansuBroker
+from tests.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,22 @@ def tansu() -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for this session (tests/postgres.py), started only if a
+    PostgreSQL test runs, and stopped by its pid (its directory deleted) at the end."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's server, dropped after the test."""
+    url = postgres.create_database()
+    try:
+        yield url
+    finally:
+        if postgres.running:
+            postgres.drop_database(url)

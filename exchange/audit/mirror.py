@@ -46,6 +46,9 @@ class AuditMirror:
                 await asyncio.sleep(self._poll_interval_s)
 
     async def flush_once(self) -> int:
+        # Replicas sharing the store: one of them mirrors at a time.
+        if not await self._store.hold_lease("audit-mirror"):
+            return 0
         start = await self._store.audit_mirror_position()
         rows = await self._store.audit_rows(start, self._batch_size)
         if not rows:

@@ -36,6 +36,7 @@ class AuditRecorder:
         self._max_batch = max_batch
         self._queue: list[Event] = []
         self._wakeup = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.recorded = 0
 
@@ -64,19 +65,27 @@ class AuditRecorder:
         await self.flush()
 
     async def flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
-            try:
-                await self._store.append_audit(batch)
-            except BaseException:
-                self._queue[:0] = batch  # keep them for the next try
-                raise
-            self.recorded += len(batch)
+        """Append everything queued; returns once it is stored. One flush at a time: a
+        second caller waits for a batch in flight, and batches reach the log in order
+        (with a pool of connections, two appends at once could commit either way)."""
+        async with self._flushing:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                self._queue = self._queue[self._max_batch :]
+                try:
+                    await self._store.append_audit(batch)
+                except BaseException:
+                    self._queue[:0] = batch  # keep them for the next try
+                    raise
+                self.recorded += len(batch)
 
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._flush_interval_s)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
+                # that arrives as the wait ends, and close() would wait forever.
+                async with asyncio.timeout(self._flush_interval_s):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             try:
                 await self.flush()

@@ -73,3 +73,8 @@ class Bus(Protocol):
         """A reader over exactly these topic-partitions, each starting at the given
         offset (the next record to read), or at the earliest record held for ``None``."""
         ...
+
+    async def ping(self) -> None:
+        """Return when the bus answers a cheap request (health checks); raise
+        Unavailable if it does not, within a few seconds at most."""
+        ...

@@ -43,6 +43,7 @@ from exchange.bus import BusRecord, ReadRecord, TopicPartition
 from exchange.bus.local import check_topic_name
 from exchange.config import KafkaSettings
 from exchange.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
+from exchange.metrics import Metrics
 
 __all__ = ["KafkaBus", "KafkaReader", "client_options"]
 
@@ -58,9 +59,21 @@ _TOPIC_READY_TIMEOUT_S = 10.0
 _LINGER_MS = 2
 _MAX_BATCH_BYTES = 256 * 1024
 
+# A topic the exchange always has (policy.SHARED_TOPICS), asked about by ping().
+_PING_TOPIC = "clear"
 _SECURITY_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 _SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 _CONFIG_ERRORS = (InvalidTopicError, InvalidPartitionsError, InvalidReplicationFactorError)
+# A health check's metadata round trip gives up after this long.
+_PING_TIMEOUT_S = 5.0
+# What each failing step counts as in exchange_kafka_errors_total{operation}.
+_OPERATIONS = {
+    "creating topics": "metadata",
+    "reading metadata": "metadata",
+    "publishing": "publish",
+    "opening a reader": "read",
+    "reading": "read",
+}
 _SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
 
 
@@ -82,9 +95,22 @@ def client_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
     }
     if protocol in {"SSL", "SASL_SSL"}:
         try:
-            options["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile or None)
+            options["ssl_context"] = create_ssl_context(
+                cafile=settings.ssl_cafile or None,
+                certfile=settings.ssl_certfile or None,
+                keyfile=settings.ssl_keyfile or None,
+            )
         except (OSError, ValueError) as exc:
-            raise InvalidArgument(f"kafka.ssl_cafile {settings.ssl_cafile!r}: {exc}") from exc
+            files = ", ".join(
+                f"{name} {value!r}"
+                for name, value in (
+                    ("kafka.ssl_cafile", settings.ssl_cafile),
+                    ("kafka.ssl_certfile", settings.ssl_certfile),
+                    ("kafka.ssl_keyfile", settings.ssl_keyfile),
+                )
+                if value
+            )
+            raise InvalidArgument(f"Kafka TLS files ({files or 'system CAs'}): {exc}") from exc
     if protocol.startswith("SASL_"):
         mechanism = (settings.sasl_mechanism or "PLAIN").upper()
         if mechanism not in _SASL_MECHANISMS:
@@ -103,9 +129,15 @@ class KafkaBus:
     """The bus over a Kafka cluster; topics live under ``<topic_prefix>.``."""
 
     def __init__(
-        self, settings: KafkaSettings, topic_prefix: str, client_id: str = "exchange"
+        self,
+        settings: KafkaSettings,
+        topic_prefix: str,
+        client_id: str = "exchange",
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics(process=False)
         self._options = client_options(settings, client_id)
         self._bootstrap = settings.bootstrap
         self._prefix = f"{topic_prefix}."
@@ -130,6 +162,7 @@ class KafkaBus:
             await admin.start()
             await producer.start()
         except (KafkaError, OSError) as exc:
+            self._metrics.kafka_errors.labels("connect").inc()
             await self.close()
             raise Unavailable(f"cannot connect to Kafka at {self._bootstrap}: {exc}") from exc
 
@@ -193,6 +226,24 @@ class KafkaBus:
                 raise self._failure("publishing", result) from result
             placed.append(((r.topic, result.partition), result.offset))
         return placed
+
+    async def ping(self) -> None:
+        """One metadata round trip to a broker; Unavailable if it fails or takes
+        longer than ``_PING_TIMEOUT_S``. It names one topic, the exchange's own
+        ``clear`` (created at start): an empty list asks some brokers (Tansu) for every
+        topic, which grows with the partners, and every second."""
+        admin = self._started(self._admin)
+        try:
+            async with asyncio.timeout(_PING_TIMEOUT_S):
+                await admin.describe_topics([self._prefix + _PING_TOPIC])
+        except TimeoutError as exc:
+            self._metrics.kafka_errors.labels("metadata").inc()
+            raise Unavailable(
+                f"Kafka at {self._bootstrap} did not answer a metadata request within"
+                f" {_PING_TIMEOUT_S:.0f} s"
+            ) from exc
+        except (KafkaError, OSError) as exc:
+            raise self._failure("reading metadata", exc) from exc
 
     async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> KafkaReader:
         if not start:
@@ -288,6 +339,7 @@ class KafkaBus:
         return client
 
     def _failure(self, what: str, exc: BaseException) -> ExchangeError:
+        self._metrics.kafka_errors.labels(_OPERATIONS.get(what, "metadata")).inc()
         if isinstance(exc, _SIZE_ERRORS):
             return InvalidArgument(f"{what}: a record is too large for Kafka ({exc})")
         if isinstance(exc, ExchangeError):

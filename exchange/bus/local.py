@@ -149,6 +149,10 @@ class LocalBus:
         self._wake({r.topic for r in records})
         return [((r.topic, PARTITION), off) for r, off in zip(records, offsets, strict=True)]
 
+    async def ping(self) -> None:
+        """One read on the file: Unavailable if the bus is closed or the file unreadable."""
+        await self._read(_count_topics)
+
     async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> LocalReader:
         if not start:
             raise InvalidArgument("a bus reader needs at least one topic-partition")
@@ -268,6 +272,11 @@ def _in_transaction(
     return result
 
 
+def _count_topics(conn: sqlite3.Connection) -> int:
+    (count,) = conn.execute("SELECT count(*) FROM topics").fetchone()
+    return int(count)
+
+
 def _select_topic_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, int]:
     ids: dict[str, int] = {}
     for name in names:
@@ -335,9 +344,8 @@ class LocalReader:
             # The interval bounds the wait so that records written by another
             # process, which cannot set our event, are still found.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._event.wait(), min(remaining, self._bus.poll_interval_s)
-                )
+                async with asyncio.timeout(min(remaining, self._bus.poll_interval_s)):
+                    await self._event.wait()
 
     async def close(self) -> None:
         if not self._closed:

@@ -107,9 +107,33 @@ class SignedCheckpoint(NamedTuple):
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect, and bring the schema to the current version (``migrate``).
+        Unavailable if the database cannot be reached or was written by a newer release."""
+        ...
 
     async def close(self) -> None: ...
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply the schema migrations this database lacks, in one transaction, without
+        opening the store for use. Returns (version found, version now)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the database answers; Unavailable if it does not (health checks)."""
+        ...
+
+    async def hold_lease(self, job: str) -> bool:
+        """Whether this process runs ``job`` (the outbox relay, the audit mirror) among
+        every process sharing this store: True for one process at a time, until it
+        exits or loses its connection. Asking again keeps or retries the lease."""
+        ...
+
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        """The public key that signs this log's checkpoints: ``public_key`` if none was
+        recorded yet (it is then recorded), else the one recorded first. Replicas
+        compare it with their own key before they sign anything."""
+        ...
 
     # -- partners ---------------------------------------------------------------------
     async def add_partner(self, partner: Partner, credential: Credential) -> None:

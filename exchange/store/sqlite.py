@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from exchange_client._merkle import leaf_hash
 
-from exchange.audit.entries import AuditEntry, AuditQuery, Event, submitted
+from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.bus import TopicPartition
 from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from exchange.model import (
@@ -34,10 +33,8 @@ from exchange.model import (
     Community,
     Credential,
     CredentialKind,
-    ObjectOutcome,
     Partner,
     PartnerKind,
-    Receipt,
     Rejection,
     Role,
     StoredObject,
@@ -45,7 +42,21 @@ from exchange.model import (
     ValidObject,
     version_key,
 )
-from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint, refusal
+from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint
+from exchange.store._common import (
+    NO_PREVIOUS,
+    Held,
+    audit_row,
+    bundle_submits,
+    chain,
+    community_missing,
+    credential_bound,
+    credential_id_taken,
+    newer_schema,
+    not_a_member,
+    unknown_partner,
+    with_receipts,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqliteStore", "migrate"]
 
@@ -191,6 +202,15 @@ CREATE TABLE audit_mirror (
 INSERT INTO audit_mirror VALUES (1, 0);
 """
 
+# Version 4: the public key that signs the log's checkpoints, recorded at the first
+# start, so that a process with another key refuses to sign for this log.
+SCHEMA_V4 = """
+CREATE TABLE audit_key (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    public_key BLOB NOT NULL
+);
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -229,6 +249,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _script(SCHEMA_V2),
     ),
     Migration(3, "the audit log, its checkpoints and its bus mirror position", _script(SCHEMA_V3)),
+    Migration(4, "the public key that signs the audit log's checkpoints", _script(SCHEMA_V4)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -260,11 +281,7 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
         # Read again under the write lock: another process may have migrated meanwhile.
         found = _schema_version(conn)
         if found > SCHEMA_VERSION:
-            raise Unavailable(
-                f"the database has schema version {found}, written by a newer release of"
-                f" the exchange; this release knows versions up to {SCHEMA_VERSION}:"
-                " upgrade the exchange to open it"
-            )
+            raise Unavailable(newer_schema(found, SCHEMA_VERSION))
         for step in MIGRATIONS[found:]:
             step.apply(conn)
         # PRAGMA takes no parameters; SCHEMA_VERSION is an int of this module.
@@ -401,6 +418,44 @@ class SqliteStore:
             raise
         self._writer = writer
 
+    async def migrate(self) -> tuple[int, int]:
+        def run() -> tuple[int, int]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = _connect(self.path)
+            try:
+                return migrate(conn)
+            finally:
+                conn.close()
+
+        try:
+            return await self._on(self._write_thread, run)
+        except (OSError, sqlite3.Error) as exc:
+            raise Unavailable(f"cannot open the database {self.path}: {exc}") from exc
+
+    async def ping(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT 1").fetchone()
+
+        try:
+            await self._read(run)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the database {self.path} does not answer: {exc}") from exc
+
+    async def hold_lease(self, job: str) -> bool:
+        # One server process per data directory: it always runs every job.
+        return True
+
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT INTO audit_key (id, public_key) VALUES (1, ?) ON CONFLICT DO NOTHING",
+                (public_key,),
+            )
+            (recorded,) = conn.execute("SELECT public_key FROM audit_key WHERE id = 1").fetchone()
+            return bytes(recorded)
+
+        return await self._write(run)
+
     async def close(self) -> None:
         for conn in (self._writer, self._reader):
             if conn is not None:
@@ -515,7 +570,7 @@ class SqliteStore:
                 ),
             ).rowcount
             if updated == 0:
-                raise NotFound(_unknown_partner(partner.partner_id))
+                raise NotFound(unknown_partner(partner.partner_id))
             _bump(conn)
 
         await self._write(run)
@@ -581,10 +636,7 @@ class SqliteStore:
                 (name, partner_id),
             ).rowcount
             if not left:
-                raise NotFound(
-                    f"partner {partner_id} is not a member of community {name}; list the"
-                    " communities to see their members"
-                )
+                raise NotFound(not_a_member(name, partner_id))
             _bump(conn)
 
         await self._write(run)
@@ -880,13 +932,9 @@ def _bump(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE registry_state SET version = version + 1 WHERE id = 1")
 
 
-def _unknown_partner(partner_id: str) -> str:
-    return f"unknown partner {partner_id}; name a registered partner by its partner id"
-
-
 def _require_partner(conn: sqlite3.Connection, partner_id: str) -> None:
     if not conn.execute("SELECT 1 FROM partners WHERE partner_id = ?", (partner_id,)).fetchone():
-        raise NotFound(_unknown_partner(partner_id))
+        raise NotFound(unknown_partner(partner_id))
 
 
 def _require_communities(conn: sqlite3.Connection, names: Iterable[str]) -> None:
@@ -903,11 +951,7 @@ def _require_communities(conn: sqlite3.Connection, names: Iterable[str]) -> None
         )
     missing = [n for n in wanted if n not in known]
     if missing:
-        plural = len(missing) > 1
-        raise NotFound(
-            f"unknown communit{'ies' if plural else 'y'} {', '.join(missing)}; create"
-            f" {'them' if plural else 'it'} first, or name an existing community"
-        )
+        raise NotFound(community_missing(missing))
 
 
 def _insert_credential(conn: sqlite3.Connection, credential: Credential) -> None:
@@ -918,15 +962,8 @@ def _insert_credential(conn: sqlite3.Connection, credential: Credential) -> None
     ).fetchone()
     if bound is not None:
         if bound[0] == credential.credential_id:
-            raise AlreadyExists(
-                f"credential id {credential.credential_id} is already taken (partner"
-                f" {bound[1]}); give the new credential another id"
-            )
-        raise AlreadyExists(
-            f"this {credential.kind} is already bound to partner {bound[1]} (credential"
-            f" {bound[0]}); a {credential.kind} belongs to one partner only: revoke that"
-            " credential first, or use another one"
-        )
+            raise AlreadyExists(credential_id_taken(credential.credential_id, bound[1]))
+        raise AlreadyExists(credential_bound(credential.kind, bound[1], bound[0]))
     conn.execute(
         "INSERT INTO credentials (credential_id, partner_id, kind, digest, created_at,"
         " expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -955,39 +992,13 @@ def _commit(
     rejected: Sequence[Rejection],
 ) -> list[Committed]:
     results = _insert_objects(conn, submitter, objects, accepted_at, widen)
-    # One SUBMIT entry per object of the bundle, in bundle order: the objects the
-    # store took or refused, and those refused before it. (bundle index, position
-    # in ``objects`` or -1, event); sorted stably, so with equal bundle indexes the
-    # objects come first, in their order.
-    submits = [
-        (obj.index, i, _submit_event(submitter.partner_id, obj, done.outcome, accepted_at))
-        for i, ((obj, _), done) in enumerate(zip(objects, results, strict=True))
-    ]
-    submits += [
-        (r.index, -1, submitted(submitter.partner_id, r, ObjectOutcome.REJECTED, accepted_at))
-        for r in rejected
-    ]
-    submits.sort(key=lambda s: s[0])
-    entries = _append_audit(conn, [event for _, _, event in submits])
-    for (_, i, _), entry in zip(submits, entries, strict=True):
-        if i >= 0 and results[i].outcome is CommitOutcome.INSERTED:
-            results[i] = results[i]._replace(
-                receipt=Receipt(entry.index, entry.leaf_hash, entry.data)
-            )
-    return results
-
-
-def _submit_event(submitter_id: str, obj: ValidObject, outcome: CommitOutcome, at: float) -> Event:
-    if outcome is CommitOutcome.INSERTED:
-        return submitted(submitter_id, obj, ObjectOutcome.ACCEPTED, at)
-    if outcome is CommitOutcome.DUPLICATE:
-        return submitted(submitter_id, obj, ObjectOutcome.DUPLICATE, at)
-    return submitted(submitter_id, refusal(obj, outcome), ObjectOutcome.REJECTED, at)
+    # One SUBMIT entry per object of the bundle, in bundle order.
+    submits = bundle_submits(submitter.partner_id, objects, results, rejected, accepted_at)
+    entries = _append_audit(conn, [event for _, event in submits])
+    return with_receipts(results, submits, entries)
 
 
 # -- audit log (inside a write transaction) -----------------------------------------------
-
-_NO_PREVIOUS = bytes(32)
 
 
 def _audit_size(conn: sqlite3.Connection) -> int:
@@ -1001,31 +1012,12 @@ def _append_audit(conn: sqlite3.Connection, events: Sequence[Event]) -> list[Aud
     last = conn.execute(
         "SELECT idx, CAST(leaf_hash AS BLOB) FROM audit ORDER BY idx DESC LIMIT 1"
     ).fetchone()
-    index, previous = (0, _NO_PREVIOUS) if last is None else (int(last[0]) + 1, bytes(last[1]))
-    rows: list[tuple[object, ...]] = []
-    entries: list[AuditEntry] = []
-    for event in events:
-        data = event.encode(index, previous)
-        leaf = leaf_hash(data)
-        rows.append(
-            (
-                index,
-                round(event.at, 6),  # as in the canonical bytes
-                event.action.value,
-                event.actor,
-                event.partner,
-                event.object_id,
-                event.owner,
-                data,
-                leaf,
-            )
-        )
-        entries.append(AuditEntry(index, event, data, leaf))
-        index, previous = index + 1, leaf
+    index, previous = (0, NO_PREVIOUS) if last is None else (int(last[0]) + 1, bytes(last[1]))
+    entries = chain(events, index, previous)
     conn.executemany(
         "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
+        [audit_row(entry) for entry in entries],
     )
     return entries
 
@@ -1046,13 +1038,10 @@ def _insert_objects(
     results: list[Committed] = []
     for obj, asked in objects:
         key = version_key(obj.version)
-        versions = held.setdefault(obj.object_id, _Held())
-        if versions.creator is not None and versions.creator != obj.created_by_ref:
-            results.append(Committed(CommitOutcome.NOT_CREATOR))
-        elif key in versions.keys:
-            results.append(Committed(CommitOutcome.DUPLICATE))
-        elif versions.revoked:
-            results.append(Committed(CommitOutcome.REVOKED))
+        versions = held.setdefault(obj.object_id, Held())
+        refused = versions.refuses(obj, key)
+        if refused is not None:
+            results.append(Committed(refused))
         else:
             # The latest version holds the cumulative audience: an audience never narrows.
             audience = asked if versions.audience is None else widen(versions.audience, asked)
@@ -1078,27 +1067,13 @@ def _insert_objects(
                 ),
             )
             conn.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
-            versions.creator = obj.created_by_ref
-            versions.keys.add(key)
-            versions.revoked = versions.revoked or obj.revoked
-            versions.audience = audience
+            versions.add(obj, key, audience)
             results.append(Committed(CommitOutcome.INSERTED, audience))
     return results
 
 
-class _Held:
-    __slots__ = ("audience", "creator", "keys", "revoked")
-
-    def __init__(self) -> None:
-        self.creator: str | None = None
-        self.keys: set[str] = set()
-        self.revoked = False
-        # The audience of the latest version (by acceptance), None if none is held.
-        self.audience: Audience | None = None
-
-
-def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, _Held]:
-    held: dict[str, _Held] = {}
+def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, Held]:
+    held: dict[str, Held] = {}
     latest: dict[str, str] = {}
     for chunk in _chunks(sorted(ids)):
         marks = ",".join("?" * len(chunk))
@@ -1108,13 +1083,13 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, _Held]:
             f"SELECT identity_id FROM partners WHERE identity_id IN ({marks})",  # noqa: S608
             chunk,
         ):
-            held.setdefault(identity, _Held()).creator = identity
+            held.setdefault(identity, Held()).creator = identity
         for oid, key, creator, revoked, audience in conn.execute(
             "SELECT object_id, version_key, created_by_ref, revoked, audience"  # noqa: S608
             f" FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
             chunk,
         ):
-            entry = held.setdefault(oid, _Held())
+            entry = held.setdefault(oid, Held())
             entry.creator = creator
             entry.keys.add(key)
             entry.revoked = entry.revoked or bool(revoked)

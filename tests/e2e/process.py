@@ -24,7 +24,13 @@ class ServerProcess:
     """`exchange serve` on a free loopback port (or ``port``), in its own process
     group; ``extra`` are more `serve` options (the Kafka bus)."""
 
-    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"server-{self.port}-{time.monotonic_ns()}.log"
@@ -34,6 +40,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, like a terminal job
+            env=None if env is None else {**os.environ, **env},
         )
         wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
 
@@ -54,6 +61,14 @@ class ServerProcess:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
         self._log.close()
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, as an orchestrator stops a replica; its exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is not None:

@@ -198,7 +198,7 @@ def test_help_has_examples() -> None:
 def test_usage_errors(tmp_path: Path) -> None:
     assert "ISO 8601" in run("audit", "log", "--since", "last tuesday", code=2).stderr
     mixed = run("audit", "log", "--target", "127.0.0.1:1", "--data-dir", str(tmp_path), code=2)
-    assert "--data-dir and --config are for the local data directory" in mixed.stderr
+    assert "--data-dir, --database and --config are for reading the store" in mixed.stderr
     missing = run("audit", "verify", "--data-dir", str(tmp_path / "nowhere"), code=1)
     assert missing.stderr.startswith("exchange: no data directory at")
     unreachable = run("audit", "log", "--target", "127.0.0.1:1", "--token", "tix_x", code=1)

@@ -76,6 +76,8 @@ def test_submission_deliveries_and_stream_are_recorded(server: ServerThread) -> 
         sub.close()
     wait_until(
         lambda: flushed(server) and bool(entries(server, action="subscribe.end")),
+        # At most a heartbeat (5 s) after the subscriber left, if the cancellation was lost.
+        30,
         what="the end of the stream to be recorded",
     )
     (start,) = [e for e in entries(server, action="subscribe.start") if "types" in e.event.detail]

@@ -1,10 +1,11 @@
-"""The audit log in the SQLite store, on a real database file: appending (each entry
-committing to the one before), queries and paging, the SUBMIT entries that
-``commit_objects`` writes in the transaction of the objects, receipts,
-checkpoints and proofs (``AuditLog``), and the signing key (``Signer``)."""
+"""The audit log in both stores, on a real SQLite file and a real PostgreSQL
+database: appending (each entry committing to the one before), queries and paging,
+the SUBMIT entries that ``commit_objects`` writes in the transaction of the objects,
+receipts, checkpoints and proofs (``AuditLog``), and the signing key (``Signer``)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import stat
@@ -25,8 +26,9 @@ from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
 from exchange.errors import InvalidArgument, Unavailable
 from exchange.model import Audience, ObjectOutcome, Partner, Rejection, Tlp, ValidObject
-from exchange.store import CommitOutcome, SignedCheckpoint
+from exchange.store import CommitOutcome, SignedCheckpoint, Store
 from exchange.store.sqlite import SqliteStore
+from tests.postgres import STORES, StoreFactory, store_factory
 
 NGO = Partner("ngo-1", "Harbor Light", "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44")
 PLATFORM = Partner("plat-1", "Kestrel", "identity--a3a9de07-2aff-5a6d-b411-cac72225a4e7")
@@ -64,9 +66,15 @@ def event(
     return Event(action, actor, 1_000.0 + n, partner=partner, object_id=object_id, owner=owner)
 
 
+@pytest.fixture(params=STORES)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Builds (unopened) stores over the same storage (another process: the CLI)."""
+    return store_factory(request, tmp_path)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "exchange.sqlite3")
+async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
+    s = make_store()
     await s.open()
     await s.add_partner(NGO, new_token_credential(NGO.partner_id, now=1.0)[0])
     await s.add_partner(PLATFORM, new_token_credential(PLATFORM.partner_id, now=2.0)[0])
@@ -76,14 +84,14 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
         await s.close()
 
 
-async def all_entries(store: SqliteStore) -> list[Event]:
+async def all_entries(store: Store) -> list[Event]:
     return [e.event for e in await store.audit_entries(AuditQuery(limit=10_000))]
 
 
 # -- appending ----------------------------------------------------------------------------
 
 
-async def test_each_entry_commits_to_the_one_before(store: SqliteStore) -> None:
+async def test_each_entry_commits_to_the_one_before(store: Store) -> None:
     assert await store.audit_size() == 0
     first = await store.append_audit([event(0), event(1, object_id="indicator--x")])
     second = await store.append_audit([event(2)])
@@ -107,9 +115,9 @@ async def test_each_entry_commits_to_the_one_before(store: SqliteStore) -> None:
     assert await store.audit_leaf_hashes(0, 2) == [e.leaf_hash for e in entries[:2]]
 
 
-async def test_two_processes_append_to_one_chain(store: SqliteStore, tmp_path: Path) -> None:
-    # The CLI on the data directory appends while the server runs.
-    cli = SqliteStore(store.path)
+async def test_two_processes_append_to_one_chain(store: Store, make_store: StoreFactory) -> None:
+    # The CLI on the data directory (or the database) appends while the server runs.
+    cli = make_store()
     await cli.open()
     try:
         for n in range(0, 20, 2):
@@ -123,7 +131,7 @@ async def test_two_processes_append_to_one_chain(store: SqliteStore, tmp_path: P
     assert report.entries_checked == 20
 
 
-async def test_queries_filter_and_page(store: SqliteStore) -> None:
+async def test_queries_filter_and_page(store: Store) -> None:
     await store.append_audit(
         [
             event(0, Action.SUBMIT, "ngo-1", object_id="indicator--a", owner="ngo-1"),
@@ -157,7 +165,7 @@ async def test_queries_filter_and_page(store: SqliteStore) -> None:
     assert await indexes(AuditQuery(partner="plat-1"), only_of="ngo-1") == [1]
 
 
-async def test_the_mirror_position(store: SqliteStore) -> None:
+async def test_the_mirror_position(store: Store) -> None:
     assert await store.audit_mirror_position() == 0
     await store.set_audit_mirror_position(42)
     assert await store.audit_mirror_position() == 42
@@ -167,7 +175,7 @@ async def test_the_mirror_position(store: SqliteStore) -> None:
 
 
 async def test_every_object_of_a_bundle_gets_a_submit_entry_in_bundle_order(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     held, revoked = indicator(1), indicator(2, revoked=True)
     await store.commit_objects(NGO, [(held, green()), (revoked, green())], 5.0, policy.widen)
@@ -234,7 +242,7 @@ async def test_every_object_of_a_bundle_gets_a_submit_entry_in_bundle_order(
     assert receipt == (entries[2].index, entries[2].leaf_hash, entries[2].data)
 
 
-async def test_a_bundle_of_rejections_only_is_recorded(store: SqliteStore) -> None:
+async def test_a_bundle_of_rejections_only_is_recorded(store: Store) -> None:
     bad = Rejection("indicator--bad", "pattern", "a STIX pattern", 0)
     assert await store.commit_objects(NGO, [], 3.0, policy.widen, rejected=[bad]) == []
     [entry] = await store.audit_entries(AuditQuery())
@@ -243,7 +251,47 @@ async def test_a_bundle_of_rejections_only_is_recorded(store: SqliteStore) -> No
     assert await store.audit_size() == 1
 
 
-async def test_a_failed_commit_writes_neither_objects_nor_entries(store: SqliteStore) -> None:
+@contextlib.asynccontextmanager
+async def audit_inserts_fail(
+    store: Store, request: pytest.FixtureRequest
+) -> AsyncIterator[type[Exception]]:
+    """While open, every insert into the audit table fails with "disk full" (a trigger,
+    written by another connection); yields the error the store lets through."""
+    if isinstance(store, SqliteStore):
+        conn = sqlite3.connect(store.path)
+        conn.execute(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON audit"
+            " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+        conn.commit()
+        try:
+            yield sqlite3.IntegrityError
+        finally:
+            conn.execute("DROP TRIGGER no_audit")
+            conn.commit()
+            conn.close()
+        return
+    import asyncpg  # noqa: PLC0415 (PostgreSQL only)
+
+    pg = await asyncpg.connect(request.getfixturevalue("postgres_url"))
+    try:
+        await pg.execute(
+            "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;"
+            " CREATE TRIGGER no_audit BEFORE INSERT ON audit"
+            " FOR EACH ROW EXECUTE FUNCTION no_audit()"
+        )
+        try:
+            yield asyncpg.RaiseError
+        finally:
+            await pg.execute("DROP TRIGGER no_audit ON audit; DROP FUNCTION no_audit()")
+    finally:
+        await pg.close()
+
+
+async def test_a_failed_commit_writes_neither_objects_nor_entries(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
     await store.commit_objects(NGO, [(indicator(1), green())], 1.0, policy.widen)
     size = await store.audit_size()
 
@@ -258,18 +306,14 @@ async def test_a_failed_commit_writes_neither_objects_nor_entries(store: SqliteS
     assert await store.audit_size() == size
 
     # The audit entries fail (after the objects and outbox rows were inserted).
-    conn = sqlite3.connect(store.path)
-    conn.execute(
-        "CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
-    conn.commit()
-    with pytest.raises(sqlite3.IntegrityError, match="disk full"):
-        await store.commit_objects(NGO, [(indicator(3), green())], 3.0, policy.widen)
-    assert await store.get_object(indicator(3).object_id) is None
-    assert [p.obj.object_id for p in await store.pending_outbox(10)] == [indicator(1).object_id]
-    conn.execute("DROP TRIGGER no_audit")
-    conn.commit()
-    conn.close()
+    async with audit_inserts_fail(store, request) as failure:
+        with pytest.raises(failure, match="disk full"):
+            await store.commit_objects(NGO, [(indicator(3), green())], 3.0, policy.widen)
+        assert await store.get_object(indicator(3).object_id) is None
+        assert [p.obj.object_id for p in await store.pending_outbox(10)] == [indicator(1).object_id]
+        # ...and so does an append alone, leaving the chain as it was.
+        with pytest.raises(failure, match="disk full"):
+            await store.append_audit([event(0)])
     assert await store.audit_size() == size
     assert (await verify_log(store, None)).intact
 
@@ -277,7 +321,7 @@ async def test_a_failed_commit_writes_neither_objects_nor_entries(store: SqliteS
 # -- checkpoints and proofs ---------------------------------------------------------------
 
 
-async def test_checkpoints_are_kept_once_per_size(store: SqliteStore) -> None:
+async def test_checkpoints_are_kept_once_per_size(store: Store) -> None:
     assert await store.latest_checkpoint() is None
     assert await store.checkpoints() == []
     a, b = SignedCheckpoint(5, b"note 5", b"sig 5"), SignedCheckpoint(2, b"note 2", b"sig 2")
@@ -288,7 +332,7 @@ async def test_checkpoints_are_kept_once_per_size(store: SqliteStore) -> None:
     assert await store.latest_checkpoint() == a
 
 
-async def test_a_checkpoint_is_signed_when_the_log_has_grown(store: SqliteStore) -> None:
+async def test_a_checkpoint_is_signed_when_the_log_has_grown(store: Store) -> None:
     signer = Signer.generate()
     log = AuditLog(store, signer, ORIGIN)
     empty = await log.checkpoint()
@@ -316,7 +360,7 @@ async def test_a_checkpoint_is_signed_when_the_log_has_grown(store: SqliteStore)
         await reader.checkpoint()
 
 
-async def test_proofs_are_rfc9162_and_verify(store: SqliteStore) -> None:
+async def test_proofs_are_rfc9162_and_verify(store: Store) -> None:
     signer = Signer.generate()
     log = AuditLog(store, signer, ORIGIN)
     leaves: list[bytes] = []
@@ -368,9 +412,7 @@ async def test_proofs_are_rfc9162_and_verify(store: SqliteStore) -> None:
         (lambda log: log.root(6), r"no tree of 6 entries"),
     ],
 )
-async def test_impossible_proofs_are_refused(
-    store: SqliteStore, call: object, message: str
-) -> None:
+async def test_impossible_proofs_are_refused(store: Store, call: object, message: str) -> None:
     await store.append_audit([event(n) for n in range(5)])
     log = AuditLog(store, None, ORIGIN)
     assert callable(call)
@@ -378,11 +420,13 @@ async def test_impossible_proofs_are_refused(
         await call(log)
 
 
-async def test_the_log_catches_up_with_appends_by_others(store: SqliteStore) -> None:
+async def test_the_log_catches_up_with_appends_by_others(
+    store: Store, make_store: StoreFactory
+) -> None:
     log = AuditLog(store, Signer.generate(), ORIGIN)
     leaves = [e.leaf_hash for e in await store.append_audit([event(n) for n in range(3)])]
     assert await log.root(3) == _merkle.root_hash(leaves)
-    other = SqliteStore(store.path)
+    other = make_store()
     await other.open()
     try:
         leaves += [e.leaf_hash for e in await other.append_audit([event(3), event(4)])]

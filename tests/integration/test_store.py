@@ -1,5 +1,7 @@
-"""The SQLite store on a real database file: the registry (partners, communities,
-credentials), integrity rules, audiences and the outbox."""
+"""Both stores, on a real SQLite file and a real PostgreSQL database: the registry
+(partners, communities, credentials), integrity rules, audiences and the outbox.
+PostgreSQL-only behaviour (concurrency, leases, an unreachable database) is in
+test_store_postgres.py."""
 
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ from exchange.model import (
     Tlp,
     ValidObject,
 )
-from exchange.store import CommitOutcome, Committed
-from exchange.store.sqlite import SqliteStore
+from exchange.store import CommitOutcome, Committed, Store
+from tests.postgres import STORES, StoreFactory, store_factory
 
 GULF = Community("gulf-ngos", "NGOs around the Gulf")
 NGO = Partner(
@@ -89,7 +91,7 @@ def audience(
 
 
 async def commit(
-    store: SqliteStore, submitter: Partner, *objects: ValidObject | tuple[ValidObject, Audience]
+    store: Store, submitter: Partner, *objects: ValidObject | tuple[ValidObject, Audience]
 ) -> list[Committed]:
     """Commit ``objects``, each with the audience its TLP alone gives unless paired with one."""
     pairs = [o if isinstance(o, tuple) else (o, audience(o.tlp, submitter)) for o in objects]
@@ -117,9 +119,15 @@ def certificate(partner_id: str, der: bytes = b"a DER certificate", at: float = 
     )
 
 
+@pytest.fixture(params=STORES)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
+    """Builds (unopened) stores over the same storage (another process, a restart)."""
+    return store_factory(request, tmp_path)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "exchange.sqlite3")
+async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
+    s = make_store()
     await s.open()
     await s.add_community(GULF)
     await s.add_partner(NGO, NGO_TOKEN)
@@ -131,7 +139,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 # -- objects --------------------------------------------------------------------------
 
 
-async def test_versions_duplicates_and_creators(store: SqliteStore) -> None:
+async def test_versions_duplicates_and_creators(store: Store) -> None:
     first = obj()
     assert outcomes(await commit(store, NGO, first, first)) == [
         CommitOutcome.INSERTED,
@@ -148,21 +156,21 @@ async def test_versions_duplicates_and_creators(store: SqliteStore) -> None:
     assert await commit(store, PLATFORM, hijack) == [Committed(CommitOutcome.NOT_CREATOR)]
 
 
-async def test_revoked_objects_get_no_new_version(store: SqliteStore) -> None:
+async def test_revoked_objects_get_no_new_version(store: Store) -> None:
     await commit(store, NGO, obj(version="2026-02-01T00:00:00.000Z", revoked=True))
     assert outcomes(await commit(store, NGO, obj(version="2026-03-01T00:00:00.000Z"))) == [
         CommitOutcome.REVOKED
     ]
 
 
-async def test_a_partners_identity_object_belongs_to_it(store: SqliteStore) -> None:
+async def test_a_partners_identity_object_belongs_to_it(store: Store) -> None:
     forged = obj(oid=NGO.identity_id, creator=PLATFORM.identity_id)
     assert outcomes(await commit(store, PLATFORM, forged)) == [CommitOutcome.NOT_CREATOR]
     own = obj(oid=NGO.identity_id)
     assert outcomes(await commit(store, NGO, own)) == [CommitOutcome.INSERTED]
 
 
-async def test_outbox_holds_what_was_not_published(store: SqliteStore, tmp_path: Path) -> None:
+async def test_outbox_holds_what_was_not_published(store: Store, make_store: StoreFactory) -> None:
     a, b = obj(), obj(oid=OTHER_INDICATOR, tlp=Tlp.AMBER)
     asked_b = audience(Tlp.AMBER, communities=[GULF.name], excluded=[PartnerKind.GOVERNMENT])
     await commit(store, NGO, a, (b, asked_b))
@@ -175,8 +183,8 @@ async def test_outbox_holds_what_was_not_published(store: SqliteStore, tmp_path:
     assert [p.obj.object_id for p in await store.pending_outbox(10)] == [b.object_id]
     assert await store.relay_positions(["green", "clear"]) == {("green", 0): 5}
 
-    # A second store on the same file (a restart) sees the same outbox.
-    again = SqliteStore(tmp_path / "exchange.sqlite3")
+    # A second store on the same file or database (a restart) sees the same outbox.
+    again = make_store()
     await again.open()
     try:
         assert await again.pending_outbox(10) == [pending[1]]
@@ -184,7 +192,7 @@ async def test_outbox_holds_what_was_not_published(store: SqliteStore, tmp_path:
         await again.close()
 
 
-async def test_a_new_version_widens_the_held_audience(store: SqliteStore) -> None:
+async def test_a_new_version_widens_the_held_audience(store: Store) -> None:
     amber = audience(Tlp.AMBER, communities=[GULF.name], excluded=[PartnerKind.TECH])
     red = audience(Tlp.RED, recipients=[PLATFORM.partner_id])
     widened = audience(Tlp.AMBER, communities=[GULF.name], recipients=[PLATFORM.partner_id])
@@ -212,7 +220,7 @@ async def test_a_new_version_widens_the_held_audience(store: SqliteStore) -> Non
     assert [p.audience for p in stored] == [c.audience for c in committed if c.audience]
 
 
-async def test_widen_starts_from_the_latest_accepted_version(store: SqliteStore) -> None:
+async def test_widen_starts_from_the_latest_accepted_version(store: Store) -> None:
     seen: list[tuple[Audience, Audience]] = []
 
     def widen(held: Audience, asked: Audience) -> Audience:
@@ -233,7 +241,7 @@ async def test_widen_starts_from_the_latest_accepted_version(store: SqliteStore)
     assert latest is not None and latest.obj == later and latest.audience == a
 
 
-async def test_get_object_by_version_or_latest(store: SqliteStore) -> None:
+async def test_get_object_by_version_or_latest(store: Store) -> None:
     v1, v2 = obj(), obj(version="2026-02-01T00:00:00.5Z")
     await commit(store, NGO, v2, v1)
     latest = await store.get_object(INDICATOR)
@@ -248,7 +256,7 @@ async def test_get_object_by_version_or_latest(store: SqliteStore) -> None:
     assert await store.get_object(OTHER_INDICATOR) is None
 
 
-async def test_submitters_of(store: SqliteStore) -> None:
+async def test_submitters_of(store: Store) -> None:
     theirs = obj(OTHER_INDICATOR, creator=PLATFORM.identity_id)
     await commit(store, NGO, obj(), obj(version="2026-02-01T00:00:00.000Z"))
     await commit(store, PLATFORM, theirs)
@@ -262,7 +270,7 @@ async def test_submitters_of(store: SqliteStore) -> None:
 # -- partners ---------------------------------------------------------------------------
 
 
-async def test_partners_round_trip(store: SqliteStore) -> None:
+async def test_partners_round_trip(store: Store) -> None:
     assert await store.get_partner(NGO.partner_id) == NGO
     assert await store.get_partner(PLATFORM.partner_id) == PLATFORM
     assert await store.get_partner("nobody") is None
@@ -285,7 +293,7 @@ async def test_partners_round_trip(store: SqliteStore) -> None:
         await store.update_partner(Partner("nobody", "Nobody", "identity--x"))
 
 
-async def test_adding_a_partner_checks_what_it_names(store: SqliteStore) -> None:
+async def test_adding_a_partner_checks_what_it_names(store: Store) -> None:
     token, _ = new_token_credential("other")
     with pytest.raises(AlreadyExists, match="STIX identity already registered"):
         await store.add_partner(Partner("other", "Other", NGO.identity_id), token)
@@ -315,7 +323,7 @@ async def test_adding_a_partner_checks_what_it_names(store: SqliteStore) -> None
 # -- communities --------------------------------------------------------------------------
 
 
-async def test_communities_and_memberships(store: SqliteStore) -> None:
+async def test_communities_and_memberships(store: Store) -> None:
     with pytest.raises(AlreadyExists, match="community gulf-ngos already exists"):
         await store.add_community(Community(GULF.name, "again"))
     await store.add_community(Community("alpha", "first by name", (PLATFORM.partner_id,)))
@@ -346,10 +354,23 @@ async def test_communities_and_memberships(store: SqliteStore) -> None:
     assert [c.name for c in await store.list_communities()] == ["alpha", GULF.name]
 
 
+async def test_communities_are_listed_by_name_byte_by_byte(store: Store) -> None:
+    """Whatever the database's locale: capitals before lower case, "-" before letters."""
+    for name in ("alpha", "Beta", "gulf", "al-pha"):
+        await store.add_community(Community(name))
+    assert [c.name for c in await store.list_communities()] == [
+        "Beta",
+        "al-pha",
+        "alpha",
+        "gulf",
+        GULF.name,
+    ]
+
+
 # -- credentials ----------------------------------------------------------------------------
 
 
-async def test_credentials_look_up_whatever_their_state(store: SqliteStore) -> None:
+async def test_credentials_look_up_whatever_their_state(store: Store) -> None:
     found = await store.credential(CredentialKind.TOKEN, NGO_TOKEN.digest)
     assert found == (NGO_TOKEN, NGO)
     assert await store.credential(CredentialKind.TOKEN, b"x" * 32) is None
@@ -373,7 +394,7 @@ async def test_credentials_look_up_whatever_their_state(store: SqliteStore) -> N
     assert await store.list_credentials(NGO.partner_id) == [revoked, cert]
 
 
-async def test_credential_errors(store: SqliteStore) -> None:
+async def test_credential_errors(store: Store) -> None:
     with pytest.raises(NotFound, match="unknown partner nobody"):
         await store.add_credential(certificate("nobody"))
     cert = certificate(NGO.partner_id)
@@ -396,7 +417,7 @@ async def test_credential_errors(store: SqliteStore) -> None:
     assert found is not None and found[0].revoked_at is None
 
 
-async def test_registry_version_moves_with_every_registry_change(store: SqliteStore) -> None:
+async def test_registry_version_moves_with_every_registry_change(store: Store) -> None:
     versions = [await store.registry_version()]
 
     async def moved() -> bool:
@@ -435,10 +456,10 @@ async def test_registry_version_moves_with_every_registry_change(store: SqliteSt
 
 
 async def test_registry_changes_are_seen_by_another_store(
-    store: SqliteStore, tmp_path: Path
+    store: Store, make_store: StoreFactory
 ) -> None:
     """The CLI changes the registry on the same file while the server runs."""
-    other = SqliteStore(tmp_path / "exchange.sqlite3")
+    other = make_store()
     await other.open()
     try:
         before = await store.registry_version()
@@ -448,3 +469,53 @@ async def test_registry_changes_are_seen_by_another_store(
         assert found is not None and found[0].revoked_at == 9.0
     finally:
         await other.close()
+
+
+# -- operations -----------------------------------------------------------------------------
+
+
+async def test_health_leases_and_migrations_of_an_open_store(
+    store: Store, make_store: StoreFactory
+) -> None:
+    await store.ping()
+    # One process alone holds every lease, and keeps it.
+    assert await store.hold_lease("relay")
+    assert await store.hold_lease("relay")
+    # Migrating a current store (`exchange db migrate` while it runs) changes nothing.
+    migrating = make_store()
+    found, now = await migrating.migrate()
+    await migrating.close()
+    assert found == now
+
+
+async def test_the_audit_key_recorded_first_stays(store: Store, make_store: StoreFactory) -> None:
+    assert await store.audit_public_key(b"first key") == b"first key"
+    other = make_store()
+    await other.open()
+    try:
+        assert await other.audit_public_key(b"second key") == b"first key"
+    finally:
+        await other.close()
+    assert await store.audit_public_key(b"third key") == b"first key"
+
+
+async def test_rows_another_process_published_are_no_error(
+    store: Store, make_store: StoreFactory
+) -> None:
+    await commit(store, NGO, obj(), obj(OTHER_INDICATOR))
+    seqs = [p.seq for p in await store.pending_outbox(10)]
+    other = make_store()
+    await other.open()
+    try:
+        await other.mark_published(seqs, {("green", 0): 2, ("green", 1): 7})
+        # The same rows again (a relay that lost its lease mid-batch), further behind.
+        await store.mark_published(seqs, {("green", 0): 1, ("clear", 0): 4})
+    finally:
+        await other.close()
+    assert await store.pending_outbox(10) == []
+    assert await store.relay_positions(["green", "clear", "amber"]) == {
+        ("green", 0): 2,
+        ("green", 1): 7,
+        ("clear", 0): 4,
+    }
+    assert await store.relay_positions([]) == {}

@@ -129,7 +129,8 @@ class AsyncSubscription:
             await self._sleep(delay)
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
         return not self._closed
 
     async def _next(self) -> Delivery | None:

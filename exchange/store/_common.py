@@ -1,0 +1,187 @@
+"""What both stores decide the same way, whatever the database: which objects of a
+bundle are stored (creator, duplicate, revoked), the SUBMIT entries of a bundle in
+bundle order, how audit entries chain, and the words of their errors.
+
+Pure functions and plain objects: each store reads what they need and writes what
+they return inside its own transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from exchange_client._merkle import leaf_hash
+
+from exchange.audit.entries import AuditEntry, Event, submitted
+from exchange.model import Audience, ObjectOutcome, Receipt, Rejection, ValidObject
+from exchange.store import CommitOutcome, Committed, refusal
+
+__all__ = [
+    "NO_PREVIOUS",
+    "Held",
+    "audit_row",
+    "bundle_submits",
+    "chain",
+    "community_missing",
+    "credential_bound",
+    "credential_id_taken",
+    "newer_schema",
+    "not_a_member",
+    "submit_event",
+    "unknown_partner",
+    "with_receipts",
+]
+
+# The previous leaf hash of the first entry.
+NO_PREVIOUS = bytes(32)
+
+
+class Held:
+    """What the store holds of one object id: its creator, its version keys, whether
+    it was revoked, and the audience of its latest version (by acceptance)."""
+
+    __slots__ = ("audience", "creator", "keys", "revoked")
+
+    def __init__(self) -> None:
+        self.creator: str | None = None
+        self.keys: set[str] = set()
+        self.revoked = False
+        # The audience of the latest version (by acceptance), None if none is held.
+        self.audience: Audience | None = None
+
+    def refuses(self, obj: ValidObject, key: str) -> CommitOutcome | None:
+        """Why ``obj`` (version key ``key``) is not stored, or None: store it."""
+        if self.creator is not None and self.creator != obj.created_by_ref:
+            return CommitOutcome.NOT_CREATOR
+        if key in self.keys:
+            return CommitOutcome.DUPLICATE
+        if self.revoked:
+            return CommitOutcome.REVOKED
+        return None
+
+    def add(self, obj: ValidObject, key: str, audience: Audience) -> None:
+        """``obj`` was stored (in this transaction) with ``audience``."""
+        self.creator = obj.created_by_ref
+        self.keys.add(key)
+        self.revoked = self.revoked or obj.revoked
+        self.audience = audience
+
+
+def submit_event(submitter_id: str, obj: ValidObject, outcome: CommitOutcome, at: float) -> Event:
+    """The SUBMIT entry of an object the store took (or found held, or refused)."""
+    if outcome is CommitOutcome.INSERTED:
+        return submitted(submitter_id, obj, ObjectOutcome.ACCEPTED, at)
+    if outcome is CommitOutcome.DUPLICATE:
+        return submitted(submitter_id, obj, ObjectOutcome.DUPLICATE, at)
+    return submitted(submitter_id, refusal(obj, outcome), ObjectOutcome.REJECTED, at)
+
+
+def bundle_submits(
+    submitter_id: str,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    results: Sequence[Committed],
+    rejected: Sequence[Rejection],
+    at: float,
+) -> list[tuple[int, Event]]:
+    """One SUBMIT entry per object of the bundle, in bundle order: the objects the
+    store took or refused, and those refused before it. Each with its position in
+    ``objects``, or -1 for one of ``rejected``."""
+    # (bundle index, position, event); sorted stably, so with equal bundle indexes
+    # the objects come first, in their order.
+    submits = [
+        (obj.index, i, submit_event(submitter_id, obj, done.outcome, at))
+        for i, ((obj, _), done) in enumerate(zip(objects, results, strict=True))
+    ]
+    submits += [
+        (r.index, -1, submitted(submitter_id, r, ObjectOutcome.REJECTED, at)) for r in rejected
+    ]
+    submits.sort(key=lambda s: s[0])
+    return [(i, event) for _, i, event in submits]
+
+
+def with_receipts(
+    results: Sequence[Committed],
+    submits: Sequence[tuple[int, Event]],
+    entries: Sequence[AuditEntry],
+) -> list[Committed]:
+    """``results`` with the receipt of each inserted object's SUBMIT entry
+    (``entries`` are ``submits`` as appended)."""
+    out = list(results)
+    for (i, _), entry in zip(submits, entries, strict=True):
+        if i >= 0 and out[i].outcome is CommitOutcome.INSERTED:
+            out[i] = out[i]._replace(receipt=Receipt(entry.index, entry.leaf_hash, entry.data))
+    return out
+
+
+def chain(events: Iterable[Event], index: int, previous: bytes) -> list[AuditEntry]:
+    """``events`` as entries from ``index`` on, after the entry whose leaf hash is
+    ``previous``: each one's canonical bytes commit to the one before."""
+    entries: list[AuditEntry] = []
+    for event in events:
+        data = event.encode(index, previous)
+        leaf = leaf_hash(data)
+        entries.append(AuditEntry(index, event, data, leaf))
+        index, previous = index + 1, leaf
+    return entries
+
+
+def audit_row(
+    entry: AuditEntry,
+) -> tuple[int, float, str, str, str, str, str, bytes, bytes]:
+    """The audit table's columns of ``entry``: idx, at, action, actor, partner,
+    object_id, owner, data, leaf_hash."""
+    event = entry.event
+    return (
+        entry.index,
+        round(event.at, 6),  # as in the canonical bytes
+        event.action.value,
+        event.actor,
+        event.partner,
+        event.object_id,
+        event.owner,
+        entry.data,
+        entry.leaf_hash,
+    )
+
+
+# -- the words of errors --------------------------------------------------------------------
+
+
+def unknown_partner(partner_id: str) -> str:
+    return f"unknown partner {partner_id}; name a registered partner by its partner id"
+
+
+def community_missing(missing: Sequence[str]) -> str:
+    plural = len(missing) > 1
+    return (
+        f"unknown communit{'ies' if plural else 'y'} {', '.join(missing)}; create"
+        f" {'them' if plural else 'it'} first, or name an existing community"
+    )
+
+
+def not_a_member(name: str, partner_id: str) -> str:
+    return (
+        f"partner {partner_id} is not a member of community {name}; list the"
+        " communities to see their members"
+    )
+
+
+def credential_id_taken(credential_id: str, holder: str) -> str:
+    return (
+        f"credential id {credential_id} is already taken (partner {holder}); give the new"
+        " credential another id"
+    )
+
+
+def credential_bound(kind: str, holder: str, credential_id: str) -> str:
+    return (
+        f"this {kind} is already bound to partner {holder} (credential {credential_id}); a"
+        f" {kind} belongs to one partner only: revoke that credential first, or use another one"
+    )
+
+
+def newer_schema(found: int, known: int) -> str:
+    return (
+        f"the database has schema version {found}, written by a newer release of the"
+        f" exchange; this release knows versions up to {known}: upgrade the exchange to open it"
+    )

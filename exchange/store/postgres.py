@@ -1,0 +1,1339 @@
+"""The PostgreSQL store: one database shared by every server process (replicas)
+and the ``exchange`` CLI, through a pool of asyncpg connections per process.
+
+It behaves as ``sqlite.SqliteStore`` does (same errors, same messages, same
+orders); what differs is how writers that run in several processes at once are
+kept from stepping on each other:
+
+- The audit log is one hash chain. Every transaction that appends entries
+  (``commit_objects``, ``append_audit``) first locks the chain head, the one row
+  of ``audit_head`` (``SELECT ... FOR UPDATE``), reads the last index and leaf
+  hash there, hashes its entries after them and moves the head, all before it
+  commits. Appenders therefore take turns, whichever process they run in: no
+  fork and no gap in the chain.
+- ``commit_objects`` takes that lock at the start of its transaction, before its
+  checks and inserts: see ``_lock_audit_head`` for why object sequence numbers
+  depend on it.
+- A lease (``hold_lease``) is a session advisory lock, held by a connection kept
+  outside the pool for that purpose: PostgreSQL releases it when the process
+  exits or the connection is lost, and another process can then take it.
+- Schema migrations run in one transaction under a transaction advisory lock, so
+  that replicas starting together migrate once.
+
+Every call waits at most ``timeout_s`` to connect, to get a connection from the
+pool and for each statement, and reports an unreachable database as
+``Unavailable`` (without the password of the URL); the pool reconnects when the
+database is back, with no need to open the store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn, TypeVar
+
+import asyncpg
+
+from exchange.audit.entries import AuditEntry, AuditQuery, Event
+from exchange.bus import TopicPartition
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from exchange.model import (
+    Audience,
+    Community,
+    Credential,
+    CredentialKind,
+    Partner,
+    PartnerKind,
+    Rejection,
+    Role,
+    StoredObject,
+    Tlp,
+    ValidObject,
+    version_key,
+)
+from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint
+from exchange.store._common import (
+    NO_PREVIOUS,
+    Held,
+    audit_row,
+    bundle_submits,
+    chain,
+    community_missing,
+    credential_bound,
+    credential_id_taken,
+    newer_schema,
+    not_a_member,
+    unknown_partner,
+    with_receipts,
+)
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "PostgresStore"]
+
+# On the connection that holds the leases: if its process's host vanishes (no FIN, no
+# RST), the database drops the connection, and with it the leases, after about 25 s
+# instead of the operating system's default of hours; another replica then relays.
+_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# -- schema migrations -------------------------------------------------------------------
+
+# Version 1: the end state of the SQLite schema's versions 1 to 4, in PostgreSQL's
+# types. Text that is sorted is compared byte by byte (COLLATE "C"), as SQLite does,
+# whatever the database's locale. ``added`` keeps the order of registration among
+# rows created in the same instant (SQLite's rowid).
+SCHEMA_V1 = """
+CREATE TABLE partners (
+    partner_id   text PRIMARY KEY,
+    name         text NOT NULL,
+    identity_id  text NOT NULL UNIQUE,
+    kind         text NOT NULL,
+    sectors      text[] NOT NULL,
+    roles        text[] NOT NULL,
+    default_tlp  text NOT NULL,
+    disabled     boolean NOT NULL,
+    created_at   double precision NOT NULL,
+    added        bigint GENERATED ALWAYS AS IDENTITY
+);
+CREATE TABLE communities (
+    name        text COLLATE "C" PRIMARY KEY,
+    description text NOT NULL,
+    created_at  double precision NOT NULL
+);
+CREATE TABLE memberships (
+    community  text COLLATE "C" NOT NULL REFERENCES communities(name),
+    partner_id text NOT NULL REFERENCES partners(partner_id),
+    PRIMARY KEY (community, partner_id)
+);
+CREATE INDEX memberships_by_partner ON memberships (partner_id);
+CREATE TABLE credentials (
+    credential_id text PRIMARY KEY,
+    partner_id    text NOT NULL REFERENCES partners(partner_id),
+    kind          text NOT NULL CHECK (kind IN ('token', 'certificate')),
+    digest        bytea NOT NULL,
+    created_at    double precision NOT NULL,
+    expires_at    double precision,
+    revoked_at    double precision,
+    added         bigint GENERATED ALWAYS AS IDENTITY,
+    UNIQUE (kind, digest)
+);
+CREATE INDEX credentials_by_partner ON credentials (partner_id);
+-- Moves with every change to partners, communities, memberships or credentials.
+CREATE TABLE registry_state (
+    id      integer PRIMARY KEY CHECK (id = 1),
+    version bigint NOT NULL
+);
+INSERT INTO registry_state VALUES (1, 0);
+
+-- Every accepted object version, with who it is for (Audience.to_json).
+CREATE TABLE objects (
+    seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    object_id      text NOT NULL,
+    version        text NOT NULL,
+    version_key    text COLLATE "C" NOT NULL,
+    object_type    text NOT NULL,
+    created_by_ref text NOT NULL,
+    submitter      text NOT NULL REFERENCES partners(partner_id),
+    tlp            text NOT NULL,
+    labels         text[] NOT NULL,
+    revoked        boolean NOT NULL,
+    spec_version   text NOT NULL,
+    accepted_at    double precision NOT NULL,
+    body           bytea NOT NULL,
+    audience       jsonb NOT NULL,
+    UNIQUE (object_id, version_key)
+);
+-- A row here means: accepted, not yet published to the bus.
+CREATE TABLE outbox (
+    seq bigint PRIMARY KEY REFERENCES objects(seq)
+);
+-- Where the relay's last publish landed, per topic-partition: "now" for subscribers.
+CREATE TABLE relay_positions (
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    next_offset bigint NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+
+-- The audit log: each entry's canonical bytes (which commit to the previous entry's
+-- leaf hash) and leaf hash, with copies of the fields that queries filter on.
+CREATE TABLE audit (
+    idx       bigint PRIMARY KEY,
+    at        double precision NOT NULL,
+    action    text NOT NULL,
+    actor     text NOT NULL,
+    partner   text NOT NULL,
+    object_id text NOT NULL,
+    owner     text NOT NULL,
+    data      bytea NOT NULL,
+    leaf_hash bytea NOT NULL
+);
+CREATE INDEX audit_by_object ON audit (object_id);
+CREATE INDEX audit_by_actor ON audit (actor);
+CREATE INDEX audit_by_owner ON audit (owner);
+-- Most entries concern no other partner: only those that do are indexed.
+CREATE INDEX audit_by_partner ON audit (partner) WHERE partner <> '';
+CREATE INDEX audit_by_action ON audit (action, at);
+-- The head of the chain: how many entries the log holds and the last one's leaf
+-- hash. Appenders lock this row first, so that they take turns (see the module).
+CREATE TABLE audit_head (
+    id        integer PRIMARY KEY CHECK (id = 1),
+    size      bigint NOT NULL,
+    leaf_hash bytea NOT NULL
+);
+INSERT INTO audit_head VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+CREATE TABLE audit_checkpoints (
+    tree_size bigint PRIMARY KEY,
+    note      bytea NOT NULL,
+    signature bytea NOT NULL
+);
+-- The next audit index to mirror to the bus.
+CREATE TABLE audit_mirror (
+    id         integer PRIMARY KEY CHECK (id = 1),
+    next_index bigint NOT NULL
+);
+INSERT INTO audit_mirror VALUES (1, 0);
+-- The public key that signs the log's checkpoints, recorded at the first start.
+CREATE TABLE audit_key (
+    id         integer PRIMARY KEY CHECK (id = 1),
+    public_key bytea NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema: it brings a database at ``version - 1`` to ``version``.
+    To change the schema, append a step; never edit one that has shipped."""
+
+    version: int
+    summary: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "partners, communities, credentials, objects with their audiences, outbox, relay"
+        " positions, registry version; the audit log, its head, checkpoints, bus mirror"
+        " position and signing key",
+        SCHEMA_V1,
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
+
+# Which steps a database has, one row per step applied.
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    integer PRIMARY KEY,
+    summary    text NOT NULL,
+    applied_at double precision NOT NULL
+)
+"""
+
+# The transaction advisory lock that migrations hold: "exchange" in ASCII, as a bigint.
+_MIGRATION_LOCK = int.from_bytes(b"exchange", "big")
+# Leases are session advisory locks in the two-int space: (_LEASE_CLASS, key of the
+# job). _LEASE_CLASS ("xlse" in ASCII) sets them apart from other applications' locks;
+# the key is the first 4 bytes of SHA-256 of the job name, as a signed int, so that
+# every process (and every release) derives the same lock from the same job.
+_LEASE_CLASS = int.from_bytes(b"xlse", "big")
+
+
+def lease_key(job: str) -> int:
+    """The advisory lock key (with ``_LEASE_CLASS``) of the lease on ``job``."""
+    return int.from_bytes(hashlib.sha256(job.encode()).digest()[:4], "big", signed=True)
+
+
+async def _migrate(conn: Any) -> tuple[int, int]:
+    """Bring the database on ``conn`` to ``SCHEMA_VERSION`` in one transaction.
+    Returns (version found, version now); Unavailable if a newer release wrote it."""
+    async with conn.transaction():
+        # Replicas that start together queue here: the first migrates, the others
+        # then find the current version. Held until this transaction ends.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(_VERSION_TABLE)
+        found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+        if found > SCHEMA_VERSION:
+            raise Unavailable(newer_schema(found, SCHEMA_VERSION))
+        for step in MIGRATIONS[found:]:
+            await conn.execute(step.sql)
+            await conn.execute(
+                "INSERT INTO schema_version (version, summary, applied_at) VALUES ($1, $2, $3)",
+                step.version,
+                step.summary,
+                time.time(),
+            )
+    return found, SCHEMA_VERSION
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+# What an unreachable, restarting or overloaded database (or a wrong URL) raises.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,  # connect, acquire or statement took longer than timeout_s
+    asyncpg.PostgresConnectionError,  # class 08, and a connection lost mid-call
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections
+    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # 28: user, password
+    asyncpg.exceptions.InvalidCatalogNameError,  # 3D000: no such database
+    asyncpg.InterfaceError,  # the connection or pool is closed
+    asyncpg.exceptions.InternalClientError,  # a connection the database closed under it
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    # DataError is an InterfaceError too, but it means a bad argument: a bug.
+    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, asyncpg.DataError)
+
+
+def _lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection was closed under the call (by a database
+    restart, say), rather than that the database is slow or refuses."""
+    if isinstance(exc, asyncpg.DataError):
+        return False
+    return isinstance(
+        exc,
+        asyncpg.ConnectionDoesNotExistError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.InternalClientError
+        | ConnectionError,
+    )
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password (in the user part or as a query parameter): what
+    messages and logs may show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in {"postgresql", "postgres"}:
+        # Not a URL (a "host=... password=..." string?): show nothing of it.
+        return "(not a postgresql:// URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}@{hosts}" if user else hosts
+    query = urllib.parse.urlencode(
+        [
+            (k, v)
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            if k.lower() not in {"password", "sslpassword"}
+        ]
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _secrets(url: str) -> list[str]:
+    """The passwords ``url`` holds, as written and decoded (to scrub from messages)."""
+    found: list[str] = []
+    with contextlib.suppress(ValueError):
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        if ":" in userinfo:
+            found.append(userinfo.split(":", 1)[1])
+        found += [
+            v
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+            if k.lower() in {"password", "sslpassword"}
+        ]
+    found += [urllib.parse.unquote(s) for s in found]
+    # Longest first, so that a decoded password inside the written one goes too.
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _count(status: str) -> int:
+    """The row count of a command status ("UPDATE 1", "INSERT 0 1", "DELETE 0")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# -- rows <-> domain types -------------------------------------------------------------
+
+_PARTNER_COLUMNS = (
+    "p.partner_id, p.name, p.identity_id, p.kind, p.sectors, p.roles, p.default_tlp,"
+    " p.disabled, ARRAY(SELECT m.community FROM memberships m"
+    " WHERE m.partner_id = p.partner_id)"
+)
+_CREDENTIAL_COLUMNS = (
+    "c.credential_id, c.partner_id, c.kind, c.digest, c.created_at, c.expires_at, c.revoked_at"
+)
+_OBJECT_COLUMNS = (
+    "o.seq, o.submitter, o.accepted_at, o.object_id, o.object_type, o.version,"
+    " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience::text"
+)
+_AUDIT_COLUMNS = "idx, data, leaf_hash, at, action, actor, partner, object_id, owner"
+_CHECKPOINT_COLUMNS = "tree_size, note, signature"
+# Each stored version with its outbox row; executemany runs it once per version, in
+# bundle order, so that sequence numbers follow the bundle.
+_INSERT_OBJECT = """
+WITH stored AS (
+    INSERT INTO objects (object_id, version, version_key, object_type, created_by_ref,
+        submitter, tlp, labels, revoked, spec_version, accepted_at, body, audience)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb)
+    RETURNING seq
+)
+INSERT INTO outbox (seq) SELECT seq FROM stored
+"""
+
+
+def _partner(row: Sequence[Any]) -> Partner:
+    pid, name, identity, kind, sectors, roles, tlp, disabled, communities = row
+    return Partner(
+        partner_id=str(pid),
+        name=str(name),
+        identity_id=str(identity),
+        kind=PartnerKind(kind),
+        sectors=tuple(map(str, sectors)),
+        roles=frozenset(map(Role, roles)),
+        communities=frozenset(map(str, communities)),
+        default_tlp=Tlp(str(tlp)),
+        disabled=bool(disabled),
+    )
+
+
+def _credential(row: Sequence[Any]) -> Credential:
+    cid, pid, kind, digest, created_at, expires_at, revoked_at = row
+    return Credential(
+        credential_id=str(cid),
+        partner_id=str(pid),
+        kind=CredentialKind(kind),
+        digest=bytes(digest),
+        created_at=float(created_at),
+        expires_at=None if expires_at is None else float(expires_at),
+        revoked_at=None if revoked_at is None else float(revoked_at),
+    )
+
+
+def _stored(row: Sequence[Any]) -> StoredObject:
+    (
+        seq,
+        submitter,
+        accepted_at,
+        oid,
+        otype,
+        version,
+        creator,
+        tlp,
+        body,
+        labels,
+        revoked,
+        spec,
+        audience,
+    ) = row
+    return StoredObject(
+        seq=int(seq),
+        submitter=str(submitter),
+        accepted_at=float(accepted_at),
+        obj=ValidObject(
+            object_id=str(oid),
+            object_type=str(otype),
+            version=str(version),
+            created_by_ref=str(creator),
+            tlp=Tlp(str(tlp)),
+            body=bytes(body),
+            labels=tuple(map(str, labels)),
+            revoked=bool(revoked),
+            spec_version=str(spec),
+        ),
+        audience=Audience.from_json(audience),
+    )
+
+
+def _checkpoint(row: Sequence[Any]) -> SignedCheckpoint:
+    size, note, signature = row
+    return SignedCheckpoint(int(size), bytes(note), bytes(signature))
+
+
+def _audit_row(row: Sequence[Any]) -> AuditRow:
+    idx, data, leaf, at, action, actor, partner, object_id, owner = row
+    return AuditRow(
+        int(idx),
+        bytes(data),
+        bytes(leaf),
+        float(at),
+        str(action),
+        str(actor),
+        str(partner),
+        str(object_id),
+        str(owner),
+    )
+
+
+class PostgresStore:
+    """``Store`` on a PostgreSQL database (its schema created, or migrated to the
+    current version, on open). ``url``: postgresql://USER@HOST:PORT/DATABASE (the
+    password is best given as PGPASSWORD). Each process opens ``pool_size``
+    connections at most, plus one while it holds leases."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout_s: float = 10.0) -> None:
+        if pool_size < 1:
+            raise InvalidArgument("the PostgreSQL pool needs one connection or more")
+        self._url = url
+        self._where = display_url(url)
+        self._secrets = _secrets(url)
+        self._pool_size = pool_size
+        self._timeout_s = timeout_s
+        self._pool: Any = None
+        # Leases: the connection holding their advisory locks, the jobs held on it,
+        # and the jobs held on a connection since lost (each told once).
+        self._lease_conn: Any = None
+        self._leases: set[str] = set()
+        self._lost: set[str] = set()
+        self._lease_guard = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r})"
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            # No connection floor: connections open when calls need them (a floor
+            # would have asyncpg retry, and log, in the background while the
+            # database is down). The migration below opens the first one.
+            pool = await asyncpg.create_pool(
+                self._url,
+                min_size=0,
+                max_size=self._pool_size,
+                timeout=self._timeout_s,
+                command_timeout=self._timeout_s,
+                server_settings={"application_name": "exchange"},
+            )
+        except Exception as exc:
+            self._raise(exc)
+        try:
+            async with pool.acquire(timeout=self._timeout_s) as conn:
+                await self._migrate_on(conn)
+        except BaseException as exc:
+            pool.terminate()
+            self._raise(exc)
+        self._pool = pool
+
+    async def migrate(self) -> tuple[int, int]:
+        conn = await self._connect("exchange-migrate")
+        try:
+            return await self._migrate_on(conn)
+        finally:
+            await self._close_connection(conn)
+
+    async def _migrate_on(self, conn: Any) -> tuple[int, int]:
+        try:
+            return await _migrate(conn)
+        except asyncpg.PostgresError as exc:
+            if _unreachable(exc):
+                self._raise(exc)
+            error = self._error(f"cannot migrate the database {self._where}: {exc}", exc)
+            raise error from error.__cause__
+        except Exception as exc:
+            self._raise(exc)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.fetchval("SELECT 1"))
+
+    async def close(self) -> None:
+        async with self._lease_guard:
+            lease, self._lease_conn = self._lease_conn, None
+            self._leases.clear()
+            self._lost.clear()
+        if lease is not None:
+            await self._close_connection(lease)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                # Waits for connections in use to come back, then closes them.
+                async with asyncio.timeout(self._timeout_s):
+                    await pool.close()
+            except Exception:  # closing: nothing left to tell the caller
+                pool.terminate()
+
+    async def _connect(self, application: str) -> Any:
+        """One connection outside the pool (migrations, leases)."""
+        try:
+            return await asyncpg.connect(
+                self._url,
+                timeout=self._timeout_s,
+                command_timeout=self._timeout_s,
+                server_settings={"application_name": application, **_KEEPALIVES},
+            )
+        except Exception as exc:
+            self._raise(exc)
+
+    async def _close_connection(self, conn: Any) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await conn.close()
+        except Exception:  # a lost connection: nothing to close cleanly
+            conn.terminate()
+
+    # -- leases -------------------------------------------------------------------
+    async def hold_lease(self, job: str) -> bool:
+        """True while this store holds the session advisory lock of ``job`` (see
+        ``lease_key``) on its lease connection. When that connection was lost (a
+        database restart), the leases held on it are lost: the next call for each of
+        them returns False, and later calls try again on a new connection
+        (Unavailable while the database cannot be reached)."""
+        self._require_pool()
+        async with self._lease_guard:
+            conn = self._lease_conn
+            if conn is not None and not await self._alive(conn):
+                if self._leases:
+                    log.warning(
+                        "lost the lease on %s: the connection to the database closed",
+                        ", ".join(sorted(self._leases)),
+                    )
+                self._lost |= self._leases
+                self._leases.clear()
+                self._lease_conn = None
+                conn.terminate()
+            if job in self._lost:
+                self._lost.discard(job)
+                return False
+            if job in self._leases:
+                return True
+            if self._lease_conn is None:
+                self._lease_conn = await self._connect("exchange-leases")
+            try:
+                held = await self._lease_conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", _LEASE_CLASS, lease_key(job)
+                )
+            except Exception as exc:
+                self._raise(exc)
+            if held:
+                self._leases.add(job)
+            return bool(held)
+
+    async def _alive(self, conn: Any) -> bool:
+        if conn.is_closed():
+            return False
+        try:
+            await conn.fetchval("SELECT 1")
+        except Exception as exc:
+            if _unreachable(exc):
+                return False
+            raise
+        return True
+
+    # -- running statements -------------------------------------------------------
+    def _error(self, message: str, cause: BaseException) -> Unavailable:
+        """Unavailable with ``message``, chained to ``cause`` unless that would show a
+        password in a traceback."""
+        error = Unavailable(_scrub(message, self._secrets))
+        leaks = any(s in repr(cause) or s in str(cause) for s in self._secrets)
+        error.__cause__ = None if leaks else cause
+        error.__suppress_context__ = True
+        return error
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        """What to raise for ``exc``: Unavailable if the database cannot be reached."""
+        if not _unreachable(exc):
+            return exc
+        if isinstance(exc, TimeoutError):
+            why = f"no answer within {self._timeout_s:g} s"
+        else:
+            why = str(exc) or type(exc).__name__
+        return self._error(f"cannot reach the PostgreSQL database {self._where}: {why}", exc)
+
+    def _raise(self, exc: BaseException) -> NoReturn:
+        """Raise what ``exc`` means for the caller: Unavailable if the database cannot
+        be reached (chained to ``exc`` unless that would show a password), else
+        ``exc`` itself."""
+        failure = self._failure(exc)
+        if failure is exc:
+            raise exc
+        raise failure from failure.__cause__
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise Unavailable("the store is not open")
+        return self._pool
+
+    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn`` on a connection of the pool."""
+        return await self._run(fn, write=False)
+
+    async def _write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn`` in one transaction (read committed) on a connection of the pool."""
+        return await self._run(fn, write=True)
+
+    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
+        """``fn`` on a connection of the pool (in a transaction if ``write``), run
+        once more in two cases, where nothing of the first run was committed:
+
+        - The pool handed out a connection that the database had closed (it
+          restarted since): the second run gets a new connection.
+        - ``write``: ``fn`` checks what must be unique before it inserts; when
+          another process inserted the same thing between the check and the insert,
+          the unique violation rolls everything back, and ``fn``'s check now reports
+          the conflict in its own words."""
+        pool = self._require_pool()
+        retried_lost = retried_unique = False
+        while True:
+            acquired = committing = False
+            try:
+                async with pool.acquire(timeout=self._timeout_s) as conn:
+                    acquired = True
+                    try:
+                        if not write:
+                            return await fn(conn)
+                        async with conn.transaction():
+                            result = await fn(conn)
+                            # From here on the transaction may have committed: no second run.
+                            committing = True
+                        return result
+                    except asyncpg.exceptions.InternalClientError:
+                        # A connection asyncpg can no longer use (the database closed
+                        # it while it was idle, and a call came first): drop it.
+                        conn.terminate()
+                        raise
+            except asyncpg.UniqueViolationError as exc:
+                if not write or committing or retried_unique:
+                    raise AlreadyExists(f"already registered: {exc.detail or exc}") from exc
+                retried_unique = True
+            except Exception as exc:
+                if acquired and not committing and not retried_lost and _lost(exc):
+                    retried_lost = True
+                    continue
+                self._raise(exc)
+
+    # -- audit key ----------------------------------------------------------------
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        async def run(conn: Any) -> bytes:
+            await conn.execute(
+                "INSERT INTO audit_key (id, public_key) VALUES (1, $1) ON CONFLICT DO NOTHING",
+                public_key,
+            )
+            return bytes(await conn.fetchval("SELECT public_key FROM audit_key WHERE id = 1"))
+
+        return await self._write(run)
+
+    # -- partners -----------------------------------------------------------------
+    async def add_partner(self, partner: Partner, credential: Credential) -> None:
+        if credential.partner_id != partner.partner_id:
+            raise InvalidArgument(
+                f"the first credential of partner {partner.partner_id} names partner"
+                f" {credential.partner_id}; it must name the new partner"
+            )
+
+        async def run(conn: Any) -> None:
+            # Taken in turn with submissions: an object whose id is this partner's
+            # identity cannot be committed between the check below and the insert.
+            await _lock_audit_head(conn)
+            taken = await conn.fetchrow(
+                "SELECT partner_id, identity_id FROM partners"
+                " WHERE partner_id = $1 OR identity_id = $2",
+                partner.partner_id,
+                partner.identity_id,
+            )
+            if taken is not None:
+                what = "partner id" if taken[0] == partner.partner_id else "STIX identity"
+                raise AlreadyExists(
+                    f"{what} already registered (partner {taken[0]}, identity {taken[1]})"
+                )
+            await _require_communities(conn, partner.communities)
+            await conn.execute(
+                "INSERT INTO partners (partner_id, name, identity_id, kind, sectors, roles,"
+                " default_tlp, disabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                partner.partner_id,
+                partner.name,
+                partner.identity_id,
+                partner.kind.value,
+                list(partner.sectors),
+                sorted(r.value for r in partner.roles),
+                partner.default_tlp.value,
+                partner.disabled,
+                time.time(),
+            )
+            members = [(c, partner.partner_id) for c in sorted(partner.communities)]
+            if members:
+                await conn.executemany(
+                    "INSERT INTO memberships (community, partner_id) VALUES ($1, $2)", members
+                )
+            await _insert_credential(conn, credential)
+            await _bump(conn)
+
+        await self._write(run)
+
+    async def get_partner(self, partner_id: str) -> Partner | None:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_PARTNER_COLUMNS} FROM partners p WHERE p.partner_id = $1",  # noqa: S608
+                partner_id,
+            )
+        )
+        return None if row is None else _partner(row)
+
+    async def list_partners(self) -> list[Partner]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_PARTNER_COLUMNS} FROM partners p"  # noqa: S608
+                " ORDER BY p.created_at, p.added"
+            )
+        )
+        return [_partner(r) for r in rows]
+
+    async def update_partner(self, partner: Partner) -> None:
+        async def run(conn: Any) -> None:
+            status = await conn.execute(
+                "UPDATE partners SET name = $1, kind = $2, sectors = $3, roles = $4,"
+                " default_tlp = $5, disabled = $6 WHERE partner_id = $7",
+                partner.name,
+                partner.kind.value,
+                list(partner.sectors),
+                sorted(r.value for r in partner.roles),
+                partner.default_tlp.value,
+                partner.disabled,
+                partner.partner_id,
+            )
+            if _count(status) == 0:
+                raise NotFound(unknown_partner(partner.partner_id))
+            await _bump(conn)
+
+        await self._write(run)
+
+    # -- communities ----------------------------------------------------------------
+    async def add_community(self, community: Community) -> None:
+        async def run(conn: Any) -> None:
+            if await conn.fetchval("SELECT 1 FROM communities WHERE name = $1", community.name):
+                raise AlreadyExists(
+                    f"community {community.name} already exists; choose another name, or"
+                    " add partners to the existing one"
+                )
+            await conn.execute(
+                "INSERT INTO communities (name, description, created_at) VALUES ($1, $2, $3)",
+                community.name,
+                community.description,
+                time.time(),
+            )
+            # Members named with the new community join it at once.
+            for partner_id in sorted(set(community.members)):
+                await _require_partner(conn, partner_id)
+                await conn.execute(
+                    "INSERT INTO memberships (community, partner_id) VALUES ($1, $2)",
+                    community.name,
+                    partner_id,
+                )
+            await _bump(conn)
+
+        await self._write(run)
+
+    async def list_communities(self) -> list[Community]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT c.name, c.description, ARRAY(SELECT m.partner_id FROM memberships m"
+                " WHERE m.community = c.name) FROM communities c ORDER BY c.name"
+            )
+        )
+        return [
+            Community(str(name), str(description), tuple(sorted(map(str, members))))
+            for name, description, members in rows
+        ]
+
+    async def join_community(self, name: str, partner_id: str) -> None:
+        async def run(conn: Any) -> None:
+            await _require_communities(conn, [name])
+            await _require_partner(conn, partner_id)
+            status = await conn.execute(
+                "INSERT INTO memberships (community, partner_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                name,
+                partner_id,
+            )
+            if _count(status):
+                await _bump(conn)
+
+        await self._write(run)
+
+    async def leave_community(self, name: str, partner_id: str) -> None:
+        async def run(conn: Any) -> None:
+            await _require_communities(conn, [name])
+            await _require_partner(conn, partner_id)
+            status = await conn.execute(
+                "DELETE FROM memberships WHERE community = $1 AND partner_id = $2",
+                name,
+                partner_id,
+            )
+            if not _count(status):
+                raise NotFound(not_a_member(name, partner_id))
+            await _bump(conn)
+
+        await self._write(run)
+
+    # -- credentials ----------------------------------------------------------------
+    async def add_credential(self, credential: Credential) -> None:
+        async def run(conn: Any) -> None:
+            await _require_partner(conn, credential.partner_id)
+            await _insert_credential(conn, credential)
+            await _bump(conn)
+
+        await self._write(run)
+
+    async def list_credentials(self, partner_id: str) -> list[Credential]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c"  # noqa: S608
+                " WHERE c.partner_id = $1 ORDER BY c.created_at, c.added",
+                partner_id,
+            )
+        )
+        return [_credential(r) for r in rows]
+
+    async def revoke_credential(self, partner_id: str, credential_id: str, at: float) -> Credential:
+        async def run(conn: Any) -> Credential:
+            await _require_partner(conn, partner_id)
+            row = await conn.fetchrow(
+                f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c"  # noqa: S608
+                " WHERE c.credential_id = $1 AND c.partner_id = $2 FOR UPDATE",
+                credential_id,
+                partner_id,
+            )
+            if row is None:
+                raise NotFound(
+                    f"partner {partner_id} has no credential {credential_id}; list the"
+                    " partner's credentials to see their ids"
+                )
+            credential = _credential(row)
+            if credential.revoked_at is not None:
+                # Revoking twice keeps the first time, and changes nothing.
+                return credential
+            await conn.execute(
+                "UPDATE credentials SET revoked_at = $1 WHERE credential_id = $2",
+                at,
+                credential_id,
+            )
+            await _bump(conn)
+            return replace(credential, revoked_at=at)
+
+        return await self._write(run)
+
+    async def credential(
+        self, kind: CredentialKind, digest: bytes
+    ) -> tuple[Credential, Partner] | None:
+        # Runs on every RPC: one query.
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_CREDENTIAL_COLUMNS}, {_PARTNER_COLUMNS}"  # noqa: S608
+                " FROM credentials c JOIN partners p ON p.partner_id = c.partner_id"
+                " WHERE c.kind = $1 AND c.digest = $2",
+                kind.value,
+                digest,
+            )
+        )
+        if row is None:
+            return None
+        values = tuple(row)
+        return _credential(values[:7]), _partner(values[7:])
+
+    async def registry_version(self) -> int:
+        version = await self._read(
+            lambda conn: conn.fetchval("SELECT version FROM registry_state WHERE id = 1")
+        )
+        return int(version)
+
+    # -- objects ----------------------------------------------------------------
+    async def commit_objects(
+        self,
+        submitter: Partner,
+        objects: Sequence[tuple[ValidObject, Audience]],
+        accepted_at: float,
+        widen: Callable[[Audience, Audience], Audience],
+        rejected: Sequence[Rejection] = (),
+    ) -> list[Committed]:
+        if not objects and not rejected:
+            return []
+
+        async def run(conn: Any) -> list[Committed]:
+            size, previous = await _lock_audit_head(conn)
+            results = await _insert_objects(conn, submitter, objects, accepted_at, widen)
+            # One SUBMIT entry per object of the bundle, in bundle order.
+            submits = bundle_submits(submitter.partner_id, objects, results, rejected, accepted_at)
+            entries = await _append_audit(conn, size, previous, [e for _, e in submits])
+            return with_receipts(results, submits, entries)
+
+        return await self._write(run)
+
+    # -- audit log ------------------------------------------------------------------
+    async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
+        if not events:
+            return []
+
+        async def run(conn: Any) -> list[AuditEntry]:
+            size, previous = await _lock_audit_head(conn)
+            return await _append_audit(conn, size, previous, events)
+
+        return await self._write(run)
+
+    async def audit_size(self) -> int:
+        size = await self._read(
+            lambda conn: conn.fetchval("SELECT coalesce(max(idx) + 1, 0) FROM audit")
+        )
+        return int(size)
+
+    async def audit_entries(self, query: AuditQuery, *, only_of: str = "") -> list[AuditEntry]:
+        args: list[object] = [query.after_index]
+        where = ["idx > $1"]
+
+        def arg(value: object) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if query.partner:
+            # "partner <> ''" lets PostgreSQL use the partial index on partner.
+            p = arg(query.partner)
+            where.append(f"(actor = {p} OR (partner = {p} AND partner <> ''))")
+        if query.object_id:
+            where.append(f"object_id = {arg(query.object_id)}")
+        if query.action:
+            where.append(f"action = {arg(query.action)}")
+        if query.since is not None:
+            where.append(f"at >= {arg(float(query.since))}")
+        if query.until is not None:
+            where.append(f"at < {arg(float(query.until))}")
+        if only_of:
+            o = arg(only_of)
+            where.append(f"(actor = {o} OR owner = {o})")
+        limit = arg(max(query.limit, 0))
+        # Only fixed clauses above; every value is a parameter.
+        sql = f"SELECT idx, data, leaf_hash FROM audit WHERE {' AND '.join(where)}"  # noqa: S608
+        sql += f" ORDER BY idx LIMIT {limit}"
+
+        rows = await self._read(lambda conn: conn.fetch(sql, *args))
+        out: list[AuditEntry] = []
+        for idx, data, leaf in rows:
+            try:
+                _, _, event = Event.decode(data)
+            except (ValueError, KeyError, TypeError):
+                raise Unavailable(
+                    f"audit entry {idx} is damaged (its bytes are not an entry); run"
+                    " `exchange audit verify` on the database"
+                ) from None
+            out.append(AuditEntry(int(idx), event, bytes(data), bytes(leaf)))
+        return out
+
+    async def audit_rows(self, start: int, limit: int) -> list[AuditRow]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
+                " WHERE idx >= $1 ORDER BY idx LIMIT $2",
+                start,
+                max(limit, 0),
+            )
+        )
+        return [_audit_row(r) for r in rows]
+
+    async def audit_leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT leaf_hash FROM audit WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+                start,
+                end,
+            )
+        )
+        return [bytes(leaf) for (leaf,) in rows]
+
+    async def add_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
+        async def run(conn: Any) -> None:
+            await conn.execute(
+                "INSERT INTO audit_checkpoints (tree_size, note, signature)"
+                " VALUES ($1, $2, $3) ON CONFLICT (tree_size) DO NOTHING",
+                checkpoint.tree_size,
+                checkpoint.note,
+                checkpoint.signature,
+            )
+
+        await self._write(run)
+
+    async def checkpoints(self) -> list[SignedCheckpoint]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
+                " ORDER BY tree_size"
+            )
+        )
+        return [_checkpoint(r) for r in rows]
+
+    async def latest_checkpoint(self) -> SignedCheckpoint | None:
+        row = await self._read(
+            lambda conn: conn.fetchrow(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
+                " ORDER BY tree_size DESC LIMIT 1"
+            )
+        )
+        return None if row is None else _checkpoint(row)
+
+    async def audit_mirror_position(self) -> int:
+        position = await self._read(
+            lambda conn: conn.fetchval("SELECT next_index FROM audit_mirror WHERE id = 1")
+        )
+        return int(position)
+
+    async def set_audit_mirror_position(self, index: int) -> None:
+        async def run(conn: Any) -> None:
+            await conn.execute("UPDATE audit_mirror SET next_index = $1 WHERE id = 1", index)
+
+        await self._write(run)
+
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
+        wanted = sorted(set(object_ids))
+        if not wanted:
+            return {}
+        # The submitter of the first version (later ones come from the same creator).
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT DISTINCT ON (object_id) object_id, submitter FROM objects"
+                " WHERE object_id = ANY($1::text[]) ORDER BY object_id, seq",
+                wanted,
+            )
+        )
+        return {str(oid): str(submitter) for oid, submitter in rows}
+
+    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
+        if version is None:
+            row = await self._read(
+                lambda conn: conn.fetchrow(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = $1"  # noqa: S608
+                    " ORDER BY o.version_key DESC, o.seq DESC LIMIT 1",
+                    object_id,
+                )
+            )
+        else:
+            key = version_key(version)
+            row = await self._read(
+                lambda conn: conn.fetchrow(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
+                    " WHERE o.object_id = $1 AND o.version_key = $2",
+                    object_id,
+                    key,
+                )
+            )
+        # Each version under the audience it was stored (and delivered) with.
+        return None if row is None else _stored(row)
+
+    # -- relay --------------------------------------------------------------------
+    async def pending_outbox(self, limit: int) -> list[StoredObject]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
+                " ORDER BY b.seq LIMIT $1",
+                max(limit, 0),
+            )
+        )
+        return [_stored(r) for r in rows]
+
+    async def mark_published(
+        self, seqs: Sequence[int], positions: Mapping[TopicPartition, int]
+    ) -> None:
+        async def run(conn: Any) -> None:
+            # Rows another process deleted already are simply not there any more.
+            if seqs:
+                await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", list(seqs))
+            # In one order in every process, so that two writers cannot deadlock.
+            rows = sorted((t, p, o) for (t, p), o in positions.items())
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO relay_positions (topic, partition, next_offset)"
+                    " VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO UPDATE"
+                    " SET next_offset = GREATEST(relay_positions.next_offset,"
+                    " excluded.next_offset)",
+                    rows,
+                )
+
+        await self._write(run)
+
+    async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        wanted = sorted(set(topics))
+        if not wanted:
+            return {}
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT topic, partition, next_offset FROM relay_positions"
+                " WHERE topic = ANY($1::text[])",
+                wanted,
+            )
+        )
+        return {(str(topic), int(partition)): int(offset) for topic, partition, offset in rows}
+
+
+# -- registry helpers (inside a write transaction) ----------------------------------------
+
+
+async def _bump(conn: Any) -> None:
+    await conn.execute("UPDATE registry_state SET version = version + 1 WHERE id = 1")
+
+
+async def _require_partner(conn: Any, partner_id: str) -> None:
+    if not await conn.fetchval("SELECT 1 FROM partners WHERE partner_id = $1", partner_id):
+        raise NotFound(unknown_partner(partner_id))
+
+
+async def _require_communities(conn: Any, names: Iterable[str]) -> None:
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    rows = await conn.fetch(
+        "SELECT name FROM communities WHERE name = ANY($1::text[])",
+        wanted,
+    )
+    known = {str(name) for (name,) in rows}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise NotFound(community_missing(missing))
+
+
+async def _insert_credential(conn: Any, credential: Credential) -> None:
+    bound = await conn.fetchrow(
+        "SELECT credential_id, partner_id FROM credentials"
+        " WHERE credential_id = $1 OR (kind = $2 AND digest = $3)",
+        credential.credential_id,
+        credential.kind.value,
+        credential.digest,
+    )
+    if bound is not None:
+        if bound[0] == credential.credential_id:
+            raise AlreadyExists(credential_id_taken(credential.credential_id, bound[1]))
+        raise AlreadyExists(credential_bound(credential.kind, bound[1], bound[0]))
+    await conn.execute(
+        "INSERT INTO credentials (credential_id, partner_id, kind, digest, created_at,"
+        " expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        credential.credential_id,
+        credential.partner_id,
+        credential.kind.value,
+        credential.digest,
+        credential.created_at,
+        credential.expires_at,
+        credential.revoked_at,
+    )
+
+
+# -- the audit chain and objects (inside a write transaction) -----------------------------
+
+
+async def _lock_audit_head(conn: Any) -> tuple[int, bytes]:
+    """Lock the head of the audit chain until this transaction ends (other appenders,
+    in any process, wait here) and return it: (entries held, last leaf hash).
+
+    ``commit_objects`` calls this first, before it inserts any object, and this is
+    what keeps sequence numbers in commit order: a sequence hands out numbers when
+    rows are inserted, not when they commit, so a transaction that took seq 10 could
+    commit after one that took 11, and a subscriber that already saw 11 would drop
+    10 as a repeat (a lost delivery). Under this lock, the transaction that takes the
+    next numbers starts only once the previous one has committed (and is visible).
+    Its checks (creator, duplicate, revoked) then also see every version committed
+    before, whichever process wrote it."""
+    row = await conn.fetchrow("SELECT size, leaf_hash FROM audit_head WHERE id = 1 FOR UPDATE")
+    if row is None:
+        return 0, NO_PREVIOUS
+    return int(row[0]), bytes(row[1])
+
+
+async def _append_audit(
+    conn: Any, size: int, previous: bytes, events: Sequence[Event]
+) -> list[AuditEntry]:
+    """Append ``events`` after the head ``_lock_audit_head`` returned, hashing them in
+    this transaction, and move the head."""
+    entries = chain(events, size, previous)
+    if not entries:
+        return entries
+    await conn.executemany(
+        "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [audit_row(entry) for entry in entries],
+    )
+    last = entries[-1]
+    await conn.execute(
+        "UPDATE audit_head SET size = $1, leaf_hash = $2 WHERE id = 1",
+        last.index + 1,
+        last.leaf_hash,
+    )
+    return entries
+
+
+async def _insert_objects(
+    conn: Any,
+    submitter: Partner,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    accepted_at: float,
+    widen: Callable[[Audience, Audience], Audience],
+) -> list[Committed]:
+    held = await _held_versions(conn, {o.object_id for o, _ in objects})
+    results: list[Committed] = []
+    rows: list[tuple[object, ...]] = []
+    for obj, asked in objects:
+        key = version_key(obj.version)
+        versions = held.setdefault(obj.object_id, Held())
+        refused = versions.refuses(obj, key)
+        if refused is not None:
+            results.append(Committed(refused))
+            continue
+        # The latest version holds the cumulative audience: an audience never narrows.
+        audience = asked if versions.audience is None else widen(versions.audience, asked)
+        rows.append(
+            (
+                obj.object_id,
+                obj.version,
+                key,
+                obj.object_type,
+                obj.created_by_ref,
+                submitter.partner_id,
+                obj.tlp.value,
+                list(obj.labels),
+                obj.revoked,
+                obj.spec_version,
+                accepted_at,
+                obj.body,
+                audience.to_json().decode(),
+            )
+        )
+        versions.add(obj, key, audience)
+        results.append(Committed(CommitOutcome.INSERTED, audience))
+    if rows:
+        await conn.executemany(_INSERT_OBJECT, rows)
+    return results
+
+
+async def _held_versions(conn: Any, ids: set[str]) -> dict[str, Held]:
+    wanted = sorted(ids)
+    held: dict[str, Held] = {}
+    # A registered partner's identity object belongs to that partner, even before it
+    # submitted it: nobody else may publish it.
+    for (identity,) in await conn.fetch(
+        "SELECT identity_id FROM partners WHERE identity_id = ANY($1::text[])", wanted
+    ):
+        held.setdefault(str(identity), Held()).creator = str(identity)
+    latest: dict[str, str] = {}
+    for oid, key, creator, revoked, audience in await conn.fetch(
+        "SELECT object_id, version_key, created_by_ref, revoked, audience::text FROM objects"
+        " WHERE object_id = ANY($1::text[]) ORDER BY seq",
+        wanted,
+    ):
+        entry = held.setdefault(str(oid), Held())
+        entry.creator = str(creator)
+        entry.keys.add(str(key))
+        entry.revoked = entry.revoked or bool(revoked)
+        latest[str(oid)] = str(audience)
+    for oid, audience in latest.items():
+        held[oid].audience = Audience.from_json(audience)
+    return held
