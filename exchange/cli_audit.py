@@ -64,7 +64,13 @@ def _remote_message(error: exchange_client.ExchangeError, target: str) -> str:
     if isinstance(error, exchange_client.PermissionDenied):
         return f"permission denied: {error}"
     if isinstance(error, exchange_client.Unavailable):
-        return f"cannot reach the exchange at {target}: {error}"
+        text = str(error)
+        # The SDK's own message usually says it already.
+        return (
+            text
+            if text.startswith("cannot reach")
+            else f"cannot reach the exchange at {target}: {text}"
+        )
     if error.code == "UNIMPLEMENTED":
         return f"the exchange at {target} does not offer the audit API; is it an older version?"
     if isinstance(error, exchange_client.ValidationError):

@@ -139,7 +139,13 @@ def _describe(error: ExchangeError, target: str) -> str:
     if isinstance(error, PermissionDenied):
         return f"permission denied: {error}"
     if isinstance(error, Unavailable):
-        return f"cannot reach the exchange at {target}: {error}"
+        text = str(error)
+        # The SDK's own message usually says it already.
+        return (
+            text
+            if text.startswith("cannot reach")
+            else f"cannot reach the exchange at {target}: {text}"
+        )
     if isinstance(error, RateLimited):
         wait = f" (retry after {error.retry_after:g} s)" if error.retry_after is not None else ""
         return f"rate limited: {error}{wait}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -236,14 +236,26 @@ SECRET_FIELDS = frozenset({"kafka.sasl_password"})
 
 
 def mask_url(url: str) -> str:
-    """``url`` with the password of its user part replaced by ``***``."""
-    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    """``url`` with its passwords (in the user part, or ``password=``/``sslpassword=``
+    parameters) shown as ``***``: what messages, logs and ``config check`` may show.
+    Anything that is not a postgresql:// URL is not shown at all."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in {"postgresql", "postgres"}:
+        # Not a URL (a "host=... password=..." string?): show nothing of it.
+        return "(not a postgresql:// URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}{':***' if has_password else ''}@{hosts}"
+    query = "&".join(
+        f"{k}=***" if k.lower() in {"password", "sslpassword"} else f"{k}={v}"
+        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def effective_settings(
@@ -279,7 +291,7 @@ def effective_settings(
     def shown(dotted: str, value: Any) -> Any:
         if dotted in SECRET_FIELDS and value:
             return "***"
-        if dotted == "database":
+        if dotted == "database" and value:
             return mask_url(str(value))
         return value.value if isinstance(value, enum.Enum) else value
 

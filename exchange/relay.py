@@ -15,6 +15,7 @@ import logging
 from exchange import policy
 from exchange.bus import Bus, BusRecord, TopicPartition
 from exchange.envelope import to_records
+from exchange.errors import ExchangeError
 from exchange.metrics import Metrics
 from exchange.store import Store
 
@@ -58,6 +59,13 @@ class Relay:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
+            except ExchangeError as exc:
+                # The store or the bus is unreachable (health says so too): one line,
+                # no traceback, and fewer of them as the backoff grows.
+                log.warning("relay: publishing failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
             except Exception:
                 log.exception("relay: publishing failed; retrying in %.1f s", backoff)
                 await asyncio.sleep(backoff)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from exchange.bus import Bus, BusRecord
+from exchange.errors import ExchangeError
 from exchange.store import Store
 
 __all__ = ["AUDIT_TOPIC", "AuditMirror"]
@@ -34,14 +35,24 @@ class AuditMirror:
     async def run(self) -> None:
         """Publish new entries until cancelled; errors are logged and retried."""
         await self._bus.ensure_topics([AUDIT_TOPIC])
+        backoff = self._poll_interval_s
         while True:
             try:
                 published = await self.flush_once()
             except asyncio.CancelledError:
                 raise
+            except ExchangeError as exc:
+                # Unreachable store or bus (health reports it): one line, growing waits.
+                log.warning(
+                    "audit mirror: publishing failed (%s); retrying in %.1f s", exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
             except Exception:
                 log.exception("audit mirror: publishing failed; retrying")
                 published = 0
+            backoff = self._poll_interval_s
             if not published:
                 await asyncio.sleep(self._poll_interval_s)
 

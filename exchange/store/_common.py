@@ -8,13 +8,27 @@ they return inside its own transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from exchange_client._merkle import leaf_hash
 
 from exchange.audit.entries import AuditEntry, Event, submitted
-from exchange.model import Audience, ObjectOutcome, Receipt, Rejection, ValidObject
-from exchange.store import CommitOutcome, Committed, refusal
+from exchange.model import (
+    Audience,
+    Credential,
+    CredentialKind,
+    ObjectOutcome,
+    Partner,
+    PartnerKind,
+    Receipt,
+    Rejection,
+    Role,
+    StoredObject,
+    Tlp,
+    ValidObject,
+)
+from exchange.store import CommitOutcome, Committed, SignedCheckpoint, refusal
 
 __all__ = [
     "NO_PREVIOUS",
@@ -22,11 +36,15 @@ __all__ = [
     "audit_row",
     "bundle_submits",
     "chain",
+    "checkpoint_of",
     "community_missing",
     "credential_bound",
     "credential_id_taken",
+    "credential_of",
     "newer_schema",
     "not_a_member",
+    "partner_of",
+    "stored_of",
     "submit_event",
     "unknown_partner",
     "with_receipts",
@@ -185,3 +203,65 @@ def newer_schema(found: int, known: int) -> str:
         f"the database has schema version {found}, written by a newer release of the"
         f" exchange; this release knows versions up to {known}: upgrade the exchange to open it"
     )
+
+
+# -- rows -> domain types ------------------------------------------------------------------
+# ``strings`` reads a column holding a list of strings: JSON text in SQLite, an array
+# in PostgreSQL.
+
+Strings = Callable[[Any], Iterable[Any]]
+
+
+def partner_of(row: Sequence[Any], strings: Strings) -> Partner:
+    pid, name, identity, kind, sectors, roles, tlp, disabled, communities = row
+    return Partner(
+        partner_id=str(pid),
+        name=str(name),
+        identity_id=str(identity),
+        kind=PartnerKind(kind),
+        sectors=tuple(map(str, strings(sectors))),
+        roles=frozenset(map(Role, strings(roles))),
+        communities=frozenset(map(str, strings(communities))),
+        default_tlp=Tlp(str(tlp)),
+        disabled=bool(disabled),
+    )
+
+
+def credential_of(row: Sequence[Any]) -> Credential:
+    cid, pid, kind, digest, created_at, expires_at, revoked_at = row
+    return Credential(
+        credential_id=str(cid),
+        partner_id=str(pid),
+        kind=CredentialKind(kind),
+        digest=bytes(digest),
+        created_at=float(created_at),
+        expires_at=None if expires_at is None else float(expires_at),
+        revoked_at=None if revoked_at is None else float(revoked_at),
+    )
+
+
+def stored_of(row: Sequence[Any], strings: Strings) -> StoredObject:
+    seq, submitter, accepted_at, oid, otype, version, creator, tlp, body = row[:9]
+    labels, revoked, spec, audience = row[9:]
+    return StoredObject(
+        seq=int(seq),
+        submitter=str(submitter),
+        accepted_at=float(accepted_at),
+        obj=ValidObject(
+            object_id=str(oid),
+            object_type=str(otype),
+            version=str(version),
+            created_by_ref=str(creator),
+            tlp=Tlp(str(tlp)),
+            body=bytes(body),
+            labels=tuple(map(str, strings(labels))),
+            revoked=bool(revoked),
+            spec_version=str(spec),
+        ),
+        audience=Audience.from_json(audience),
+    )
+
+
+def checkpoint_of(row: Sequence[Any]) -> SignedCheckpoint:
+    size, note, signature = row
+    return SignedCheckpoint(int(size), bytes(note), bytes(signature))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
@@ -34,11 +34,8 @@ from exchange.model import (
     Credential,
     CredentialKind,
     Partner,
-    PartnerKind,
     Rejection,
-    Role,
     StoredObject,
-    Tlp,
     ValidObject,
     version_key,
 )
@@ -49,11 +46,15 @@ from exchange.store._common import (
     audit_row,
     bundle_submits,
     chain,
+    checkpoint_of,
     community_missing,
     credential_bound,
     credential_id_taken,
+    credential_of,
     newer_schema,
     not_a_member,
+    partner_of,
+    stored_of,
     unknown_partner,
     with_receipts,
 )
@@ -320,71 +321,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _partner(row: Sequence[Any]) -> Partner:
-    pid, name, identity, kind, sectors, roles, tlp, disabled, communities = row
-    return Partner(
-        partner_id=str(pid),
-        name=str(name),
-        identity_id=str(identity),
-        kind=PartnerKind(kind),
-        sectors=tuple(map(str, orjson.loads(sectors))),
-        roles=frozenset(map(Role, orjson.loads(roles))),
-        communities=frozenset(map(str, orjson.loads(communities))),
-        default_tlp=Tlp(str(tlp)),
-        disabled=bool(disabled),
-    )
-
-
-def _credential(row: Sequence[Any]) -> Credential:
-    cid, pid, kind, digest, created_at, expires_at, revoked_at = row
-    return Credential(
-        credential_id=str(cid),
-        partner_id=str(pid),
-        kind=CredentialKind(kind),
-        digest=bytes(digest),
-        created_at=float(created_at),
-        expires_at=None if expires_at is None else float(expires_at),
-        revoked_at=None if revoked_at is None else float(revoked_at),
-    )
-
-
-def _stored(row: Sequence[Any]) -> StoredObject:
-    (
-        seq,
-        submitter,
-        accepted_at,
-        oid,
-        otype,
-        version,
-        creator,
-        tlp,
-        body,
-        labels,
-        revoked,
-        spec,
-        audience,
-    ) = row
-    assert isinstance(seq, int) and isinstance(accepted_at, float) and isinstance(body, bytes)
-    assert isinstance(labels, str)
-    return StoredObject(
-        seq=seq,
-        submitter=str(submitter),
-        accepted_at=accepted_at,
-        obj=ValidObject(
-            object_id=str(oid),
-            object_type=str(otype),
-            version=str(version),
-            created_by_ref=str(creator),
-            tlp=Tlp(str(tlp)),
-            body=body,
-            labels=tuple(orjson.loads(labels)),
-            revoked=bool(revoked),
-            spec_version=str(spec),
-        ),
-        audience=Audience.from_json(audience),
-    )
-
-
 def _json_list(items: Iterable[str]) -> str:
     return orjson.dumps(list(items)).decode()
 
@@ -540,7 +476,7 @@ class SqliteStore:
                 f"SELECT {_PARTNER_COLUMNS} FROM partners p WHERE p.partner_id = ?",  # noqa: S608
                 (partner_id,),
             ).fetchone()
-            return None if row is None else _partner(row)
+            return None if row is None else partner_of(row, orjson.loads)
 
         return await self._read(run)
 
@@ -550,7 +486,7 @@ class SqliteStore:
                 f"SELECT {_PARTNER_COLUMNS} FROM partners p"  # noqa: S608
                 " ORDER BY p.created_at, p.rowid"
             ).fetchall()
-            return [_partner(r) for r in rows]
+            return [partner_of(r, orjson.loads) for r in rows]
 
         return await self._read(run)
 
@@ -657,7 +593,7 @@ class SqliteStore:
                 " WHERE c.partner_id = ? ORDER BY c.created_at, c.rowid",
                 (partner_id,),
             ).fetchall()
-            return [_credential(r) for r in rows]
+            return [credential_of(r) for r in rows]
 
         return await self._read(run)
 
@@ -674,7 +610,7 @@ class SqliteStore:
                     f"partner {partner_id} has no credential {credential_id}; list the"
                     " partner's credentials to see their ids"
                 )
-            credential = _credential(row)
+            credential = credential_of(row)
             if credential.revoked_at is not None:
                 # Revoking twice keeps the first time, and changes nothing.
                 return credential
@@ -700,7 +636,7 @@ class SqliteStore:
             ).fetchone()
             if row is None:
                 return None
-            return _credential(row[:7]), _partner(row[7:])
+            return credential_of(row[:7]), partner_of(row[7:], orjson.loads)
 
         return await self._read(run)
 
@@ -814,7 +750,7 @@ class SqliteStore:
                 f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
                 " ORDER BY tree_size"
             )
-            return [_checkpoint(row) for row in cur]
+            return [checkpoint_of(row) for row in cur]
 
         return await self._read(run)
 
@@ -824,7 +760,7 @@ class SqliteStore:
                 f"SELECT {_CHECKPOINT_COLUMNS} FROM audit_checkpoints"  # noqa: S608
                 " ORDER BY tree_size DESC LIMIT 1"
             ).fetchone()
-            return None if row is None else _checkpoint(row)
+            return None if row is None else checkpoint_of(row)
 
         return await self._read(run)
 
@@ -877,7 +813,7 @@ class SqliteStore:
                     (object_id, version_key(version)),
                 ).fetchone()
             # Each version under the audience it was stored (and delivered) with.
-            return None if row is None else _stored(row)
+            return None if row is None else stored_of(row, orjson.loads)
 
         return await self._read(run)
 
@@ -889,7 +825,7 @@ class SqliteStore:
                 " ORDER BY b.seq LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [_stored(r) for r in rows]
+            return [stored_of(r, orjson.loads) for r in rows]
 
         return await self._read(run)
 
@@ -1020,11 +956,6 @@ def _append_audit(conn: sqlite3.Connection, events: Sequence[Event]) -> list[Aud
         [audit_row(entry) for entry in entries],
     )
     return entries
-
-
-def _checkpoint(row: Sequence[Any]) -> SignedCheckpoint:
-    size, note, signature = row
-    return SignedCheckpoint(int(size), bytes(note), bytes(signature))
 
 
 def _insert_objects(

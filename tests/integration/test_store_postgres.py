@@ -23,6 +23,7 @@ from exchange import policy
 from exchange.audit.entries import Action, Event
 from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
+from exchange.config import mask_url
 from exchange.errors import AlreadyExists, Unavailable
 from exchange.model import Audience, Community, Partner, Rejection, Tlp, ValidObject
 from exchange.store import CommitOutcome, Committed
@@ -31,7 +32,6 @@ from exchange.store.postgres import (
     MIGRATIONS,
     SCHEMA_VERSION,
     PostgresStore,
-    display_url,
     lease_key,
 )
 from tests.postgres import PostgresServer
@@ -425,16 +425,16 @@ async def test_opening_an_unreachable_database_fails_promptly() -> None:
 
 def test_urls_in_messages_have_no_password() -> None:
     assert (
-        display_url("postgresql://exchange:s3cr%40t@db.internal:5432/exchange")
-        == "postgresql://exchange@db.internal:5432/exchange"
+        mask_url("postgresql://exchange:s3cr%40t@db.internal:5432/exchange")
+        == "postgresql://exchange:***@db.internal:5432/exchange"
     )
     assert (
-        display_url("postgresql://db/x?sslmode=verify-full&password=s3cret&user=exchange")
-        == "postgresql://db/x?sslmode=verify-full&user=exchange"
+        mask_url("postgresql://db/x?sslmode=verify-full&password=s3cret&user=exchange")
+        == "postgresql://db/x?sslmode=verify-full&password=***&user=exchange"
     )
-    assert display_url("postgresql://:pw@db/x") == "postgresql://db/x"
-    assert display_url("postgresql://exchange@db/x") == "postgresql://exchange@db/x"
-    assert "s3cret" not in display_url("host=db user=exchange password=s3cret")
+    assert mask_url("postgresql://:pw@db/x") == "postgresql://:***@db/x"
+    assert mask_url("postgresql://exchange@db/x") == "postgresql://exchange@db/x"
+    assert "s3cret" not in mask_url("host=db user=exchange password=s3cret")
 
 
 async def test_no_password_in_errors(postgres: PostgresServer) -> None:
