@@ -40,6 +40,8 @@ class Relay:
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
+        # Rows committed by other replicas wake it too (PostgreSQL NOTIFY).
+        store.on_outbox(self.wake)
         self._known_topics: set[str] = set()
         self.published = 0
         # Whether this process held the relay lease at its last look (logged on change).

@@ -129,6 +129,12 @@ class Store(Protocol):
         exits or loses its connection. Asking again keeps or retries the lease."""
         ...
 
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called when another process may have added outbox rows,
+        while this process holds the ``relay`` lease (so that the relay need not wait
+        for its next poll). The SQLite store never calls it: one process writes objects."""
+        ...
+
     async def audit_public_key(self, public_key: bytes) -> bytes:
         """The public key that signs this log's checkpoints: ``public_key`` if none was
         recorded yet (it is then recorded), else the one recorded first. Replicas

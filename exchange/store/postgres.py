@@ -81,6 +81,8 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "PostgresStore"]
 # On the connection that holds the leases: if its process's host vanishes (no FIN, no
 # RST), the database drops the connection, and with it the leases, after about 25 s
 # instead of the operating system's default of hours; another replica then relays.
+# NOTIFY'd by every commit that adds outbox rows; delivered when it commits.
+_OUTBOX_CHANNEL = "exchange_outbox"
 _KEEPALIVES = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
@@ -429,6 +431,7 @@ class PostgresStore:
         # Leases: the connection holding their advisory locks, the jobs held on it,
         # and the jobs held on a connection since lost (each told once).
         self._lease_conn: Any = None
+        self._outbox_callbacks: list[Callable[[], None]] = []
         self._leases: set[str] = set()
         self._lost: set[str] = set()
         self._lease_guard = asyncio.Lock()
@@ -553,7 +556,18 @@ class PostgresStore:
                 self._raise(exc)
             if held:
                 self._leases.add(job)
+                if job == "relay":
+                    # Commits of every process NOTIFY; the relay hears them while it
+                    # holds the lease (on the lease's connection: lost with it).
+                    await self._lease_conn.add_listener(_OUTBOX_CHANNEL, self._outbox_added)
             return bool(held)
+
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        self._outbox_callbacks.append(callback)
+
+    def _outbox_added(self, *_: object) -> None:
+        for callback in self._outbox_callbacks:
+            callback()
 
     async def _alive(self, conn: Any) -> bool:
         if conn.is_closed():
@@ -1241,6 +1255,8 @@ async def _insert_objects(
     if rows:
         columns = [list(column) for column in zip(*rows, strict=True)]
         await conn.execute(_INSERT_OBJECTS, *columns, submitter.partner_id, accepted_at)
+        # Wakes the relay of whichever replica holds its lease, at commit.
+        await conn.execute(f"NOTIFY {_OUTBOX_CHANNEL}")
     return results
 
 

@@ -381,6 +381,10 @@ class SqliteStore:
         # One server process per data directory: it always runs every job.
         return True
 
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        # The server is the only process that writes objects to this file.
+        return
+
     async def audit_public_key(self, public_key: bytes) -> bytes:
         def run(conn: sqlite3.Connection) -> bytes:
             conn.execute(

@@ -210,3 +210,20 @@ def test_a_replica_with_another_signing_key_refuses_to_start(replicas: Replicas)
     other = replicas.tmp / "other-key.pem"
     with pytest.raises(AssertionError, match="not the key that signs this audit log"):
         replicas.start("c", env={"EXCHANGE_AUDIT_SIGNING_KEY_FILE": str(other)})
+
+
+def test_a_commit_on_one_replica_wakes_the_relay_of_the_other(replicas: Replicas) -> None:
+    """The relay holder hears other replicas' commits (NOTIFY), not only its poll: with
+    a one-minute poll, an object submitted to the other replica still arrives at once."""
+    ngo = replicas.add_partner("Harbor Light Alliance", "non-profit")
+    platform = replicas.add_partner("Kestrel Social", "technology")
+    slow_poll = {"EXCHANGE_RELAY_POLL_INTERVAL_S": "60"}
+    a = replicas.start("a", env=slow_poll)
+    wait_until(lambda: RELAYS in a.log.read_text(), 30, "A to take the relay lease")
+    b = replicas.start("b", env=slow_poll)
+    collector = Collector(a.target, platform["token"])
+    try:
+        submitted = set(submit_bundles(b.target, ngo, 0, 1))
+        wait_until(lambda: collector.has(submitted), 20, "A's relay to publish B's commit")
+    finally:
+        collector.close()
