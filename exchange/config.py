@@ -33,6 +33,7 @@ __all__ = [
     "effective_settings",
     "load_settings",
     "mask_url",
+    "parse_listen",
 ]
 
 ENV_PREFIX = "EXCHANGE_"
@@ -233,6 +234,18 @@ def load_settings(
 
 # Settings whose values are secrets: shown masked by ``effective_settings``.
 SECRET_FIELDS = frozenset({"kafka.sasl_password"})
+
+
+def parse_listen(listen: str, setting: str = "listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9090`` for IPv6) -> (host, port); port 0: any free one.
+    InvalidArgument naming ``setting`` otherwise."""
+    host, sep, port = listen.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(
+            f"{setting} {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9090, 0.0.0.0:9090)"
+        )
+    return host, int(port)
 
 
 def mask_url(url: str) -> str:

@@ -36,7 +36,8 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
-from exchange.errors import InvalidArgument, Unavailable
+from exchange.config import parse_listen
+from exchange.errors import Unavailable
 from exchange.model import ObjectOutcome, ObjectResult, Rejection, StoredObject
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "SUBMISSION_OUTCOMES",
     "Metrics",
     "MetricsServer",
-    "parse_listen",
     "rejection_reason",
 ]
 
@@ -345,17 +345,6 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9090`` for IPv6) -> (host, port); port 0: any free one."""
-    host, sep, port = listen.strip().rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidArgument(
-            f"metrics.listen {listen!r} is not HOST:PORT (e.g. 127.0.0.1:9090, 0.0.0.0:9090)"
-        )
-    return host, int(port)
-
-
 class MetricsServer:
     """``GET /metrics`` (Prometheus text format from ``metrics.registry``),
     ``GET /healthz`` (200 while the process runs) and ``GET /readyz`` (200 when
@@ -365,7 +354,7 @@ class MetricsServer:
     def __init__(
         self, metrics: Metrics, listen: str, ready: Callable[[], tuple[bool, str]]
     ) -> None:
-        self._host, self._requested_port = parse_listen(listen)
+        self._host, self._requested_port = parse_listen(listen, "metrics.listen")
         self._metrics_app: WsgiApp = make_wsgi_app(metrics.registry)
         self._ready = ready
         self._server: _Server | None = None

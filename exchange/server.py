@@ -28,7 +28,7 @@ from exchange.auth import Authenticator, RegistryWatch
 from exchange.bus import Bus
 from exchange.bus.kafka import KafkaBus
 from exchange.bus.local import LocalBus
-from exchange.config import Settings, TlsSettings
+from exchange.config import Settings, TlsSettings, parse_listen
 from exchange.errors import InvalidArgument, Unavailable
 from exchange.health import HealthMonitor
 from exchange.ingest import Ingest, Validator
@@ -79,7 +79,7 @@ def open_store(settings: Settings) -> Store:
 
 def is_loopback(listen: str) -> bool:
     """Whether HOST:PORT names a loopback address (only this machine can connect)."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
+    host, _ = parse_listen(listen)
     if host == "localhost":
         return True
     try:

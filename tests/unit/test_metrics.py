@@ -16,11 +16,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
-from exchange.config import LoggingSettings
+from exchange.config import LoggingSettings, parse_listen
 from exchange.errors import InvalidArgument, Unavailable
 from exchange.health import HealthMonitor
 from exchange.logs import PARTNER_ID, REQUEST_ID, TEXT_FORMAT, configure_logging
-from exchange.metrics import Metrics, MetricsServer, parse_listen, rejection_reason
+from exchange.metrics import Metrics, MetricsServer, rejection_reason
 from exchange.model import ObjectOutcome, ObjectResult, Rejection
 from exchange.services._logging import request_id_from
 
