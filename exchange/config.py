@@ -343,13 +343,35 @@ def _check(s: Settings) -> None:
     _check_operations(s)
 
 
+def _check_database_url(url: str) -> None:
+    """A postgresql:// URL the driver can read: hosts with numeric ports (several,
+    comma-separated, as libpq allows). Its password is never repeated."""
+    expected = "expected postgresql://USER@HOST:PORT/DATABASE"
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise InvalidArgument(
+            f"database must be empty (the SQLite file in data_dir) or a URL; {expected}"
+        )
+    try:
+        hosts = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError as exc:
+        raise InvalidArgument(f"database is not a valid URL ({exc}); {expected}") from None
+    for host in hosts.split(","):
+        # After an IPv6 literal's "]", if any: ":PORT".
+        _, colon, port = host.rpartition("]")[2].rpartition(":")
+        if colon and (not port.isdigit() or int(port) > 65535):
+            raise InvalidArgument(
+                f"database {mask_url(url)}: port {port!r} is not a number from 0 to 65535;"
+                f" {expected}"
+            )
+
+
 def _check_operations(s: Settings) -> None:
     """Where the data lives, and how the process is run and watched."""
-    if s.database and not s.database.startswith(("postgresql://", "postgres://")):
-        raise InvalidArgument(
-            "database must be empty (the SQLite file in data_dir) or a"
-            " postgresql://USER@HOST:PORT/DATABASE URL"
-        )
+    if s.database:
+        _check_database_url(s.database)
+    parse_listen(s.listen)
+    if s.metrics.listen:
+        parse_listen(s.metrics.listen, "metrics.listen")
     if s.postgres.pool_size < 2:
         raise InvalidArgument("postgres.pool_size must be 2 or more")
     if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:

@@ -68,6 +68,10 @@ def test_config_check_prints_effective_settings_with_secrets_masked(tmp_path: Pa
         ("[kafka]\npartitions = 'three'\n", "kafka.partitions"),
         ("listen = \n", "not valid TOML"),
         ('database = "mysql://x"\n', "postgresql://"),
+        ('database = "postgresql://u:hunter2@db:port/x"\n', "port 'port' is not a number"),
+        ('database = "postgresql://u@[::1/x"\n', "database is not a valid URL"),
+        ('listen = "localhost"\n', "listen 'localhost' is not HOST:PORT"),
+        ('[metrics]\nlisten = "9464"\n', "metrics.listen '9464' is not HOST:PORT"),
     ],
 )
 def test_config_check_names_each_problem(tmp_path: Path, content: str, problem: str) -> None:
@@ -76,6 +80,7 @@ def test_config_check_names_each_problem(tmp_path: Path, content: str, problem: 
     out = exchange("config", "check", "--config", str(config), env=clean_env())
     assert out.returncode == 2
     assert problem in out.stderr
+    assert "hunter2" not in out.stdout + out.stderr
 
 
 def test_plain_grpc_is_refused_on_a_reachable_address(tmp_path: Path) -> None:
