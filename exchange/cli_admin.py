@@ -27,6 +27,7 @@ import click
 import orjson
 
 from exchange import errors
+from exchange._cli_options import ca_file_option, token_option
 from exchange.admin_backend import AdminBackend, RemoteRegistry
 from exchange.config import Settings, load_settings
 from exchange.model import (
@@ -156,19 +157,8 @@ _WHERE_OPTIONS = (
         help="Work through the exchange server at HOST:PORT (its admin API) instead of"
         " on the data directory; needs an admin partner's --token.",
     ),
-    click.option(
-        "--token",
-        envvar="EXCHANGE_TOKEN",
-        show_envvar=True,
-        help="With --target: the API token of a partner with the 'admin' role.",
-    ),
-    click.option(
-        "--ca-file",
-        envvar="EXCHANGE_CA_FILE",
-        show_envvar=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="With --target: PEM root certificates, connect with TLS (default: plaintext).",
-    ),
+    token_option("With --target: the API token of a partner with the 'admin' role."),
+    ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
 )
 

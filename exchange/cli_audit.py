@@ -34,14 +34,10 @@ import orjson
 from exchange_client import AuditEntry, Checkpoint, ExchangeClient
 
 from exchange import errors
+from exchange._cli_options import ca_file_option, cert_file_option, key_file_option, token_option
 from exchange.audit.entries import Action
 from exchange.audit_backend import AuditBackend, EntryFilter, LocalAudit, RemoteAudit
-from exchange.cli_admin import (
-    config_option,
-    data_dir_option,
-    database_option,
-    load_cli_settings,
-)
+from exchange.cli_admin import config_option, data_dir_option, database_option, load_cli_settings
 
 __all__ = ["EXIT_NOT_INTACT", "audit"]
 
@@ -90,34 +86,13 @@ _WHERE_OPTIONS = (
         help="Ask the exchange server at HOST:PORT (its audit API) instead of reading the"
         " data directory; needs a partner's --token.",
     ),
-    click.option(
-        "--token",
-        envvar="EXCHANGE_TOKEN",
-        show_envvar=True,
-        help="With --target: your partner API token (without the 'audit' role you see your"
-        " own actions and the entries about the objects you submitted).",
+    token_option(
+        "With --target: your partner API token (without the 'audit' role you see your"
+        " own actions and the entries about the objects you submitted)."
     ),
-    click.option(
-        "--ca-file",
-        envvar="EXCHANGE_CA_FILE",
-        show_envvar=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="With --target: PEM root certificates, connect with TLS (default: plaintext).",
-    ),
-    click.option(
-        "--cert-file",
-        envvar="EXCHANGE_CERT_FILE",
-        show_envvar=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="With --target: PEM client certificate for mutual TLS (needs --key-file).",
-    ),
-    click.option(
-        "--key-file",
-        envvar="EXCHANGE_KEY_FILE",
-        show_envvar=True,
-        type=click.Path(exists=True, dir_okay=False),
-        help="With --target: PEM private key of the client certificate.",
-    ),
+    ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
+    cert_file_option("With --target: PEM client certificate for mutual TLS (needs --key-file)."),
+    key_file_option("With --target: PEM private key of the client certificate."),
 )
 
 

@@ -50,6 +50,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from exchange._cli_options import ca_file_option, cert_file_option, key_file_option, token_option
+
 if TYPE_CHECKING:
     from exchange_client import SubmitProgress, SubmitSummary
 
@@ -83,34 +85,13 @@ def _connection_options(command: _F) -> _F:
             show_envvar=True,
             help="Address of the exchange (host:port).",
         ),
-        click.option(
-            "--token",
-            envvar="EXCHANGE_TOKEN",
-            show_envvar=True,
-            help="Your partner API token.",
+        token_option("Your partner API token."),
+        ca_file_option("PEM root certificates: connect with TLS (default: plaintext)."),
+        cert_file_option(
+            "PEM client certificate for mutual TLS (needs --key-file and --ca-file; "
+            "then --token is optional)."
         ),
-        click.option(
-            "--ca-file",
-            envvar="EXCHANGE_CA_FILE",
-            show_envvar=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="PEM root certificates: connect with TLS (default: plaintext).",
-        ),
-        click.option(
-            "--cert-file",
-            envvar="EXCHANGE_CERT_FILE",
-            show_envvar=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="PEM client certificate for mutual TLS (needs --key-file and --ca-file; "
-            "then --token is optional).",
-        ),
-        click.option(
-            "--key-file",
-            envvar="EXCHANGE_KEY_FILE",
-            show_envvar=True,
-            type=click.Path(exists=True, dir_okay=False),
-            help="PEM private key of the client certificate.",
-        ),
+        key_file_option("PEM private key of the client certificate."),
     ]
     for option in reversed(options):
         command = option(command)

@@ -13,6 +13,7 @@ import click
 import orjson
 
 from exchange import errors
+from exchange._cli_options import ca_file_option
 from exchange.cli_admin import config_option, data_dir_option, database_option, load_cli_settings
 from exchange.config import Settings, effective_settings, mask_url
 from exchange.server import check_listen, open_store
@@ -173,13 +174,7 @@ def _scalar(value: Any) -> str:
     show_default=True,
     help="The exchange server to ask.",
 )
-@click.option(
-    "--ca-file",
-    envvar="EXCHANGE_CA_FILE",
-    show_envvar=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="PEM root certificates: connect with TLS (default: plaintext).",
-)
+@ca_file_option("PEM root certificates: connect with TLS (default: plaintext).")
 @click.option(
     "--server-name",
     metavar="NAME",
