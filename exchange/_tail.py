@@ -75,6 +75,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
+from exchange._tasks import cancel_and_wait
 from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition
 from exchange.envelope import from_record
 from exchange.errors import ExchangeError, Unavailable
@@ -266,11 +267,7 @@ class LiveTail:
         """Stop reading; streams still following the tail end with Unavailable."""
         self._closed = True
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await self._close_reader()
         for events in self._watchers.values():
             for event in events:

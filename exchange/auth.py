@@ -18,7 +18,6 @@ credential no longer holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -28,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from exchange._tasks import cancel_and_wait
 from exchange.errors import PermissionDenied, Unauthenticated, Unavailable
 from exchange.logs import PARTNER_ID
 from exchange.model import Credential, CredentialKind, Partner, Role
@@ -142,10 +142,7 @@ class RegistryWatch:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     def bump(self) -> None:
         """A change made in this process: re-check at once."""

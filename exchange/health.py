@@ -17,7 +17,6 @@ bus or Kafka): ``ping`` is the whole contract.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 
 from grpc_health.v1 import health_pb2
 
+from exchange._tasks import cancel_and_wait
 from exchange.errors import ExchangeError
 from exchange.metrics import Metrics
 
@@ -108,10 +108,7 @@ class HealthMonitor:
         with self._lock:
             self._reason = _SHUTTING_DOWN
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def check_once(self) -> str:
         """Ask both dependencies now and apply the outcome; returns the reason ("" if

@@ -4,7 +4,6 @@ with health checking and reflection."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 
@@ -20,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange import policy
+from exchange._tasks import cancel_and_wait
 from exchange.audit.log import AuditLog
 from exchange.audit.mirror import AuditMirror
 from exchange.audit.recorder import AuditRecorder
@@ -297,16 +297,10 @@ class ExchangeServer:
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
         await self.registry_watch.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
+            await cancel_and_wait(self._relay_task)
             try:
                 async with asyncio.timeout(_RELAY_FLUSH_S):
                     while await self.relay.flush_once():

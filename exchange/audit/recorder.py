@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 
+from exchange._tasks import cancel_and_wait
 from exchange.audit.entries import Event
 from exchange.store import Store
 
@@ -47,10 +48,7 @@ class AuditRecorder:
     async def close(self) -> None:
         """Stop, after appending everything queued."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self.flush()
 
     def note(self, events: Iterable[Event]) -> None:
