@@ -6,8 +6,10 @@ decodes per record, which saturated the server's event loop. Here the live part 
 every stream comes from one place.
 
 ``LiveTail`` reads every topic-partition (tp) some stream has asked for, decodes
-each record once (``envelope.from_record``) and keeps the most recent ``window``
-records (over all tps together) in memory. Per tp it knows:
+each record once (``envelope.from_record``) and keeps the most recent records (over
+all tps together) in memory: at most ``window`` of them, weighing at most
+``window_bytes`` (``bus.record_bytes``: so that large objects cannot make the tail
+hold gigabytes). Per tp it knows:
 
     first   every record with an offset in [first, next) is held in memory
     next    the offset the tail reads next
@@ -15,9 +17,9 @@ records (over all tps together) in memory. Per tp it knows:
 A tp joins the tail at the relay-recorded position (``store.relay_positions``: what
 the relay has published, never the broker's idea of the end), or at the earliest
 record when the relay has recorded none; then first == next. Records move ``next``
-up; when more than ``window`` records are held, the oldest (over all tps) is dropped
-and ``first`` of its tp moves past it. The tail never waits for a stream: a stream
-that does not keep up simply falls out of the window.
+up; when more than ``window`` records (or ``window_bytes``) are held, the oldest
+(over all tps) is dropped and ``first`` of its tp moves past it. The tail never waits
+for a stream: a stream that does not keep up simply falls out of the window.
 
 How the tail reads:
 
@@ -71,12 +73,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
 from exchange._tasks import cancel_and_wait
-from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition
+from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition, record_bytes
 from exchange.envelope import from_record
 from exchange.errors import ExchangeError, Unavailable
 from exchange.model import StoredObject
@@ -111,7 +113,7 @@ def decode(record: ReadRecord) -> Entry:
 class _Log:
     """The held records of one tp, oldest first; slots before ``head`` are dropped."""
 
-    __slots__ = ("entries", "first", "head", "next", "offsets")
+    __slots__ = ("dropped", "entries", "first", "head", "next", "offsets", "weights")
 
     def __init__(self, start: int) -> None:
         self.first = start
@@ -120,26 +122,50 @@ class _Log:
         self.offsets: list[int] = []  # for bisect: the offsets of ``entries``
         # Shared by every stream that takes them: built once per record.
         self.entries: list[Entry | None] = []
+        # For bisect too: the bytes of every record of this tp up to and including
+        # each entry (``dropped`` of them before ``head``).
+        self.weights: list[int] = []
+        self.dropped = 0
 
-    def append(self, entry: Entry) -> None:
+    def append(self, entry: Entry, size: int) -> None:
         self.offsets.append(entry[1])
         self.entries.append(entry)
+        self.weights.append((self.weights[-1] if self.weights else self.dropped) + size)
         self.next = entry[1] + 1
 
-    def drop_oldest(self) -> None:
-        self.first = self.offsets[self.head] + 1
-        self.entries[self.head] = None
-        self.head += 1
+    def drop_oldest(self) -> int:
+        """Drop the oldest held entry; its size."""
+        head = self.head
+        self.first = self.offsets[head] + 1
+        self.entries[head] = None
+        size = self.weights[head] - self.dropped
+        self.dropped = self.weights[head]
+        self.head = head + 1
         if self.head >= _COMPACT_AFTER and self.head * 2 >= len(self.offsets):
             del self.offsets[: self.head]
             del self.entries[: self.head]
+            del self.weights[: self.head]
             self.head = 0
+        return size
 
-    def since(self, pos: int, limit: int) -> list[Entry]:
-        """Up to ``limit`` held entries at or after offset ``pos``."""
+    def since(
+        self, pos: int, limit: int, max_bytes: int | None, *, at_least_one: bool
+    ) -> tuple[list[Entry], int]:
+        """Up to ``limit`` held entries at or after offset ``pos``, weighing at most
+        ``max_bytes`` (None: any) unless ``at_least_one`` and the first weighs more;
+        and their weight."""
         start = bisect_left(self.offsets, pos, self.head)
+        end = min(start + limit, len(self.offsets))
+        if start >= end:
+            return [], 0
+        before = self.weights[start - 1] if start > self.head else self.dropped
+        if max_bytes is not None:
+            end = bisect_right(self.weights, before + max_bytes, start, end)
+            if end == start and at_least_one:
+                end = start + 1
         # Slots from ``head`` on are never None.
-        return self.entries[start : start + limit]  # type: ignore[return-value]
+        taken: list[Entry] = self.entries[start:end]  # type: ignore[assignment]
+        return taken, (self.weights[end - 1] - before if end > start else 0)
 
 
 class LiveTail:
@@ -151,27 +177,34 @@ class LiveTail:
         bus: Bus,
         *,
         window: int = 50_000,
+        window_bytes: int = 128 * 1024 * 1024,
         hot_topics: Collection[str] | None = None,
         cold_poll_s: float = 0.025,
         read_batch: int = 5_000,
+        read_bytes: int = 8 * 1024 * 1024,
         poll_s: float = 0.1,
         unavailable_after_s: float = 15.0,
     ) -> None:
-        """``hot_topics``: read continuously (None: every topic); others on demand."""
-        if window <= 0:
-            raise ValueError("the tail window must hold at least one record")
+        """``hot_topics``: read continuously (None: every topic); others on demand.
+        ``read_batch`` and ``read_bytes`` bound one read of the bus (and what a reader
+        fetches ahead)."""
+        if window <= 0 or window_bytes <= 0:
+            raise ValueError("the tail window must hold at least one record and one byte")
         self._store = store
         self._bus = bus
         self._window = window
+        self._window_bytes = window_bytes
         self._hot_topics = None if hot_topics is None else frozenset(hot_topics)
         self._cold_poll_s = cold_poll_s
         self._read_batch = read_batch
+        self._read_bytes = read_bytes
         # Longest single read: new tps wait at most this long for the reader to reopen.
         self._poll_s = poll_s
         self._unavailable_after_s = unavailable_after_s
         self._logs: dict[TopicPartition, _Log] = {}
         # One entry per held record, oldest first: which tp to drop from when full.
         self._order: deque[_Log] = deque()
+        self.held_bytes = 0  # what the held records weigh (bus.record_bytes)
         self._watchers: dict[TopicPartition, set[asyncio.Event]] = {}
         self._reader: BusReader | None = None  # over the hot tps
         self._reopen = False  # the hot tps changed
@@ -191,6 +224,10 @@ class LiveTail:
     @property
     def window(self) -> int:
         return self._window
+
+    @property
+    def window_bytes(self) -> int:
+        return self._window_bytes
 
     # -- used by streams -------------------------------------------------------------
 
@@ -233,20 +270,31 @@ class LiveTail:
         return True
 
     def take(
-        self, positions: dict[TopicPartition, int], tps: Sequence[TopicPartition], limit: int
+        self,
+        positions: dict[TopicPartition, int],
+        tps: Sequence[TopicPartition],
+        limit: int,
+        max_bytes: int | None = None,
     ) -> list[Entry] | None:
-        """Up to ``limit`` held records at or after ``positions``, taking the tps in the
-        order given, and move ``positions`` past them; None if the switch rule does not
-        hold (read privately instead)."""
+        """Up to ``limit`` held records at or after ``positions`` (weighing at most
+        ``max_bytes``, the first one whatever its size, as a bus read), taking the tps
+        in the order given, and move ``positions`` past them; None if the switch rule
+        does not hold (read privately instead)."""
         if not self.covers(positions):
             return None
         out: list[Entry] = []
+        budget = max_bytes
         for tp in tps:
-            if len(out) >= limit:
+            if len(out) >= limit or (budget is not None and budget <= 0):
                 break
-            if chunk := self._logs[tp].since(positions[tp], limit - len(out)):
+            chunk, weight = self._logs[tp].since(
+                positions[tp], limit - len(out), budget, at_least_one=not out
+            )
+            if chunk:
                 out += chunk
                 positions[tp] = chunk[-1][1] + 1
+                if budget is not None:
+                    budget -= weight
         return out
 
     def watch(self, tps: Iterable[TopicPartition], event: asyncio.Event) -> None:
@@ -312,9 +360,9 @@ class LiveTail:
                 self._hot_added.clear()
                 await self._hot_added.wait()
                 return
-            self._reader = await self._bus.open_reader(start)
+            self._reader = await self._bus.open_reader(start, prefetch_bytes=self._read_bytes)
             self.reader_opens += 1
-        self._append(await self._reader.read(self._read_batch, self._poll_s))
+        self._append(await self._reader.read(self._read_batch, self._poll_s, self._read_bytes))
 
     async def _read_cold(self) -> None:
         """Read the other tps up to where the relay has recorded publishing, then pause."""
@@ -324,7 +372,9 @@ class LiveTail:
             tp: off for tp, off in recorded.items() if tp in cold and off > self._logs[tp].next
         }
         if behind:
-            reader = await self._bus.open_reader({tp: _start(self._logs[tp]) for tp in behind})
+            reader = await self._bus.open_reader(
+                {tp: _start(self._logs[tp]) for tp in behind}, prefetch_bytes=self._read_bytes
+            )
             self.cold_reads += 1
             try:
                 deadline = self._now() + _COLD_READ_S
@@ -332,7 +382,11 @@ class LiveTail:
                     if (left := deadline - self._now()) <= 0:
                         log.warning("live tail: topics not read up to the relay's positions")
                         break  # the next round tries again
-                    self._append(await reader.read(self._read_batch, min(left, self._poll_s)))
+                    self._append(
+                        await reader.read(
+                            self._read_batch, min(left, self._poll_s), self._read_bytes
+                        )
+                    )
             finally:
                 await reader.close()
         await asyncio.sleep(self._cold_poll_s)
@@ -356,11 +410,13 @@ class LiveTail:
             held = self._logs.get(tp)
             if held is None or record.offset < held.next:
                 continue  # not asked for, or already held (a broker replay)
-            held.append(decode(record))
+            size = record_bytes(record)
+            held.append(decode(record), size)
+            self.held_bytes += size
             order.append(held)
             touched.add(tp)
-        while len(order) > self._window:
-            order.popleft().drop_oldest()
+        while len(order) > self._window or (order and self.held_bytes > self._window_bytes):
+            self.held_bytes -= order.popleft().drop_oldest()
         for tp in touched:
             for event in self._watchers.get(tp, ()):
                 event.set()
@@ -379,12 +435,21 @@ class Feed:
     """One stream's records, from the tail or a private reader (module docstring).
 
     ``start`` is the stream's next offset per tp (-1: the earliest record held).
+    ``max_bytes`` bounds what one read returns (the first record whatever its size)
+    and what its private reader fetches ahead: all a stalled stream holds.
     One ``read()`` at a time.
     """
 
-    def __init__(self, tail: LiveTail, bus: Bus, start: Mapping[TopicPartition, int]) -> None:
+    def __init__(
+        self,
+        tail: LiveTail,
+        bus: Bus,
+        start: Mapping[TopicPartition, int],
+        max_bytes: int | None = None,
+    ) -> None:
         self._tail = tail
         self._bus = bus
+        self._max_bytes = max_bytes
         self._next = dict(start)
         self._tps = sorted(start)
         self._turn = 0
@@ -409,10 +474,11 @@ class Feed:
             if entries is not None:
                 return entries
             self._reader = await self._bus.open_reader(
-                {tp: (None if off < 0 else off) for tp, off in self._next.items()}
+                {tp: (None if off < 0 else off) for tp, off in self._next.items()},
+                prefetch_bytes=self._max_bytes,
             )
             self._tail.private_opens += 1
-        records = await self._reader.read(max_records, timeout_s)
+        records = await self._reader.read(max_records, timeout_s, self._max_bytes)
         return self._advance([decode(r) for r in records])
 
     async def close(self) -> None:
@@ -434,7 +500,7 @@ class Feed:
 
     def _take(self, max_records: int) -> list[Entry] | None:
         # Moves self._next past what it returns.
-        entries = self._tail.take(self._next, self._rotation(), max_records)
+        entries = self._tail.take(self._next, self._rotation(), max_records, self._max_bytes)
         if entries is None and self._following:
             self._tail.fell_behind += 1
         self._following = entries is not None

@@ -8,13 +8,19 @@ implementations, so that every command is written once (``exchange.cli_audit``):
   that it shows exactly what a partner's own code sees (its scope, its proofs).
 
 Both speak the SDK's values (``AuditEntry``, ``Checkpoint``, ``VerifyResult``).
+
+``verify`` takes the checkpoints the auditor kept (``KeptCheckpoint``): on the data
+directory ``verify_log`` recomputes the root at each one's size; through a server
+the SDK proves, with a consistency proof checked on this side, that the server's
+latest checkpoint extends each one, and the server's ``VerifyLog`` then recomputes
+that checkpoint's root from the stored entries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +31,20 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_public_key,
 )
-from exchange_client import AuditEntry, Checkpoint, ExchangeClient, VerifyResult
+from exchange_client import (
+    AuditEntry,
+    Checkpoint,
+    ConsistencyError,
+    ExchangeClient,
+    VerifyResult,
+)
 
 from exchange import errors
 from exchange.audit.entries import AuditEntry as StoredEntry
 from exchange.audit.entries import AuditQuery
 from exchange.audit.log import AuditLog
 from exchange.audit.signer import Signer
-from exchange.audit.verify import verify_log
+from exchange.audit.verify import UNANCHORED, KeptCheckpoint, verify_log
 from exchange.config import Settings
 from exchange.server import open_store
 
@@ -68,7 +80,9 @@ class AuditBackend(Protocol):
         """The PEM of the key checkpoints are signed with."""
         ...
 
-    def verify(self) -> VerifyResult: ...
+    def verify(self, kept: Sequence[KeptCheckpoint] = ()) -> VerifyResult:
+        """Every hash and stored checkpoint, and that the log holds each ``kept`` one."""
+        ...
 
     def close(self) -> None: ...
 
@@ -183,14 +197,14 @@ class LocalAudit:
             return read_public_key(self._public_key_file)
         return self._signing_key().public_key_pem
 
-    def verify(self) -> VerifyResult:
+    def verify(self, kept: Sequence[KeptCheckpoint] = ()) -> VerifyResult:
         if self._public_key_file is not None:
             pem: str | None = read_public_key(self._public_key_file)
         elif self._settings.signing_key_path.exists():
             pem = self._signing_key().public_key_pem
         else:
             pem = None  # the hashes only; the summary says the signatures were not checked
-        report = self._run(verify_log(self._store, pem))
+        report = self._run(verify_log(self._store, pem, kept=kept))
         return VerifyResult(
             intact=report.intact,
             entries_checked=report.entries_checked,
@@ -252,24 +266,48 @@ class RemoteAudit:
     def public_key(self) -> str:
         return self._client.public_key()
 
-    def verify(self) -> VerifyResult:
+    def verify(self, kept: Sequence[KeptCheckpoint] = ()) -> VerifyResult:
+        served = self._client.public_key()
+        key = served
         if self._public_key_file is not None:
-            expected = read_public_key(self._public_key_file)
-            served = self._client.public_key()
-            if _raw_key(expected, self._public_key_file) != _raw_key(served, "the server's"):
+            key = read_public_key(self._public_key_file)
+            if _raw_key(key, self._public_key_file) != _raw_key(served, "the server's"):
                 problem = (
                     f"the exchange signs its checkpoints with another key than the one in"
                     f" {self._public_key_file}"
                 )
-                return VerifyResult(
-                    intact=False,
-                    entries_checked=0,
-                    checkpoints_checked=0,
-                    first_bad_index=None,
-                    problem=problem,
-                    summary=f"audit log NOT verified: {problem}",
-                )
-        return self._client.verify_log()
+                return _not_intact(problem, f"audit log NOT verified: {problem}")
+        # First the kept checkpoints: the server signs its latest one over the log as it
+        # is now, and VerifyLog, asked after, recomputes that one's root from the entries.
+        largest = -1
+        for one in kept:
+            try:
+                self._client.check_consistency(one.checkpoint, key)
+            except ConsistencyError as exc:
+                where = f"the checkpoint you kept ({one.source}, size {one.checkpoint.tree_size:,})"
+                return _not_intact(str(exc), f"audit log NOT intact: {where}: {exc}")
+            largest = max(largest, one.checkpoint.tree_size)
+        result = self._client.verify_log()
+        if not kept or not result.intact:
+            return result
+        held = (
+            f"holds the checkpoint you kept, of size {largest:,}"
+            if len(kept) == 1
+            else f"holds the {len(kept):,} checkpoints you kept, the largest of size {largest:,}"
+        )
+        base = result.summary.removesuffix(f"; {UNANCHORED}")
+        return dataclasses.replace(result, summary=f"{base}; {held} (consistency proven)")
+
+
+def _not_intact(problem: str, summary: str) -> VerifyResult:
+    return VerifyResult(
+        intact=False,
+        entries_checked=0,
+        checkpoints_checked=0,
+        first_bad_index=None,
+        problem=problem,
+        summary=summary,
+    )
 
 
 def _raw_key(pem: str, what: str) -> bytes:

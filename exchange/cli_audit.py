@@ -10,6 +10,11 @@ Through a server every call is itself recorded in the log; on the data directory
 nothing is written, except that ``export`` signs a new checkpoint (with the key in
 the data directory) when the log has grown since the latest one.
 
+``checkpoint`` saves the latest signed checkpoint to a small file an auditor keeps
+away from the exchange; ``verify --checkpoint FILE`` then fails if the log no longer
+holds it (truncated, or rewritten), even when the checkpoints in the store were
+deleted with the entries. Without one, ``verify`` says that it could not tell.
+
 Exit codes: 0 success (``verify``: the log is intact), 1 an error (one line on
 stderr), 2 a wrong command line, 3 ``verify`` found the log NOT intact (the
 first bad entry is named).
@@ -31,13 +36,21 @@ from typing import IO, Any, NoReturn
 import click
 import exchange_client
 import orjson
-from exchange_client import AuditEntry, Checkpoint, ExchangeClient
+from exchange_client import AuditEntry, Checkpoint, CheckpointError, ExchangeClient
 
 from exchange import errors
 from exchange._cli_options import ca_file_option, cert_file_option, key_file_option, token_option
 from exchange.audit.entries import Action
-from exchange.audit_backend import AuditBackend, EntryFilter, LocalAudit, RemoteAudit
+from exchange.audit.verify import KeptCheckpoint
+from exchange.audit_backend import (
+    AuditBackend,
+    EntryFilter,
+    LocalAudit,
+    RemoteAudit,
+    read_public_key,
+)
 from exchange.cli_admin import config_option, data_dir_option, database_option, load_cli_settings
+from exchange.stix._explain import printable
 
 __all__ = ["EXIT_NOT_INTACT", "audit"]
 
@@ -300,7 +313,8 @@ that partner."""
 Examples:
   exchange audit log --object indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f
   exchange audit log --action deliver --since 2026-11-27 --format jsonl
-  exchange audit verify --public-key exchange-audit.pub
+  exchange audit verify --public-key exchange-audit.pub --checkpoint kept/latest.json
+  exchange audit checkpoint --output kept/2026-11-27.json
   exchange audit export --output audit-2026-11.jsonl
   exchange audit public-key > exchange-audit.pub
   exchange audit log --target exchange.example.org:50051 --token "$TOKEN"
@@ -423,8 +437,9 @@ def _csv(entries: Iterator[AuditEntry], out: IO[str]) -> None:
     epilog="""\b
 Examples:
   exchange audit verify
-  exchange audit verify --public-key exchange-audit.pub
-  exchange audit verify --target exchange.example.org:50051 --token "$AUDITOR_TOKEN"
+  exchange audit verify --public-key exchange-audit.pub --checkpoint kept/2026-11-27.json
+  exchange audit verify --target exchange.example.org:50051 --token "$AUDITOR_TOKEN" \\
+      --public-key exchange-audit.pub --checkpoint kept/2026-11-27.json
 """
     + _EPILOG_WHERE
     + """
@@ -440,8 +455,17 @@ Exit codes: 0 intact, 1 error, 3 NOT intact (the first bad entry is named)."""
     " signing key in the data directory. With --target: also check that the server signs"
     " with this key.",
 )
+@click.option(
+    "--checkpoint",
+    "checkpoint_files",
+    metavar="FILE",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A checkpoint you kept (`exchange audit checkpoint`, or an export's first line):"
+    " the log must still hold it, unchanged. Repeat it for several.",
+)
 @_where_options
-def verify(public_key_file: str | None) -> None:
+def verify(public_key_file: str | None, checkpoint_files: tuple[str, ...]) -> None:
     """Re-derive every hash of the audit log and check every signed checkpoint.
 
     Detects an entry edited, deleted, reordered or added in the middle, a
@@ -449,13 +473,116 @@ def verify(public_key_file: str | None) -> None:
     role. Keep a copy of the public key (`exchange audit public-key`) away from the
     data directory and pass it with --public-key: whoever can edit the data
     directory can also replace the key there.
+
+    The checkpoints in the store prove nothing once deleted: a log cut short together
+    with its newest checkpoints, or emptied, still looks intact. Keep a checkpoint
+    from time to time (`exchange audit checkpoint`, on another machine) and pass it
+    with --checkpoint: the log must be at least as long as it, and its root at that
+    size the one it signed. Without one the result says it could not tell.
     """
+    kept = [_kept(path) for path in checkpoint_files]
     with _backend(public_key_file) as backend:
-        result = backend.verify()
+        result = backend.verify(kept)
     # One line either way; when not intact it names the first bad entry (or checkpoint).
     click.echo(result.summary)
     if not result.intact:
         sys.exit(EXIT_NOT_INTACT)
+
+
+def _kept(path: str) -> KeptCheckpoint:
+    try:
+        with open(path, "rb") as file:
+            text = file.readline(1 << 20)
+        checkpoint = Checkpoint.from_json(text)
+    except OSError as exc:
+        _fail(f"cannot read the checkpoint {path}: {exc.strerror or exc}")
+    except CheckpointError as exc:
+        _fail(f"{path} is not a kept checkpoint: {exc}")
+    return KeptCheckpoint(checkpoint, printable(path))  # named in a one-line result
+
+
+@audit.command(
+    "checkpoint",
+    epilog="""\b
+Examples:
+  exchange audit checkpoint --output kept/$(date +%F).json
+  exchange audit checkpoint --target exchange.example.org:50051 --token "$TOKEN" \\
+      --public-key exchange-audit.pub --output kept/$(date +%F).json
+"""
+    + _EPILOG_WHERE,
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write to this file (default: standard output); written whole or not at all.",
+)
+@click.option(
+    "--public-key",
+    "public_key_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The exchange's public key (PEM): the checkpoint must be signed with it"
+    " (default: the key the exchange says it signs with).",
+)
+@_where_options
+def checkpoint_command(output: str | None, public_key_file: str | None) -> None:
+    """Save the latest signed checkpoint, to keep away from the exchange.
+
+    One line of JSON: origin, tree_size, root_hash, at, the signed note and its
+    signature (base64), and the public key. Save one from time to time (a cron job
+    on another machine) and keep the public key: `exchange audit verify
+    --checkpoint FILE` then detects a log cut short or rewritten since, even with
+    the checkpoints in the store deleted. On the data directory a new checkpoint is
+    signed first when the log has grown.
+    """
+    with _backend(public_key_file) as backend:
+        checkpoint = backend.checkpoint()
+        if public_key_file is not None:
+            public_key = read_public_key(public_key_file)
+        else:
+            public_key = backend.public_key()
+    try:
+        checkpoint.verify(public_key)
+    except CheckpointError as exc:
+        _fail(f"the exchange's checkpoint of size {checkpoint.tree_size:,} does not verify: {exc}")
+    line = orjson.dumps(_checkpoint_record(checkpoint, public_key)).decode() + "\n"
+    if output is None:
+        click.echo(line, nl=False)
+    else:
+        _write_whole(output, line)
+    click.echo(
+        f"checkpoint of size {checkpoint.tree_size:,} (signed {_iso(_at(checkpoint))})"
+        + (f" saved to {output}" if output else "")
+        + ": keep it away from the exchange, for `exchange audit verify --checkpoint FILE`",
+        err=True,
+    )
+
+
+def _write_whole(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader
+    (or a cron job stopped half-way) never sees half a checkpoint."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        _fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def _at(checkpoint: Checkpoint) -> datetime:
+    return datetime.fromtimestamp(checkpoint.at_ns / 1e9, tz=UTC)
+
+
+def _checkpoint_record(checkpoint: Checkpoint, public_key: str) -> dict[str, Any]:
+    """A checkpoint as kept: ``Checkpoint.to_json``'s fields and the public key."""
+    record: dict[str, Any] = orjson.loads(checkpoint.to_json())
+    record["public_key"] = public_key
+    return record
 
 
 @audit.command(
@@ -506,16 +633,7 @@ def export(output: str | None) -> None:
 def _export(
     checkpoint: Checkpoint, public_key: str, entries: Iterator[AuditEntry], out: IO[str]
 ) -> int:
-    head = {
-        "type": "checkpoint",
-        "origin": checkpoint.origin,
-        "tree_size": checkpoint.tree_size,
-        "root_hash": _b64(checkpoint.root_hash),
-        "at": _iso(datetime.fromtimestamp(checkpoint.at_ns / 1e9, tz=UTC)),
-        "note": _b64(checkpoint.note),
-        "signature": _b64(checkpoint.signature),
-        "public_key": public_key,
-    }
+    head = _checkpoint_record(checkpoint, public_key)
     out.write(orjson.dumps(head).decode() + "\n")
     count = 0
     for entry in entries:

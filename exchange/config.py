@@ -22,6 +22,7 @@ from exchange.errors import InvalidArgument
 from exchange.model import Tlp
 
 __all__ = [
+    "RECORD_HEADROOM_BYTES",
     "AuditSettings",
     "KafkaSettings",
     "Limits",
@@ -29,6 +30,7 @@ __all__ = [
     "MetricsSettings",
     "PostgresSettings",
     "Settings",
+    "SubscriptionSettings",
     "TlsSettings",
     "effective_settings",
     "load_settings",
@@ -40,12 +42,40 @@ ENV_PREFIX = "EXCHANGE_"
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What one submission may contain; larger input is refused, never half-processed."""
+    """What one submission may contain, and how much one partner may ask of the
+    exchange at once. Larger input is refused with the limit named, never
+    half-processed; every limit protects the other partners (docs/security.md)."""
 
     max_bundle_bytes: int = 16 * 1024 * 1024
     max_objects: int = 10_000
     max_string_length: int = 100_000
     max_depth: int = 32
+    # One object as stored and published (compact JSON). Kafka refuses records over its
+    # message.max.bytes (1 MiB by default): kafka.max_record_bytes must leave room for this
+    # plus the record's key and headers.
+    max_object_bytes: int = 1_000_000
+    # A STIX pattern's cost: its length in characters, its comparison expressions
+    # ([type:path op value] terms, IN lists counted once), and how deep its brackets
+    # and parentheses nest. Patterns past them are refused before they are parsed.
+    max_pattern_length: int = 4_096
+    max_pattern_comparisons: int = 64
+    max_pattern_depth: int = 16
+    # JSON objects and arrays within one STIX object (each external reference, kill
+    # chain phase, extension...): checking each costs ~0.2 ms, so this bounds the time
+    # one object holds a core.
+    max_json_containers: int = 1_000
+    # Communities plus recipients one submission's audience may name.
+    max_audience_names: int = 200
+    # One partner's Submit and SubmitStream calls in progress (counted before their
+    # bundles are read), and the bytes of its bundles being validated and stored at once;
+    # more are refused with RESOURCE_EXHAUSTED.
+    max_submissions_per_partner: int = 8
+    # Of those, how many have their bundles read and processed at once; the others wait
+    # their turn, unread (a waiting call holds next to nothing).
+    submissions_at_once_per_partner: int = 2
+    max_submission_bytes_per_partner: int = 32 * 1024 * 1024
+    # Other calls of one partner in progress at once (look-ups, audit queries, admin calls).
+    max_calls_per_partner: int = 32
 
 
 class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -58,6 +88,10 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enable_idempotence: bool = True
     # Low fetch wait keeps submit-to-subscriber latency in milliseconds (default 500 ms).
     fetch_max_wait_ms: int = 10
+    # The largest record the exchange produces (value, key and headers): the producer's
+    # max_request_size. Keep it at or below the brokers' message.max.bytes (and the topics'
+    # max.message.bytes); it must exceed limits.max_object_bytes by the headers' room.
+    max_record_bytes: int = 1024 * 1024
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -70,17 +104,28 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SubscriptionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Open Subscribe streams in this process, and of any one partner.
     max_open: int = 1000
+    max_open_per_partner: int = 16
+    # Deliveries per streamed message, and its size: a message holds deliveries up to
+    # max_batch_bytes of objects (one larger object goes alone).
     max_batch: int = 500
-    # Records the shared live tail keeps in memory; a stream further behind reads
-    # with a reader of its own until it catches up.
+    max_batch_bytes: int = 2 * 1024 * 1024
+    # Records the shared live tail keeps in memory, by count and by bytes of objects; a
+    # stream further behind reads with a reader of its own until it catches up.
     tail_window: int = 50_000
+    tail_window_bytes: int = 128 * 1024 * 1024
     # An idle stream sends its cursor this often (how a vanished subscriber is noticed).
     heartbeat_s: float = 5.0
+    # A stream whose subscriber takes no message for this long (its flow-control window
+    # stays shut) ends with UNAVAILABLE; it resumes from its last cursor.
+    stall_timeout_s: float = 60.0
 
 
 class RelaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Outbox rows per publish, and their bytes (one larger object goes alone).
     batch_size: int = 1000
+    batch_bytes: int = 16 * 1024 * 1024
     # Rows written by another process (the CLI, a replica) are picked up at least this often.
     poll_interval_s: float = 0.5
 
@@ -141,6 +186,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     insecure: bool = False
     # On SIGTERM: how long in-flight calls may take to finish before they are cancelled.
     shutdown_grace_s: float = 10.0
+    # Every client connection is closed after this long, with connection_grace_s more for
+    # the calls on it to finish; clients reconnect (the SDK resumes subscriptions from
+    # their cursor). A subscriber that stopped reading cannot be cut off otherwise: gRPC
+    # cannot take back the message it holds for it.
+    connection_max_age_s: float = 3600.0
+    connection_grace_s: float = 600.0
     default_tlp: Tlp = Tlp.AMBER
     topic_prefix: str = "tix"
     # Processes used to validate large bundles; 0 means one per core.
@@ -319,11 +370,33 @@ def effective_settings(
     return out
 
 
+# Room a record needs beyond its object: key (a STIX id) and headers (docs/kafka.md).
+RECORD_HEADROOM_BYTES = 32 * 1024
+
+
 def _check(s: Settings) -> None:
     limits = s.limits
-    for name in ("max_bundle_bytes", "max_objects", "max_string_length", "max_depth"):
+    for name in msgspec.structs.asdict(limits):
         if getattr(limits, name) <= 0:
             raise InvalidArgument(f"limits.{name} must be a positive number")
+    if limits.submissions_at_once_per_partner > limits.max_submissions_per_partner:
+        raise InvalidArgument(
+            "limits.submissions_at_once_per_partner must not exceed"
+            " limits.max_submissions_per_partner"
+        )
+    subs = s.subscriptions
+    for name in msgspec.structs.asdict(subs):
+        if getattr(subs, name) <= 0:
+            raise InvalidArgument(f"subscriptions.{name} must be a positive number")
+    if s.kafka.bootstrap and limits.max_object_bytes + RECORD_HEADROOM_BYTES > (
+        s.kafka.max_record_bytes
+    ):
+        raise InvalidArgument(
+            f"kafka.max_record_bytes ({s.kafka.max_record_bytes:,}) must exceed"
+            f" limits.max_object_bytes ({limits.max_object_bytes:,}) by at least"
+            f" {RECORD_HEADROOM_BYTES:,} bytes for the record's key and headers: every"
+            " accepted object must be publishable"
+        )
     if not s.topic_prefix or not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
         raise InvalidArgument("topic_prefix may hold only letters, digits, '.', '_' and '-'")
     if bool(s.tls.cert_file) != bool(s.tls.key_file):
@@ -336,8 +409,6 @@ def _check(s: Settings) -> None:
         raise InvalidArgument("audit.origin must be one non-empty line")
     if s.audit.checkpoint_interval_s <= 0:
         raise InvalidArgument("audit.checkpoint_interval_s must be a positive number of seconds")
-    if s.subscriptions.heartbeat_s <= 0:
-        raise InvalidArgument("subscriptions.heartbeat_s must be a positive number of seconds")
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")
     _check_operations(s)
@@ -376,6 +447,10 @@ def _check_operations(s: Settings) -> None:
         raise InvalidArgument("postgres.pool_size must be 2 or more")
     if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:
         raise InvalidArgument("postgres.timeout_s and shutdown_grace_s must be positive seconds")
+    if s.connection_max_age_s <= 0 or s.connection_grace_s <= 0:
+        raise InvalidArgument(
+            "connection_max_age_s and connection_grace_s must be positive seconds"
+        )
     if s.logging.format not in ("text", "json"):
         raise InvalidArgument('logging.format must be "text" or "json"')
     if s.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -13,10 +13,14 @@ from collections.abc import Sequence
 
 import orjson
 
+from exchange import policy
 from exchange.bus import BusRecord, ReadRecord
 from exchange.model import Audience, StoredObject, Tlp, ValidObject
 
-__all__ = ["HEADERS", "from_record", "to_records"]
+__all__ = ["HEADERS", "MAX_LABELS_HEADER_BYTES", "from_record", "record_size", "to_records"]
+
+# The labels header is left out when the labels' JSON is longer (read them from the value).
+MAX_LABELS_HEADER_BYTES = 1024
 
 HEADERS = (
     "stix-type",
@@ -35,10 +39,12 @@ HEADERS = (
 
 
 def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
-    """One record per topic; each says every topic the version went to, so that a
-    subscriber reading several of them takes it from one (policy.delivers_from)."""
+    """One record per topic; each says the topics the version went to that its readers
+    may know of, so that a subscriber reading several of them takes it from one
+    (policy.delivers_from). Headers carry nothing of unbounded size (labels only while
+    short) and nothing a reader of the topic may not see (policy.seen_on)."""
     obj = stored.obj
-    headers = (
+    common = [
         ("stix-type", obj.object_type.encode()),
         ("stix-version", obj.version.encode()),
         ("spec-version", obj.spec_version.encode()),
@@ -46,14 +52,32 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
         ("submitter", stored.submitter.encode()),
         ("submitter-identity", obj.created_by_ref.encode()),
         ("accepted-at", repr(stored.accepted_at).encode()),
-        ("labels", orjson.dumps(obj.labels)),
         ("revoked", b"true" if obj.revoked else b"false"),
         ("exchange-seq", str(stored.seq).encode()),
-        ("audience", stored.audience.to_json()),
-        ("topics", orjson.dumps(list(topics))),
-    )
+    ]
+    labels = orjson.dumps(obj.labels)
+    if len(labels) <= MAX_LABELS_HEADER_BYTES:
+        common.append(("labels", labels))
     key = obj.object_id.encode()
-    return [BusRecord(topic=t, key=key, value=obj.body, headers=headers) for t in topics]
+    records: list[BusRecord] = []
+    for topic in topics:
+        audience, routed = policy.seen_on(topic, stored.audience, topics)
+        headers = (
+            *common,
+            ("audience", audience.to_json()),
+            ("topics", orjson.dumps(routed)),
+        )
+        records.append(BusRecord(topic=topic, key=key, value=obj.body, headers=headers))
+    return records
+
+
+def record_size(record: BusRecord) -> int:
+    """Bytes of a record as a broker counts them against its size limit (near enough)."""
+    return (
+        len(record.key)
+        + len(record.value)
+        + sum(len(name) + len(value) for name, value in record.headers)
+    )
 
 
 def from_record(record: ReadRecord) -> StoredObject:
@@ -69,6 +93,8 @@ def from_record(record: ReadRecord) -> StoredObject:
         else Audience(tlp=tlp, submitter=submitter)
     )
     topics = tuple(orjson.loads(h["topics"])) if "topics" in h else (record.topic,)
+    # Labels too long for a header are read from the object itself.
+    labels = orjson.loads(h["labels"]) if "labels" in h else _labels_of(record.value)
     return StoredObject(
         seq=int(h["exchange-seq"]),
         submitter=submitter,
@@ -80,10 +106,17 @@ def from_record(record: ReadRecord) -> StoredObject:
             created_by_ref=h["submitter-identity"].decode(),
             tlp=tlp,
             body=record.value,
-            labels=tuple(orjson.loads(h["labels"])),
+            labels=tuple(labels),
             revoked=h["revoked"] == b"true",
             spec_version=h["spec-version"].decode(),
         ),
         audience=audience,
         topics=topics,
     )
+
+
+def _labels_of(value: bytes) -> list[str]:
+    labels = orjson.loads(value).get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError("the object's labels are not a list of strings")
+    return labels

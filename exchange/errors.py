@@ -15,6 +15,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "StoreFull",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -58,3 +59,8 @@ class ResourceExhausted(ExchangeError):
 
 class Unavailable(ExchangeError):
     """A dependency (store, bus) is not reachable right now; retry later."""
+
+
+class StoreFull(Unavailable):
+    """The store has no room left (its disk, or the database's, is full): nothing of
+    the call was stored; retry later. Health says NOT_SERVING until writes succeed."""

@@ -1,21 +1,17 @@
 """The Submit pipeline: bundle -> validate -> audience (policy) -> persist -> answer.
 
 Pure of any network code: it takes the authenticated partner and the raw
-bundle bytes and returns one result per object. STIX validation is CPU-bound
-(the stix2 library), so it runs off the event loop, on several processes for
-large bundles when more than one core is available.
+bundle bytes and returns one result per object. STIX validation is CPU-bound,
+so it runs on worker processes, taking turns fairly with other partners'
+submissions (exchange.validation); a partner may have only so many submissions
+in progress at once (limits.max_submission_bytes_per_partner).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import multiprocessing
-import os
-import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from exchange import policy
@@ -29,92 +25,14 @@ from exchange.model import (
     ObjectResult,
     Partner,
     Rejection,
-    Tlp,
     ValidObject,
 )
-from exchange.stix import decode_bundle, validate_objects
+from exchange.quota import PartnerQuota
+from exchange.stix import decode_bundle
 from exchange.store import CommitOutcome, Committed, Store, refusal
+from exchange.validation import Validator, estimated_cost
 
-__all__ = ["Ingest", "Validator"]
-
-# A worker gets at least this many objects of a bundle: smaller pieces cost more
-# in hand-off than they save. Small bundles still go to a worker process (as one
-# piece), which keeps the server's own process free for gRPC under load.
-_MIN_CHUNK = 8
-
-
-class Validator:
-    """Runs ``validate_objects`` off the event loop: on ``workers`` processes (0: one
-    per core), a large bundle split evenly over them; with one worker, in a thread."""
-
-    def __init__(self, workers: int = 0) -> None:
-        self.workers = workers or os.cpu_count() or 1
-        self._executor: Executor
-        if self.workers == 1:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="validate")
-        else:
-            self._executor = ProcessPoolExecutor(
-                self.workers,
-                # spawn, not fork: forking a process that runs gRPC threads is unsafe.
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
-            )
-
-    async def warm_up(self) -> None:
-        """Start the worker processes now rather than on the first submission."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._executor, _noop) for _ in range(self.workers))
-        )
-
-    async def validate(
-        self,
-        objects: Sequence[Any],
-        *,
-        submitter_identity: str,
-        default_tlp: Tlp,
-        limits: Limits,
-    ) -> list[ValidObject | Rejection]:
-        loop = asyncio.get_running_loop()
-        pieces = min(self.workers, math.ceil(len(objects) / _MIN_CHUNK)) or 1
-        size = math.ceil(len(objects) / pieces) or 1
-        chunks = [
-            loop.run_in_executor(
-                self._executor,
-                _validate_chunk,
-                list(objects[start : start + size]),
-                start,
-                submitter_identity,
-                default_tlp,
-                limits,
-            )
-            for start in range(0, len(objects), size)
-        ]
-        results: list[ValidObject | Rejection] = []
-        for part in await asyncio.gather(*chunks):
-            results.extend(part)
-        return results
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _noop() -> None:
-    return None
-
-
-def _ignore_interrupts() -> None:
-    # Ctrl-C in a terminal reaches the whole process group; the server process
-    # decides when workers stop, so an interrupt must not kill a validation.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _validate_chunk(
-    objects: list[Any], start: int, identity: str, tlp: Tlp, limits: Limits
-) -> list[ValidObject | Rejection]:
-    return validate_objects(
-        objects, start_index=start, submitter_identity=identity, default_tlp=tlp, limits=limits
-    )
+__all__ = ["Ingest"]
 
 
 class Ingest:
@@ -131,24 +49,35 @@ class Ingest:
         self._limits = limits
         self._on_commit = on_commit
         self._metrics = metrics or Metrics(process=False)
+        self._in_progress = PartnerQuota(
+            limits.max_submission_bytes_per_partner,
+            setting="limits.max_submission_bytes_per_partner",
+            what="bytes of bundles",
+            metrics=self._metrics,
+        )
 
     async def submit(
         self, partner: Partner, raw: bytes, request: AudienceRequest | None = None
     ) -> list[ObjectResult]:
         """Validate and store one bundle for the audience ``request`` names.
 
-        Raises InvalidBundle for bundle-level problems and InvalidArgument for an
-        audience naming unknown communities or partners (then nothing is stored);
+        Raises InvalidBundle for bundle-level problems, InvalidArgument for an
+        audience naming unknown communities or partners (then nothing is stored),
+        ResourceExhausted when the partner has too many submissions in progress;
         otherwise one result per object."""
-        try:
-            with self._metrics.submissions_in_progress.track_inprogress():
-                results = await self._submit(partner, raw, request)
-        except InvalidArgument:
-            self._metrics.submissions.labels("refused").inc()
-            raise
-        except Exception:
-            self._metrics.submissions.labels("failed").inc()
-            raise
+        # Past the partner's limit in bytes: refused at once, before anything is decoded
+        # (counted in limit_refusals). It bounds the memory and the cores one partner's
+        # concurrent large bundles can take; small ones pass freely.
+        with self._in_progress.hold(partner.partner_id, len(raw)):
+            try:
+                with self._metrics.submissions_in_progress.track_inprogress():
+                    results = await self._submit(partner, raw, request)
+            except InvalidArgument:
+                self._metrics.submissions.labels("refused").inc()
+                raise
+            except Exception:
+                self._metrics.submissions.labels("failed").inc()
+                raise
         self._metrics.submitted(results)
         return results
 
@@ -157,22 +86,25 @@ class Ingest:
     ) -> list[ObjectResult]:
         request = request or AudienceRequest()
         if request.communities or request.recipients:
+            policy.check_request_size(request, self._limits.max_audience_names)
             communities = [c.name for c in await self._store.list_communities()]
             partners = {p.partner_id: p for p in await self._store.list_partners()}
             policy.check_request(request, partners=partners, communities=communities)
-        objects = await asyncio.to_thread(decode_bundle, raw, self._limits)
+        objects, costs = await asyncio.to_thread(self._decode, raw)
         checked = await self._validator.validate(
             objects,
+            costs,
+            partner_id=partner.partner_id,
             submitter_identity=partner.identity_id,
             default_tlp=partner.default_tlp,
             limits=self._limits,
         )
         valid = [c for c in checked if isinstance(c, ValidObject)]
-        # One look-up for both: which objects are held already (a later version keeps
-        # its audience) and who created what the sightings among them are of.
+        # One look-up for both: which objects this partner holds already (a later
+        # version keeps its audience) and who created what the sightings are of.
         refs = {o.refers_to for o in valid if o.refers_to}
-        held = await self._store.submitters_of({o.object_id for o in valid} | refs)
-        creators = await self._sighted_creators(refs, held)
+        holders = await self._store.submitters_of({o.object_id for o in valid} | refs)
+        creators = await self._sighted_creators(refs, holders)
         results: dict[int, ObjectResult] = {}
         routed: list[tuple[ValidObject, Audience]] = []
         for obj in valid:
@@ -181,7 +113,9 @@ class Ingest:
                 partner,
                 request,
                 implied_recipients=creators.get(obj.refers_to, ()),
-                first_version=obj.object_id not in held,
+                # Another partner's copy (of an observable) or object (which the store
+                # refuses) is not an earlier version of this one.
+                first_version=partner.partner_id not in holders.get(obj.object_id, ()),
             )
             if isinstance(audience, Rejection):
                 results[obj.index] = _rejected(audience)
@@ -200,16 +134,22 @@ class Ingest:
             results[obj.index] = _result(obj, asked, done)
         return [results[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]
 
+    def _decode(self, raw: bytes) -> tuple[list[Any], list[int]]:
+        """The bundle's objects and what each will cost to validate (in a thread)."""
+        objects = decode_bundle(raw, self._limits)
+        return objects, [estimated_cost(obj) for obj in objects]
+
     async def _sighted_creators(
-        self, refs: set[str], held: Mapping[str, str]
+        self, refs: set[str], holders: Mapping[str, frozenset[str]]
     ) -> dict[str, list[Partner]]:
-        """For each sighted object id in ``refs`` that is held: the partner that
-        created it (a sighting travels back to the creator of its indicator)."""
+        """For each sighted object id in ``refs`` that is held: the partners that
+        created it (a sighting travels back to the creator of what it sights)."""
         out: dict[str, list[Partner]] = {}
-        for object_id in refs & held.keys():
-            creator = await self._store.get_partner(held[object_id])
-            if creator is not None:
-                out[object_id] = [creator]
+        for object_id in refs & holders.keys():
+            for partner_id in sorted(holders[object_id]):
+                creator = await self._store.get_partner(partner_id)
+                if creator is not None:
+                    out.setdefault(object_id, []).append(creator)
         return out
 
 

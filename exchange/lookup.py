@@ -23,9 +23,14 @@ async def get_object(
     version: str | None = None,
 ) -> StoredObject:
     """The version (latest when None), or NotFound: the same answer whether it does
-    not exist or ``partner`` may not receive it, so a look-up reveals nothing."""
-    stored = await store.get_object(object_id, version or None)
-    if stored is None or not policy.may_receive(partner, stored.audience):
+    not exist or ``partner`` may not receive it, so a look-up reveals nothing. Of an
+    observable several partners hold copies of, the caller's own copy if it has one,
+    else the latest accepted of those it may receive."""
+    copies = await store.object_copies(object_id, version or None)
+    visible = [c for c in copies if policy.may_receive(partner, c.audience)]
+    own = [c for c in visible if c.submitter == partner.partner_id]
+    stored = max(own or visible, key=lambda c: c.seq, default=None)
+    if stored is None:
         # What was asked for, not what is held: the entry must not reveal it either.
         miss = Event(
             Action.LOOKUP,

@@ -190,6 +190,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.limit_refusals = Counter(
+            "exchange_limit_refusals",
+            "Requests, objects and streams refused or ended because they reached a limit,"
+            " by the limit's setting (e.g. limits.max_pattern_comparisons)",
+            ["limit"],
+            registry=r,
+        )
         # -- relay -----------------------------------------------------------------
         self.relay_published = Counter(
             "exchange_relay_published_rows",
@@ -213,6 +220,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.relay_set_aside = Counter(
+            "exchange_relay_set_aside_rows",
+            "Outbox rows set aside because the bus refused their records (too large for"
+            " the broker); the rest of the outbox flows on (see the log for each)",
+            registry=r,
+        )
         # -- Subscribe -------------------------------------------------------------
         self.subscriptions_open = Gauge(
             "exchange_subscriptions_open", "Subscribe streams open now", registry=r
@@ -227,7 +240,19 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.subscriptions_stalled = Counter(
+            "exchange_subscriptions_stalled",
+            "Subscribe streams ended because their subscriber took no message for"
+            " subscriptions.stall_timeout_s",
+            registry=r,
+        )
         # -- Kafka, health, gRPC ---------------------------------------------------
+        self.store_full = Gauge(
+            "exchange_store_full",
+            "1 while the store has no room left (disk or database full): submissions are"
+            " refused with UNAVAILABLE and health says NOT_SERVING",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "exchange_kafka_errors",
             "Kafka client errors, by operation (connect, metadata, publish, read)",
@@ -281,6 +306,8 @@ class Metrics:
                 rejected += 1
                 if result.rejection is not None:
                     self.objects_rejected.labels(rejection_reason(result.rejection)).inc()
+                    if result.rejection.limit:
+                        self.limit_refusals.labels(result.rejection.limit).inc()
         if accepted:
             self.objects_accepted.inc(accepted)
         if duplicate:

@@ -142,17 +142,22 @@ class Audience:
     communities: frozenset[str] = frozenset()
     recipients: frozenset[str] = frozenset()
     excluded_kinds: frozenset[PartnerKind] = frozenset()
+    # Partners it goes to because of what it refers to, not because the submitter
+    # named them (the creator of the indicator a sighting is of). Never shown to the
+    # submitter: who they are would tell it who holds the object it referred to.
+    implied: frozenset[str] = frozenset()
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "tlp": self.tlp.value,
-                "submitter": self.submitter,
-                "communities": sorted(self.communities),
-                "recipients": sorted(self.recipients),
-                "excluded_kinds": sorted(self.excluded_kinds),
-            }
-        )
+        doc: dict[str, object] = {
+            "tlp": self.tlp.value,
+            "submitter": self.submitter,
+            "communities": sorted(self.communities),
+            "recipients": sorted(self.recipients),
+            "excluded_kinds": sorted(self.excluded_kinds),
+        }
+        if self.implied:
+            doc["implied"] = sorted(self.implied)
+        return orjson.dumps(doc)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Audience:
@@ -164,6 +169,7 @@ class Audience:
             communities=frozenset(map(str, doc["communities"])),
             recipients=frozenset(map(str, doc["recipients"])),
             excluded_kinds=frozenset(map(PartnerKind, doc["excluded_kinds"])),
+            implied=frozenset(map(str, doc.get("implied", ()))),
         )
 
 
@@ -176,6 +182,8 @@ class Rejection:
     expected: str
     index: int = 0
     version: str = ""
+    # The setting whose limit the object went past, if that is why (for metrics).
+    limit: str = ""
 
     @builtins.property  # the field `property` shadows the builtin in this class body
     def message(self) -> str:

@@ -41,11 +41,13 @@ __all__ = [
     "audience_for",
     "audit_scope",
     "check_request",
+    "check_request_size",
     "community_topic",
     "delivers_from",
     "kept_notice",
     "may_receive",
     "partner_topic",
+    "seen_on",
     "subscription_topics",
     "topics_for",
     "widen",
@@ -63,7 +65,7 @@ def may_receive(partner: Partner, audience: Audience) -> bool:  # noqa: PLR0911 
         return True
     if Role.SUBSCRIBE not in partner.roles:
         return False
-    if partner.partner_id in audience.recipients:
+    if partner.partner_id in audience.recipients or partner.partner_id in audience.implied:
         return True
     if partner.kind in audience.excluded_kinds:
         return False
@@ -115,6 +117,18 @@ def check_request(
             )
 
 
+def check_request_size(request: AudienceRequest, most: int) -> None:
+    """Refuse an audience naming more communities and recipients than ``most``
+    (limits.max_audience_names) before anything looks them up."""
+    named = len(request.communities) + len(request.recipients)
+    if named > most:
+        raise InvalidArgument(
+            f"the audience names {named:,} communities and recipients; at most {most:,}"
+            " (limits.max_audience_names): share with a community instead of naming"
+            " each partner"
+        )
+
+
 def _listed(names: list[str], most: int = 5) -> str:
     """Names for an error message, bounded however many and long the caller sent."""
     shown = [n if len(n) <= 80 else n[:77] + "..." for n in names[:most]]
@@ -134,17 +148,25 @@ def audience_for(
 
     ``implied_recipients``: partners the object goes to whatever was named (the
     creator of the indicator a sighting is of), unless their kind is excluded:
-    the submitter's explicit exclusion wins over an implied route. A later version
+    the submitter's explicit exclusion wins over an implied route. They are kept apart
+    (``Audience.implied``) and never decide the outcome: whether a sighting is accepted
+    must not tell its submitter whether the sighted object exists, or whose it is, so a
+    TLP:RED sighting needs no recipient named, held or not. A later version
     (``first_version`` False) keeps its object's earlier recipients (``widen``), so a
-    TLP:RED one needs none named."""
-    recipients = request.recipients | {
-        p.partner_id for p in implied_recipients if p.kind not in request.excluded_kinds
-    }
+    TLP:RED one needs none named either."""
+    recipients = request.recipients - {submitter.partner_id}
+    implied = frozenset(
+        p.partner_id
+        for p in implied_recipients
+        if p.kind not in request.excluded_kinds and p.partner_id != submitter.partner_id
+    )
     communities: frozenset[str] = frozenset()
     if obj.tlp is Tlp.AMBER:
         named = request.communities or request.recipients
         communities = request.communities if named else submitter.communities
-    elif obj.tlp is Tlp.RED and first_version and not recipients - {submitter.partner_id}:
+    elif obj.tlp is Tlp.RED and first_version and not recipients and not obj.refers_to:
+        # A sighting names its recipient implicitly (the creator of what it sights), so
+        # it is accepted whether or not that object is held: the answer must not say.
         return Rejection(
             obj.object_id,
             "object_marking_refs",
@@ -157,8 +179,9 @@ def audience_for(
         tlp=obj.tlp,
         submitter=submitter.partner_id,
         communities=communities,
-        recipients=recipients - {submitter.partner_id},
+        recipients=recipients,
         excluded_kinds=request.excluded_kinds,
+        implied=implied - recipients,
     )
 
 
@@ -171,6 +194,7 @@ def widen(earlier: Audience, later: Audience) -> Audience:
         communities=earlier.communities | later.communities,
         recipients=earlier.recipients | later.recipients,
         excluded_kinds=earlier.excluded_kinds & later.excluded_kinds,
+        implied=(earlier.implied | later.implied) - earlier.recipients - later.recipients,
     )
 
 
@@ -208,8 +232,11 @@ def kept_notice(asked: Audience, kept: Audience) -> str:
 SHARED_TOPICS = ("clear", "green")
 
 
+_PARTNER_TOPIC = "partner."
+
+
 def partner_topic(partner_id: str) -> str:
-    return f"partner.{partner_id}"
+    return f"{_PARTNER_TOPIC}{partner_id}"
 
 
 def community_topic(name: str) -> str:
@@ -230,10 +257,33 @@ def topics_for(audience: Audience, partners: Iterable[Partner]) -> list[str]:
         topics.append(audience.tlp.value)
     elif audience.tlp is Tlp.AMBER:
         topics += [community_topic(c) for c in sorted(audience.communities)]
-    named = audience.recipients | {audience.submitter}
+    named = audience.recipients | audience.implied | {audience.submitter}
     if audience.tlp not in _EVERYONE:
         topics += [partner_topic(p) for p in sorted(named)]
     return topics
+
+
+def seen_on(topic: str, audience: Audience, routed_to: Iterable[str]) -> tuple[Audience, list[str]]:
+    """What the readers of ``topic`` may learn of a version's audience and routing: the
+    record published there carries these (every header is readable by every reader of
+    its topic, and a partner's own Kafka consumer reads its topic directly).
+
+    A partner topic's reader learns whether it is itself a recipient, never who else is
+    (the creator a sighting was routed to would tell the sighting's submitter whose
+    indicator it sighted); shared and community topics show no recipients at all. The
+    routing keeps the shared and community topics and this one: enough for a reader of
+    several topics to take the record from the first of them (``delivers_from``)."""
+    reader = topic.removeprefix(_PARTNER_TOPIC)
+    visible = frozenset({reader}) if reader != topic else frozenset()
+    shown = Audience(
+        tlp=audience.tlp,
+        submitter=audience.submitter,
+        communities=audience.communities,
+        recipients=audience.recipients & visible,
+        excluded_kinds=audience.excluded_kinds,
+        implied=audience.implied & visible,
+    )
+    return shown, [t for t in routed_to if t == topic or not t.startswith(_PARTNER_TOPIC)]
 
 
 def subscription_topics(partner: Partner) -> list[str]:

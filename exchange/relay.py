@@ -2,8 +2,12 @@
 
 At-least-once: rows leave the outbox only after the bus acknowledged every
 record; a crash in between publishes them again, and subscribers drop the
-repeat by its exchange sequence number. Woken right after each commit, and
-polling as a fallback for rows written while it was down or by another process.
+repeat by its exchange sequence number. A row whose record the bus will never
+take (larger than the broker accepts: ingest refuses such objects, so only a
+broker configured below ``kafka.max_record_bytes`` gets here) is set aside with
+its reason, logged and counted, and the rest of the outbox flows on. Woken right
+after each commit, and polling as a fallback for rows written while it was down or
+by another process.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import contextlib
 import logging
 
 from exchange import policy
-from exchange.bus import Bus, BusRecord, TopicPartition
+from exchange.bus import Bus, BusRecord, Refused, TopicPartition
 from exchange.envelope import to_records
 from exchange.errors import ExchangeError
 from exchange.metrics import Metrics
+from exchange.model import StoredObject
 from exchange.store import Store
 
 __all__ = ["Relay"]
@@ -31,6 +36,7 @@ class Relay:
         bus: Bus,
         *,
         batch_size: int = 1000,
+        batch_bytes: int = 16 * 1024 * 1024,
         poll_interval_s: float = 0.5,
         metrics: Metrics | None = None,
     ) -> None:
@@ -38,6 +44,7 @@ class Relay:
         self._bus = bus
         self._metrics = metrics or Metrics(process=False)
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
         self._poll_interval_s = poll_interval_s
         self._wakeup = asyncio.Event()
         # Rows committed by other replicas wake it too (PostgreSQL NOTIFY).
@@ -99,7 +106,7 @@ class Relay:
             )
         if not leading:
             return 0
-        rows = await self._store.pending_outbox(self._batch_size)
+        rows = await self._store.pending_outbox(self._batch_size, self._batch_bytes)
         self._metrics.relay_pass(rows)
         if not rows:
             return 0
@@ -110,17 +117,40 @@ class Relay:
             else []
         )
         records: list[BusRecord] = []
+        row_of: list[StoredObject] = []  # the row of each record
         for row in rows:
-            records.extend(to_records(row, policy.topics_for(row.audience, partners)))
+            for record in to_records(row, policy.topics_for(row.audience, partners)):
+                records.append(record)
+                row_of.append(row)
         new_topics = {r.topic for r in records} - self._known_topics
         if new_topics:
             await self._bus.ensure_topics(sorted(new_topics))
             self._known_topics |= new_topics
         landed = await self._bus.publish(records)
         positions: dict[TopicPartition, int] = {}
-        for tp, offset in landed:
+        set_aside: dict[int, str] = {}
+        for record, row, outcome in zip(records, row_of, landed, strict=True):
+            if isinstance(outcome, Refused):
+                set_aside.setdefault(row.seq, f"topic {record.topic}: {outcome.reason}")
+                continue
+            tp, offset = outcome
             positions[tp] = max(positions.get(tp, 0), offset + 1)
-        await self._store.mark_published([r.seq for r in rows], positions)
-        self._metrics.relayed(rows)
-        self.published += len(rows)
+        # A row the bus refused leaves the outbox all the same (set aside, for the
+        # operator): retried, it would stand in front of everyone else's forever.
+        done = [r for r in rows if r.seq not in set_aside]
+        await self._store.mark_published([r.seq for r in done], positions, set_aside)
+        for row in rows:
+            if (reason := set_aside.get(row.seq)) is not None:
+                log.error(
+                    "relay: set aside object %s version %s (exchange seq %d, submitted by"
+                    " %s): %s; it stays stored, and is not delivered through the bus",
+                    row.obj.object_id,
+                    row.obj.version,
+                    row.seq,
+                    row.submitter,
+                    reason,
+                )
+        self._metrics.relay_set_aside.inc(len(set_aside))
+        self._metrics.relayed(done)
+        self.published += len(done)
         return len(rows)

@@ -31,10 +31,12 @@ from exchange.bus.local import LocalBus
 from exchange.config import Settings, TlsSettings, parse_listen
 from exchange.errors import InvalidArgument, Unavailable
 from exchange.health import HealthMonitor
-from exchange.ingest import Ingest, Validator
+from exchange.ingest import Ingest
 from exchange.metrics import Metrics, MetricsServer
+from exchange.quota import PartnerQuota
 from exchange.registry import Registry
 from exchange.relay import Relay
+from exchange.services._admission import Admission, CallKind
 from exchange.services._logging import CallLog
 from exchange.services.admin import AdminService
 from exchange.services.audit import AuditService
@@ -42,6 +44,7 @@ from exchange.services.exchange import ExchangeService
 from exchange.store import Store
 from exchange.store.sqlite import SqliteStore
 from exchange.subscriptions import Subscriptions
+from exchange.validation import Validator
 
 __all__ = ["SHUTDOWN_SLACK_S", "ExchangeServer", "check_listen", "is_loopback", "open_store"]
 
@@ -58,13 +61,13 @@ _RELAY_FLUSH_S = 10.0
 # How long `exchange serve` gives its shutdown beyond shutdown_grace_s (the relay's flush,
 # the last audit entries and checkpoint) before it exits anyway.
 SHUTDOWN_SLACK_S = 20.0
-# The SDK refuses to send more than this.
+# The largest message the server sends (and the SDK sends or receives).
 _TRANSPORT_LIMIT = 64 * 1024 * 1024
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
     """The store the settings name: PostgreSQL for a ``database`` URL, else the SQLite
-    file in the data directory. Not opened yet."""
+    file in the data directory. Not opened yet. ``metrics``: where it shows a full disk."""
     if settings.database:
         # Imported here: the embedded default needs no PostgreSQL driver loaded.
         from exchange.store.postgres import PostgresStore  # noqa: PLC0415
@@ -73,8 +76,9 @@ def open_store(settings: Settings) -> Store:
             settings.database,
             pool_size=settings.postgres.pool_size,
             timeout_s=settings.postgres.timeout_s,
+            metrics=metrics,
         )
-    return SqliteStore(settings.data_path / "exchange.sqlite3")
+    return SqliteStore(settings.data_path / "exchange.sqlite3", metrics=metrics)
 
 
 def is_loopback(listen: str) -> bool:
@@ -129,7 +133,7 @@ class ExchangeServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.store = open_store(settings)
+        self.store = open_store(settings, self.metrics)
         self.bus = _bus(settings, self.metrics)
         self.validator = Validator(settings.validation_workers)
         self.recorder = AuditRecorder(self.store)
@@ -137,6 +141,7 @@ class ExchangeServer:
             self.store,
             self.bus,
             batch_size=settings.relay.batch_size,
+            batch_bytes=settings.relay.batch_bytes,
             poll_interval_s=settings.relay.poll_interval_s,
             metrics=self.metrics,
         )
@@ -144,14 +149,43 @@ class ExchangeServer:
             self.store,
             self.bus,
             max_open=settings.subscriptions.max_open,
+            max_open_per_partner=settings.subscriptions.max_open_per_partner,
             max_batch=settings.subscriptions.max_batch,
+            max_batch_bytes=settings.subscriptions.max_batch_bytes,
             tail_window=settings.subscriptions.tail_window,
+            tail_window_bytes=settings.subscriptions.tail_window_bytes,
             heartbeat_s=settings.subscriptions.heartbeat_s,
+            stall_timeout_s=settings.subscriptions.stall_timeout_s,
             recorder=self.recorder,
             metrics=self.metrics,
         )
         self.ingest = Ingest(
             self.store, self.validator, settings.limits, self.relay.wake, metrics=self.metrics
+        )
+        # A partner's calls in progress, counted before their requests are read.
+        self.admission = Admission(
+            self.store,
+            {
+                CallKind.SUBMISSION: PartnerQuota(
+                    settings.limits.max_submissions_per_partner,
+                    setting="limits.max_submissions_per_partner",
+                    what="submissions",
+                    metrics=self.metrics,
+                    at_once=settings.limits.submissions_at_once_per_partner,
+                ),
+                CallKind.STREAM: PartnerQuota(
+                    settings.subscriptions.max_open_per_partner,
+                    setting="subscriptions.max_open_per_partner",
+                    what="open subscriptions",
+                    metrics=self.metrics,
+                ),
+                CallKind.CALL: PartnerQuota(
+                    settings.limits.max_calls_per_partner,
+                    setting="limits.max_calls_per_partner",
+                    what="calls (look-ups, audit and admin calls)",
+                    metrics=self.metrics,
+                ),
+            },
         )
         self.registry_watch = RegistryWatch(self.store)
         self.auth = Authenticator(self.store, self.registry_watch)
@@ -191,18 +225,34 @@ class ExchangeServer:
             mirror = AuditMirror(self.store, self.bus)
             self._tasks.append(asyncio.create_task(mirror.run(), name="audit-mirror"))
 
-        # Bundles up to the transport limit reach the pipeline, which refuses one
-        # over max_bundle_bytes with a reason (the transport could only say "too large").
-        limit = max(self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK, _TRANSPORT_LIMIT)
+        # A request is read whole before any handler runs: what one call may make the
+        # server hold. Bundles a little over max_bundle_bytes still reach the pipeline,
+        # which says why they are refused; larger ones get the transport's refusal.
+        receive_limit = self.settings.limits.max_bundle_bytes + _MESSAGE_SLACK
         server = grpc.aio.server(
             # A request id and one log line per call (exchange/services/_logging.py).
-            interceptors=(CallLog(self.metrics),),
+            # Admission (per-partner limits) runs before a call's request is read.
+            interceptors=(CallLog(self.metrics), self.admission),
             options=[
                 # Never share the port with another process (gRPC's default on Linux):
                 # a second exchange on the same port must fail, not split the traffic.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                # No bandwidth-delay probing: it grows every stream's receive window, so
+                # calls refused before their request is read (exchange.services._admission)
+                # still had megabytes each buffered for them (forty 15 MB submissions from
+                # one partner: 1.27 GB with probing, 0.45 GB without). A stream reading a
+                # message still gets a window for all of it.
+                ("grpc.http2.bdp_probe", 0),
+                ("grpc.max_receive_message_length", receive_limit),
+                ("grpc.max_send_message_length", _TRANSPORT_LIMIT),
+                # Connections are recycled: the one way to let go of a subscriber that
+                # stopped reading (its last message cannot be taken back), and of
+                # whatever its stream held, within connection_max_age_s + grace.
+                ("grpc.max_connection_age_ms", round(self.settings.connection_max_age_s * 1000)),
+                (
+                    "grpc.max_connection_age_grace_ms",
+                    round(self.settings.connection_grace_s * 1000),
+                ),
                 # Notice dead subscribers (and let them notice us) within a minute.
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
@@ -275,6 +325,9 @@ class ExchangeServer:
                 await self.audit_log.checkpoint()
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:
+                # The store is down or full (health says so): no traceback each time.
+                log.warning("audit: signing a checkpoint failed: %s", exc.message)
             except Exception:
                 log.warning("audit: signing a checkpoint failed", exc_info=True)
 

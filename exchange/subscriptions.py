@@ -8,9 +8,23 @@ from history or after it fell behind the window. It re-checks the policy for eve
 record, filters by type and label, and hands out batches. Each delivery carries a
 cursor: the read position of every topic-partition right after that delivery, plus
 the highest exchange sequence seen there (to drop a relay's at-least-once repeats).
-Resuming from it repeats nothing and skips nothing. Reading waits for the previous
-batch to be taken, so a slow subscriber holds at most one batch in memory (and the
-tail never waits for it: the subscriber falls out of its window instead).
+Resuming from it repeats nothing and skips nothing.
+
+What a stream may hold is bounded in bytes, whatever its subscriber does. A batch
+holds at most ``max_batch`` deliveries and ``max_batch_bytes`` of records (one
+larger record goes alone), and the stream's private reader fetches no more ahead.
+Reading waits until the previous batch was sent, so a slow subscriber holds one batch
+(the tail never waits for it: the subscriber falls out of its window instead). A
+subscriber that takes no message for ``stall_timeout_s`` (its HTTP/2 flow-control
+window stays shut) has its stream ended with Unavailable. A DELIVER entry is recorded
+once the message holding it was written to the stream, never before: gRPC cannot take
+back a message it was handed, so the last message of a stalled stream goes out if its
+subscriber reads again (and is recorded then, the status after it), and resuming from
+the cursor of the last message received repeats and skips nothing. Each partner may
+have at most ``max_open_per_partner`` streams open in this process, a stalled one until
+its last message went out or its connection closed, so that no partner can take every
+slot of ``max_open`` or pile up stalled streams. Every field of a request is checked
+against its bound before anything records it (``SubscriptionRequest``).
 
 A record on several of the partner's topics (a community and a named recipient) is
 delivered from one of them (policy.delivers_from). Between reads the stream asks its
@@ -22,16 +36,21 @@ its last cursor with the new set of topics.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import hashlib
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
 
 from exchange import policy
 from exchange._tail import Feed, LiveTail
+from exchange._tasks import cancel_and_wait
 from exchange.audit.entries import Action, Event, delivered
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
@@ -39,9 +58,30 @@ from exchange.bus import Bus, TopicPartition
 from exchange.errors import ExchangeError, InvalidArgument, ResourceExhausted, Unavailable
 from exchange.metrics import Metrics
 from exchange.model import Partner, Role, StoredObject
+from exchange.stix._explain import printable, short
 from exchange.store import Store
 
-__all__ = ["Batch", "Cursor", "Delivery", "SubscriptionRequest", "Subscriptions"]
+__all__ = [
+    "MAX_CURSOR_CHARS",
+    "MAX_FILTER_VALUES",
+    "MAX_LABEL_CHARS",
+    "Batch",
+    "Cursor",
+    "Delivery",
+    "Send",
+    "SubscriptionRequest",
+    "Subscriptions",
+    "subscription_request",
+]
+
+# Bounds on a request's fields, far above real use (a cursor holds one entry of about
+# 60 characters per topic-partition of the partner): what a caller sends is checked
+# against them before it is decoded or recorded.
+MAX_CURSOR_CHARS = 64 * 1024
+MAX_FILTER_VALUES = 64  # types, and labels, per request
+MAX_LABEL_CHARS = 256
+# STIX 2.1 type names: 3-250 of a-z, 0-9 and '-'.
+_TYPE_NAME = re.compile(r"[a-z0-9-]{3,250}")
 
 _CURSOR_VERSION = 1
 _SHUTTING_DOWN = "the exchange is shutting down; resume from your last cursor"
@@ -103,6 +143,7 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
+        _check_cursor_length(text)
         bad = InvalidArgument(
             "cursor is not one this exchange issued; pass the cursor of the last delivery"
             " you handled, or start from_beginning / from now"
@@ -132,11 +173,81 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionRequest:
+    """What a subscriber asked for; every field within its bound (InvalidArgument
+    naming the field and the bound otherwise), so that it can be recorded."""
+
     types: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
     cursor: str | None = None
     from_beginning: bool = False
-    max_batch: int = 500
+    max_batch: int = 500  # 0: the server's
+
+    def __post_init__(self) -> None:
+        _check_count("types", self.types)
+        _check_count("labels", self.labels)
+        for value in sorted(self.types):
+            if not _TYPE_NAME.fullmatch(value):
+                raise InvalidArgument(
+                    f"types holds {_shown(value)}, not a STIX type name (3-250 characters"
+                    " of a-z, 0-9 and '-', e.g. indicator)"
+                )
+        for value in sorted(self.labels):
+            if len(value) > MAX_LABEL_CHARS:
+                raise InvalidArgument(
+                    f"labels holds a label of {len(value):,} characters ({_shown(value)}),"
+                    f" over the {MAX_LABEL_CHARS} a label filter may have"
+                )
+            if printable(value) != value:
+                raise InvalidArgument(
+                    f"labels holds {_shown(value)}, with a control or invisible character;"
+                    " a label filter is one line of visible text"
+                )
+        if self.cursor is not None:
+            _check_cursor_length(self.cursor)
+        if self.max_batch < 0:
+            raise InvalidArgument(
+                f"max_batch is {self.max_batch}; give 0 (the server's) or a positive number"
+            )
+
+
+def subscription_request(
+    types: Collection[str],
+    labels: Collection[str],
+    *,
+    cursor: str | None,
+    from_beginning: bool,
+    max_batch: int,
+) -> SubscriptionRequest:
+    """A request from a caller's fields, counted before they are copied."""
+    _check_count("types", types)
+    _check_count("labels", labels)
+    return SubscriptionRequest(
+        types=frozenset(types),
+        labels=frozenset(labels),
+        cursor=cursor,
+        from_beginning=from_beginning and cursor is None,
+        max_batch=max_batch,
+    )
+
+
+def _check_cursor_length(text: str) -> None:
+    if len(text) > MAX_CURSOR_CHARS:
+        raise InvalidArgument(
+            f"cursor is {len(text):,} characters, over the {MAX_CURSOR_CHARS:,} of any cursor"
+            " this exchange issues; pass the cursor of the last delivery you handled"
+        )
+
+
+def _check_count(field: str, values: Collection[str]) -> None:
+    if len(values) > MAX_FILTER_VALUES:
+        raise InvalidArgument(
+            f"{field} holds {len(values):,} values, over the {MAX_FILTER_VALUES} a request may"
+            f" give; filter on fewer {field} (or on none, to receive all)"
+        )
+
+
+def _shown(value: str) -> str:
+    return f'"{printable(short(value))}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +261,20 @@ class Batch:
     deliveries: list[Delivery]
     # Position after everything this batch covers, filtered records included.
     cursor: str
+
+
+# Sends one batch to the subscriber; returns once it was written to the stream.
+Send = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass(eq=False, slots=True)
+class _Open:
+    """An open stream, as the stall watch sees it."""
+
+    partner_id: str
+    count: int = 0  # deliveries written
+    writing_since: float | None = None  # loop time its current write began
+    stalled: bool = False
 
 
 class _Position:
@@ -179,10 +304,14 @@ class Subscriptions:
         bus: Bus,
         *,
         max_open: int = 1000,
+        max_open_per_partner: int = 16,
         max_batch: int = 500,
+        max_batch_bytes: int = 2 * 1024 * 1024,
         idle_wait_s: float = 1.0,
         heartbeat_s: float = 5.0,
+        stall_timeout_s: float = 60.0,
         tail_window: int = 50_000,
+        tail_window_bytes: int = 128 * 1024 * 1024,
         recorder: AuditRecorder | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -191,12 +320,24 @@ class Subscriptions:
         self._metrics = metrics or Metrics(process=False)
         self._bus = bus
         self._max_open = max_open
+        self._max_open_per_partner = max_open_per_partner
         self._max_batch = max_batch
+        self._max_batch_bytes = max_batch_bytes
         self._idle_wait_s = idle_wait_s
         self._heartbeat_s = heartbeat_s
-        self.tail = LiveTail(store, bus, window=tail_window, hot_topics=policy.SHARED_TOPICS)
+        self._stall_timeout_s = stall_timeout_s
+        self.tail = LiveTail(
+            store,
+            bus,
+            window=tail_window,
+            window_bytes=tail_window_bytes,
+            hot_topics=policy.SHARED_TOPICS,
+        )
         self.open_count = 0
-        # Deliveries handed to streams so far (the gRPC layer awaits each write).
+        self._open_by_partner: dict[str, int] = {}
+        self._open: set[_Open] = set()
+        self._stall_watch: asyncio.Task[None] | None = None
+        # Deliveries sent to streams so far (each counted once its message was written).
         self.delivered = 0
         self._shutting_down = False
 
@@ -208,54 +349,132 @@ class Subscriptions:
     async def close(self) -> None:
         """Stop the live tail; streams still open end with Unavailable."""
         self._shutting_down = True
+        watch, self._stall_watch = self._stall_watch, None
+        await cancel_and_wait(watch)
         await self.tail.close()
 
-    async def stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
-        """Batches for the caller of ``access`` until it stops iterating. The audit
-        log records the start, every delivery and the end."""
+    async def serve(self, access: Access, request: SubscriptionRequest, send: Send) -> None:
+        """Send the caller of ``access`` its batches with ``send`` until the stream is
+        cancelled (the subscriber went away) or ends with an ExchangeError. The audit
+        log records the start, each delivery once the message holding it was written,
+        and the end.
+
+        A write not done within ``stall_timeout_s`` marks the stream stalled (the stall
+        watch). gRPC cannot take back a message it was given, and the write is never
+        cancelled: it ends when the subscriber reads again (the message arrives and is
+        recorded, then Unavailable) or when its connection closes. Until then the stream
+        keeps its place in the partner's limit, so no partner can pile up stalled ones.
+        Each write is awaited directly: a task per message would double the server's
+        CPU per message of a live stream (measured)."""
         if self._shutting_down:
             raise Unavailable(_SHUTTING_DOWN)
-        if self.open_count >= self._max_open:
-            raise ResourceExhausted(
-                f"the exchange serves at most {self._max_open} open subscriptions; retry later"
-            )
-        self.open_count += 1
-        self._metrics.subscriptions_open.inc()
+        # A foreign cursor is refused before anything is recorded or set up for it.
+        given = None if request.cursor is None else Cursor.decode(request.cursor).positions
         me = access.partner.partner_id
+        self._admit(me)
+        self.open_count += 1
+        self._open_by_partner[me] = self._open_by_partner.get(me, 0) + 1
+        self._metrics.subscriptions_open.inc()
+        this = _Open(me)
+        self._open.add(this)
+        self._watch_stalls()
         self._record(Event(Action.SUBSCRIBE_START, me, time.time(), detail=_described(request)))
-        count, ending = 0, "closed by the subscriber"
+        ending = "closed by the subscriber"
+        loop = asyncio.get_running_loop()
         try:
-            async for batch in self._stream(access, request):
-                if batch.deliveries:
-                    count += len(batch.deliveries)
-                    now = time.time()
-                    self._record(
-                        *(delivered(me, d.stored, d.cursor, now) for d in batch.deliveries)
-                    )
-                    self._metrics.delivered((d.stored for d in batch.deliveries), now)
-                yield batch
+            async with contextlib.aclosing(self._stream(access, request, given)) as batches:
+                async for batch in batches:
+                    this.writing_since = loop.time()
+                    await send(batch)
+                    this.writing_since = None
+                    if batch.deliveries:
+                        this.count += len(batch.deliveries)
+                        self.delivered += len(batch.deliveries)
+                        now = time.time()
+                        self._record(*(delivered(me, d.stored, now) for d in batch.deliveries))
+                        self._metrics.delivered((d.stored for d in batch.deliveries), now)
+                    if this.stalled:
+                        raise Unavailable(self._stalled_reason())
         except ExchangeError as exc:
             ending = exc.message
             raise
         finally:
+            if this.stalled:
+                ending = self._stalled_reason()
+            self._open.discard(this)
             self.open_count -= 1
+            if (left := self._open_by_partner[me] - 1) > 0:
+                self._open_by_partner[me] = left
+            else:
+                del self._open_by_partner[me]
             self._metrics.subscriptions_open.dec()
             self._record(
                 Event(
                     Action.SUBSCRIBE_END,
                     me,
                     time.time(),
-                    detail={"deliveries": count, "reason": ending},
+                    detail={"deliveries": this.count, "reason": ending},
                 )
             )
+
+    def open_of(self, partner_id: str) -> int:
+        """The streams ``partner_id`` has open in this process (stalled ones included)."""
+        return self._open_by_partner.get(partner_id, 0)
+
+    def _admit(self, me: str) -> None:
+        """Refuse a stream over the partner's limit or the process's."""
+        mine = self._open_by_partner.get(me, 0)
+        if mine >= self._max_open_per_partner:
+            self._metrics.limit_refusals.labels("subscriptions.max_open_per_partner").inc()
+            raise ResourceExhausted(
+                f"you have {mine} Subscribe streams open, the most one partner may have"
+                f" (subscriptions.max_open_per_partner = {self._max_open_per_partner});"
+                " close one before opening another (a stream whose messages you do not read"
+                " stays open until you read them or close its connection)"
+            )
+        if self.open_count >= self._max_open:
+            self._metrics.limit_refusals.labels("subscriptions.max_open").inc()
+            raise ResourceExhausted(
+                f"the exchange serves at most {self._max_open} open subscriptions"
+                " (subscriptions.max_open); retry later"
+            )
+
+    def _stalled_reason(self) -> str:
+        return (
+            f"your stream took no message for {self._stall_timeout_s:g} s"
+            " (subscriptions.stall_timeout_s) and was ended; resume from the cursor of the last"
+            " message you received"
+        )
+
+    def _watch_stalls(self) -> None:
+        if self._stall_watch is None or self._stall_watch.done():
+            self._stall_watch = asyncio.create_task(self._stall_loop(), name="stall-watch")
+
+    async def _stall_loop(self) -> None:
+        """Mark streams whose write has waited over ``stall_timeout_s``: one look per
+        quarter of it (at most a second) for all, instead of a timer per message."""
+        loop = asyncio.get_running_loop()
+        every = min(self._stall_timeout_s / 4, 1.0)
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for stream in self._open:
+                since = stream.writing_since
+                if since is not None and not stream.stalled and now - since > self._stall_timeout_s:
+                    stream.stalled = True
+                    self._metrics.subscriptions_stalled.inc()
+                    self._metrics.limit_refusals.labels("subscriptions.stall_timeout_s").inc()
 
     def _record(self, *events: Event) -> None:
         if self._recorder is not None:
             self._recorder.note(events)
 
-    async def _stream(self, access: Access, request: SubscriptionRequest) -> AsyncIterator[Batch]:
-        # A foreign cursor is refused before anything is set up for the stream.
-        given = None if request.cursor is None else Cursor.decode(request.cursor).positions
+    async def _stream(
+        self,
+        access: Access,
+        request: SubscriptionRequest,
+        given: Mapping[TopicPartition, tuple[int, int]] | None,
+    ) -> AsyncGenerator[Batch]:
         partner = access.partner
         names = policy.subscription_topics(partner)
         await self._bus.ensure_topics(names)
@@ -264,7 +483,7 @@ class Subscriptions:
         # no later than this stream does (and the stream can follow the tail at once).
         await self.tail.ensure(partitions)
         position = await self._start(names, partitions, request, given)
-        feed = Feed(self.tail, self._bus, position.offsets)
+        feed = Feed(self.tail, self._bus, position.offsets, self._max_batch_bytes)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
         wanted = _wanted(partner, frozenset(names), request)
         try:
@@ -308,7 +527,6 @@ class Subscriptions:
                     seqs[tp] = stored.seq
                     if wanted(tp[0], stored):
                         deliveries.append(Delivery(stored, position.cursor()))
-                self.delivered += len(deliveries)
                 yield Batch(deliveries, position.cursor())
         finally:
             await feed.close()
@@ -336,11 +554,12 @@ class Subscriptions:
 
 
 def _described(request: SubscriptionRequest) -> dict[str, str | list[str]]:
-    """A stream's start and filters, for its audit entry."""
+    """A stream's start and filters, for its audit entry: checked values only, and
+    the cursor's digest (it decoded, but can be long), so that the entry stays small."""
     start = "cursor" if request.cursor else "beginning" if request.from_beginning else "now"
     detail: dict[str, str | list[str]] = {"start": start}
     if request.cursor:
-        detail["cursor"] = request.cursor
+        detail["cursor_sha256"] = hashlib.sha256(request.cursor.encode()).hexdigest()
     if request.types:
         detail["types"] = sorted(request.types)
     if request.labels:

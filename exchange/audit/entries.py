@@ -10,13 +10,15 @@ token or a key: object ids, versions, SHA-256 digests of stored bodies, partner 
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
 
+from exchange.audit._bounds import MAX_TEXT_CHARS, bounded_detail, bounded_text
 from exchange.model import ObjectOutcome, Rejection, StoredObject, ValidObject
 
 __all__ = [
@@ -40,7 +42,7 @@ class Action(enum.StrEnum):
     # One object of a submission; detail: outcome (accepted|duplicate|rejected),
     # and for a rejection property and reason.
     SUBMIT = "submit"
-    # One object version handed to a partner; detail: channel (subscribe), cursor.
+    # One object version sent to a partner; detail: channel (subscribe).
     DELIVER = "deliver"
     # A Subscribe stream started / ended; detail: start (cursor|beginning|now), filters,
     # and at the end the reason and deliveries count.
@@ -61,6 +63,10 @@ class Action(enum.StrEnum):
     CREDENTIAL_REVOKE = "credential.revoke"
 
 
+_NUL = "\x00"
+_TEXT_FIELDS = ("actor", "partner", "object_id", "version", "digest", "owner")
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something to record. ``actor`` did ``action``; ``partner`` is the partner it
@@ -77,6 +83,21 @@ class Event:
     digest: str = ""  # SHA-256 (hex) of the stored object body
     owner: str = ""
     detail: Detail = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The net under every caller (invariant 6): whatever a request held, the entry
+        # stays small (exchange/audit/_bounds.py). Bounding is deterministic and leaves a
+        # bounded event as it is, so an entry decoded from its bytes equals the original.
+        fields = (self.actor, self.partner, self.object_id, self.version, self.digest, self.owner)
+        if max(map(len, fields)) > MAX_TEXT_CHARS or any(_NUL in f for f in fields):
+            for name in _TEXT_FIELDS:
+                # NUL spelled out: a text column of PostgreSQL cannot hold it, and an
+                # entry the store refuses would hold up every entry after it.
+                text = bounded_text(getattr(self, name).replace(_NUL, "\\u0000"))
+                object.__setattr__(self, name, text)
+        detail = bounded_detail(self.detail)
+        if detail is not self.detail:
+            object.__setattr__(self, "detail", detail)
 
     def encode(self, index: int, previous: bytes) -> bytes:
         """The entry's canonical bytes at ``index`` after the entry whose leaf hash is
@@ -144,12 +165,39 @@ class AuditQuery:
     limit: int = 1000
 
 
-@functools.lru_cache(maxsize=4096)
-def body_digest(body: bytes) -> str:
-    """SHA-256 (hex) of a stored object body. Cached: every stream delivering one
-    record shares its decoded body (the live tail's), so 100 subscribers hash it once
-    (a bytes object keeps its own hash, so a hit costs a dict look-up)."""
-    return hashlib.sha256(body).hexdigest()
+class _DigestCache:
+    """The digests of the bodies hashed last, holding at most ``budget`` bytes of
+    bodies (a cache that counted entries would keep 4,096 bodies of up to 1 MB alive)."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._digests: OrderedDict[bytes, str] = OrderedDict()
+        # The stores' writer threads hash submitted bodies; the event loop delivered ones.
+        self._lock = threading.Lock()
+
+    def __call__(self, body: bytes) -> str:
+        with self._lock:
+            digest = self._digests.get(body)
+            if digest is not None:
+                self._digests.move_to_end(body)
+                return digest
+        digest = hashlib.sha256(body).hexdigest()
+        if len(body) <= self._budget:
+            with self._lock:
+                if body not in self._digests:
+                    self._digests[body] = digest
+                    self._held += len(body)
+                while self._held > self._budget:
+                    oldest, _ = self._digests.popitem(last=False)
+                    self._held -= len(oldest)
+        return digest
+
+
+# SHA-256 (hex) of a stored object body. Cached: every stream delivering one record
+# shares its decoded body (the live tail's), so 100 subscribers hash it once (a bytes
+# object keeps its own hash, so a hit costs a dict look-up).
+body_digest = _DigestCache(budget=16 * 1024 * 1024)
 
 
 def submitted(
@@ -181,9 +229,16 @@ def submitted(
     )
 
 
-def delivered(recipient: str, stored: StoredObject, cursor: str, at: float) -> Event:
-    """The DELIVER entry of one object version handed to ``recipient``'s stream."""
+def delivered(recipient: str, stored: StoredObject, at: float, channel: str = "subscribe") -> Event:
+    """The DELIVER entry of one object version sent to ``recipient``. It names the
+    channel, not the recipient's cursor: the submitter reads this entry too, and a
+    cursor would show it the recipient's other topics (communities) and offsets."""
     obj = stored.obj
+    # A partner reached only because of what the object refers to (the creator of the
+    # indicator a sighting is of): the submitter must not see it received the object,
+    # since that would tell whose indicator it was. The entry has no owner, so only
+    # the recipient and auditors read it.
+    implied = recipient in stored.audience.implied and recipient not in stored.audience.recipients
     return Event(
         Action.DELIVER,
         recipient,
@@ -191,6 +246,6 @@ def delivered(recipient: str, stored: StoredObject, cursor: str, at: float) -> E
         object_id=obj.object_id,
         version=obj.version,
         digest=body_digest(obj.body),
-        owner=stored.submitter,
-        detail={"channel": "subscribe", "cursor": cursor},
+        owner="" if implied else stored.submitter,
+        detail={"channel": channel},
     )

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 from exchange._tasks import cancel_and_wait
 from exchange.audit.entries import Event
+from exchange.errors import Unavailable
 from exchange.store import Store
 
 __all__ = ["AuditRecorder"]
@@ -78,6 +79,8 @@ class AuditRecorder:
                 self.recorded += len(batch)
 
     async def _run(self) -> None:
+        # Why appends fail now ("" while they work): said once, not at every retry.
+        failing = ""
         while True:
             with contextlib.suppress(TimeoutError):
                 # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
@@ -89,6 +92,22 @@ class AuditRecorder:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:
+                # The store is down or full (health says so too): one line when it
+                # starts, none per retry, one when entries are appended again.
+                if not failing:
+                    log.warning(
+                        "audit: appending %d entries failed (%s); retrying every second,"
+                        " nothing is lost while the process runs",
+                        len(self._queue),
+                        exc.message,
+                    )
+                failing = exc.message
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("audit: appending %d entries failed; retrying", len(self._queue))
                 await asyncio.sleep(1.0)
+            else:
+                if failing:
+                    log.info("audit: appending entries again")
+                    failing = ""

@@ -11,6 +11,14 @@ the log (a truncated log is shorter than what was signed). An entry edited and e
 hash after it recomputed passes the first checks, but not the checkpoints signed
 after it.
 
+The checkpoints kept in the store vouch only while they are there: whoever can
+edit the store can also delete the newest ones with the entries they cover, or
+empty both tables. Checkpoints the verifier kept itself (``KeptCheckpoint``: saved
+by ``exchange audit checkpoint`` from time to time, away from the exchange) are
+checked the same way, and are what detects that: the log must be at least as long
+as each, and its root at that size must be theirs. Without one the report says
+the check was weaker (``UNANCHORED``).
+
 The first problem in log order is reported, with the entry it concerns.
 """
 
@@ -36,7 +44,13 @@ from exchange.audit.entries import Action
 from exchange.errors import InvalidArgument
 from exchange.store import AuditRow, SignedCheckpoint, Store
 
-__all__ = ["VerifyReport", "verify_log"]
+__all__ = ["UNANCHORED", "KeptCheckpoint", "VerifyReport", "verify_log"]
+
+# What the one-line result adds when no kept checkpoint was given (exit status 0 still).
+UNANCHORED = (
+    "not checked against a checkpoint you kept (--checkpoint FILE): truncation with"
+    " deleted checkpoints would go unnoticed"
+)
 
 # Entries read per query; the next page is read while this one is checked.
 _PAGE = 20_000
@@ -56,6 +70,35 @@ class VerifyReport:
     first_bad_index: int | None
     problem: str
     summary: str  # one line, as `exchange audit verify` prints it
+    # Checkpoints the verifier kept whose root was compared (none given: UNANCHORED).
+    kept_checked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCheckpoint:
+    """A checkpoint the verifier kept itself, away from the store: trusted because it
+    was kept, checked with the public key like the stored ones."""
+
+    checkpoint: Checkpoint
+    source: str  # where it was kept, as the report names it (a file name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A checkpoint still ahead of the pass: stored, or kept by the verifier."""
+
+    tree_size: int
+    parsed: Checkpoint | None  # None: its note is not a checkpoint note
+    what: str  # its own problem (signature, note), or ""
+    kept: str | None = None  # the source of a kept checkpoint
+
+    def where(self) -> str:
+        signed = "" if self.parsed is None else f"signed {_when(self.parsed)}"
+        if self.kept is not None:
+            about = ", ".join(x for x in (self.kept, f"size {self.tree_size:,}", signed) if x)
+            return f"the checkpoint you kept ({about})"
+        where = f"checkpoint at size {self.tree_size:,}"
+        return f"{where} ({signed})" if signed else where
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +109,18 @@ class _Problem:
 
 
 async def verify_log(
-    store: Store, public_key_pem: str | None, *, start: int = 0, end: int | None = None
+    store: Store,
+    public_key_pem: str | None,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    kept: Sequence[KeptCheckpoint] = (),
 ) -> VerifyReport:
     """Check entries ``start`` to ``end - 1`` (to the end of the log when None; the
-    leaf hashes before ``start`` are taken as stored) and every checkpoint.
-    ``public_key_pem`` None skips the signatures (and the summary says so).
-    InvalidArgument for an impossible range or a public key that is not Ed25519."""
+    leaf hashes before ``start`` are taken as stored), every stored checkpoint and
+    every ``kept`` one. ``public_key_pem`` None skips the signatures (and the
+    summary says so). InvalidArgument for an impossible range or a public key that
+    is not Ed25519."""
     key = _key_id(public_key_pem) if public_key_pem is not None else None
     size = await store.audit_size()
     if start < 0 or start > size:
@@ -82,14 +131,14 @@ async def verify_log(
     if stop < start:
         raise InvalidArgument(f"cannot verify entries {start:,} to {end}: the end is before")
     whole = stop == size
-    checker = _Checker(await store.checkpoints(), public_key_pem)
+    checker = _Checker(await store.checkpoints(), kept, public_key_pem, key)
 
     problem = await _seed(store, checker, start)
     if problem is None:
         problem = await _check_entries(store, checker, start, stop)
     if problem is None:
         problem = checker.after_last(size if whole else None)
-    return _report(checker, problem, start=start, stop=stop, size=size, key=key)
+    return _report(checker, problem, start=start, stop=stop, size=size, key=key, kept=len(kept))
 
 
 async def _seed(store: Store, checker: _Checker, start: int) -> _Problem | None:
@@ -133,45 +182,60 @@ class _Checker:
     leaf hash, the roots of the perfect subtrees so far (as ``RootBuilder`` keeps
     them, inlined in the hot loop) and the checkpoints still ahead."""
 
-    def __init__(self, checkpoints: Sequence[SignedCheckpoint], public_key_pem: str | None) -> None:
+    def __init__(
+        self,
+        stored: Sequence[SignedCheckpoint],
+        kept: Sequence[KeptCheckpoint],
+        public_key_pem: str | None,
+        key: str | None,
+    ) -> None:
         self.next_index = 0
         self.previous = bytes(32)
         # Left to right; their sizes are the set bits of next_index, largest first.
         self.peaks: list[bytes] = []
-        self.checked = 0  # checkpoints whose root was compared
+        self.checked = 0  # stored checkpoints whose root was compared
+        self.kept_checked = 0  # kept checkpoints whose root was compared
+        self.kept_largest = -1  # the largest of those
         self.vouched = 0  # the size of the last checkpoint that matched
         self.latest: Checkpoint | None = None
-        # Each checkpoint, with its own problem if any, by size (ascending).
-        self.ahead: list[tuple[SignedCheckpoint, Checkpoint | None, str]] = []
-        for signed in checkpoints:
-            parsed, what = _check_signature(signed, public_key_pem)
-            self.ahead.append((signed, parsed, what))
-        self.ahead.reverse()  # popped from the end
+        pending = [_stored(signed, public_key_pem) for signed in stored]
+        pending += [_kept(k, public_key_pem, key) for k in kept]
+        # By size, popped from the end; at one size, the kept ones first.
+        pending.sort(key=lambda p: (p.tree_size, p.kept is None))
+        pending.reverse()
+        self.ahead = pending
 
     @property
     def total_checkpoints(self) -> int:
-        return self.checked + len(self.ahead)
+        return self.checked + sum(1 for p in self.ahead if p.kept is None)
+
+    def next_size(self) -> int:
+        return self.ahead[-1].tree_size if self.ahead else -1
 
     def reach(self, size: int) -> _Problem | None:
         """Check the checkpoints of ``size`` (``peaks`` holds that many leaves)."""
-        while self.ahead and self.ahead[-1][0].tree_size == size:
-            signed, parsed, what = self.ahead.pop()
-            where = f"checkpoint at size {signed.tree_size:,}"
-            if parsed is None:
-                return _Problem(None, where, what)
-            if what:
-                return _Problem(None, f"{where} (signed {_when(parsed)})", what)
-            if parsed.root_hash != self.root():
-                return _Problem(
-                    self.vouched,
-                    f"{where} (signed {_when(parsed)})",
-                    "its root does not match the stored entries: an entry from"
-                    f" {self.vouched:,} to {size - 1:,} was changed since it was signed"
-                    " (and the hashes after it recomputed)",
+        while self.ahead and self.ahead[-1].tree_size == size:
+            pending = self.ahead.pop()
+            if pending.parsed is None or pending.what:
+                return _Problem(None, pending.where(), pending.what)
+            if pending.parsed.root_hash != self.root():
+                changed = (
+                    f"an entry from {self.vouched:,} to {size - 1:,} was changed since it"
+                    " was signed (and the hashes after it recomputed)"
                 )
-            self.checked += 1
+                what = (
+                    f"its root does not match the stored entries: {changed}"
+                    if pending.kept is None
+                    else f"entries before {size:,} differ from the checkpoint you kept: {changed}"
+                )
+                return _Problem(self.vouched, pending.where(), what)
+            if pending.kept is None:
+                self.checked += 1
+                self.latest = pending.parsed
+            else:
+                self.kept_checked += 1
+                self.kept_largest = size
             self.vouched = size
-            self.latest = parsed
         return None
 
     def after_last(self, log_size: int | None) -> _Problem | None:
@@ -179,16 +243,18 @@ class _Checker:
         range reached its end) are a truncation."""
         if log_size is None or not self.ahead:
             return None
-        signed, parsed, what = self.ahead[-1]
-        where = f"checkpoint at size {signed.tree_size:,}"
-        if parsed is None or what:
-            return _Problem(None, where, what)
-        return _Problem(
-            log_size,
-            f"{where} (signed {_when(parsed)})",
-            f"the log holds {log_size:,} entries, fewer than this checkpoint signed: entries"
-            f" {log_size:,} to {signed.tree_size - 1:,} are missing (truncated)",
+        pending = self.ahead[-1]
+        if pending.parsed is None or pending.what:
+            return _Problem(None, pending.where(), pending.what)
+        size = pending.tree_size
+        missing = f"entries {log_size:,} to {size - 1:,} are missing (truncated)"
+        what = (
+            f"the log holds {log_size:,} entries, fewer than this checkpoint signed: {missing}"
+            if pending.kept is None
+            else f"the log holds {log_size:,} entries, fewer than the {size:,} of the"
+            f" checkpoint you kept: {missing}"
         )
+        return _Problem(log_size, pending.where(), what)
 
     def root(self) -> bytes:
         if not self.peaks:
@@ -210,7 +276,7 @@ class _Checker:
         for leaf in leaves:
             self._add(leaf)
             self.previous = leaf
-            if self.ahead and self.ahead[-1][0].tree_size == self.next_index:
+            if self.next_size() == self.next_index:
                 problem = self.reach(self.next_index)
                 if problem is not None:
                     return problem
@@ -223,7 +289,7 @@ class _Checker:
         peaks = self.peaks
         expected = self.next_index
         previous = self.previous
-        next_checkpoint = self.ahead[-1][0].tree_size if self.ahead else -1
+        next_checkpoint = self.next_size()
         try:
             for row in rows:
                 index, data, leaf, at, action, actor, partner, object_id, owner = row
@@ -282,7 +348,7 @@ class _Checker:
                     problem = self.reach(expected)
                     if problem is not None:
                         return problem
-                    next_checkpoint = self.ahead[-1][0].tree_size if self.ahead else -1
+                    next_checkpoint = self.next_size()
             return None
         finally:
             self.next_index, self.previous = expected, previous
@@ -300,22 +366,41 @@ def _column_mismatch(row: AuditRow, said: tuple[object, ...]) -> str:
     return "its query columns do not match its bytes (edited)"
 
 
-def _check_signature(
-    signed: SignedCheckpoint, public_key_pem: str | None
-) -> tuple[Checkpoint | None, str]:
-    """The parsed checkpoint (None if it does not parse) and what is wrong with it."""
+def _stored(signed: SignedCheckpoint, public_key_pem: str | None) -> _Pending:
+    """A stored checkpoint, parsed (None if it does not parse) with its own problem."""
     try:
         parsed = Checkpoint.parse(signed.note, signed.signature)
     except CheckpointError:
-        return None, "its note is not a checkpoint note (edited)"
+        return _Pending(signed.tree_size, None, "its note is not a checkpoint note (edited)")
     if parsed.tree_size != signed.tree_size:
-        return parsed, f"its note says size {parsed.tree_size:,} (edited)"
+        return _Pending(
+            signed.tree_size, parsed, f"its note says size {parsed.tree_size:,} (edited)"
+        )
     if public_key_pem is not None:
         try:
             parsed.verify(public_key_pem)
         except CheckpointError:
-            return parsed, "its signature does not verify with the public key (forged or edited)"
-    return parsed, ""
+            return _Pending(
+                signed.tree_size,
+                parsed,
+                "its signature does not verify with the public key (forged or edited)",
+            )
+    return _Pending(signed.tree_size, parsed, "")
+
+
+def _kept(kept: KeptCheckpoint, public_key_pem: str | None, key: str | None) -> _Pending:
+    """A kept checkpoint, with its own problem: its signature, when there is a key."""
+    checkpoint = kept.checkpoint
+    what = ""
+    if public_key_pem is not None:
+        try:
+            checkpoint.verify(public_key_pem)
+        except CheckpointError:
+            what = (
+                f"its signature does not verify with the public key (key {key}): the"
+                " exchange's key was replaced since, or it is not this exchange's checkpoint"
+            )
+    return _Pending(checkpoint.tree_size, checkpoint, what, kept.source)
 
 
 def _key_id(public_key_pem: str) -> str:
@@ -344,6 +429,7 @@ def _report(
     stop: int,
     size: int,
     key: str | None,
+    kept: int,
 ) -> VerifyReport:
     entries = checker.next_index - start if checker.next_index >= start else 0
     if problem is not None:
@@ -354,6 +440,7 @@ def _report(
             first_bad_index=problem.index,
             problem=problem.what,
             summary=f"audit log NOT intact: {problem.where}: {problem.what}",
+            kept_checked=checker.kept_checked,
         )
     if start == 0 and stop == size:
         what = f"{entries:,} entries"
@@ -373,5 +460,26 @@ def _report(
         checkpoints_checked=checker.checked,
         first_bad_index=None,
         problem="",
-        summary=f"audit log intact: {what}, {cps}",
+        summary=f"audit log intact: {what}, {cps}; {_anchoring(checker, kept, key)}",
+        kept_checked=checker.kept_checked,
     )
+
+
+def _anchoring(checker: _Checker, kept: int, key: str | None) -> str:
+    """What the one-line result says of the checkpoints the verifier kept."""
+    if not kept:
+        return UNANCHORED
+    done = checker.kept_checked
+    if done == 1:
+        said = f"holds the checkpoint you kept, of size {checker.kept_largest:,}"
+    elif done:
+        said = (
+            f"holds the {done:,} checkpoints you kept, the largest of size {checker.kept_largest:,}"
+        )
+    else:
+        said = "no checkpoint you kept is in the range"
+    if done < kept and done:
+        said += f"; {kept - done:,} you kept are beyond the range (not checked)"
+    if key is None and done:
+        said += " (signatures NOT checked: no public key given)"
+    return said

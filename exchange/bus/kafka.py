@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,9 +40,10 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from exchange.bus import BusRecord, ReadRecord, TopicPartition
+from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition, record_bytes
 from exchange.bus.local import check_topic_name
 from exchange.config import KafkaSettings
+from exchange.envelope import record_size
 from exchange.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
 from exchange.metrics import Metrics
 
@@ -58,6 +60,11 @@ _TOPIC_READY_TIMEOUT_S = 10.0
 # batches publish ~1.5x faster than aiokafka's default 16 KiB.
 _LINGER_MS = 2
 _MAX_BATCH_BYTES = 256 * 1024
+
+# Room beyond kafka.max_record_bytes for the record batch around one record.
+_RECORD_BATCH_ROOM = 64 * 1024
+# A reader's smallest fetch: below it, round trips rather than bytes bound a catch-up.
+_MIN_FETCH_BYTES = 64 * 1024
 
 # A topic the exchange always has (policy.SHARED_TOPICS), asked about by ping().
 _PING_TOPIC = "clear"
@@ -155,6 +162,8 @@ class KafkaBus:
             enable_idempotence=self._settings.enable_idempotence,
             linger_ms=_LINGER_MS,
             max_batch_size=_MAX_BATCH_BYTES,
+            # The producer refuses larger records itself; publish() checks first.
+            max_request_size=self._settings.max_record_bytes,
         )
         admin = AIOKafkaAdminClient(**self._options)
         self._producer, self._admin = producer, admin
@@ -203,28 +212,48 @@ class KafkaBus:
     async def partitions(self, topic: str) -> list[int]:
         return list(await self._known(topic))
 
-    async def publish(self, records: Sequence[BusRecord]) -> list[tuple[TopicPartition, int]]:
+    async def publish(self, records: Sequence[BusRecord]) -> list[Placed | Refused]:
         if not records:
             return []
         names = {topic: self.kafka_topic(topic) for topic in {r.topic for r in records}}
         for topic in names:
             await self._known(topic)
         producer = self._started(self._producer)
-        futures: list[asyncio.Future[Any]] = []
+        limit = self._settings.max_record_bytes
+        # Per record: the future of its acknowledgement, or why it was refused at once.
+        pending: list[asyncio.Future[Any] | Refused] = []
         try:
             # Queue everything first so the records share batches, then wait for all acks.
             for r in records:
-                fut = await producer.send(names[r.topic], r.value, r.key, headers=list(r.headers))
-                futures.append(fut)
+                if (size := record_size(r)) > limit:
+                    pending.append(_too_large(f"{size:,} bytes, over kafka.max_record_bytes"))
+                    continue
+                try:
+                    fut = await producer.send(
+                        names[r.topic], r.value, r.key, headers=list(r.headers)
+                    )
+                except _SIZE_ERRORS as exc:
+                    pending.append(_too_large(str(exc)))
+                    continue
+                pending.append(fut)
         except KafkaError as exc:
-            await asyncio.gather(*futures, return_exceptions=True)
+            await asyncio.gather(*_futures(pending), return_exceptions=True)
             raise self._failure("publishing", exc) from exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        placed: list[tuple[TopicPartition, int]] = []
-        for r, result in zip(records, results, strict=True):
-            if isinstance(result, BaseException):
-                raise self._failure("publishing", result) from result
-            placed.append(((r.topic, result.partition), result.offset))
+        await asyncio.gather(*_futures(pending), return_exceptions=True)
+        placed: list[Placed | Refused] = []
+        for r, outcome in zip(records, pending, strict=True):
+            if isinstance(outcome, Refused):
+                placed.append(outcome)
+                continue
+            failed = outcome.exception()
+            if isinstance(failed, _SIZE_ERRORS):
+                # The broker's own limit (message.max.bytes, the topic's max.message.bytes).
+                placed.append(_too_large(f"the broker refused it: {failed}"))
+            elif failed is not None:
+                raise self._failure("publishing", failed) from failed
+            else:
+                result = outcome.result()
+                placed.append(((r.topic, result.partition), result.offset))
         return placed
 
     async def ping(self) -> None:
@@ -245,14 +274,32 @@ class KafkaBus:
         except (KafkaError, OSError) as exc:
             raise self._failure("reading metadata", exc) from exc
 
-    async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> KafkaReader:
+    async def open_reader(
+        self, start: Mapping[TopicPartition, int | None], *, prefetch_bytes: int | None = None
+    ) -> KafkaReader:
         if not start:
             raise InvalidArgument("a bus reader needs at least one topic-partition")
         for topic, partition in start:
             if partition not in await self._known(topic):
                 raise NotFound(f"topic {topic!r} has no partition {partition}")
+        fetch: dict[str, int] = {}
+        if prefetch_bytes is not None:
+            # A consumer holds a fetch response per broker ahead of getmany(), of up to
+            # fetch_max_bytes (aiokafka's default: 50 MB). Kafka applies it to the whole
+            # response, Tansu to each partition (measured): split it over the partitions
+            # to bound both. Either returns a larger first record batch whole, and the
+            # partition limit must take the largest record: a broker that cut a record
+            # there would make aiokafka skip it (RecordTooLargeError).
+            share = max(prefetch_bytes // len(start), _MIN_FETCH_BYTES)
+            fetch = {
+                "fetch_max_bytes": share,
+                "max_partition_fetch_bytes": max(
+                    share, self._settings.max_record_bytes + _RECORD_BATCH_ROOM
+                ),
+            }
         consumer = AIOKafkaConsumer(
             **self._options,
+            **fetch,
             group_id=None,  # manual assignment: a group join would cost ~5 s per reader
             enable_auto_commit=False,
             fetch_max_wait_ms=self._settings.fetch_max_wait_ms,
@@ -350,6 +397,14 @@ class KafkaBus:
         self._readers.discard(reader)
 
 
+def _too_large(detail: str) -> Refused:
+    return Refused(f"record too large for Kafka ({detail})")
+
+
+def _futures(pending: Sequence[asyncio.Future[Any] | Refused]) -> list[asyncio.Future[Any]]:
+    return [p for p in pending if not isinstance(p, Refused)]
+
+
 class KafkaReader:
     """One manually assigned consumer. One ``read()`` at a time."""
 
@@ -359,13 +414,32 @@ class KafkaReader:
         # aiokafka TopicPartition -> next offset this reader may return. Anything
         # below it was returned already (or is before the start): Tansu can replay it.
         self._next = positions
+        # Records taken from the consumer but past a read's max_bytes: the next read's.
+        self._pending: deque[ReadRecord] = deque()
         self._closed = False
 
-    async def read(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
-        if max_records <= 0:
-            raise ValueError("max_records must be positive")
+    async def read(
+        self, max_records: int, timeout_s: float, max_bytes: int | None = None
+    ) -> list[ReadRecord]:
+        if max_records <= 0 or (max_bytes is not None and max_bytes <= 0):
+            raise ValueError("max_records and max_bytes must be positive")
         if self._closed:
             raise Unavailable("this bus reader is closed")
+        if not self._pending:
+            self._pending.extend(await self._poll(max_records, timeout_s))
+        out: list[ReadRecord] = []
+        budget = max_bytes
+        pending = self._pending
+        while pending and len(out) < max_records:
+            if budget is not None:
+                size = record_bytes(pending[0])
+                if out and size > budget:
+                    break
+                budget -= size
+            out.append(pending.popleft())
+        return out
+
+    async def _poll(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
@@ -385,6 +459,7 @@ class KafkaReader:
         if not self._closed:
             self._closed = True
             self._bus._forget(self)
+            self._pending.clear()
             await self._consumer.stop()
 
     def _accept(self, batches: Mapping[Any, Sequence[Any]]) -> list[ReadRecord]:

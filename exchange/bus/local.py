@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import msgspec
 
-from exchange.bus import BusRecord, ReadRecord, TopicPartition
+from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition, record_bytes
 from exchange.errors import InvalidArgument, NotFound, Unavailable
 
 __all__ = ["LocalBus", "LocalReader"]
@@ -142,7 +142,7 @@ class LocalBus:
         await self._topic_ids([topic])
         return [PARTITION]
 
-    async def publish(self, records: Sequence[BusRecord]) -> list[tuple[TopicPartition, int]]:
+    async def publish(self, records: Sequence[BusRecord]) -> list[Placed | Refused]:
         if not records:
             return []
         offsets = await self._write(self._insert_records, records)
@@ -153,7 +153,10 @@ class LocalBus:
         """One read on the file: Unavailable if the bus is closed or the file unreadable."""
         await self._read(_count_topics)
 
-    async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> LocalReader:
+    async def open_reader(
+        self, start: Mapping[TopicPartition, int | None], *, prefetch_bytes: int | None = None
+    ) -> LocalReader:
+        # prefetch_bytes: nothing to bound here; a LocalReader fetches only in read().
         if not start:
             raise InvalidArgument("a bus reader needs at least one topic-partition")
         for topic, partition in start:
@@ -182,9 +185,9 @@ class LocalBus:
                     del self._waiters[topic]
 
     async def _fetch(
-        self, positions: Sequence[tuple[int, str, int]], max_records: int
+        self, positions: Sequence[tuple[int, str, int]], max_records: int, max_bytes: int | None
     ) -> list[ReadRecord]:
-        return await self._read(_select_records, positions, max_records)
+        return await self._read(_select_records, positions, max_records, max_bytes)
 
     # -- internals -------------------------------------------------------------------
 
@@ -265,10 +268,14 @@ def _in_transaction(
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn, arg)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # A failed COMMIT too (a full disk): else every later BEGIN fails. After some
+        # errors (SQLITE_FULL) SQLite has rolled back already, and a ROLLBACK would
+        # fail and hide the error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
@@ -287,24 +294,39 @@ def _select_topic_ids(conn: sqlite3.Connection, names: list[str]) -> dict[str, i
 
 
 def _select_records(
-    conn: sqlite3.Connection, positions: Sequence[tuple[int, str, int]], max_records: int
+    conn: sqlite3.Connection,
+    positions: Sequence[tuple[int, str, int]],
+    max_records: int,
+    max_bytes: int | None = None,
 ) -> list[ReadRecord]:
+    """Up to ``max_records`` records (and ``max_bytes``, the first one whatever its
+    size), the topics in the order given. Rows are taken one at a time, so a byte
+    bound also bounds what this read holds in memory."""
     out: list[ReadRecord] = []
+    budget = max_bytes
     # One read transaction: every topic is read from the same snapshot.
     conn.execute("BEGIN")
     try:
         for topic_id, topic, offset in positions:
-            if len(out) >= max_records:
+            if len(out) >= max_records or (budget is not None and budget <= 0):
                 break
             rows = conn.execute(
                 "SELECT log_offset, key, value, headers FROM records"
                 " WHERE topic_id = ? AND log_offset >= ? ORDER BY log_offset LIMIT ?",
                 (topic_id, offset, max_records - len(out)),
             )
-            out.extend(
-                ReadRecord(topic, PARTITION, off, key, value, _decode_headers(headers))
-                for off, key, value, headers in rows
-            )
+            try:
+                for off, key, value, headers in rows:
+                    record = ReadRecord(topic, PARTITION, off, key, value, _decode_headers(headers))
+                    if budget is not None:
+                        size = record_bytes(record)
+                        if out and size > budget:
+                            budget = 0
+                            break
+                        budget -= size
+                    out.append(record)
+            finally:
+                rows.close()
     finally:
         conn.execute("COMMIT")
     return out
@@ -322,9 +344,11 @@ class LocalReader:
         self._closed = False
         bus._register(self._next, self._event)
 
-    async def read(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
-        if max_records <= 0:
-            raise ValueError("max_records must be positive")
+    async def read(
+        self, max_records: int, timeout_s: float, max_bytes: int | None = None
+    ) -> list[ReadRecord]:
+        if max_records <= 0 or (max_bytes is not None and max_bytes <= 0):
+            raise ValueError("max_records and max_bytes must be positive")
         if self._closed:
             raise Unavailable("this bus reader is closed")
         loop = asyncio.get_running_loop()
@@ -333,7 +357,7 @@ class LocalReader:
             # Clear before querying: a publish that commits after the query has
             # started sets the event again, so no wake-up is lost.
             self._event.clear()
-            records = await self._bus._fetch(self._rotation(), max_records)
+            records = await self._bus._fetch(self._rotation(), max_records, max_bytes)
             if records:
                 for r in records:
                     self._next[r.topic] = r.offset + 1

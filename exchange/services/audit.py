@@ -7,6 +7,13 @@ about the objects it submitted (who received what it shared). Checkpoints, proof
 and the public key are for every authenticated partner (a receipt holder must be
 able to verify); VerifyLog needs ``audit``. Every call is itself recorded, once
 (not per page), with its filters and outcome (``ok``, ``invalid``, ``denied``).
+
+Every request field is bounded before it is recorded or reaches the store
+(invariant 6): the QueryEntries filters are short lines of text (a NUL would make
+PostgreSQL fail the query), a page token is one this service gave, timestamps are
+in range. QueryEntries pages are bounded by bytes as well as entries, so that no
+page exceeds a gRPC message however large entries are (one larger entry goes
+alone), and the store is asked for about a page at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +34,7 @@ import orjson
 from exchange_client._checkpoint import Checkpoint, CheckpointError
 from exchange_client._pb import audit_pb2 as pb
 from exchange_client._pb import audit_pb2_grpc as pb_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from exchange import policy
 from exchange.audit.entries import Action, AuditEntry, AuditQuery, Event
@@ -36,17 +46,41 @@ from exchange.errors import ExchangeError, InvalidArgument, PermissionDenied
 from exchange.model import Partner, Role
 from exchange.services._convert import seconds_of, timestamp_pb
 from exchange.services._status import guard_stream, guard_unary
+from exchange.stix._explain import printable, short
 from exchange.store import SignedCheckpoint, Store
 
-__all__ = ["MAX_PAGE_SIZE", "AuditService", "checkpoint_to_pb", "entry_to_pb"]
+__all__ = [
+    "MAX_FILTER_CHARS",
+    "MAX_PAGE_BYTES",
+    "MAX_PAGE_SIZE",
+    "AuditService",
+    "checkpoint_to_pb",
+    "entry_to_pb",
+]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Filters = dict[str, str | int | float | bool | list[str]]
 
 # Entries per QueryEntries message: the default and the cap.
 MAX_PAGE_SIZE = 1000
+# Bytes of entries per QueryEntries message (one larger entry goes alone): far under
+# any gRPC message limit.
+MAX_PAGE_BYTES = 1024 * 1024
+# A QueryEntries filter (a partner id, a STIX id): characters at most.
+MAX_FILTER_CHARS = 256
+# Page tokens this service gives are ~30 characters.
+_MAX_TOKEN_CHARS = 64
+# Entries asked of the store for the first page (then about a page's bytes' worth).
+_FIRST_ASK = 100
+# Room in a message for one entry beyond its own encoding (tag and length).
+_FRAMING = 8
 _TOKEN_PREFIX = b"after:"
 _ACTIONS = sorted(a.value for a in Action)
+# Control characters (NUL among them), line and paragraph separators, bidi controls:
+# never in a partner id or a STIX id, and NUL is refused by PostgreSQL.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# The range of a protobuf Timestamp (years 1 to 9999), in seconds.
+_TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
 
 
 class AuditService(pb_grpc.AuditServiceServicer):
@@ -101,31 +135,32 @@ class AuditService(pb_grpc.AuditServiceServicer):
             # among them), or those of the tree the proofs are for.
             bound = tree_size or size
         page_size = min(request.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE)
-        scope = policy.audit_scope(partner)
+        found = _Found(self._store, query, policy.audit_scope(partner), after, bound)
         while True:
-            # One more than a page: whether another page follows.
-            ask = dataclasses.replace(query, after_index=after, limit=page_size + 1)
-            found = [
-                e for e in await self._store.audit_entries(ask, only_of=scope) if e.index < bound
-            ]
-            more = len(found) > page_size
-            page = found[:page_size]
-            if not page:
-                return
-            response = pb.QueryEntriesResponse(
-                next_page_token=_token(page[-1].index) if more else ""
-            )
-            for entry in page:
+            response = pb.QueryEntriesResponse()
+            used = 0
+            while len(response.entries) < page_size and await found.ahead():
+                entry = found.peek()
                 message = response.entries.add()
                 entry_to_pb(entry, message)
                 if tree_size:
                     message.inclusion_proof.extend(
                         await self._log.inclusion_proof(entry.index, tree_size)
                     )
+                cost = message.ByteSize() + _FRAMING
+                if used and used + cost > MAX_PAGE_BYTES:
+                    del response.entries[-1]  # the next page starts with it
+                    break
+                used += cost
+                found.take()
+            if not response.entries:
+                return
+            more = await found.ahead()
+            if more:
+                response.next_page_token = _token(response.entries[-1].index)
             yield response
             if not more:
                 return
-            after = page[-1].index
 
     # -- checkpoints and proofs ---------------------------------------------------------
 
@@ -219,6 +254,48 @@ class AuditService(pb_grpc.AuditServiceServicer):
         )
 
 
+class _Found:
+    """The entries a QueryEntries call returns, read from the store ahead of the pages:
+    about a page's bytes at a time (sized from the entries read so far), so that the
+    store is never asked for many more entries than a page holds."""
+
+    def __init__(self, store: Store, query: AuditQuery, scope: str, after: int, bound: int) -> None:
+        self._store = store
+        self._query = query
+        self._scope = scope
+        self._after = after
+        self._bound = bound
+        self._buffer: deque[AuditEntry] = deque()
+        self._exhausted = False
+        self._ask = _FIRST_ASK
+        self._read_bytes = 0
+        self._read_entries = 0
+
+    async def ahead(self) -> bool:
+        """Whether another entry follows (reading more from the store if needed)."""
+        if not self._buffer and not self._exhausted:
+            ask = dataclasses.replace(self._query, after_index=self._after, limit=self._ask)
+            found = await self._store.audit_entries(ask, only_of=self._scope)
+            if found:
+                self._after = found[-1].index
+            within = [e for e in found if e.index < self._bound]
+            self._exhausted = len(found) < self._ask or len(within) < len(found)
+            self._buffer.extend(within)
+            self._read_entries += len(found)
+            self._read_bytes += sum(len(e.data) for e in found)
+            # Next time, about a page's bytes (an entry's message holds its bytes
+            # about twice: as they are and as fields).
+            mean = 2 * self._read_bytes // max(self._read_entries, 1) + 64
+            self._ask = max(2, min(MAX_PAGE_SIZE + 1, MAX_PAGE_BYTES // mean + 1))
+        return bool(self._buffer)
+
+    def peek(self) -> AuditEntry:
+        return self._buffer[0]
+
+    def take(self) -> None:
+        self._buffer.popleft()
+
+
 # -- protobuf <-> the log ------------------------------------------------------------------
 
 
@@ -265,41 +342,83 @@ def checkpoint_to_pb(signed: SignedCheckpoint, key_id: str) -> pb.Checkpoint:
 
 
 def _query(request: pb.QueryEntriesRequest) -> AuditQuery:
+    partner = _filter_text("partner", request.partner, "a partner id")
+    object_id = _filter_text("object_id", request.object_id, "a STIX id")
     if request.action and request.action not in _ACTIONS:
         raise InvalidArgument(
-            f"action: unknown action {request.action!r}; expected one of {', '.join(_ACTIONS)}"
+            f"action: unknown action '{_shown(request.action, 64)}'; expected one of"
+            f" {', '.join(_ACTIONS)}"
         )
-    since = seconds_of(request.since) if request.HasField("since") else None
-    until = seconds_of(request.until) if request.HasField("until") else None
+    since = _instant("since", request.since) if request.HasField("since") else None
+    until = _instant("until", request.until) if request.HasField("until") else None
     if since is not None and until is not None and since > until:
         raise InvalidArgument(
             f"since ({_iso(since)}) is after until ({_iso(until)}): no entry can match"
         )
     return AuditQuery(
-        partner=request.partner,
-        object_id=request.object_id,
+        partner=partner,
+        object_id=object_id,
         action=request.action,
         since=since,
         until=until,
     )
 
 
+def _filter_text(name: str, value: str, expected: str) -> str:
+    """A text filter, refused (naming it) unless one short line without control
+    characters: it is recorded, and a NUL would make PostgreSQL fail the query."""
+    if len(value) > MAX_FILTER_CHARS:
+        raise InvalidArgument(
+            f"{name}: {len(value):,} characters; expected {expected} of at most"
+            f" {MAX_FILTER_CHARS} characters"
+        )
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise InvalidArgument(
+            f"{name}: holds the control character U+{ord(found.group()):04X} at position"
+            f" {found.start()}; expected {expected}, without control characters"
+        )
+    return value
+
+
+def _instant(name: str, stamp: Timestamp) -> float:
+    if stamp.seconds not in _TIMESTAMP_SECONDS or not 0 <= stamp.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"{name}: {stamp.seconds} s and {stamp.nanos} ns is not a time; expected one"
+            " from year 1 to 9999 (nanos from 0 to 999,999,999)"
+        )
+    return seconds_of(stamp)
+
+
 def _query_filters(request: pb.QueryEntriesRequest) -> Filters:
-    """The request's filters, as recorded (only those given)."""
+    """The request's filters, as recorded (only those given): bounded and printable
+    whatever the request held, since a refused request is recorded too."""
     filters: Filters = {}
     for name in ("partner", "object_id", "action"):
         value = getattr(request, name)
         if value:
-            filters[name] = str(value)
-    if request.HasField("since"):
-        filters["since"] = _iso(seconds_of(request.since))
-    if request.HasField("until"):
-        filters["until"] = _iso(seconds_of(request.until))
+            filters[name] = _shown(value, MAX_FILTER_CHARS)
+    given = (
+        ("since", request.since, request.HasField("since")),
+        ("until", request.until, request.HasField("until")),
+    )
+    for name, stamp, present in given:
+        if present:
+            if stamp.seconds in _TIMESTAMP_SECONDS and 0 <= stamp.nanos < 1_000_000_000:
+                filters[name] = _iso(seconds_of(stamp))
+            else:
+                filters[name] = f"{stamp.seconds}s {stamp.nanos}ns"
     if request.proof_tree_size:
         filters["proof_tree_size"] = request.proof_tree_size
     if request.page_token:
-        filters["page_token"] = request.page_token[:64]
+        filters["page_token"] = _shown(request.page_token, _MAX_TOKEN_CHARS)
     return filters
+
+
+def _shown(text: str, limit: int) -> str:
+    """Caller's text as recorded or quoted: at most ``limit`` characters (and "..."),
+    printable (cut before it is escaped, which is cheap, and after, which bounds it)."""
+    return short(printable(short(text, limit)), limit)
 
 
 def _token(index: int) -> str:
@@ -310,6 +429,12 @@ def _after(token: str) -> int:
     """The index a page token continues after (-1: from the start)."""
     if not token:
         return -1
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise InvalidArgument(
+            f"page_token: {len(token):,} characters, not one this service gave (those are"
+            f" at most {_MAX_TOKEN_CHARS}); pass a next_page_token unchanged, or none to"
+            " start from the first entry"
+        )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         if not raw.startswith(_TOKEN_PREFIX):

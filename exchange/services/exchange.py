@@ -11,7 +11,7 @@ from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Authenticator, Caller, require
-from exchange.errors import InvalidArgument
+from exchange.errors import InvalidArgument, ResourceExhausted
 from exchange.ingest import Ingest
 from exchange.lookup import get_object
 from exchange.model import (
@@ -25,7 +25,7 @@ from exchange.model import (
 from exchange.services._convert import TLP_TO_PB, kind_from_pb
 from exchange.services._status import guard_stream, guard_unary
 from exchange.store import Store
-from exchange.subscriptions import Batch, SubscriptionRequest, Subscriptions
+from exchange.subscriptions import Batch, Subscriptions, subscription_request
 
 __all__ = ["ExchangeService"]
 
@@ -83,28 +83,35 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             try:
                 audience = audience_request(request.audience)
                 results = await self._ingest.submit(partner, request.bundle, audience)
-            except InvalidArgument as exc:
+            except (InvalidArgument, ResourceExhausted) as exc:
+                # About this bundle only: the stream goes on.
                 yield pb.SubmitStreamResponse(request_id=request.request_id, error=exc.message)
                 continue
             yield pb.SubmitStreamResponse(
                 request_id=request.request_id, result=submit_response(results)
             )
 
-    @guard_stream
-    async def Subscribe(
+    # It writes its messages itself (context.write: a delivery is recorded once its
+    # message was written, and a stalled write is noticed), so it is guarded like a
+    # unary handler.
+    @guard_unary
+    async def Subscribe(  # type: ignore[override]
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> None:
         caller = await self._caller(context, Role.SUBSCRIBE, "subscribe")
         which = request.WhichOneof("start")
-        wanted = SubscriptionRequest(
-            types=frozenset(request.types),
-            labels=frozenset(request.labels),
+        wanted = subscription_request(
+            request.types,
+            request.labels,
             cursor=request.cursor if which == "cursor" else None,
             from_beginning=which == "from_beginning" and request.from_beginning,
             max_batch=request.max_batch,
         )
-        async for batch in self._subscriptions.stream(self._auth.access(caller), wanted):
-            yield subscribe_response(batch)
+
+        async def send(batch: Batch) -> None:
+            await context.write(subscribe_response(batch))
+
+        await self._subscriptions.serve(self._auth.access(caller), wanted, send)
 
     @guard_unary
     async def GetObject(
@@ -118,6 +125,12 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
                 f"object_id and version are at most {_MAX_ID} characters; a STIX id is"
                 " type--UUID and a version a timestamp"
             )
+        for name, value in (("object_id", request.object_id), ("version", request.version)):
+            if not value.isprintable():
+                raise InvalidArgument(
+                    f"{name} holds a control character (such as NUL); a STIX id is"
+                    " type--UUID and a version a timestamp"
+                )
         stored = await get_object(
             self._store, self._recorder, caller.partner, request.object_id, request.version or None
         )

@@ -1,7 +1,8 @@
 """JSON-level checks: what stix2 would coerce, fill in or fail to write back.
 
 Two passes over the submitted JSON, both before stix2 sees it: ``check_json``
-bounds string lengths and nesting and refuses values orjson cannot write back
+bounds string lengths and nesting, refuses NUL characters (U+0000: PostgreSQL cannot
+store them, and both stores must answer alike) and values orjson cannot write back
 unchanged; ``check_types`` holds each property to the JSON type STIX 2.1 defines,
 using a schema compiled once per stix2 class from its property classes.
 """
@@ -26,6 +27,7 @@ __all__ = ["check_json", "check_types"]
 
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?Z")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson can write back
+_NUL = "\x00"
 
 _Checker = Callable[[Any, str], None]  # (value, property path); raises Invalid
 
@@ -34,18 +36,30 @@ _Checker = Callable[[Any, str], None]  # (value, property path); raises Invalid
 
 
 def check_json(obj: dict[str, Any], limits: Limits) -> None:
-    """String lengths, nesting depth, and values orjson can write back unchanged.
+    """String lengths, nesting depth, no NUL in any string (property names too), and
+    values orjson can write back unchanged.
 
     Iterative, so no input can exhaust the stack; paths are built only for
     containers and for the value that fails.
     """
     max_len = limits.max_string_length
     max_depth = limits.max_depth
+    # Checking each nested object or array costs stix2 ~0.2 ms: bound how long one
+    # object can hold a core.
+    containers_left = limits.max_json_containers + 1  # the object itself
     stack: list[tuple[Any, str, int]] = [(obj, "", 1)]
     while stack:
         node, path, depth = stack.pop()
         if depth > max_depth:
             raise Invalid(path, f"nesting no deeper than {max_depth} levels")
+        containers_left -= 1
+        if containers_left < 0:
+            raise Invalid(
+                "",
+                f"an object holding at most {limits.max_json_containers:,} JSON objects and"
+                " arrays (limits.max_json_containers)",
+                "limits.max_json_containers",
+            )
         pairs: Iterable[tuple[str | int, Any]]
         if isinstance(node, dict):
             _check_keys(node, path, max_len)
@@ -53,7 +67,7 @@ def check_json(obj: dict[str, Any], limits: Limits) -> None:
         else:
             pairs = enumerate(node)
         for key, value in pairs:
-            if type(value) is str and len(value) <= max_len:
+            if type(value) is str and len(value) <= max_len and _NUL not in value:
                 continue  # the common case, kept cheap
             if isinstance(value, dict | list):
                 stack.append((value, _join(path, key), depth + 1))
@@ -70,6 +84,12 @@ def _check_keys(node: dict[Any, Any], path: str, max_len: int) -> None:
                 _join(path, short(key, 40)),
                 f"property names of at most {max_len:,} characters, got one of {len(key):,}",
             )
+        if _NUL in key:
+            raise Invalid(
+                _join(path, short(key, 40)),
+                f"property names without NUL characters (U+0000), got one at position"
+                f" {key.index(_NUL)}",
+            )
 
 
 def _join(path: str, key: str | int) -> str:
@@ -80,9 +100,7 @@ def _join(path: str, key: str | int) -> str:
 
 def _scalar_problem(value: Any, max_len: int) -> str:
     if isinstance(value, str):
-        if len(value) > max_len:
-            return f"a string of at most {max_len:,} characters, got {len(value):,}"
-        return ""
+        return _string_problem(value, max_len)
     if value is None or isinstance(value, bool):
         return ""
     if isinstance(value, int):
@@ -90,6 +108,18 @@ def _scalar_problem(value: Any, max_len: int) -> str:
     if isinstance(value, float):
         return "" if math.isfinite(value) else "a finite number"
     return f"a JSON value, got a Python {type(value).__name__}"
+
+
+def _string_problem(value: str, max_len: int) -> str:
+    if len(value) > max_len:
+        return f"a string of at most {max_len:,} characters, got {len(value):,}"
+    if _NUL in value:
+        # PostgreSQL cannot store it, and both stores must answer alike.
+        return (
+            "text without NUL characters (U+0000), which the exchange does not store;"
+            f" got one at position {value.index(_NUL)}"
+        )
+    return ""
 
 
 def check_types(obj: Mapping[str, Any], cls: Any, prefix: str) -> None:

@@ -41,7 +41,7 @@ from exchange.stix._json_checks import check_json, check_types
 from exchange.stix.tlp import TLP_BY_MARKING_ID, TLP_EXTENSION_DEFINITION_ID, marking_id
 from exchange.stix.vocab import SCO_EXTENSION_TYPES, TRAFFICKING_OBSERVABLE_TYPES, is_stix_id
 
-__all__ = ["validate_objects"]
+__all__ = ["check_pattern_cost", "validate_objects"]
 
 # Snapshot of the spec-defined classes, taken at import: anything registered
 # later (custom types) stays refused here even if stix2 would accept it.
@@ -99,9 +99,9 @@ def _validate_one(
         version = _version_label(obj)
         return _check(obj, index, submitter, default_tlp, limits)
     except Invalid as exc:
-        prop, expected = exc.prop, exc.expected
+        prop, expected, limit = exc.prop, exc.expected, exc.limit
     except Exception as exc:  # last resort: no input, however hostile, escapes as an exception
-        prop = ""
+        prop, limit = "", ""
         expected = (
             "a STIX 2.1 object the validator can check; checking it failed with "
             f"{type(exc).__name__}: {short(str(exc), 200)}"
@@ -113,6 +113,7 @@ def _validate_one(
         printable(short(expected, 500)),
         index,
         printable(version),
+        limit,
     )
 
 
@@ -154,6 +155,16 @@ def _check(
     # Serialised before stix2 sees it: the stored body is the submission, byte for byte
     # in every string, whatever the library does with its own copy.
     body = orjson.dumps(stored)
+    if len(body) > limits.max_object_bytes:
+        raise Invalid(
+            "",
+            f"an object of at most {limits.max_object_bytes:,} bytes as compact JSON"
+            f" (limits.max_object_bytes: anything larger could not be published), got"
+            f" {len(body):,}",
+            "limits.max_object_bytes",
+        )
+    if obj_type == "indicator" and stored.get("pattern_type") == "stix":
+        check_pattern_cost(stored.get("pattern"), limits)
 
     try:
         parsed = stix2.parse(stored, allow_custom=False, version="2.1")
@@ -349,3 +360,46 @@ def _check_after_parse(stored: dict[str, Any], parsed: Any, obj_type: str) -> No
 def _pattern_object_types(pattern: str) -> set[str]:
     """Object types named in a pattern stix2 has already accepted as syntactically valid."""
     return set(_PATTERN_OBJECT_TYPE.findall(_PATTERN_STRING.sub("''", pattern)))
+
+
+def check_pattern_cost(pattern: Any, limits: Limits) -> None:
+    """Refuse a STIX pattern that would cost too much to parse: longer than
+    ``max_pattern_length``, with more comparison expressions than
+    ``max_pattern_comparisons``, or nesting brackets and parentheses deeper than
+    ``max_pattern_depth``. Parsing cost grows with each (~0.24 ms per comparison here);
+    one partner's costly patterns must not hold the cores everyone shares. Linear in
+    the pattern's length, and run before the grammar sees it."""
+    if not isinstance(pattern, str):
+        return  # stix2 says what is wrong with it
+    if len(pattern) > limits.max_pattern_length:
+        raise Invalid(
+            "pattern",
+            f"a pattern of at most {limits.max_pattern_length:,} characters"
+            f" (limits.max_pattern_length), got {len(pattern):,}",
+            "limits.max_pattern_length",
+        )
+    # String literals may hold anything (brackets, colons): take them out first.
+    skeleton = _PATTERN_STRING.sub("''", pattern)
+    comparisons = len(_PATTERN_OBJECT_TYPE.findall(skeleton))
+    if comparisons > limits.max_pattern_comparisons:
+        raise Invalid(
+            "pattern",
+            f"a pattern of at most {limits.max_pattern_comparisons:,} comparison expressions"
+            f" (limits.max_pattern_comparisons), got {comparisons:,}; split it into"
+            " several indicators",
+            "limits.max_pattern_comparisons",
+        )
+    depth = deepest = 0
+    for char in skeleton:
+        if char in "[(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "])":
+            depth -= 1
+    if deepest > limits.max_pattern_depth:
+        raise Invalid(
+            "pattern",
+            f"brackets and parentheses nested at most {limits.max_pattern_depth} deep"
+            f" (limits.max_pattern_depth), got {deepest}",
+            "limits.max_pattern_depth",
+        )

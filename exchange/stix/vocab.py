@@ -6,17 +6,31 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from stix2.registry import STIX2_OBJ_MAPS
 from stix2.v21 import vocab as _stix_vocab
 
 __all__ = [
     "INDUSTRY_SECTORS",
+    "OBSERVABLE_TYPES",
     "SCO_EXTENSION_TYPES",
     "TRAFFICKING_OBSERVABLE_TYPES",
+    "is_observable",
     "is_stix_id",
 ]
 
 # industry-sector-ov, straight from the library so it follows the spec it implements.
 INDUSTRY_SECTORS: frozenset[str] = frozenset(_stix_vocab.INDUSTRY_SECTOR)
+
+# The STIX 2.1 cyber-observable (SCO) types, snapshot at import. An SCO's id is a
+# UUIDv5 of its value and it names no creator: two partners who share the same phone
+# number or wallet share one id, so each partner holds its own copy of it.
+OBSERVABLE_TYPES: frozenset[str] = frozenset(STIX2_OBJ_MAPS["2.1"]["observables"])
+
+
+def is_observable(object_type: str) -> bool:
+    """True for an SCO type: an object of it is held per submitting partner."""
+    return object_type in OBSERVABLE_TYPES
+
 
 # Observable types trafficking work needs that STIX 2.1 lacks. They may appear in
 # indicator patterns (the pattern grammar accepts any type name); they are not

@@ -5,10 +5,17 @@ relay drains.
 ``sqlite.SqliteStore`` is the embedded default; a PostgreSQL store implements
 the same protocol. The store never decides who may see what (that is
 ``policy``: ``commit_objects`` takes policy's ``widen`` as an argument); it only
-keeps data and its integrity rules: one row per (id, version), only an object's
-creator adds versions, revoked stays revoked, names and identities are unique.
+keeps data and its integrity rules: one row per (id, version) of each copy, only an
+object's creator adds versions, revoked stays revoked, names and identities are
+unique. An SDO or SRO has one copy, its creator's; an observable (SCO), whose id is
+derived from its value, has one copy per partner that submitted it.
 Every change to the registry moves ``registry_version``, so that servers notice
 changes made by another process (the CLI on the data directory, a replica).
+
+Errors every store raises alike: ``Unavailable`` when the database cannot be reached;
+``StoreFull`` (an Unavailable) when a write finds no room on disk, after which
+``ping`` fails until there is room again; ``InvalidArgument`` for text a database
+cannot store (a NUL character).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "CommitOutcome",
     "Committed",
     "Receipt",
+    "SetAsideRow",
     "SignedCheckpoint",
     "Store",
     "refusal",
@@ -44,9 +52,9 @@ __all__ = [
 
 class CommitOutcome(enum.StrEnum):
     INSERTED = "inserted"
-    # This id and version is already held.
+    # This id and version is already held (for an observable: in the submitter's copy).
     DUPLICATE = "duplicate"
-    # The id is held under another creator's identity.
+    # The id (an SDO or SRO) is held under another creator's identity.
     NOT_CREATOR = "not-creator"
     # The object was revoked; STIX allows no new version after that.
     REVOKED = "revoked"
@@ -97,6 +105,17 @@ class AuditRow(NamedTuple):
     owner: str
 
 
+class SetAsideRow(NamedTuple):
+    """An accepted object version the bus refused to take: stored, not published."""
+
+    seq: int
+    object_id: str
+    version: str
+    submitter: str
+    reason: str
+    at: float
+
+
 class SignedCheckpoint(NamedTuple):
     """A checkpoint as stored: the signed note and its signature
     (exchange_client._checkpoint.Checkpoint.parse reads them)."""
@@ -120,7 +139,9 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Return when the database answers; Unavailable if it does not (health checks)."""
+        """Return when the database answers; Unavailable if it does not (health checks).
+        While the store is full (a write failed for lack of space), StoreFull until a
+        probe write succeeds again."""
         ...
 
     async def hold_lease(self, job: str) -> bool:
@@ -262,24 +283,40 @@ class Store(Protocol):
 
     async def set_audit_mirror_position(self, index: int) -> None: ...
 
-    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
-        """For each held object id, the partner id that submitted it."""
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """For each held object id, the partner ids holding a copy of it: the one that
+        created it for an SDO or SRO; for an observable (SCO, whose id is derived from
+        its value and carries no creator) every partner that submitted one."""
         ...
 
-    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
-        """One held version (compared canonically), or the latest when ``version`` is None."""
+    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
+        """The held version (compared canonically; the latest when ``version`` is None) of
+        every copy of ``object_id``: at most one for an SDO or SRO, one per submitting
+        partner for an observable. The caller (policy) picks what the asker may see."""
         ...
 
     # -- relay ------------------------------------------------------------------------
-    async def pending_outbox(self, limit: int) -> list[StoredObject]:
-        """Accepted objects not yet published to the bus, oldest first."""
+    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
+        """Accepted objects not yet published to the bus, oldest first: at most
+        ``limit``, and at most ``max_bytes`` of bodies (but always the oldest one)."""
         ...
 
     async def mark_published(
-        self, seqs: Sequence[int], positions: Mapping[TopicPartition, int]
+        self,
+        seqs: Sequence[int],
+        positions: Mapping[TopicPartition, int],
+        set_aside: Mapping[int, str] | None = None,
     ) -> None:
         """Drop these outbox rows and record, per topic-partition, the offset after
-        the last record published there (what "from now" means for subscribers)."""
+        the last record published there (what "from now" means for subscribers).
+        ``set_aside``: rows the bus refused (seq -> the reason): they leave the outbox
+        too and are kept, with the reason and the time, among the set-aside rows."""
+        ...
+
+    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
+        """Outbox rows the relay set aside, oldest first (for the operator). They are
+        not put back: republished under their old sequence number, subscribers would
+        take them for repeats; the submitter publishes a new version instead."""
         ...
 
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]: ...

@@ -1,6 +1,7 @@
 """What both stores decide the same way, whatever the database: which objects of a
-bundle are stored (creator, duplicate, revoked), the SUBMIT entries of a bundle in
-bundle order, how audit entries chain, and the words of their errors.
+bundle are stored (creator, duplicate, revoked; observables per submitter), the
+SUBMIT entries of a bundle in bundle order, how audit entries chain, and the words
+of their errors.
 
 Pure functions and plain objects: each store reads what they need and writes what
 they return inside its own transaction.
@@ -28,35 +29,56 @@ from exchange.model import (
     Tlp,
     ValidObject,
 )
-from exchange.store import CommitOutcome, Committed, SignedCheckpoint, refusal
+from exchange.stix._explain import printable, short
+from exchange.stix.vocab import is_observable
+from exchange.store import CommitOutcome, Committed, SetAsideRow, SignedCheckpoint, refusal
 
 __all__ = [
     "NO_PREVIOUS",
+    "CopyKey",
     "Held",
     "audit_row",
     "bundle_submits",
     "chain",
     "checkpoint_of",
     "community_missing",
+    "copy_key",
     "credential_bound",
     "credential_id_taken",
     "credential_of",
     "newer_schema",
     "not_a_member",
+    "nul_in_bundle",
     "partner_of",
+    "set_aside_of",
+    "set_aside_reason",
     "stored_of",
     "submit_event",
     "unknown_partner",
+    "unstorable_text",
     "with_receipts",
 ]
 
 # The previous leaf hash of the first entry.
 NO_PREVIOUS = bytes(32)
 
+# (object id, creator for an observable, else ""): one copy of an object.
+CopyKey = tuple[str, str]
+
+
+def copy_key(object_id: str, object_type: str, creator: str) -> CopyKey:
+    """Which copy of ``object_id`` a version belongs to. An SDO or SRO has one copy,
+    its creator's. An observable (SCO) names no creator and its id is derived from its
+    value, so every partner that submits one holds a copy of its own (``creator`` is
+    then the submitter's identity): another partner's copy never makes a submission a
+    duplicate or someone else's, whatever the caller may see of it."""
+    return (object_id, creator if is_observable(object_type) else "")
+
 
 class Held:
-    """What the store holds of one object id: its creator, its version keys, whether
-    it was revoked, and the audience of its latest version (by acceptance)."""
+    """What the store holds of one copy of an object (``copy_key``): its creator, its
+    version keys, whether it was revoked, and the audience of its latest version
+    (by acceptance)."""
 
     __slots__ = ("audience", "creator", "keys", "revoked")
 
@@ -198,6 +220,53 @@ def credential_bound(kind: str, holder: str, credential_id: str) -> str:
     )
 
 
+def unstorable_text(what: str) -> str:
+    """Why text PostgreSQL cannot store (a NUL character, U+0000) was refused."""
+    return (
+        f"{what} holds a NUL character (U+0000), which the database cannot store:"
+        " remove it; nothing of this call was stored"
+    )
+
+
+def nul_in_bundle(
+    objects: Sequence[tuple[ValidObject, Audience]], rejected: Sequence[Rejection]
+) -> str:
+    """Which stored text of a bundle holds a NUL character, in words ("" if none)."""
+    for obj, audience in objects:
+        fields = {
+            "id": obj.object_id,
+            "version": obj.version,
+            "type": obj.object_type,
+            "created_by_ref": obj.created_by_ref,
+            "spec_version": obj.spec_version,
+        }
+        fields.update({f"labels[{i}]": label for i, label in enumerate(obj.labels)})
+        names = audience.communities | audience.recipients | audience.implied
+        fields["audience (a community or recipient)"] = "".join(sorted(names))
+        for field, text in fields.items():
+            if "\x00" in text:
+                return f"object {_shown(obj.object_id)} (index {obj.index}): its {field}"
+    for r in rejected:
+        for field, text in (("id", r.object_id), ("version", r.version)):
+            if "\x00" in text:
+                return f"rejected object {_shown(r.object_id)} (index {r.index}): its {field}"
+    return ""
+
+
+def _shown(text: str) -> str:
+    """Submitted text in a message: bounded, control characters escaped."""
+    return printable(short(text, 80))
+
+
+# The broker's reason a row was set aside, as kept: one bounded line.
+SET_ASIDE_REASON_CHARS = 1_000
+
+
+def set_aside_reason(reason: str) -> str:
+    text = " ".join(reason.split()) or "no reason given"
+    return text if len(text) <= SET_ASIDE_REASON_CHARS else f"{text[:SET_ASIDE_REASON_CHARS]}..."
+
+
 def newer_schema(found: int, known: int) -> str:
     return (
         f"the database has schema version {found}, written by a newer release of the"
@@ -259,6 +328,13 @@ def stored_of(row: Sequence[Any], strings: Strings) -> StoredObject:
             spec_version=str(spec),
         ),
         audience=Audience.from_json(audience),
+    )
+
+
+def set_aside_of(row: Sequence[Any]) -> SetAsideRow:
+    seq, object_id, version, submitter, reason, at = row
+    return SetAsideRow(
+        int(seq), str(object_id), str(version), str(submitter), str(reason), float(at)
     )
 
 

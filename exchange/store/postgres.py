@@ -23,7 +23,10 @@ kept from stepping on each other:
 Every call waits at most ``timeout_s`` to connect, to get a connection from the
 pool and for each statement, and reports an unreachable database as
 ``Unavailable`` (without the password of the URL); the pool reconnects when the
-database is back, with no need to open the store again.
+database is back, with no need to open the store again. A database out of space
+(53100) answers ``StoreFull`` and marks the store full (``_room.Room``) until a
+probe write in ``ping`` succeeds; text PostgreSQL cannot store (a NUL character)
+answers ``InvalidArgument`` naming what held it, never an internal error.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import asyncpg
 import orjson
@@ -44,7 +48,7 @@ import orjson
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.bus import TopicPartition
 from exchange.config import mask_url
-from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound, StoreFull, Unavailable
 from exchange.model import (
     Audience,
     Community,
@@ -56,27 +60,37 @@ from exchange.model import (
     ValidObject,
     version_key,
 )
-from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint
+from exchange.store import AuditRow, CommitOutcome, Committed, SetAsideRow, SignedCheckpoint
 from exchange.store._common import (
     NO_PREVIOUS,
+    CopyKey,
     Held,
     audit_row,
     bundle_submits,
     chain,
     checkpoint_of,
     community_missing,
+    copy_key,
     credential_bound,
     credential_id_taken,
     credential_of,
     newer_schema,
     not_a_member,
+    nul_in_bundle,
     partner_of,
+    set_aside_of,
+    set_aside_reason,
     stored_of,
     unknown_partner,
+    unstorable_text,
     with_receipts,
 )
+from exchange.store._room import Room
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "PostgresStore"]
+if TYPE_CHECKING:
+    from exchange.metrics import Metrics
+
+__all__ = ["MIGRATIONS", "PROBE_BYTES", "SCHEMA_VERSION", "Migration", "PostgresStore"]
 
 # On the connection that holds the leases: if its process's host vanishes (no FIN, no
 # RST), the database drops the connection, and with it the leases, after about 25 s
@@ -218,6 +232,27 @@ CREATE TABLE audit_key (
 """
 
 
+# Version 2 (SQLite's version 5): several partners may each hold a copy of one
+# observable (an SCO's id is derived from its value and names no creator), so a
+# version is unique per creator; the outbox rows the relay set aside (the bus refused
+# their records); a table the health probe writes to while the database is full.
+SCHEMA_V2 = """
+ALTER TABLE objects DROP CONSTRAINT objects_object_id_version_key_key;
+ALTER TABLE objects ADD CONSTRAINT objects_object_id_created_by_ref_version_key_key
+    UNIQUE (object_id, created_by_ref, version_key);
+CREATE TABLE set_aside (
+    seq    bigint PRIMARY KEY REFERENCES objects(seq),
+    reason text NOT NULL,
+    at     double precision NOT NULL
+);
+-- Never holds a committed row: the probe inserts and rolls back (see PostgresStore.ping).
+CREATE TABLE store_probe (
+    id   integer PRIMARY KEY,
+    room bytea NOT NULL
+);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: it brings a database at ``version - 1`` to ``version``.
@@ -236,6 +271,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         " position and signing key",
         SCHEMA_V1,
     ),
+    Migration(
+        2,
+        "observables held per submitter (a version is unique per creator); set-aside"
+        " outbox rows; the disk-full probe",
+        SCHEMA_V2,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -248,6 +289,11 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at double precision NOT NULL
 )
 """
+
+# While the store is full, ping inserts this many random (incompressible) bytes into
+# a freshly truncated probe table and rolls back: PostgreSQL must find room on disk
+# for them, as it must for a submission.
+PROBE_BYTES = 1024 * 1024
 
 # The transaction advisory lock that migrations hold: "exchange" in ASCII, as a bigint.
 _MIGRATION_LOCK = int.from_bytes(b"exchange", "big")
@@ -303,7 +349,41 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 
 def _unreachable(exc: BaseException) -> bool:
     # DataError is an InterfaceError too, but it means a bad argument: a bug.
-    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, asyncpg.DataError)
+    return (
+        isinstance(exc, _UNREACHABLE)
+        and not isinstance(exc, asyncpg.DataError)
+        and not _out_of_space(exc)
+    )
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database has no room left (its disk is full)."""
+    if isinstance(exc, asyncpg.exceptions.DiskFullError):  # 53100
+        return True
+    # Files PostgreSQL writes outside a relation (temporary files, say) can fail
+    # with an I/O error that names the cause.
+    if isinstance(exc, asyncpg.exceptions.PostgresIOError):
+        return "No space left on device" in str(exc)
+    return False
+
+
+# A NUL character (U+0000) in text: PostgreSQL's text, and jsonb's strings, cannot
+# hold it (SQLite can; validation refuses it in objects before either store sees it).
+_UNSTORABLE_TEXT = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,  # 22021: 0x00 in text
+    asyncpg.exceptions.UntranslatableCharacterError,  # 22P05: \u0000 in jsonb
+)
+
+
+def _unstorable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNSTORABLE_TEXT):
+        return True
+    # asyncpg's own refusal to encode an argument (a lone surrogate, say).
+    return isinstance(exc, asyncpg.DataError) and isinstance(exc.__cause__, UnicodeError)
+
+
+def _has_nul(*texts: str) -> bool:
+    return any("\x00" in text for text in texts)
 
 
 def _lost(exc: BaseException) -> bool:
@@ -365,6 +445,15 @@ _OBJECT_COLUMNS = (
     " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience::text"
 )
 _AUDIT_COLUMNS = "idx, data, leaf_hash, at, action, actor, partner, object_id, owner"
+# The oldest outbox rows, up to $1 of them and $2 bytes of bodies (at least one).
+_PENDING_WITHIN = (
+    "WITH head AS (SELECT b.seq, {length}(o.body) AS size FROM outbox b JOIN objects o"
+    " USING (seq) ORDER BY b.seq LIMIT $1),"
+    " upto AS (SELECT seq, sum(size) OVER (ORDER BY seq) AS total FROM head)"
+    " SELECT {columns} FROM outbox b JOIN objects o USING (seq)"
+    " WHERE b.seq IN (SELECT seq FROM upto WHERE total <= $2"
+    " OR seq = (SELECT min(seq) FROM upto)) ORDER BY b.seq"
+)
 _CHECKPOINT_COLUMNS = "tree_size, note, signature"
 # Each stored version with its outbox row; executemany runs it once per version, in
 # bundle order, so that sequence numbers follow the bundle.
@@ -417,13 +506,22 @@ class PostgresStore:
     """``Store`` on a PostgreSQL database (its schema created, or migrated to the
     current version, on open). ``url``: postgresql://USER@HOST:PORT/DATABASE (the
     password is best given as PGPASSWORD). Each process opens ``pool_size``
-    connections at most, plus one while it holds leases."""
+    connections at most, plus one while it holds leases. ``metrics``: where to show
+    that the database is full (``exchange_store_full``)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        timeout_s: float = 10.0,
+        metrics: Metrics | None = None,
+    ) -> None:
         if pool_size < 1:
             raise InvalidArgument("the PostgreSQL pool needs one connection or more")
         self._url = url
         self._where = mask_url(url)
+        self._room = Room(f"the PostgreSQL database {self._where}", metrics)
         self._secrets = _secrets(url)
         self._pool_size = pool_size
         self._timeout_s = timeout_s
@@ -484,7 +582,28 @@ class PostgresStore:
             self._raise(exc)
 
     async def ping(self) -> None:
-        await self._read(lambda conn: conn.fetchval("SELECT 1"))
+        if not self._room.full:
+            await self._read(lambda conn: conn.fetchval("SELECT 1"))
+            return
+
+        async def probe(conn: Any) -> None:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                # A new, empty file: the insert has to extend it, whatever free space
+                # earlier rows left in the table.
+                await conn.execute("TRUNCATE store_probe")
+                await conn.execute(
+                    "INSERT INTO store_probe (id, room) VALUES (1, $1)", os.urandom(PROBE_BYTES)
+                )
+            finally:
+                await transaction.rollback()
+
+        try:
+            await self._read(probe)
+        except StoreFull as exc:
+            raise self._room.still_full("a probe write failed") from exc
+        self._room.emptied()
 
     async def close(self) -> None:
         async with self._lease_guard:
@@ -591,7 +710,12 @@ class PostgresStore:
         return error
 
     def _failure(self, exc: BaseException) -> BaseException:
-        """What to raise for ``exc``: Unavailable if the database cannot be reached."""
+        """What to raise for ``exc``: StoreFull if the database has no room left (the
+        store is then full), Unavailable if it cannot be reached."""
+        if _out_of_space(exc):
+            full = self._room.refused(exc)
+            full.__cause__ = exc
+            return full
         if not _unreachable(exc):
             return exc
         if isinstance(exc, TimeoutError):
@@ -614,15 +738,21 @@ class PostgresStore:
             raise Unavailable("the store is not open")
         return self._pool
 
-    async def _read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def _read(self, fn: Callable[[Any], Awaitable[T]], what: str = "") -> T:
         """``fn`` on a connection of the pool."""
-        return await self._run(fn, write=False)
+        return await self._run(fn, write=False, what=lambda: what)
 
-    async def _write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """``fn`` in one transaction (read committed) on a connection of the pool."""
-        return await self._run(fn, write=True)
+    async def _write(
+        self, fn: Callable[[Any], Awaitable[T]], what: str | Callable[[], str] = ""
+    ) -> T:
+        """``fn`` in one transaction (read committed) on a connection of the pool.
+        ``what``: the call's text, in words, should the database refuse some of it
+        (a NUL character)."""
+        return await self._run(fn, write=True, what=what if callable(what) else lambda: what)
 
-    async def _run(self, fn: Callable[[Any], Awaitable[T]], *, write: bool) -> T:
+    async def _run(
+        self, fn: Callable[[Any], Awaitable[T]], *, write: bool, what: Callable[[], str]
+    ) -> T:
         """``fn`` on a connection of the pool (in a transaction if ``write``), run
         once more in two cases, where nothing of the first run was committed:
 
@@ -660,6 +790,11 @@ class PostgresStore:
                 if acquired and not committing and not retried_lost and _lost(exc):
                     retried_lost = True
                     continue
+                if _unstorable(exc):
+                    # The database's words name a byte, not where it was: say where.
+                    raise InvalidArgument(
+                        unstorable_text(what() or "a text given to this call")
+                    ) from None
                 self._raise(exc)
 
     # -- audit key ----------------------------------------------------------------
@@ -718,9 +853,15 @@ class PostgresStore:
             await _insert_credential(conn, credential)
             await _bump(conn)
 
-        await self._write(run)
+        await self._write(
+            run,
+            "the new partner's id, name, identity, sectors or communities, or its first"
+            f" {credential.kind}'s id",
+        )
 
     async def get_partner(self, partner_id: str) -> Partner | None:
+        if _has_nul(partner_id):
+            return None  # nothing the database holds has one
         row = await self._read(
             lambda conn: conn.fetchrow(
                 f"SELECT {_PARTNER_COLUMNS} FROM partners p WHERE p.partner_id = $1",  # noqa: S608
@@ -755,7 +896,7 @@ class PostgresStore:
                 raise NotFound(unknown_partner(partner.partner_id))
             await _bump(conn)
 
-        await self._write(run)
+        await self._write(run, "the partner's name or sectors")
 
     # -- communities ----------------------------------------------------------------
     async def add_community(self, community: Community) -> None:
@@ -781,7 +922,7 @@ class PostgresStore:
                 )
             await _bump(conn)
 
-        await self._write(run)
+        await self._write(run, "the community's name, description or members")
 
     async def list_communities(self) -> list[Community]:
         rows = await self._read(
@@ -808,7 +949,7 @@ class PostgresStore:
             if _count(status):
                 await _bump(conn)
 
-        await self._write(run)
+        await self._write(run, "the community name or the partner id")
 
     async def leave_community(self, name: str, partner_id: str) -> None:
         async def run(conn: Any) -> None:
@@ -823,7 +964,7 @@ class PostgresStore:
                 raise NotFound(not_a_member(name, partner_id))
             await _bump(conn)
 
-        await self._write(run)
+        await self._write(run, "the community name or the partner id")
 
     # -- credentials ----------------------------------------------------------------
     async def add_credential(self, credential: Credential) -> None:
@@ -832,9 +973,11 @@ class PostgresStore:
             await _insert_credential(conn, credential)
             await _bump(conn)
 
-        await self._write(run)
+        await self._write(run, f"the {credential.kind}'s id or partner id")
 
     async def list_credentials(self, partner_id: str) -> list[Credential]:
+        if _has_nul(partner_id):
+            return []  # nothing the database holds has one
         rows = await self._read(
             lambda conn: conn.fetch(
                 f"SELECT {_CREDENTIAL_COLUMNS} FROM credentials c"  # noqa: S608
@@ -870,7 +1013,7 @@ class PostgresStore:
             await _bump(conn)
             return replace(credential, revoked_at=at)
 
-        return await self._write(run)
+        return await self._write(run, "the partner id or the credential id")
 
     async def credential(
         self, kind: CredentialKind, digest: bytes
@@ -907,6 +1050,10 @@ class PostgresStore:
     ) -> list[Committed]:
         if not objects and not rejected:
             return []
+        # Validation refuses NUL characters in objects; should one get here all the
+        # same, both stores refuse the bundle alike (PostgreSQL cannot store it).
+        if nul := nul_in_bundle(objects, rejected):
+            raise InvalidArgument(unstorable_text(nul))
 
         async def run(conn: Any) -> list[Committed]:
             size, previous = await _lock_audit_head(conn)
@@ -916,7 +1063,7 @@ class PostgresStore:
             entries = await _append_audit(conn, size, previous, [e for _, e in submits])
             return with_receipts(results, submits, entries)
 
-        return await self._write(run)
+        return await self._write(run, lambda: nul_in_bundle(objects, rejected) or "the bundle")
 
     # -- audit log ------------------------------------------------------------------
     async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
@@ -927,7 +1074,7 @@ class PostgresStore:
             size, previous = await _lock_audit_head(conn)
             return await _append_audit(conn, size, previous, events)
 
-        return await self._write(run)
+        return await self._write(run, lambda: _nul_in_events(events))
 
     async def audit_size(self) -> int:
         size = await self._read(
@@ -1039,64 +1186,99 @@ class PostgresStore:
 
         await self._write(run)
 
-    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
-        wanted = sorted(set(object_ids))
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        # An id with a NUL character is held by nobody (the database cannot hold one).
+        wanted = sorted({oid for oid in object_ids if not _has_nul(oid)})
         if not wanted:
             return {}
-        # The submitter of the first version (later ones come from the same creator).
+        # Every version of an SDO or SRO comes from its creator; an observable's copies
+        # from each partner that submitted one.
         rows = await self._read(
             lambda conn: conn.fetch(
                 # Joined with the ids, as in _held_versions: index probes per id.
-                "SELECT DISTINCT ON (o.object_id) o.object_id, o.submitter"
-                " FROM unnest($1::text[]) AS w(id) JOIN objects o ON o.object_id = w.id"
-                " ORDER BY o.object_id, o.seq",
+                "SELECT DISTINCT o.object_id, o.submitter"
+                " FROM unnest($1::text[]) AS w(id) JOIN objects o ON o.object_id = w.id",
                 wanted,
             )
         )
-        return {str(oid): str(submitter) for oid, submitter in rows}
+        out: dict[str, set[str]] = {}
+        for oid, submitter in rows:
+            out.setdefault(str(oid), set()).add(str(submitter))
+        return {oid: frozenset(submitters) for oid, submitters in out.items()}
 
-    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
+    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
+        if _has_nul(object_id):
+            return []  # nothing the database holds has one
         if version is None:
-            row = await self._read(
-                lambda conn: conn.fetchrow(
-                    f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = $1"  # noqa: S608
-                    " ORDER BY o.version_key DESC, o.seq DESC LIMIT 1",
+            # The latest version of each copy (one copy per creator).
+            rows = await self._read(
+                lambda conn: conn.fetch(
+                    f"SELECT DISTINCT ON (o.created_by_ref) {_OBJECT_COLUMNS}"  # noqa: S608
+                    " FROM objects o WHERE o.object_id = $1"
+                    " ORDER BY o.created_by_ref, o.version_key DESC, o.seq DESC",
                     object_id,
                 )
             )
         else:
             key = version_key(version)
-            row = await self._read(
-                lambda conn: conn.fetchrow(
+            rows = await self._read(
+                lambda conn: conn.fetch(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
                     " WHERE o.object_id = $1 AND o.version_key = $2",
                     object_id,
                     key,
                 )
             )
-        # Each version under the audience it was stored (and delivered) with.
-        return None if row is None else stored_of(row, _as_is)
+        # Each version under the audience it was stored (and delivered) with; copies in
+        # the order they were accepted, as the SQLite store returns them.
+        return sorted((stored_of(row, _as_is) for row in rows), key=lambda s: s.seq)
 
     # -- relay --------------------------------------------------------------------
-    async def pending_outbox(self, limit: int) -> list[StoredObject]:
-        rows = await self._read(
-            lambda conn: conn.fetch(
+    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
+        if max_bytes is None:
+            query = (
                 f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
-                " ORDER BY b.seq LIMIT $1",
-                max(limit, 0),
+                " ORDER BY b.seq LIMIT $1"
             )
-        )
+            args: tuple[int, ...] = (max(limit, 0),)
+        else:
+            query = _PENDING_WITHIN.format(columns=_OBJECT_COLUMNS, length="octet_length")
+            args = (max(limit, 0), max_bytes)
+        rows = await self._read(lambda conn: conn.fetch(query, *args))
         return [stored_of(r, _as_is) for r in rows]
 
     async def mark_published(
-        self, seqs: Sequence[int], positions: Mapping[TopicPartition, int]
+        self,
+        seqs: Sequence[int],
+        positions: Mapping[TopicPartition, int],
+        set_aside: Mapping[int, str] | None = None,
     ) -> None:
+        aside = {int(seq): set_aside_reason(reason) for seq, reason in (set_aside or {}).items()}
+        published = [s for s in seqs if s not in aside]
+        at = time.time()
+
         async def run(conn: Any) -> None:
             # Rows another process deleted already are simply not there any more.
-            if seqs:
+            if published:
                 await conn.execute(
                     "DELETE FROM outbox o USING unnest($1::bigint[]) AS d(seq) WHERE o.seq = d.seq",
-                    list(seqs),
+                    published,
+                )
+            if aside:
+                # Only rows still in the outbox: one another relay published is not set
+                # aside after the fact.
+                ordered = sorted(aside.items())
+                await conn.execute(
+                    "WITH gone AS (DELETE FROM outbox o USING unnest($1::bigint[]) AS d(seq)"
+                    " WHERE o.seq = d.seq RETURNING o.seq)"
+                    " INSERT INTO set_aside (seq, reason, at)"
+                    " SELECT a.seq, a.reason, $3"
+                    " FROM unnest($1::bigint[], $2::text[]) AS a(seq, reason)"
+                    " JOIN gone USING (seq)"
+                    " ON CONFLICT (seq) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                    [seq for seq, _ in ordered],
+                    [reason for _, reason in ordered],
+                    at,
                 )
             # In one order in every process, so that two writers cannot deadlock.
             rows = sorted((t, p, o) for (t, p), o in positions.items())
@@ -1110,6 +1292,16 @@ class PostgresStore:
                 )
 
         await self._write(run)
+
+    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT s.seq, o.object_id, o.version, o.submitter, s.reason, s.at"
+                " FROM set_aside s JOIN objects o USING (seq) ORDER BY s.seq LIMIT $1",
+                max(limit, 0),
+            )
+        )
+        return [set_aside_of(r) for r in rows]
 
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         wanted = sorted(set(topics))
@@ -1228,7 +1420,9 @@ async def _insert_objects(
     rows: list[tuple[object, ...]] = []
     for obj, asked in objects:
         key = version_key(obj.version)
-        versions = held.setdefault(obj.object_id, Held())
+        versions = held.setdefault(
+            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
+        )
         refused = versions.refuses(obj, key)
         if refused is not None:
             results.append(Committed(refused))
@@ -1260,30 +1454,42 @@ async def _insert_objects(
     return results
 
 
-async def _held_versions(conn: Any, ids: set[str]) -> dict[str, Held]:
+async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
+    """What is held of ``ids``, per copy (``copy_key``)."""
     wanted = sorted(ids)
-    held: dict[str, Held] = {}
-    # A registered partner's identity object belongs to that partner, even before it
-    # submitted it: nobody else may publish it.
+    held: dict[CopyKey, Held] = {}
+    # A registered partner's identity object (an SDO) belongs to that partner, even
+    # before it submitted it: nobody else may publish it.
     for (identity,) in await conn.fetch(
         "SELECT identity_id FROM partners WHERE identity_id = ANY($1::text[])", wanted
     ):
-        held.setdefault(str(identity), Held()).creator = str(identity)
-    latest: dict[str, str] = {}
+        held.setdefault((str(identity), ""), Held()).creator = str(identity)
+    latest: dict[CopyKey, str] = {}
     # A join with the ids, not "object_id = ANY($1)": the planner then probes the
-    # (object_id, version_key) index per id instead of scanning the table, whatever
-    # its statistics say (a bundle of 1,000 was 3x slower on a freshly filled table).
-    for oid, key, creator, revoked, audience in await conn.fetch(
-        "SELECT o.object_id, o.version_key, o.created_by_ref, o.revoked, o.audience::text"
-        " FROM unnest($1::text[]) AS w(id) JOIN objects o ON o.object_id = w.id"
-        " ORDER BY o.seq",
+    # (object_id, created_by_ref, version_key) index per id instead of scanning the
+    # table, whatever its statistics say (a bundle of 1,000 was 3x slower on a freshly
+    # filled table).
+    for oid, otype, key, creator, revoked, audience in await conn.fetch(
+        "SELECT o.object_id, o.object_type, o.version_key, o.created_by_ref, o.revoked,"
+        " o.audience::text FROM unnest($1::text[]) AS w(id)"
+        " JOIN objects o ON o.object_id = w.id ORDER BY o.seq",
         wanted,
     ):
-        entry = held.setdefault(str(oid), Held())
+        copy = copy_key(str(oid), str(otype), str(creator))
+        entry = held.setdefault(copy, Held())
         entry.creator = str(creator)
         entry.keys.add(str(key))
         entry.revoked = entry.revoked or bool(revoked)
-        latest[str(oid)] = str(audience)
-    for oid, audience in latest.items():
-        held[oid].audience = Audience.from_json(audience)
+        latest[copy] = str(audience)
+    for copy, audience in latest.items():
+        held[copy].audience = Audience.from_json(audience)
     return held
+
+
+def _nul_in_events(events: Sequence[Event]) -> str:
+    """Which column of which entry holds a NUL character, in words."""
+    for n, event in enumerate(events):
+        for column in ("actor", "partner", "object_id", "owner"):
+            if _has_nul(getattr(event, column)):
+                return f"audit entry {n + 1} of {len(events)} ({event.action.value}): its {column}"
+    return "an audit entry"

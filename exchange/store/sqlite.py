@@ -10,24 +10,30 @@ The schema is versioned with ``PRAGMA user_version``: ``MIGRATIONS`` lists the
 steps from an empty file to ``SCHEMA_VERSION``, and ``open`` applies the missing
 ones in one transaction. To change the schema, append a step; never edit one
 that has shipped.
+
+A write that fails because the file system is full raises ``StoreFull`` and marks
+the store full (``_room.Room``): ``ping`` then fails until the data directory has
+``resume_free_bytes`` free again and a probe write succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.bus import TopicPartition
-from exchange.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound, StoreFull, Unavailable
 from exchange.model import (
     Audience,
     Community,
@@ -39,27 +45,45 @@ from exchange.model import (
     ValidObject,
     version_key,
 )
-from exchange.store import AuditRow, CommitOutcome, Committed, SignedCheckpoint
+from exchange.store import AuditRow, CommitOutcome, Committed, SetAsideRow, SignedCheckpoint
 from exchange.store._common import (
     NO_PREVIOUS,
+    CopyKey,
     Held,
     audit_row,
     bundle_submits,
     chain,
     checkpoint_of,
     community_missing,
+    copy_key,
     credential_bound,
     credential_id_taken,
     credential_of,
     newer_schema,
     not_a_member,
+    nul_in_bundle,
     partner_of,
+    set_aside_of,
+    set_aside_reason,
     stored_of,
     unknown_partner,
+    unstorable_text,
     with_receipts,
 )
+from exchange.store._room import Room
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "SqliteStore", "migrate"]
+if TYPE_CHECKING:
+    from exchange.metrics import Metrics
+
+__all__ = [
+    "MIGRATIONS",
+    "PROBE_BYTES",
+    "RESUME_FREE_BYTES",
+    "SCHEMA_VERSION",
+    "Migration",
+    "SqliteStore",
+    "migrate",
+]
 
 T = TypeVar("T")
 
@@ -213,6 +237,64 @@ CREATE TABLE audit_key (
 """
 
 
+# Version 5: several partners may each hold a copy of one observable (an SCO's id is
+# derived from its value and names no creator), so a version is unique per creator:
+# (object_id, created_by_ref, version_key). SQLite changes a table's constraints only
+# by rebuilding it; sequence numbers, the AUTOINCREMENT counter and the outbox rows
+# that refer to them are carried over (the outbox is moved aside while the old table
+# is dropped: with foreign keys on, the drop would otherwise delete under it).
+# Also: the outbox rows the relay set aside (the bus refused their records), and a
+# row the health probe writes while the disk is full.
+SCHEMA_V5 = """
+CREATE TABLE objects_v5 (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    object_id      TEXT NOT NULL,
+    version        TEXT NOT NULL,
+    version_key    TEXT NOT NULL,
+    object_type    TEXT NOT NULL,
+    created_by_ref TEXT NOT NULL,
+    submitter      TEXT NOT NULL REFERENCES partners(partner_id),
+    tlp            TEXT NOT NULL,
+    labels         TEXT NOT NULL,
+    revoked        INTEGER NOT NULL,
+    spec_version   TEXT NOT NULL,
+    accepted_at    REAL NOT NULL,
+    body           BLOB NOT NULL,
+    audience       TEXT NOT NULL,
+    UNIQUE (object_id, created_by_ref, version_key)
+);
+INSERT INTO objects_v5 (seq, object_id, version, version_key, object_type, created_by_ref,
+    submitter, tlp, labels, revoked, spec_version, accepted_at, body, audience)
+    SELECT seq, object_id, version, version_key, object_type, created_by_ref, submitter,
+        tlp, labels, revoked, spec_version, accepted_at, body, audience
+    FROM objects ORDER BY seq;
+-- The next seq stays above every seq ever handed out, as AUTOINCREMENT promises.
+DELETE FROM sqlite_sequence WHERE name = 'objects_v5';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'objects_v5', seq FROM sqlite_sequence WHERE name = 'objects';
+CREATE TEMP TABLE outbox_v4 AS SELECT seq FROM outbox;
+DELETE FROM outbox;
+DROP TABLE objects;
+ALTER TABLE objects_v5 RENAME TO objects;
+INSERT INTO outbox (seq) SELECT seq FROM temp.outbox_v4 ORDER BY seq;
+DROP TABLE temp.outbox_v4;
+
+-- Accepted object versions the bus refused to take: out of the outbox (the rest
+-- flows on), kept for the operator with the bus's reason and when.
+CREATE TABLE set_aside (
+    seq    INTEGER PRIMARY KEY REFERENCES objects(seq),
+    reason TEXT NOT NULL,
+    at     REAL NOT NULL
+);
+-- Written by the health probe while the disk is full (to see that writes work again).
+CREATE TABLE store_probe (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    at   REAL NOT NULL,
+    room BLOB NOT NULL
+);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of the schema: it brings a database at ``version - 1`` to ``version``."""
@@ -251,6 +333,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(3, "the audit log, its checkpoints and its bus mirror position", _script(SCHEMA_V3)),
     Migration(4, "the public key that signs the audit log's checkpoints", _script(SCHEMA_V4)),
+    Migration(
+        5,
+        "observables held per submitter (a version is unique per creator); set-aside"
+        " outbox rows; the disk-full probe",
+        _script(SCHEMA_V5),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 assert [m.version for m in MIGRATIONS] == list(range(1, SCHEMA_VERSION + 1))
@@ -307,8 +395,26 @@ _OBJECT_COLUMNS = (
 # Bytes as bytes, even where someone stored them as text (verification reads what is there).
 _AUDIT_BYTES = "CAST(data AS BLOB), CAST(leaf_hash AS BLOB)"
 _CHECKPOINT_COLUMNS = "tree_size, CAST(note AS BLOB), CAST(signature AS BLOB)"
+# The oldest outbox rows, up to ?1 of them and ?2 bytes of bodies (at least one).
+_PENDING_WITHIN = (
+    "WITH head AS (SELECT b.seq, length(o.body) AS size FROM outbox b JOIN objects o"
+    " USING (seq) ORDER BY b.seq LIMIT ?1),"
+    " upto AS (SELECT seq, sum(size) OVER (ORDER BY seq) AS total FROM head)"
+    " SELECT {columns} FROM outbox b JOIN objects o USING (seq)"
+    " WHERE b.seq IN (SELECT seq FROM upto WHERE total <= ?2"
+    " OR seq = (SELECT min(seq) FROM upto)) ORDER BY b.seq"
+)
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _CHUNK = 500
+
+# While the store is full, ping resumes writes once the data directory's file system
+# has this much free (room for one bundle of the default largest size,
+# limits.max_bundle_bytes: no flapping on the last few pages) and a probe write of
+# PROBE_BYTES succeeds.
+RESUME_FREE_BYTES = 16 * 1024 * 1024
+PROBE_BYTES = 256 * 1024
+# An I/O error (rather than SQLITE_FULL) counts as a full disk below this much free.
+_NEARLY_FULL_BYTES = 1024 * 1024
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -325,11 +431,45 @@ def _json_list(items: Iterable[str]) -> str:
     return orjson.dumps(list(items)).decode()
 
 
-class SqliteStore:
-    """``Store`` on a SQLite file (created, or migrated to the current schema, on open)."""
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged process may still write on ``directory``'s file system."""
+    found = os.statvfs(directory)
+    return found.f_bavail * found.f_frsize
 
-    def __init__(self, path: Path) -> None:
+
+def _out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc`` says the file system (or the database file) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return False
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    # SQLite reports some writes that fail on a full disk (growing the WAL index) as
+    # I/O errors: one on a file system with (nearly) no room left is the full disk.
+    if code & 0xFF == sqlite3.SQLITE_IOERR:
+        try:
+            return _free_bytes(directory) < _NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return False
+
+
+class SqliteStore:
+    """``Store`` on a SQLite file (created, or migrated to the current schema, on open).
+    ``metrics``: where to show that the disk is full (``exchange_store_full``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        metrics: Metrics | None = None,
+        resume_free_bytes: int = RESUME_FREE_BYTES,
+    ) -> None:
         self.path = path
+        self._room = Room(f"the data directory {path.parent}", metrics)
+        self._resume_free_bytes = resume_free_bytes
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="store-write")
@@ -369,6 +509,10 @@ class SqliteStore:
             raise Unavailable(f"cannot open the database {self.path}: {exc}") from exc
 
     async def ping(self) -> None:
+        if self._room.full:
+            await self._probe_room()
+            return
+
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("SELECT 1").fetchone()
 
@@ -376,6 +520,36 @@ class SqliteStore:
             await self._read(run)
         except sqlite3.Error as exc:
             raise Unavailable(f"the database {self.path} does not answer: {exc}") from exc
+
+    async def _probe_room(self) -> None:
+        """While the store is full: StoreFull unless the file system has room again
+        and a write of ``PROBE_BYTES`` commits (then the store is no longer full)."""
+        try:
+            free = _free_bytes(self.path.parent)
+        except OSError as exc:
+            raise self._room.still_full(f"cannot tell its free space: {exc.strerror}") from exc
+        if free < self._resume_free_bytes:
+            raise self._room.still_full(
+                f"{free:,} bytes free, {self._resume_free_bytes:,} needed to resume"
+            )
+
+        def grow(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO store_probe (id, at, room) VALUES (1, ?, zeroblob(?))"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at, room = excluded.room",
+                (time.time(), PROBE_BYTES),
+            )
+
+        def shrink(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE store_probe SET room = x'' WHERE id = 1")
+
+        try:
+            # Two commits: the first has to find room for the probe's pages on disk.
+            await self._write(grow)
+            await self._write(shrink)
+        except StoreFull as exc:
+            raise self._room.still_full("a probe write failed") from exc
+        self._room.emptied()
 
     async def hold_lease(self, job: str) -> bool:
         # One server process per data directory: it always runs every job.
@@ -408,14 +582,20 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(thread, fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """``fn`` in one write transaction on the writer thread."""
+        """``fn`` in one write transaction on the writer thread; StoreFull (and the
+        store marked full) if the disk has no room for it."""
 
         def run() -> T:
             conn = self._w()
             with _transaction(conn):
                 return fn(conn)
 
-        return await self._on(self._write_thread, run)
+        try:
+            return await self._on(self._write_thread, run)
+        except (sqlite3.Error, OSError) as exc:
+            if _out_of_space(exc, self.path.parent):
+                raise self._room.refused(exc) from exc
+            raise
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._on(self._read_thread, lambda: fn(self._r()))
@@ -662,6 +842,10 @@ class SqliteStore:
     ) -> list[Committed]:
         if not objects and not rejected:
             return []
+        # Validation refuses NUL characters in objects; should one get here all the
+        # same, both stores refuse the bundle alike (PostgreSQL cannot store it).
+        if nul := nul_in_bundle(objects, rejected):
+            raise InvalidArgument(unstorable_text(nul))
         return await self._write(
             lambda conn: _commit(conn, submitter, objects, accepted_at, widen, rejected=rejected)
         )
@@ -783,61 +967,86 @@ class SqliteStore:
 
         await self._write(run)
 
-    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, str]:
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
         wanted = sorted(set(object_ids))
 
-        def run(conn: sqlite3.Connection) -> dict[str, str]:
-            out: dict[str, str] = {}
+        def run(conn: sqlite3.Connection) -> dict[str, frozenset[str]]:
+            out: dict[str, set[str]] = {}
             for chunk in _chunks(wanted):
                 marks = ",".join("?" * len(chunk))
-                # The submitter of the first version (later ones come from the same creator).
+                # Every version of an SDO or SRO comes from its creator; an observable's
+                # copies from each partner that submitted one.
                 for oid, submitter in conn.execute(
-                    "SELECT object_id, submitter FROM objects o WHERE object_id IN"  # noqa: S608
-                    f" ({marks}) AND seq = (SELECT min(seq) FROM objects"
-                    " WHERE object_id = o.object_id)",
+                    "SELECT DISTINCT object_id, submitter FROM objects"  # noqa: S608
+                    f" WHERE object_id IN ({marks})",
                     chunk,
                 ):
-                    out[str(oid)] = str(submitter)
-            return out
+                    out.setdefault(str(oid), set()).add(str(submitter))
+            return {oid: frozenset(submitters) for oid, submitters in out.items()}
 
         return await self._read(run)
 
-    async def get_object(self, object_id: str, version: str | None = None) -> StoredObject | None:
-        def run(conn: sqlite3.Connection) -> StoredObject | None:
+    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
+        def run(conn: sqlite3.Connection) -> list[StoredObject]:
             if version is None:
-                row = conn.execute(
+                # The latest version of each copy (one copy per creator).
+                rows = conn.execute(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?"  # noqa: S608
-                    " ORDER BY o.version_key DESC, o.seq DESC LIMIT 1",
+                    " AND o.seq = (SELECT l.seq FROM objects l WHERE l.object_id = o.object_id"
+                    " AND l.created_by_ref = o.created_by_ref"
+                    " ORDER BY l.version_key DESC, l.seq DESC LIMIT 1)"
+                    " ORDER BY o.seq",
                     (object_id,),
-                ).fetchone()
+                ).fetchall()
             else:
-                row = conn.execute(
+                rows = conn.execute(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
-                    " WHERE o.object_id = ? AND o.version_key = ?",
+                    " WHERE o.object_id = ? AND o.version_key = ? ORDER BY o.seq",
                     (object_id, version_key(version)),
-                ).fetchone()
+                ).fetchall()
             # Each version under the audience it was stored (and delivered) with.
-            return None if row is None else stored_of(row, orjson.loads)
+            return [stored_of(row, orjson.loads) for row in rows]
 
         return await self._read(run)
 
     # -- relay --------------------------------------------------------------------
-    async def pending_outbox(self, limit: int) -> list[StoredObject]:
+    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
         def run(conn: sqlite3.Connection) -> list[StoredObject]:
-            rows = conn.execute(
-                f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
-                " ORDER BY b.seq LIMIT ?",
-                (limit,),
-            ).fetchall()
+            if max_bytes is None:
+                rows = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
+                    " ORDER BY b.seq LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                query = _PENDING_WITHIN.format(columns=_OBJECT_COLUMNS)
+                rows = conn.execute(query, (limit, max_bytes)).fetchall()
             return [stored_of(r, orjson.loads) for r in rows]
 
         return await self._read(run)
 
     async def mark_published(
-        self, seqs: Sequence[int], positions: Mapping[TopicPartition, int]
+        self,
+        seqs: Sequence[int],
+        positions: Mapping[TopicPartition, int],
+        set_aside: Mapping[int, str] | None = None,
     ) -> None:
+        aside = {int(seq): set_aside_reason(reason) for seq, reason in (set_aside or {}).items()}
+        published = [(s,) for s in seqs if s not in aside]
+        at = time.time()
+
         def run(conn: sqlite3.Connection) -> None:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", published)
+            for seq, reason in sorted(aside.items()):
+                # Only a row still in the outbox: one another relay published is not
+                # set aside after the fact.
+                if conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount:
+                    conn.execute(
+                        "INSERT INTO set_aside (seq, reason, at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (seq) DO UPDATE SET reason = excluded.reason,"
+                        " at = excluded.at",
+                        (seq, reason, at),
+                    )
             conn.executemany(
                 "INSERT INTO relay_positions VALUES (?, ?, ?)"
                 " ON CONFLICT (topic, partition) DO UPDATE"
@@ -846,6 +1055,17 @@ class SqliteStore:
             )
 
         await self._write(run)
+
+    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
+        def run(conn: sqlite3.Connection) -> list[SetAsideRow]:
+            rows = conn.execute(
+                "SELECT s.seq, o.object_id, o.version, o.submitter, s.reason, s.at"
+                " FROM set_aside s JOIN objects o USING (seq) ORDER BY s.seq LIMIT ?",
+                (max(limit, 0),),
+            ).fetchall()
+            return [set_aside_of(r) for r in rows]
+
+        return await self._read(run)
 
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         wanted = sorted(set(topics))
@@ -973,7 +1193,9 @@ def _insert_objects(
     results: list[Committed] = []
     for obj, asked in objects:
         key = version_key(obj.version)
-        versions = held.setdefault(obj.object_id, Held())
+        versions = held.setdefault(
+            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
+        )
         refused = versions.refuses(obj, key)
         if refused is not None:
             results.append(Committed(refused))
@@ -1007,30 +1229,32 @@ def _insert_objects(
     return results
 
 
-def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, Held]:
-    held: dict[str, Held] = {}
-    latest: dict[str, str] = {}
+def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Held]:
+    """What is held of ``ids``, per copy (``copy_key``)."""
+    held: dict[CopyKey, Held] = {}
+    latest: dict[CopyKey, str] = {}
     for chunk in _chunks(sorted(ids)):
         marks = ",".join("?" * len(chunk))
-        # A registered partner's identity object belongs to that partner, even
-        # before it submitted it: nobody else may publish it.
+        # A registered partner's identity object (an SDO) belongs to that partner,
+        # even before it submitted it: nobody else may publish it.
         for (identity,) in conn.execute(
             f"SELECT identity_id FROM partners WHERE identity_id IN ({marks})",  # noqa: S608
             chunk,
         ):
-            held.setdefault(identity, Held()).creator = identity
-        for oid, key, creator, revoked, audience in conn.execute(
-            "SELECT object_id, version_key, created_by_ref, revoked, audience"  # noqa: S608
-            f" FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
+            held.setdefault((str(identity), ""), Held()).creator = str(identity)
+        for oid, otype, key, creator, revoked, audience in conn.execute(
+            "SELECT object_id, object_type, version_key, created_by_ref, revoked,"  # noqa: S608
+            f" audience FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
             chunk,
         ):
-            entry = held.setdefault(oid, Held())
-            entry.creator = creator
-            entry.keys.add(key)
+            copy = copy_key(str(oid), str(otype), str(creator))
+            entry = held.setdefault(copy, Held())
+            entry.creator = str(creator)
+            entry.keys.add(str(key))
             entry.revoked = entry.revoked or bool(revoked)
-            latest[oid] = audience
-    for oid, audience in latest.items():
-        held[oid].audience = Audience.from_json(audience)
+            latest[copy] = audience
+    for copy, audience in latest.items():
+        held[copy].audience = Audience.from_json(audience)
     return held
 
 
@@ -1040,7 +1264,7 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (a failed COMMIT too)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -1050,4 +1274,19 @@ class _transaction:
         return self.conn
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # Else the connection would stay inside the failed transaction, and every
+            # later BEGIN would fail.
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # After some errors (SQLITE_FULL) SQLite has rolled back already: a ROLLBACK
+        # would then fail, and hide the error that matters.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")

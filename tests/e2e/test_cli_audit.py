@@ -1,23 +1,33 @@
 """``exchange audit`` through the installed command: reviewing who submitted and
 who received an object, verifying the log (through a server and offline on the
-data directory), exporting it with proofs, and catching one changed byte."""
+data directory), exporting it with proofs, catching one changed byte, and keeping
+checkpoints that catch a log cut short or rewritten with its checkpoints deleted."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 import subprocess
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from exchange_client import Checkpoint
 
+from exchange.audit.entries import Action, Event
+from exchange.audit.signer import Signer
+from exchange.config import Settings
 from exchange.model import Tlp
+from exchange.server import open_store
+from exchange.store import Store
 from tests import rfc6962
 from tests.e2e.process import EXCHANGE, ServerProcess
-from tests.helpers import bundle, indicator, wait_until
+from tests.helpers import bundle, indicator, settings_for, wait_until
+from tests.tampering import Intruder
 
 EXIT_NOT_INTACT = 3
 
@@ -189,6 +199,7 @@ def test_help_has_examples() -> None:
         ["audit", "log"],
         ["audit", "verify"],
         ["audit", "export"],
+        ["audit", "checkpoint"],
         ["audit", "public-key"],
     ):
         out = run(*args, "--help").stdout
@@ -203,3 +214,169 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert missing.stderr.startswith("exchange: no data directory at")
     unreachable = run("audit", "log", "--target", "127.0.0.1:1", "--token", "tix_x", code=1)
     assert "cannot reach the exchange at 127.0.0.1:1" in unreachable.stderr
+
+
+# -- checkpoints kept by the auditor (defect 12) ------------------------------------------------
+
+
+def populate(settings: Settings, count: int) -> None:
+    """A log of ``count`` entries, and the signing key, as a server leaves them."""
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    Signer.load_or_create(settings.signing_key_path)
+
+    async def append() -> None:
+        store = open_store(settings)
+        await store.open()
+        try:
+            for start in range(0, count, 50):
+                await store.append_audit(
+                    [
+                        Event(Action.LOOKUP, f"partner-{n % 3}", 1_700_000_000.0 + n)
+                        for n in range(start, min(start + 50, count))
+                    ]
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(append())
+
+
+def tamper(settings: Settings, action: Callable[[Store, Intruder], Awaitable[None]]) -> None:
+    async def go() -> None:
+        store = open_store(settings)
+        await store.open()
+        where = settings.database or str(settings.data_path / "exchange.sqlite3")
+        try:
+            await action(store, Intruder("postgres" if settings.database else "sqlite", where))
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_kept_checkpoint_catches_a_truncation_the_store_hides(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    data = tmp_path / "data"
+    where = ["--data-dir", str(data)]
+    if store == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        where += ["--database", url]
+        settings = settings_for(data, database=url)
+    else:
+        settings = settings_for(data)
+    populate(settings, 215)
+
+    # The auditor keeps a checkpoint (and an export, whose first line is one too).
+    kept = tmp_path / "kept" / "2026-11-27.json"
+    kept.parent.mkdir()
+    saved = run("audit", "checkpoint", "--output", str(kept), *where)
+    assert "checkpoint of size 215" in saved.stderr and str(kept) in saved.stderr
+    record = orjson.loads(kept.read_text())
+    assert (record["type"], record["tree_size"]) == ("checkpoint", 215)
+    assert record["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+    Checkpoint.from_json(kept.read_text()).verify(record["public_key"])
+    key_file = tmp_path / "exchange-audit.pub"
+    key_file.write_text(record["public_key"])
+    export = tmp_path / "export.jsonl"
+    run("audit", "export", "--output", str(export), *where)
+
+    # Intact: without a kept checkpoint the result says what it could not check.
+    plain = run("audit", "verify", *where).stdout.strip()
+    assert plain.startswith("audit log intact: 215 entries, 1 checkpoint")
+    assert plain.endswith("truncation with deleted checkpoints would go unnoticed")
+    held = run("audit", "verify", "--checkpoint", str(kept), "--public-key", str(key_file), *where)
+    assert held.stdout.strip().endswith("; holds the checkpoint you kept, of size 215")
+    populate(settings, 10)  # the log grows on: still holds it
+    assert "holds the 2 checkpoints you kept" in (
+        run(
+            "audit", "verify", "--checkpoint", str(kept), "--checkpoint", str(export), *where
+        ).stdout
+    )
+
+    # Cut to 120 entries, the checkpoints above deleted: the store alone cannot tell.
+    async def truncate(s: Store, intruder: Intruder) -> None:
+        await intruder.truncate(s, 120)
+
+    tamper(settings, truncate)
+    fooled = run("audit", "verify", *where).stdout
+    assert fooled.startswith("audit log intact: 120 entries")
+    assert "would go unnoticed" in fooled
+    for given in (kept, export):
+        caught = run(
+            "audit", "verify", "--checkpoint", str(given), "--public-key", str(key_file), *where,
+            code=EXIT_NOT_INTACT,
+        )  # fmt: skip
+        assert caught.stdout.startswith(f"audit log NOT intact: the checkpoint you kept ({given},")
+        assert (
+            "the log holds 120 entries, fewer than the 215 of the checkpoint you kept: entries"
+            " 120 to 214 are missing (truncated)"
+        ) in caught.stdout
+        assert len(caught.stdout.splitlines()) == 1
+
+
+def test_a_kept_checkpoint_through_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    srv = ServerProcess(data)
+    try:
+        ngo = add_partner(data, "Harbor Light Alliance", "non-profit")
+        auditor = add_partner(data, "Oversight Board", "government-national", "--role", "audit")
+        objects = [indicator(ngo["identity_id"], n=n, tlp=Tlp.GREEN) for n in range(40)]
+        bundle_file = tmp_path / "bundle.json"
+        bundle_file.write_bytes(orjson.dumps(bundle(objects)))
+        as_auditor = ["--target", srv.target, "--token", auditor["token"]]
+        run("submit", str(bundle_file), "--target", srv.target, "--token", ngo["token"])
+        key_file = tmp_path / "exchange-audit.pub"
+        key_file.write_text(run("audit", "public-key", "--data-dir", str(data)).stdout)
+        kept = tmp_path / "kept.json"
+        run("audit", "checkpoint", "-o", str(kept), "--public-key", str(key_file), *as_auditor)
+        size = orjson.loads(kept.read_text())["tree_size"]
+        assert size > 40
+        ok = run("audit", "verify", "--checkpoint", str(kept), *as_auditor).stdout.strip()
+        assert ok.startswith("audit log intact")
+        assert ok.endswith(f"holds the checkpoint you kept, of size {size:,} (consistency proven)")
+        # A checkpoint file whose readable fields were edited is refused, not trusted.
+        edited = tmp_path / "edited.json"
+        edited.write_text(kept.read_text().replace(f'"tree_size":{size}', '"tree_size":1'))
+        bad = run("audit", "verify", "--checkpoint", str(edited), *as_auditor, code=1)
+        assert "is not a kept checkpoint: its tree_size says 1" in bad.stderr
+    finally:
+        srv.stop()
+
+    # Entry 3 edited, every hash after it recomputed, every checkpoint deleted.
+    settings = settings_for(data)
+
+    async def rewrite(s: Store, intruder: Intruder) -> None:
+        await intruder.rewrite(s, 3)
+        await intruder.run("DELETE FROM audit_checkpoints")
+
+    tamper(settings, rewrite)
+    srv = ServerProcess(data)
+    try:
+        as_auditor = ["--target", srv.target, "--token", auditor["token"]]
+        fooled = run("audit", "verify", *as_auditor).stdout
+        assert fooled.startswith("audit log intact") and "would go unnoticed" in fooled
+        caught = run(
+            "audit", "verify", "--checkpoint", str(kept), "--public-key", str(key_file),
+            *as_auditor, code=EXIT_NOT_INTACT,
+        )  # fmt: skip
+        assert caught.stdout.startswith(f"audit log NOT intact: the checkpoint you kept ({kept},")
+        assert f"entries before {size:,} differ from the checkpoint you kept" in caught.stdout
+    finally:
+        srv.stop()
+
+    # Cut short, with the checkpoints above deleted.
+    async def truncate(s: Store, intruder: Intruder) -> None:
+        await intruder.truncate(s, 10)
+
+    tamper(settings, truncate)
+    srv = ServerProcess(data)
+    try:
+        as_auditor = ["--target", srv.target, "--token", auditor["token"]]
+        caught = run(
+            "audit", "verify", "--checkpoint", str(kept), *as_auditor, code=EXIT_NOT_INTACT
+        )
+        assert f"fewer than the {size:,} of the checkpoint you kept: truncated" in caught.stdout
+    finally:
+        srv.stop()

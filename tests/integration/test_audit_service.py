@@ -1,16 +1,19 @@
 """The AuditService against a real server: receipts that verify offline against a
 later signed checkpoint, who may read which entries, VerifyLog's role, proofs
 checked with an independent RFC 6962 implementation (tests/rfc6962.py), every
-call recorded once, and precise refusals."""
+call recorded once, precise and bounded refusals, and pages bounded by bytes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import orjson
 import pytest
 from exchange_client import (
     AuthenticationError,
@@ -26,8 +29,10 @@ from exchange_client import (
 from exchange_client._pb import audit_pb2 as audit_pb
 from exchange_client._pb import audit_pb2_grpc as audit_grpc
 
+from exchange.audit.entries import Action, Event
 from exchange.audit.signer import Signer
 from exchange.model import Role, Tlp
+from exchange.services.audit import MAX_PAGE_BYTES
 from tests import rfc6962
 from tests.helpers import (
     PartnerCredentials,
@@ -404,3 +409,180 @@ def test_every_call_needs_credentials(server: ServerThread) -> None:
         for call in (c.checkpoint, c.public_key, c.verify_log, lambda: list(c.audit_entries())):
             with pytest.raises(AuthenticationError):
                 call()
+
+
+# -- bounded requests and pages (defects 7 and 13, audit side) -------------------------------
+
+
+def query(server: ServerThread, who: PartnerCredentials, request: Any) -> list[Any]:
+    channel, audit = stub(server)
+    with channel:
+        return list(
+            audit.QueryEntries(
+                request, metadata=(("authorization", f"Bearer {who.token}"),), timeout=60
+            )
+        )
+
+
+def refused(server: ServerThread, who: PartnerCredentials, request: Any) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        query(server, who, request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    details = caught.value.details() or ""
+    assert len(details) < 600, details  # never the caller's input echoed whole
+    return details
+
+
+def out_of_range_since() -> Any:
+    request = audit_pb.QueryEntriesRequest()
+    request.since.seconds = 10**15
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (audit_pb.QueryEntriesRequest(partner="p" * 257), "partner: 257 characters"),
+        (
+            audit_pb.QueryEntriesRequest(partner="ngo\x00"),
+            "partner: holds the control character U+0000",
+        ),
+        (
+            audit_pb.QueryEntriesRequest(object_id="indicator--\x00" + "x" * 5_000_000),
+            "object_id: 5,000,012 characters",
+        ),
+        (
+            audit_pb.QueryEntriesRequest(object_id="indicator--a\nb"),
+            "object_id: holds the control character U+000A at position 12",
+        ),
+        (audit_pb.QueryEntriesRequest(action="z" * 3_000_000), "action: unknown action"),
+        (
+            audit_pb.QueryEntriesRequest(page_token="A" * 3_000_000),
+            "page_token: 3,000,000 characters",
+        ),
+        (out_of_range_since(), "since: 1000000000000000 s and 0 ns is not a time"),
+    ],
+)
+def test_request_fields_are_bounded_before_anything_records_them(
+    server: ServerThread,
+    ngo: PartnerCredentials,
+    auditor: PartnerCredentials,
+    request_: Any,
+    message: str,
+) -> None:
+    assert message in refused(server, ngo, request_)
+    # The refusal is recorded, small, and printable.
+    [entry] = [
+        e
+        for e in everything(server, auditor)
+        if e.action == "audit.query" and e.actor == ngo.partner_id
+    ]
+    assert entry.detail["outcome"] == "invalid"
+    assert len(entry.data) < 2_000
+    recorded = orjson.loads(entry.data)["detail"]
+    assert not any(c in str(v) for v in recorded.values() for c in "\x00\n")
+
+
+@pytest.fixture
+def postgres_server(tmp_path: Path, postgres_url: str) -> Iterator[ServerThread]:
+    srv = ServerThread(settings_for(tmp_path / "pg-data", database=postgres_url)).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.postgres
+def test_a_nul_in_a_filter_never_reaches_postgresql(postgres_server: ServerThread) -> None:
+    ngo = postgres_server.add_partner("harbor-light")
+    submit(postgres_server, ngo, 2)
+    for request_ in (
+        audit_pb.QueryEntriesRequest(object_id="indicator--\x00"),
+        audit_pb.QueryEntriesRequest(partner="\x00"),
+    ):
+        assert "control character U+0000" in refused(postgres_server, ngo, request_)
+    # The same query without the NUL answers as usual.
+    assert query(postgres_server, ngo, audit_pb.QueryEntriesRequest(action="submit"))
+
+
+def big_events(count: int) -> list[Event]:
+    """Entries as large as an Event lets them be (~7 KB of detail each)."""
+    return [
+        Event(
+            Action.AUDIT_QUERY,
+            "someone",
+            1_700_000_000.0 + n,
+            detail={f"k{k}": f"{n}-{k}-" + "x" * 2_000 for k in range(7)},
+        )
+        for n in range(count)
+    ]
+
+
+def test_pages_are_bounded_by_bytes_and_hold_every_entry(
+    server: ServerThread, auditor: PartnerCredentials
+) -> None:
+    assert server.server is not None
+    server.run(server.server.store.append_audit(big_events(1_200)))
+    size = server.run(server.server.store.audit_size())
+    pages = query(server, auditor, audit_pb.QueryEntriesRequest())
+    assert [e.index for p in pages for e in p.entries] == list(range(size))
+    assert len(pages) > 6
+    assert all(p.ByteSize() <= MAX_PAGE_BYTES + 1024 for p in pages)
+    assert all(p.next_page_token for p in pages[:-1]) and not pages[-1].next_page_token
+    # A token resumes where its page ended.
+    request = audit_pb.QueryEntriesRequest(page_token=pages[2].next_page_token)
+    rest = [e.index for p in query(server, auditor, request) for e in p.entries]
+    assert rest == [*(e.index for p in pages[3:] for e in p.entries), size]  # + the 1st query
+    # With proofs, likewise (each entry's proof counts in its page's bytes).
+    checkpoint = client(server, auditor).checkpoint()
+    proved = query(
+        server, auditor, audit_pb.QueryEntriesRequest(proof_tree_size=checkpoint.tree_size)
+    )
+    assert sum(len(p.entries) for p in proved) == checkpoint.tree_size
+    assert all(p.ByteSize() <= MAX_PAGE_BYTES + 1024 for p in proved)
+
+
+def append_unbounded(server: ServerThread, cursors: int, size: int) -> None:
+    """Entries as Subscribe wrote them before entries were bounded (a garbage cursor of
+    ``size`` bytes each), written into the SQLite file with the log's own chaining."""
+    path = server.settings.data_path / "exchange.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db, db:
+        index, previous = db.execute(
+            "SELECT idx + 1, leaf_hash FROM audit ORDER BY idx DESC LIMIT 1"
+        ).fetchone()
+        for n in range(cursors):
+            doc = {
+                "v": 1,
+                "index": index,
+                "prev": bytes(previous).hex(),
+                "at": 1_700_000_000.0 + n,
+                "action": "subscribe.start",
+                "actor": "intruder",
+                "partner": "",
+                "object_id": "",
+                "version": "",
+                "digest": "",
+                "owner": "",
+                "detail": {"start": "cursor", "cursor": "A" * size},
+            }
+            data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+            previous = _merkle.leaf_hash(data)
+            db.execute(
+                "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data,"
+                " leaf_hash) VALUES (?, ?, 'subscribe.start', 'intruder', '', '', '', ?, ?)",
+                (index, doc["at"], data, previous),
+            )
+            index += 1
+
+
+def test_entries_recorded_before_the_bounds_still_page_through(
+    server: ServerThread, ngo: PartnerCredentials, auditor: PartnerCredentials
+) -> None:
+    # Defect 7: five 12 MB cursors made one page larger than any message could carry.
+    submit(server, ngo, 3)
+    append_unbounded(server, cursors=5, size=12_000_000)
+    with client(server, auditor) as c:
+        entries = list(c.audit_entries())
+    big = [e for e in entries if e.actor == "intruder"]
+    assert len(big) == 5
+    assert all(len(e.data) > 12_000_000 for e in big)  # the record is the record
+    assert all(len(str(e.detail["cursor"])) <= 1_000 for e in big)  # its reading is short
+    assert [e.index for e in entries] == list(range(len(entries)))

@@ -302,14 +302,14 @@ async def test_a_failed_commit_writes_neither_objects_nor_entries(
     bundle = [(indicator(2), green()), (indicator(1, "2026-05-01T00:00:00.000Z"), green())]
     with pytest.raises(RuntimeError, match="policy failed"):
         await store.commit_objects(NGO, bundle, 2.0, broken_widen)
-    assert await store.get_object(indicator(2).object_id) is None
+    assert await store.object_copies(indicator(2).object_id) == []
     assert await store.audit_size() == size
 
     # The audit entries fail (after the objects and outbox rows were inserted).
     async with audit_inserts_fail(store, request) as failure:
         with pytest.raises(failure, match="disk full"):
             await store.commit_objects(NGO, [(indicator(3), green())], 3.0, policy.widen)
-        assert await store.get_object(indicator(3).object_id) is None
+        assert await store.object_copies(indicator(3).object_id) == []
         assert [p.obj.object_id for p in await store.pending_outbox(10)] == [indicator(1).object_id]
         # ...and so does an append alone, leaving the chain as it was.
         with pytest.raises(failure, match="disk full"):

@@ -1,6 +1,8 @@
 """Tampering with the audit log's SQLite file, the way someone with the file would:
 every edit, deletion, reordering or truncation makes ``verify_log`` report the log
-not intact and name the first entry (or checkpoint) concerned (invariant 4)."""
+not intact and name the first entry (or checkpoint) concerned (invariant 4). Where
+the store's own checkpoints are deleted too, on SQLite and PostgreSQL, a checkpoint
+the verifier kept catches it, and without one the result says it could not tell."""
 
 from __future__ import annotations
 
@@ -12,14 +14,17 @@ from pathlib import Path
 
 import pytest
 from exchange_client import _merkle
-from exchange_client._checkpoint import make_note
+from exchange_client._checkpoint import Checkpoint, make_note
 
 from exchange.audit.entries import Action, Event
 from exchange.audit.log import AuditLog
 from exchange.audit.signer import Signer
-from exchange.audit.verify import VerifyReport, verify_log
+from exchange.audit.verify import UNANCHORED, KeptCheckpoint, VerifyReport, verify_log
 from exchange.errors import InvalidArgument
+from exchange.store import Store
 from exchange.store.sqlite import SqliteStore
+from tests.postgres import STORES, store_factory
+from tests.tampering import Intruder
 
 SIZE = 100
 # Checkpoints are signed at these sizes.
@@ -99,7 +104,7 @@ async def test_an_intact_log_is_reported_intact(store: SqliteStore) -> None:
         first_bad_index=None,
         problem="",
         summary="audit log intact: 100 entries, 2 checkpoints, latest signed at size 100"
-        f" (key {SIGNER.key_id})",
+        f" (key {SIGNER.key_id}); {UNANCHORED}",
     )
     unsigned = await verify(store, public_key=None)
     assert unsigned.intact and unsigned.checkpoints_checked == 2
@@ -112,7 +117,7 @@ async def test_an_empty_log_is_intact(tmp_path: Path) -> None:
     try:
         report = await verify_log(s, SIGNER.public_key_pem)
         assert report.intact and report.entries_checked == 0
-        assert report.summary == "audit log intact: 0 entries, no checkpoint yet"
+        assert report.summary == f"audit log intact: 0 entries, no checkpoint yet; {UNANCHORED}"
         await AuditLog(s, SIGNER, "exchange.test").checkpoint()
         assert (await verify_log(s, SIGNER.public_key_pem)).checkpoints_checked == 1
     finally:
@@ -304,3 +309,139 @@ async def test_an_impossible_range(
 async def test_a_public_key_that_is_not_ed25519(store: SqliteStore) -> None:
     with pytest.raises(InvalidArgument, match="not a PEM public key"):
         await verify_log(store, "not a key")
+
+
+# -- checkpoints the verifier kept (the store's own can be deleted with the entries) ------------
+#
+# Defect 12 exactly: with every checkpoint row deleted (or the larger ones, or both tables
+# emptied) the stored log looks intact. A checkpoint the auditor kept still catches it,
+# on both stores; without one, the result says the check was weaker.
+
+KEPT_SIZE = 215
+KEPT_FROM = "kept-2026-11-27.json"
+
+
+@pytest.fixture(params=STORES)
+async def both(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Intruder]]:
+    """A log of KEPT_SIZE entries with checkpoints at 100 and KEPT_SIZE, on each store."""
+    make = store_factory(request, tmp_path)
+    s = make()
+    await s.open()
+    where = (
+        str(tmp_path / "exchange.sqlite3")
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    log = AuditLog(s, SIGNER, "exchange.test")
+    try:
+        start = 0
+        for size in (100, KEPT_SIZE):
+            for n in range(start, size, 25):
+                await s.append_audit([event(i) for i in range(n, min(n + 25, size))])
+            await log.checkpoint()
+            start = size
+        yield s, Intruder(request.param, where)
+    finally:
+        await s.close()
+
+
+async def kept_now(store: Store) -> KeptCheckpoint:
+    """The latest checkpoint, as an auditor keeps it (a copy outside the store)."""
+    latest = await store.latest_checkpoint()
+    assert latest is not None and latest.tree_size == KEPT_SIZE
+    return KeptCheckpoint(Checkpoint.parse(latest.note, latest.signature), KEPT_FROM)
+
+
+def unanchored(report: VerifyReport) -> None:
+    """Intact as far as the store can tell, and saying that it cannot tell more."""
+    assert report.intact, report.summary
+    assert report.summary.endswith(f"; {UNANCHORED}"), report.summary
+
+
+async def test_a_kept_checkpoint_is_held_by_an_intact_log(both: tuple[Store, Intruder]) -> None:
+    store, _ = both
+    kept = await kept_now(store)
+    report = await verify_log(store, SIGNER.public_key_pem, kept=[kept])
+    assert report.intact and report.kept_checked == 1, report.summary
+    assert report.summary.endswith(f"; holds the checkpoint you kept, of size {KEPT_SIZE}")
+    unanchored(await verify_log(store, SIGNER.public_key_pem))
+    # Without a key, the kept checkpoint's root is still compared, and the result says so.
+    unsigned = await verify_log(store, None, kept=[kept])
+    assert unsigned.intact and "signatures NOT checked" in unsigned.summary
+
+
+async def test_an_edit_with_the_chain_recomputed_and_every_checkpoint_deleted(
+    both: tuple[Store, Intruder],
+) -> None:
+    store, intruder = both
+    kept = await kept_now(store)
+    await intruder.rewrite(store, 41)
+    await intruder.run("DELETE FROM audit_checkpoints")
+    unanchored(await verify_log(store, SIGNER.public_key_pem))
+    report = await verify_log(store, SIGNER.public_key_pem, kept=[kept])
+    not_intact(report, 0, f"entries before {KEPT_SIZE} differ from the checkpoint you kept")
+    assert f"the checkpoint you kept ({KEPT_FROM}, size {KEPT_SIZE}, signed 2" in report.summary
+
+
+async def test_a_truncated_log_with_its_larger_checkpoints_deleted(
+    both: tuple[Store, Intruder],
+) -> None:
+    store, intruder = both
+    kept = await kept_now(store)
+    await intruder.truncate(store, 120)
+    unanchored(await verify_log(store, SIGNER.public_key_pem))
+    report = await verify_log(store, SIGNER.public_key_pem, kept=[kept])
+    not_intact(
+        report,
+        120,
+        f"the log holds 120 entries, fewer than the {KEPT_SIZE} of the checkpoint you kept:"
+        f" entries 120 to {KEPT_SIZE - 1} are missing (truncated)",
+    )
+    assert report.entries_checked == 120 and report.checkpoints_checked == 1
+
+
+async def test_both_tables_emptied(both: tuple[Store, Intruder]) -> None:
+    store, intruder = both
+    kept = await kept_now(store)
+    await intruder.truncate(store, 0)
+    report = await verify_log(store, SIGNER.public_key_pem)
+    unanchored(report)
+    assert report.summary.startswith("audit log intact: 0 entries, no checkpoint yet;")
+    not_intact(
+        await verify_log(store, SIGNER.public_key_pem, kept=[kept]),
+        0,
+        f"the log holds 0 entries, fewer than the {KEPT_SIZE} of the checkpoint you kept",
+    )
+
+
+async def test_a_rewrite_covered_by_new_checkpoints_signed_with_the_key(
+    both: tuple[Store, Intruder],
+) -> None:
+    # Whoever can read the data directory can also sign: re-signed checkpoints over the
+    # rewritten log pass, the kept one (signed before) does not.
+    store, intruder = both
+    kept = await kept_now(store)
+    await intruder.rewrite(store, 150)
+    await intruder.run("DELETE FROM audit_checkpoints")
+    await AuditLog(store, SIGNER, "exchange.test").checkpoint()
+    assert (await verify_log(store, SIGNER.public_key_pem)).intact
+    not_intact(
+        await verify_log(store, SIGNER.public_key_pem, kept=[kept]),
+        0,
+        f"entries before {KEPT_SIZE} differ from the checkpoint you kept",
+    )
+
+
+async def test_a_kept_checkpoint_of_another_key(both: tuple[Store, Intruder]) -> None:
+    # The key in the data directory replaced (everything re-signed), or not this log's.
+    store, _ = both
+    kept = await kept_now(store)
+    other = Signer.generate()
+    report = await verify_log(store, other.public_key_pem, kept=[kept])
+    assert not report.intact
+    assert "its signature does not verify with the public key" in report.problem
+    kept_report = await verify_log(store, None, kept=[kept, kept])
+    assert kept_report.intact and kept_report.kept_checked == 2
+    assert "holds the 2 checkpoints you kept, the largest of size 215" in kept_report.summary

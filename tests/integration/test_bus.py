@@ -20,7 +20,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTp
 from aiokafka.admin import AIOKafkaAdminClient
 
-from exchange.bus import Bus, BusReader, BusRecord, ReadRecord, TopicPartition
+from exchange.bus import (
+    Bus,
+    BusReader,
+    BusRecord,
+    ReadRecord,
+    Refused,
+    TopicPartition,
+    record_bytes,
+)
 from exchange.bus.kafka import KafkaBus, KafkaReader, client_options
 from exchange.bus.local import LocalBus
 from exchange.config import KafkaSettings
@@ -63,6 +71,13 @@ async def read_n(reader: BusReader, n: int, timeout_s: float = 20.0) -> list[Rea
     return out
 
 
+async def publish(bus: Bus, records: Sequence[BusRecord]) -> Placed:
+    """Publish records every bus takes (small ones); where each landed."""
+    placed = await bus.publish(records)
+    assert not any(isinstance(p, Refused) for p in placed), placed
+    return [p for p in placed if not isinstance(p, Refused)]
+
+
 async def all_from_start(bus: Bus, topics: Sequence[str]) -> dict[TopicPartition, int | None]:
     return {(t, p): None for t in topics for p in await bus.partitions(t)}
 
@@ -89,8 +104,8 @@ async def test_publish_returns_where_each_record_landed(bus: Bus) -> None:
         record("b", i) for i in range(5)
     ]
 
-    first = await bus.publish(batch)
-    second = await bus.publish(batch)
+    first = await publish(bus, batch)
+    second = await publish(bus, batch)
 
     assert len(first) == len(second) == len(batch)
     seen: dict[TopicPartition, list[int]] = defaultdict(list)
@@ -113,7 +128,7 @@ async def test_records_read_back_intact(bus: Bus) -> None:
         BusRecord("intact", b"repeat", b"x", (("a", b"1"), ("b", b"2"), ("a", b"3"))),
         BusRecord("intact", b"unicode", "κλειδί".encode(), (("ünï", b"wert"),)),
     ]
-    placed = await bus.publish(batch)
+    placed = await publish(bus, batch)
 
     async with reader_of(bus, await all_from_start(bus, ["intact"])) as reader:
         got = await read_n(reader, len(batch))
@@ -130,7 +145,7 @@ async def test_records_read_back_intact(bus: Bus) -> None:
 
 async def test_reader_starts_at_given_offset(bus: Bus) -> None:
     await bus.ensure_topics(["from"])
-    placed = await bus.publish([record("from", i, key="same") for i in range(10)])
+    placed = await publish(bus, [record("from", i, key="same") for i in range(10)])
     tp = placed[0][0]
     assert all(p[0] == tp for p in placed), "one key, one partition"
     offsets = [off for _, off in placed]
@@ -165,7 +180,7 @@ async def test_reader_from_earliest_over_several_topics(bus: Bus) -> None:
 
 async def test_reader_opened_after_last_publish_sees_only_newer_records(bus: Bus) -> None:
     await bus.ensure_topics(["news"])
-    placed = await bus.publish([record("news", i, key=f"k{i}") for i in range(10)])
+    placed = await publish(bus, [record("news", i, key=f"k{i}") for i in range(10)])
     # Where the relay would say "now" is: one past the last offset it got back.
     start: dict[TopicPartition, int | None] = {tp: 0 for tp in await all_from_start(bus, ["news"])}
     for tp, offset in placed:
@@ -182,12 +197,12 @@ async def test_reader_opened_after_last_publish_sees_only_newer_records(bus: Bus
 
 async def test_reader_past_the_end_waits_for_the_log_to_reach_it(bus: Bus) -> None:
     await bus.ensure_topics(["ahead"])
-    placed = await bus.publish([record("ahead", i, key="same") for i in range(3)])
+    placed = await publish(bus, [record("ahead", i, key="same") for i in range(3)])
     tp, last = placed[-1]
 
     async with reader_of(bus, {tp: last + 3}) as reader:
         assert await reader.read(100, 0.3) == []
-        more = await bus.publish([record("ahead", 3 + i, key="same") for i in range(4)])
+        more = await publish(bus, [record("ahead", 3 + i, key="same") for i in range(4)])
         got = await read_n(reader, 2)
         assert await reader.read(100, 0.2) == []
 
@@ -235,7 +250,7 @@ async def test_concurrent_reader_sees_every_record_once_in_order(bus: Bus) -> No
         consumer = asyncio.create_task(consume(reader))
         for i in range(0, total, batch_size):
             batch = [record("stream", n, key=f"k{n % 17}") for n in range(i, i + batch_size)]
-            placed += await bus.publish(batch)
+            placed += await publish(bus, batch)
         await asyncio.wait_for(consumer, 70)
         # Nothing beyond the 5,000: no record is returned twice.
         assert await reader.read(1000, 0.3) == []
@@ -246,6 +261,34 @@ async def test_concurrent_reader_sees_every_record_once_in_order(bus: Bus) -> No
         published[tp].append((offset, f"value-{n}".encode()))
     read = {tp: [(r.offset, r.value) for r in recs] for tp, recs in by_partition(got).items()}
     assert read == published
+
+
+# -- bounded in bytes ------------------------------------------------------------------------
+
+
+async def test_reads_are_bounded_in_bytes_and_a_larger_record_comes_alone(bus: Bus) -> None:
+    """What a reader returns (and fetches ahead) is bounded in bytes, so that the reader
+    of a subscriber that stopped reading holds little; nothing is skipped or repeated."""
+    await bus.ensure_topics(["heavy"])
+    sizes = [30_000] * 10 + [250_000] + [30_000] * 5
+    batch = [BusRecord("heavy", b"one-key", bytes([65 + i]) * n) for i, n in enumerate(sizes)]
+    tp = {p[0] for p in await publish(bus, batch)}.pop()
+    limit = 100_000
+    got: list[ReadRecord] = []
+    reader = await bus.open_reader({tp: None}, prefetch_bytes=limit)
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < len(batch):
+            assert time.monotonic() < deadline, f"read {len(got)} of {len(batch)}"
+            records = await reader.read(1000, 1.0, max_bytes=limit)
+            weight = sum(record_bytes(r) for r in records)
+            assert len(records) <= 1 or weight <= limit, (len(records), weight)
+            got += records
+        assert await reader.read(1000, 0.2, max_bytes=limit) == []
+    finally:
+        await reader.close()
+    assert [r.value for r in got] == [r.value for r in batch]
+    assert [len(r.value) for r in got if len(r.value) > limit] == [250_000]
 
 
 # -- waiting ---------------------------------------------------------------------------------
@@ -284,7 +327,7 @@ async def test_waiting_reader_gets_a_new_record_promptly(bus: Bus) -> None:
 async def test_ensure_topics_is_idempotent(bus: Bus) -> None:
     await bus.ensure_topics(["idem"])
     partitions = await bus.partitions("idem")
-    placed = await bus.publish([record("idem", 1)])
+    placed = await publish(bus, [record("idem", 1)])
 
     await bus.ensure_topics(["idem", "idem", "other"])
     await bus.ensure_topics(["idem"])
@@ -354,12 +397,12 @@ async def test_second_instance_sees_records_and_continues_offsets(make_bus: BusF
     await other.start()
     try:
         await writer.ensure_topics(["shared"])
-        first = await writer.publish([record("shared", 1, key="k")])
+        first = await publish(writer, [record("shared", 1, key="k")])
         tp, offset = first[0]
         async with reader_of(other, {tp: offset}) as reader:
             # Not woken by the other instance's publish: found by re-checking.
             assert [r.value for r in await read_n(reader, 1, timeout_s=5)] == [b"value-1"]
-        second = await other.publish([record("shared", 2, key="k")])
+        second = await publish(other, [record("shared", 2, key="k")])
         assert second == [(tp, offset + 1)]
     finally:
         await writer.close()
@@ -420,7 +463,7 @@ async def test_kcat_sees_what_kafkabus_published(tansu: str) -> None:
             )
             for i in range(10)
         ]
-        placed = await bus.publish(batch)
+        placed = await publish(bus, batch)
         topic = bus.kafka_topic("wire")
     finally:
         await bus.close()
@@ -444,7 +487,7 @@ async def test_kafka_reader_drops_records_replayed_below_its_position(tansu: str
     await bus.start()
     try:
         await bus.ensure_topics(["r"])
-        placed = await bus.publish([record("r", i, key="same") for i in range(10)])
+        placed = await publish(bus, [record("r", i, key="same") for i in range(10)])
         tp = placed[0][0]
         reader = await bus.open_reader({tp: None})
         assert isinstance(reader, KafkaReader)

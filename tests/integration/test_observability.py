@@ -1,7 +1,7 @@
 """Observability end to end, over real gRPC and real HTTP on loopback: metrics move
 with real traffic, JSON log lines carry request and partner ids and never a secret
 or an object body, /readyz follows the gRPC health status, and health follows a
-real Kafka broker going away and coming back."""
+real Kafka broker going away and coming back, and a data directory that fills up."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from exchange.logs import PARTNER_ID, REQUEST_ID, configure_logging
 from exchange.model import Tlp
 from exchange.server import SERVICE_NAME
 from exchange.services._logging import CallLog
+from tests.diskspace import MIB, small_disk
 from tests.helpers import (
     PartnerCredentials,
     ServerThread,
@@ -349,6 +350,100 @@ def test_health_follows_a_kafka_broker_that_stops_and_comes_back(
         if srv is not None:
             srv.stop()
         broker.stop()
+
+
+# -- health follows a full disk ------------------------------------------------------------------
+
+
+def test_health_follows_a_data_directory_that_fills_up_and_gets_room_again(
+    json_log: JsonLog,
+) -> None:
+    """Defect 14: the store says it is full (ping fails while it is), health and
+    /readyz follow, the store and health each log one line when it starts and one
+    when it ends, and no log line carries a traceback meanwhile (the audit recorder,
+    the relay and the checkpoints retry quietly)."""
+    with small_disk(32 * MIB) as disk:
+        srv = ServerThread(
+            settings_for(disk.path / "data", metrics={"listen": "127.0.0.1:0"})
+        ).start()
+        try:
+            ngo = srv.add_partner("harbor-light")
+            target = srv.target
+            with grpc.insecure_channel(target) as channel:
+                stub = exchange_pb2_grpc.ExchangeServiceStub(channel)
+
+                def submit(n: int) -> Any:
+                    text = uuid.uuid4().hex * 2_000  # 64 KB each
+                    objects = [
+                        indicator(ngo.identity, n=n * 10 + i, description=text) for i in range(10)
+                    ]
+                    return stub.Submit(
+                        exchange_pb2.SubmitRequest(bundle=orjson.dumps(bundle(objects))),
+                        metadata=metadata(ngo),
+                    )
+
+                first = submit(0)
+                assert first.accepted_count == 10
+                first_id = first.results[0].object_id
+                disk.fill()
+                refused: grpc.RpcError | None = None
+                for n in range(1, 40):
+                    try:
+                        submit(n)
+                    except grpc.RpcError as exc:
+                        refused = exc
+                        break
+                assert refused is not None, "the disk never filled up"
+                assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
+                assert "cannot store anything right now" in (refused.details() or "")
+                # A look-up is recorded in the audit log: that append fails too, or
+                # finds room; either way no INTERNAL, and no traceback in the log.
+                codes = set()
+                for _ in range(3):
+                    try:
+                        stub.GetObject(
+                            exchange_pb2.GetObjectRequest(object_id=first_id),
+                            metadata=metadata(ngo),
+                        )
+                        codes.add(grpc.StatusCode.OK)
+                    except grpc.RpcError as exc:
+                        codes.add(exc.code())
+                assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+
+                wait_until(
+                    lambda: (
+                        health_status(target) == health_status(target, SERVICE_NAME) == NOT_SERVING
+                    ),
+                    what="NOT_SERVING",
+                )
+                status, body = probe(srv, "/readyz")
+                assert status == 503 and body.startswith("NOT_SERVING: store: the data directory ")
+                down = scrape(srv)
+                assert down[("exchange_store_full", ())] == 1
+                assert down[("exchange_dependency_up", (("dependency", "store"),))] == 0
+
+                disk.free()
+                wait_until(lambda: health_status(target) == SERVING, what="SERVING again")
+                assert probe(srv, "/readyz") == (200, "SERVING\n")
+                up = scrape(srv)
+                assert up[("exchange_store_full", ())] == 0
+                assert up[("exchange_dependency_up", (("dependency", "store"),))] == 1
+                assert submit(99).accepted_count == 10
+        finally:
+            srv.stop()
+
+    lines = json_log.lines()
+    told = [r["message"] for r in lines if r["logger"] == "exchange.store._room"]
+    assert len(told) == 2, told
+    assert " is full (" in told[0] and " has room again after " in told[1]
+    changes = [
+        r["message"]
+        for r in lines
+        if r["logger"] == "exchange.health" and r["message"].startswith("health: ")
+    ]
+    assert len(changes) == 2, changes
+    assert changes[0].startswith("health: NOT_SERVING: store: the data directory ")
+    assert [r for r in lines if "exception" in r] == []
 
 
 def test_readyz_is_not_ready_once_shutdown_begins(server: ServerThread) -> None:

@@ -1,12 +1,15 @@
 """Both stores, on a real SQLite file and a real PostgreSQL database: the registry
-(partners, communities, credentials), integrity rules, audiences and the outbox.
+(partners, communities, credentials), integrity rules, audiences, observables held
+per submitter, the outbox and its set-aside rows, and a disk that fills up.
 PostgreSQL-only behaviour (concurrency, leases, an unreachable database) is in
 test_store_postgres.py."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +17,8 @@ import pytest
 
 from exchange import policy
 from exchange.auth import new_token_credential
-from exchange.errors import AlreadyExists, InvalidArgument, NotFound
+from exchange.errors import AlreadyExists, InvalidArgument, NotFound, StoreFull, Unavailable
+from exchange.metrics import Metrics
 from exchange.model import (
     Audience,
     Community,
@@ -26,8 +30,11 @@ from exchange.model import (
     Tlp,
     ValidObject,
 )
-from exchange.store import CommitOutcome, Committed, Store
-from tests.postgres import STORES, StoreFactory, store_factory
+from exchange.store import CommitOutcome, Committed, SetAsideRow, Store
+from exchange.store._common import SET_ASIDE_REASON_CHARS
+from exchange.store.sqlite import SqliteStore
+from tests.diskspace import MIB, SmallDisk, database_on_small_disk, small_disk
+from tests.postgres import STORES, PostgresServer, StoreFactory, store_factory
 
 GULF = Community("gulf-ngos", "NGOs around the Gulf")
 NGO = Partner(
@@ -51,6 +58,8 @@ NGO_TOKEN, _ = new_token_credential(NGO.partner_id, now=10.0)
 PLATFORM_TOKEN, _ = new_token_credential(PLATFORM.partner_id, now=11.0)
 INDICATOR = "indicator--6bd06048-f8e8-5524-a440-95e258a3588a"
 OTHER_INDICATOR = "indicator--50b13f1c-307d-5db3-83b1-125a1e79b9ea"
+# An observable (SCO): its id is a UUIDv5 of its value, the same for whoever submits it.
+EMAIL = "email-addr--5c6c0e3a-8a0c-5f8b-9d5c-4b2f7d1c2e10"
 
 
 def obj(
@@ -192,6 +201,66 @@ async def test_outbox_holds_what_was_not_published(store: Store, make_store: Sto
         await again.close()
 
 
+async def test_the_relay_reads_the_outbox_by_count_and_by_bytes(store: Store) -> None:
+    a, b, c = obj(), obj(OTHER_INDICATOR), email(NGO)
+    await commit(store, NGO, a, b, c)
+    sizes = [len(p.obj.body) for p in await store.pending_outbox(10)]
+    assert len(sizes) == 3
+    assert len(await store.pending_outbox(2, max_bytes=10**9)) == 2
+    assert len(await store.pending_outbox(10, max_bytes=sizes[0] + sizes[1])) == 2
+    assert len(await store.pending_outbox(10, max_bytes=sizes[0] + sizes[1] - 1)) == 1
+    # The oldest row always comes, however large: it must be published some time.
+    [oldest] = await store.pending_outbox(10, max_bytes=1)
+    assert oldest.obj == a
+
+
+async def test_rows_the_bus_refused_are_set_aside(store: Store, make_store: StoreFactory) -> None:
+    a, b, c = obj(), obj(OTHER_INDICATOR), email(NGO)
+    await commit(store, NGO, a, b, c)
+    seqs = [p.seq for p in await store.pending_outbox(10)]
+    too_large = "MessageSizeTooLargeError: the record is 3,145,728 bytes\nbroker said so"
+    # The batch: a and c published, b refused by the bus.
+    await store.mark_published(
+        [seqs[0], seqs[2]], {("green", 0): 2}, set_aside={seqs[1]: too_large}
+    )
+    assert await store.pending_outbox(10) == []
+    [row] = await store.set_aside_rows()
+    assert row == SetAsideRow(
+        seqs[1],
+        OTHER_INDICATOR,
+        b.version,
+        NGO.partner_id,
+        "MessageSizeTooLargeError: the record is 3,145,728 bytes broker said so",
+        row.at,
+    )
+    assert row.at > 1.0  # when it was set aside, not when it was accepted
+    assert await store.relay_positions(["green"]) == {("green", 0): 2}
+
+    # A row set aside a second time (by a relay that had lost its lease) or one that is
+    # no longer in the outbox is not set aside again; reasons are bounded.
+    await store.mark_published([], {}, set_aside={seqs[0]: "late", seqs[1]: "x" * 5000})
+    [row] = await store.set_aside_rows()
+    assert row.seq == seqs[1] and row.reason.startswith("MessageSizeTooLarge")
+
+    # Another process (the operator's CLI) sees them; they stay out of the outbox.
+    other = make_store()
+    await other.open()
+    try:
+        assert [r.seq for r in await other.set_aside_rows()] == [seqs[1]]
+    finally:
+        await other.close()
+    assert await store.pending_outbox(10) == []
+
+    # A long reason is kept bounded.
+    await commit(store, NGO, obj(version="2026-02-01T00:00:00.000Z"))
+    [later] = await store.pending_outbox(10)
+    await store.mark_published([], {}, set_aside={later.seq: "y" * 5000})
+    assert [r.seq for r in await store.set_aside_rows(limit=1)] == [seqs[1]]
+    [_, row] = await store.set_aside_rows()
+    assert row.reason == "y" * SET_ASIDE_REASON_CHARS + "..."
+    assert await store.set_aside_rows(limit=0) == []
+
+
 async def test_a_new_version_widens_the_held_audience(store: Store) -> None:
     amber = audience(Tlp.AMBER, communities=[GULF.name], excluded=[PartnerKind.TECH])
     red = audience(Tlp.RED, recipients=[PLATFORM.partner_id])
@@ -237,34 +306,129 @@ async def test_widen_starts_from_the_latest_accepted_version(store: Store) -> No
     assert done.audience == audience(Tlp.RED, recipients=["x", "y"])
     # ...and the latest version is the one with the highest timestamp, under the
     # audience it was stored and delivered with.
-    latest = await store.get_object(INDICATOR)
-    assert latest is not None and latest.obj == later and latest.audience == a
+    [latest] = await store.object_copies(INDICATOR)
+    assert latest.obj == later and latest.audience == a
 
 
-async def test_get_object_by_version_or_latest(store: Store) -> None:
+async def test_object_copies_by_version_or_latest(store: Store) -> None:
     v1, v2 = obj(), obj(version="2026-02-01T00:00:00.5Z")
     await commit(store, NGO, v2, v1)
-    latest = await store.get_object(INDICATOR)
-    assert latest is not None and latest.obj == v2 and latest.submitter == NGO.partner_id
+    [latest] = await store.object_copies(INDICATOR)
+    assert latest.obj == v2 and latest.submitter == NGO.partner_id
     assert latest.audience == audience(Tlp.GREEN)
     # Versions compare canonically: the same instant in another precision.
-    found = await store.get_object(INDICATOR, "2026-01-01T00:00:00Z")
-    assert found is not None and found.obj == v1
-    found = await store.get_object(INDICATOR, "2026-02-01T00:00:00.500000Z")
-    assert found is not None and found.obj == v2
-    assert await store.get_object(INDICATOR, "2026-03-01T00:00:00.000Z") is None
-    assert await store.get_object(OTHER_INDICATOR) is None
+    [found] = await store.object_copies(INDICATOR, "2026-01-01T00:00:00Z")
+    assert found.obj == v1
+    [found] = await store.object_copies(INDICATOR, "2026-02-01T00:00:00.500000Z")
+    assert found.obj == v2
+    assert await store.object_copies(INDICATOR, "2026-03-01T00:00:00.000Z") == []
+    assert await store.object_copies(OTHER_INDICATOR) == []
+    # An id that holds a NUL character is held by nobody, on either store.
+    assert await store.object_copies(INDICATOR + "\x00") == []
 
 
 async def test_submitters_of(store: Store) -> None:
     theirs = obj(OTHER_INDICATOR, creator=PLATFORM.identity_id)
     await commit(store, NGO, obj(), obj(version="2026-02-01T00:00:00.000Z"))
     await commit(store, PLATFORM, theirs)
-    assert await store.submitters_of([INDICATOR, OTHER_INDICATOR, "indicator--unknown"]) == {
-        INDICATOR: NGO.partner_id,
-        OTHER_INDICATOR: PLATFORM.partner_id,
+    wanted = [INDICATOR, OTHER_INDICATOR, "indicator--unknown", INDICATOR + "\x00"]
+    assert await store.submitters_of(wanted) == {
+        INDICATOR: frozenset({NGO.partner_id}),
+        OTHER_INDICATOR: frozenset({PLATFORM.partner_id}),
     }
     assert await store.submitters_of([]) == {}
+
+
+# -- observables: one copy per submitting partner ----------------------------------------
+
+
+def email(submitter: Partner, version: str = "2026-01-01T00:00:00.000Z") -> ValidObject:
+    """The same observable as any partner submits it: its creator is the submitter."""
+    return replace(obj(EMAIL, version, submitter.identity_id), object_type="email-addr", labels=())
+
+
+async def test_each_partner_holds_its_own_copy_of_an_observable(store: Store) -> None:
+    """Defect 10: whoever submits a phone number first neither blocks the others nor
+    tells them (DUPLICATE, NOT_CREATOR) that someone holds it."""
+    red = audience(Tlp.RED, PLATFORM, recipients=[NGO.partner_id])
+    green = audience(Tlp.GREEN)
+    first = await commit(store, PLATFORM, (email(PLATFORM), red))
+    assert without_receipts(first) == [Committed(CommitOutcome.INSERTED, red)]
+    # Another partner's copy: stored, with its own audience (nothing widened from the
+    # other copy), and answered exactly as if nobody held it.
+    second = await commit(store, NGO, (email(NGO), green))
+    assert without_receipts(second) == [Committed(CommitOutcome.INSERTED, green)]
+    # Each partner's own copy behaves as an object does: the same version again is a
+    # duplicate, a new version widens that copy's audience only.
+    assert outcomes(await commit(store, NGO, email(NGO))) == [CommitOutcome.DUPLICATE]
+    newer = email(NGO, "2026-02-01T00:00:00.000Z")
+    amber = audience(Tlp.AMBER, communities=[GULF.name])
+    [done] = await commit(store, NGO, (newer, amber))
+    assert done.audience == audience(Tlp.GREEN, communities=[GULF.name])
+
+    assert await store.submitters_of([EMAIL]) == {
+        EMAIL: frozenset({NGO.partner_id, PLATFORM.partner_id})
+    }
+    # Every copy at its latest version, in the order the copies were accepted.
+    copies = await store.object_copies(EMAIL)
+    assert [(c.submitter, c.obj.version, c.audience) for c in copies] == [
+        (PLATFORM.partner_id, "2026-01-01T00:00:00.000Z", red),
+        (NGO.partner_id, "2026-02-01T00:00:00.000Z", done.audience),
+    ]
+    # A version asked for: each copy that holds it.
+    copies = await store.object_copies(EMAIL, "2026-01-01T00:00:00Z")
+    assert [c.submitter for c in copies] == [PLATFORM.partner_id, NGO.partner_id]
+    [only] = await store.object_copies(EMAIL, "2026-02-01T00:00:00Z")
+    assert only.submitter == NGO.partner_id
+    pending = [(p.submitter, p.obj.object_id) for p in await store.pending_outbox(10)]
+    assert pending == [
+        (PLATFORM.partner_id, EMAIL),
+        (NGO.partner_id, EMAIL),
+        (NGO.partner_id, EMAIL),
+    ]
+
+
+async def test_objects_that_are_not_observables_keep_one_creator(store: Store) -> None:
+    await commit(store, NGO, obj())
+    # An indicator (an SDO) of the same id from another partner is still refused.
+    hijack = obj(version="2026-02-01T00:00:00.000Z", creator=PLATFORM.identity_id)
+    assert outcomes(await commit(store, PLATFORM, hijack)) == [CommitOutcome.NOT_CREATOR]
+    assert [c.submitter for c in await store.object_copies(INDICATOR)] == [NGO.partner_id]
+
+
+async def test_one_bundle_with_an_observable_and_other_copies(store: Store) -> None:
+    """Copies of one observable in one bundle: each submitter's, in its own turn."""
+    await commit(store, PLATFORM, email(PLATFORM))
+    results = await commit(store, NGO, email(NGO), email(NGO), obj())
+    assert outcomes(results) == [
+        CommitOutcome.INSERTED,
+        CommitOutcome.DUPLICATE,
+        CommitOutcome.INSERTED,
+    ]
+
+
+# -- text a database cannot store ---------------------------------------------------------
+
+
+async def test_a_nul_character_is_refused_alike_by_both_stores(store: Store) -> None:
+    """Validation refuses NUL characters in objects; a bundle that holds one all the
+    same is refused whole, naming where, on SQLite as on PostgreSQL (which cannot
+    store it), never an internal error."""
+    size = await store.audit_size()
+    labelled = replace(obj(OTHER_INDICATOR), labels=("ok", "bad\x00label"), index=3)
+    with pytest.raises(InvalidArgument) as refused:
+        await commit(store, NGO, obj(), labelled)
+    assert refused.value.message == (
+        f"object {OTHER_INDICATOR} (index 3): its labels[1] holds a NUL character (U+0000),"
+        " which the database cannot store: remove it; nothing of this call was stored"
+    )
+    named = (obj(), audience(Tlp.RED, recipients=["ngo-\x00"]))
+    with pytest.raises(
+        InvalidArgument, match=r"\(index 0\): its audience \(a community or recipient\) holds a NUL"
+    ):
+        await commit(store, NGO, named)
+    assert await store.pending_outbox(10) == []
+    assert await store.audit_size() == size
 
 
 # -- partners ---------------------------------------------------------------------------
@@ -519,3 +683,97 @@ async def test_rows_another_process_published_are_no_error(
         ("clear", 0): 4,
     }
     assert await store.relay_positions([]) == {}
+
+
+# -- a full disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=STORES)
+def on_small_disk(request: pytest.FixtureRequest) -> Iterator[tuple[StoreOn, SmallDisk]]:
+    """Builds stores whose files are all on a small tmpfs (the SQLite file, or every
+    file of a PostgreSQL database), and that disk."""
+    if request.param == "sqlite":
+        with small_disk(32 * MIB) as disk:
+            yield (lambda m: SqliteStore(disk.path / "exchange.sqlite3", metrics=m)), disk
+        return
+    from exchange.store.postgres import PostgresStore  # noqa: PLC0415 (only when needed)
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    with database_on_small_disk(server, 48 * MIB) as (url, disk):
+        yield (lambda m: PostgresStore(url, pool_size=4, metrics=m)), disk
+
+
+StoreOn = Callable[[Metrics], Store]
+
+
+def large(n: int, attempt: int) -> ValidObject:
+    """An object of 64 KB that does not compress (it must take room on disk)."""
+    oid = f"indicator--00000000-0000-4000-8000-{attempt:06d}{n:06d}"
+    return replace(obj(oid), body=os.urandom(64 * 1024))
+
+
+async def test_a_full_disk_refuses_writes_until_there_is_room(
+    on_small_disk: tuple[StoreOn, SmallDisk], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 14: a write the disk has no room for answers StoreFull (UNAVAILABLE)
+    and stores nothing of the call; ping fails (health: NOT_SERVING) until there is
+    room again; the operator is told once when it starts and once when it ends; the
+    same store then writes again, with everything acknowledged before still there."""
+    make, disk = on_small_disk
+    metrics = Metrics(process=False)
+    store = make(metrics)
+    caplog.set_level(logging.INFO, logger="exchange.store")
+    await store.open()
+    try:
+        await store.add_community(GULF)
+        await store.add_partner(NGO, NGO_TOKEN)
+        await commit(store, NGO, obj())
+        acknowledged = [INDICATOR]
+        disk.fill()
+
+        # Writes go on until one finds no room (SQLite can still reuse a little of its
+        # files): each bundle is acknowledged whole, or refused with nothing stored.
+        refused: StoreFull | None = None
+        for attempt in range(40):
+            bundle = [large(n, attempt) for n in range(16)]
+            size = await store.audit_size()
+            try:
+                await commit(store, NGO, *bundle)
+            except StoreFull as exc:
+                refused = exc
+                break
+            acknowledged += [o.object_id for o in bundle]
+        assert refused is not None, "the disk never filled up"
+        assert isinstance(refused, Unavailable)
+        assert refused.message.startswith("the exchange cannot store anything right now: the "), (
+            refused.message
+        )
+        assert refused.message.endswith(" is full; nothing of this call was stored; retry later")
+        for o in bundle:
+            assert await store.object_copies(o.object_id) == []
+        assert await store.audit_size() == size
+        assert metrics.registry.get_sample_value("exchange_store_full") == 1
+
+        # While the disk is full: ping fails, however often it is asked.
+        for _ in range(3):
+            with pytest.raises(StoreFull, match="is full"):
+                await store.ping()
+        with pytest.raises(StoreFull):
+            await commit(store, NGO, *bundle)
+        told = [r for r in caplog.records if r.name.startswith("exchange.store")]
+        assert [r.levelno for r in told] == [logging.WARNING], [r.message for r in told]
+        assert " is full (" in told[0].message and "NOT_SERVING" in told[0].message
+
+        disk.free()
+        await store.ping()  # room again: the probe write succeeds
+        await store.ping()
+        assert metrics.registry.get_sample_value("exchange_store_full") == 0
+        told = [r for r in caplog.records if r.name.startswith("exchange.store")]
+        assert len(told) == 2 and "has room again" in told[1].message, [r.message for r in told]
+
+        # The same store writes again, and lost nothing acknowledged before.
+        assert outcomes(await commit(store, NGO, *bundle)) == [CommitOutcome.INSERTED] * 16
+        stored = {p.obj.object_id for p in await store.pending_outbox(1000)}
+        assert stored == {*acknowledged, *(o.object_id for o in bundle)}
+    finally:
+        await store.close()

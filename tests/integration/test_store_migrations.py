@@ -23,7 +23,7 @@ from exchange.model import (
     ValidObject,
 )
 from exchange.store import CommitOutcome
-from exchange.store.sqlite import SCHEMA_VERSION, SqliteStore
+from exchange.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 # The schema of the first release, as it wrote it (no user_version). Frozen here:
 # a data directory in the field looks like this whatever the code says now.
@@ -191,8 +191,8 @@ async def test_a_first_release_data_directory_opens_with_all_it_held(
         assert await store.registry_version() == 0
 
         # Each version keeps what its TLP allowed, from its submitter.
-        first = await store.get_object(INDICATOR, "2026-01-01T00:00:00.000Z")
-        assert first is not None and first.audience == Audience(Tlp.AMBER, "ngo-1")
+        [first] = await store.object_copies(INDICATOR, "2026-01-01T00:00:00.000Z")
+        assert first.audience == Audience(Tlp.AMBER, "ngo-1")
         assert first.obj == ValidObject(
             INDICATOR,
             "indicator",
@@ -205,7 +205,7 @@ async def test_a_first_release_data_directory_opens_with_all_it_held(
         [pending] = await store.pending_outbox(10)
         assert pending.seq == 2 and pending.audience == Audience(Tlp.GREEN, "ngo-1")
         assert await store.relay_positions(["amber"]) == {("amber", 0): 12}
-        assert await store.submitters_of([INDICATOR]) == {INDICATOR: "ngo-1"}
+        assert await store.submitters_of([INDICATOR]) == {INDICATOR: frozenset({"ngo-1"})}
 
         # The migrated registry and objects work like new ones.
         await store.add_community(Community("gulf-ngos"))
@@ -270,3 +270,104 @@ async def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
         await store.open()
     await store.close()
     assert dump(path) == before
+
+
+# -- version 4 to 5: observables held per submitter -------------------------------------------
+
+EMAIL = "email-addr--5c6c0e3a-8a0c-5f8b-9d5c-4b2f7d1c2e10"
+
+
+def version_4_file(path: Path) -> None:
+    """A data directory as a release with schema version 4 left it: partners, an
+    indicator in two versions, an observable, outbox rows, relay positions, audit
+    entries, a checkpoint, and an AUTOINCREMENT counter above the highest seq (a
+    version that was stored, then rolled away by hand)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for step in MIGRATIONS[:4]:
+            step.apply(conn)
+        conn.execute("PRAGMA user_version = 4")
+        conn.executemany(
+            "INSERT INTO partners (partner_id, name, identity_id, default_tlp, disabled,"
+            " created_at, kind, sectors, roles) VALUES (?, ?, ?, 'green', 0, ?, 'ngo',"
+            " '[]', '[\"submit\",\"subscribe\"]')",
+            [
+                ("ngo-1", "Harbor Light", IDENTITY, 1.0),
+                ("plat-1", "Kestrel", PLATFORM_IDENTITY, 2.0),
+            ],
+        )
+        audience = (
+            '{"tlp":"green","submitter":"%s","communities":[],"recipients":[],"excluded_kinds":[]}'
+        )
+        conn.executemany(
+            "INSERT INTO objects (seq, object_id, version, version_key, object_type,"
+            " created_by_ref, submitter, tlp, labels, revoked, spec_version, accepted_at, body,"
+            " audience) VALUES (?, ?, ?, ?, ?, ?, ?, 'green', '[]', 0, '2.1', ?, ?, ?)",
+            [
+                (1, INDICATOR, "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000000000Z",
+                 "indicator", IDENTITY, "ngo-1", 6.0, BODY, audience % "ngo-1"),
+                (2, INDICATOR, "2026-02-01T00:00:00.000Z", "2026-02-01T00:00:00.000000000Z",
+                 "indicator", IDENTITY, "ngo-1", 7.0, BODY, audience % "ngo-1"),
+                (3, EMAIL, "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000000000Z",
+                 "email-addr", PLATFORM_IDENTITY, "plat-1", 8.0, b"{}", audience % "plat-1"),
+            ],
+        )  # fmt: skip
+        conn.execute("UPDATE sqlite_sequence SET seq = 10 WHERE name = 'objects'")
+        conn.executemany("INSERT INTO outbox (seq) VALUES (?)", [(2,), (3,)])
+        conn.execute("INSERT INTO relay_positions VALUES ('green', 0, 12)")
+        conn.execute(
+            "INSERT INTO audit VALUES (0, 6.0, 'submit', 'ngo-1', '', ?, 'ngo-1', x'7b7d', x'00')",
+            (INDICATOR,),
+        )
+        conn.execute("INSERT INTO audit_checkpoints VALUES (1, x'6e6f7465', x'736967')")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_a_version_4_data_directory_migrates_with_its_data_intact(tmp_path: Path) -> None:
+    path = tmp_path / "exchange.sqlite3"
+    version_4_file(path)
+    version, _, before = dump(path)
+    assert version == 4
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        version, _, after = dump(path)
+        assert version == SCHEMA_VERSION == 5
+        # Every row of every table is kept as it was (objects with their seqs).
+        assert {name: rows for name, rows in after.items() if name in before} == before
+        assert after["set_aside"] == after["store_probe"] == []
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            conn.close()
+
+        assert [p.seq for p in await store.pending_outbox(10)] == [2, 3]
+        assert await store.submitters_of([EMAIL]) == {EMAIL: frozenset({"plat-1"})}
+        # Version 5 at work: another partner holds its own copy of the observable (it
+        # was refused as another's object before), numbered after every seq used.
+        ngo = Partner("ngo-1", "Harbor Light", IDENTITY, kind=PartnerKind.NGO)
+        email = ValidObject(
+            EMAIL, "email-addr", "2026-01-01T00:00:00.000Z", IDENTITY, Tlp.GREEN, b"{}"
+        )
+        [done] = await store.commit_objects(
+            ngo, [(email, Audience(Tlp.GREEN, "ngo-1"))], 9.0, policy.widen
+        )
+        assert done.outcome is CommitOutcome.INSERTED
+        assert [p.seq for p in await store.pending_outbox(10)] == [2, 3, 11]
+        assert [c.submitter for c in await store.object_copies(EMAIL)] == ["plat-1", "ngo-1"]
+        # ...and an indicator keeps its one creator.
+        hijack = ValidObject(
+            INDICATOR, "indicator", "2026-03-01T00:00:00.000Z", PLATFORM_IDENTITY, Tlp.GREEN, BODY
+        )
+        plat = Partner("plat-1", "Kestrel", PLATFORM_IDENTITY)
+        [refused] = await store.commit_objects(
+            plat, [(hijack, Audience(Tlp.GREEN, "plat-1"))], 9.0, policy.widen
+        )
+        assert refused.outcome is CommitOutcome.NOT_CREATOR
+    finally:
+        await store.close()

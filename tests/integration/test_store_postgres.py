@@ -1,7 +1,7 @@
 """What only the PostgreSQL store does, on a real server (tests/postgres.py): several
 processes on one database (migrations, one audit chain, sequence numbers in commit
-order, leases, unique checks that race), and a database that goes away and comes
-back. Each PostgresStore instance stands for one server process.
+order, leases, unique checks that race), a database that goes away and comes back,
+and text it cannot store. Each PostgresStore instance stands for one server process.
 
 The behaviour both stores share is tested on both in test_store.py and
 test_audit_store.py."""
@@ -14,6 +14,7 @@ import socket
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -24,8 +25,8 @@ from exchange.audit.entries import Action, Event
 from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
 from exchange.config import mask_url
-from exchange.errors import AlreadyExists, Unavailable
-from exchange.model import Audience, Community, Partner, Rejection, Tlp, ValidObject
+from exchange.errors import AlreadyExists, InvalidArgument, Unavailable
+from exchange.model import Audience, Community, Credential, Partner, Rejection, Tlp, ValidObject
 from exchange.store import CommitOutcome, Committed
 from exchange.store.postgres import (
     _LEASE_CLASS,
@@ -51,6 +52,21 @@ def indicator(n: int, *, creator: Partner = NGO, index: int = 0) -> ValidObject:
 
 def green(submitter: Partner) -> Audience:
     return Audience(Tlp.GREEN, submitter.partner_id)
+
+
+def replace_version(obj: ValidObject, version: str) -> ValidObject:
+    body = f'{{"id":"{obj.object_id}","modified":"{version}"}}'.encode()
+    return replace(obj, version=version, body=body)
+
+
+# An observable (SCO): each partner that submits it holds a copy of its own.
+EMAIL = "email-addr--5c6c0e3a-8a0c-5f8b-9d5c-4b2f7d1c2e10"
+
+
+def observable(submitter: Partner) -> ValidObject:
+    version = "2026-01-01T00:00:00.000Z"
+    body = f'{{"id":"{EMAIL}","value":"recruiter@example.com"}}'.encode()
+    return ValidObject(EMAIL, "email-addr", version, submitter.identity_id, Tlp.GREEN, body)
 
 
 @contextlib.asynccontextmanager
@@ -120,7 +136,90 @@ async def test_migrating_twice_changes_nothing(postgres_url: str) -> None:
 async def test_replicas_that_start_together_migrate_once(postgres_url: str) -> None:
     async with opened(postgres_url, 4) as stores:
         await asyncio.gather(*(s.ping() for s in stores))
-    assert await fetch(postgres_url, "SELECT version FROM schema_version") == [(1,)]
+    assert await fetch(postgres_url, "SELECT version FROM schema_version ORDER BY 1") == [
+        (m.version,) for m in MIGRATIONS
+    ]
+
+
+async def test_a_version_1_database_migrates_with_its_data_intact(postgres_url: str) -> None:
+    """The first schema, as a release with it left a database: partners, two versions
+    of an indicator (one still in the outbox), an observable; then version 2, where
+    several partners may each hold a copy of an observable."""
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(MIGRATIONS[0].sql)
+            await conn.execute(
+                "CREATE TABLE schema_version (version integer PRIMARY KEY,"
+                " summary text NOT NULL, applied_at double precision NOT NULL)"
+            )
+            await conn.execute(
+                "INSERT INTO schema_version VALUES (1, $1, 0)", MIGRATIONS[0].summary
+            )
+            for n, partner in enumerate((NGO, PLATFORM)):
+                await conn.execute(
+                    "INSERT INTO partners (partner_id, name, identity_id, kind, sectors, roles,"
+                    " default_tlp, disabled, created_at)"
+                    " VALUES ($1, $2, $3, 'ngo', '{}', '{submit,subscribe}', 'green', false, $4)",
+                    partner.partner_id,
+                    partner.name,
+                    partner.identity_id,
+                    float(n),
+                )
+            rows = [
+                (indicator(1), "2026-01-01T00:00:00.000000000Z", NGO),
+                (replace_version(indicator(1), "2026-02-01T00:00:00.000Z"),
+                 "2026-02-01T00:00:00.000000000Z", NGO),
+                (observable(PLATFORM), "2026-01-01T00:00:00.000000000Z", PLATFORM),
+            ]  # fmt: skip
+            for o, key, submitter in rows:
+                await conn.execute(
+                    "INSERT INTO objects (object_id, version, version_key, object_type,"
+                    " created_by_ref, submitter, tlp, labels, revoked, spec_version,"
+                    " accepted_at, body, audience) VALUES"
+                    " ($1, $2, $3, $4, $5, $6, 'green', '{}', false, '2.1', 1.0, $7, $8)",
+                    o.object_id,
+                    o.version,
+                    key,
+                    o.object_type,
+                    o.created_by_ref,
+                    submitter.partner_id,
+                    o.body,
+                    green(submitter).to_json().decode(),
+                )
+            await conn.execute("INSERT INTO outbox (seq) VALUES (2)")
+    finally:
+        await conn.close()
+
+    assert await PostgresStore(postgres_url).migrate() == (1, SCHEMA_VERSION)
+    async with opened(postgres_url) as [store]:
+        assert [p.partner_id for p in await store.list_partners()] == ["ngo-1", "plat-1"]
+        [pending] = await store.pending_outbox(10)
+        assert pending.seq == 2 and pending.obj.version == "2026-02-01T00:00:00.000Z"
+        [latest] = await store.object_copies(indicator(1).object_id)
+        newer = replace_version(indicator(1), "2026-02-01T00:00:00.000Z")
+        assert latest.seq == 2 and latest.obj.body == newer.body
+        assert await store.submitters_of([EMAIL, indicator(1).object_id]) == {
+            EMAIL: frozenset({"plat-1"}),
+            indicator(1).object_id: frozenset({"ngo-1"}),
+        }
+        # Version 2 at work: another partner's copy of the observable, sequence
+        # numbers after the migrated ones, the creator rule kept for the indicator.
+        [mine] = await store.commit_objects(NGO, [(observable(NGO), green(NGO))], 2.0, policy.widen)
+        assert mine.outcome is CommitOutcome.INSERTED
+        [theirs] = await store.commit_objects(
+            PLATFORM, [(replace_version(indicator(1, creator=PLATFORM), "2026-03-01T00:00:00Z"),
+                        green(PLATFORM))], 2.0, policy.widen,
+        )  # fmt: skip
+        assert theirs.outcome is CommitOutcome.NOT_CREATOR
+        assert [p.seq for p in await store.pending_outbox(10)] == [2, 4]
+        await store.mark_published([4], {}, set_aside={2: "too large"})
+        assert [(r.seq, r.reason) for r in await store.set_aside_rows()] == [(2, "too large")]
+    constraints = await fetch(
+        postgres_url,
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'objects'::regclass AND contype = 'u'",
+    )
+    assert constraints == [("objects_object_id_created_by_ref_version_key_key",)]
 
 
 async def test_a_database_of_a_newer_release_is_refused(postgres_url: str) -> None:
@@ -230,6 +329,29 @@ async def test_a_bundle_races_another_process_for_the_same_object(postgres_url: 
                 CommitOutcome.INSERTED,
             ]
         assert len(await a.pending_outbox(100)) == 10
+
+
+async def test_one_partners_copy_of_an_observable_is_stored_once_however_it_races(
+    postgres_url: str,
+) -> None:
+    """Defect 10 on several processes: the same observable from the same partner at
+    once is one row (the other finds it held); from two partners, two copies."""
+    await registered(postgres_url)
+    async with opened(postgres_url, 2) as [a, b]:
+        for partner in (NGO, PLATFORM):
+            bundle = [(observable(partner), green(partner))]
+            first, second = await asyncio.gather(
+                a.commit_objects(partner, bundle, 1.0, policy.widen),
+                b.commit_objects(partner, bundle, 1.0, policy.widen),
+            )
+            assert sorted(c.outcome for c in first + second) == [
+                CommitOutcome.DUPLICATE,
+                CommitOutcome.INSERTED,
+            ]
+        copies = await a.object_copies(EMAIL)
+        assert [c.submitter for c in copies] == ["ngo-1", "plat-1"]
+        rows = await fetch(postgres_url, "SELECT submitter FROM objects ORDER BY seq")
+        assert rows == [("ngo-1",), ("plat-1",)]
 
 
 async def test_registrations_that_race_get_the_usual_errors(postgres_url: str) -> None:
@@ -418,6 +540,46 @@ async def test_opening_an_unreachable_database_fails_promptly() -> None:
             await store.open()
         assert time.monotonic() - started < 2.0
         await store.close()
+
+
+# -- text PostgreSQL cannot store ---------------------------------------------------------
+
+
+async def test_a_nul_character_is_refused_naming_where_never_an_internal_error(
+    postgres_url: str,
+) -> None:
+    """Defect 13, in depth: PostgreSQL cannot store U+0000 in text. Whatever call
+    carries one is refused with InvalidArgument saying what held it (the database's
+    own error, a DataError, would reach the caller as INTERNAL), and nothing of it is
+    stored; looking up a key that holds one finds nothing, as on SQLite."""
+    await registered(postgres_url)
+    async with opened(postgres_url) as [store]:
+        version = await store.registry_version()
+        with pytest.raises(InvalidArgument) as refused:
+            await store.add_community(Community("gulf", "hotlines\x00and shelters"))
+        assert refused.value.message == (
+            "the community's name, description or members holds a NUL character (U+0000),"
+            " which the database cannot store: remove it; nothing of this call was stored"
+        )
+        token, _ = new_token_credential("p-\x00")
+        with pytest.raises(InvalidArgument, match="the new partner's id, name, identity"):
+            await store.add_partner(Partner("p-\x00", "Nul", "identity--nul"), token)
+        assert await store.registry_version() == version
+        assert await store.list_communities() == []
+
+        # An audit event spells a NUL out (audit.entries.Event): the store never sees one,
+        # so no entry can be refused and hold up the ones after it.
+        size = await store.audit_size()
+        events = [Event(Action.LOOKUP, "plat-1", 1.0, object_id="indicator--\x00")]
+        [entry] = await store.append_audit(events)
+        assert entry.event.object_id == "indicator--\\u0000"
+        assert await store.audit_size() == size + 1
+
+        assert await store.get_partner("ngo-1\x00") is None
+        assert await store.list_credentials("ngo-1\x00") == []
+        certificate = Credential("crt_\x00", "ngo-1", token.kind, b"d" * 32, 1.0)
+        with pytest.raises(InvalidArgument, match="the token's id or partner id holds a NUL"):
+            await store.add_credential(certificate)
 
 
 # -- passwords ------------------------------------------------------------------------------

@@ -3,21 +3,28 @@ reflection, and a server that survives whatever it is sent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from exchange_client import ExchangeClient, RateLimited, ValidationError
+from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exchange.audit.entries import AuditEntry, AuditQuery
+from exchange.auth import new_certificate_binding
 from exchange.model import Tlp
+from tests.certs import CertificateAuthority
 from tests.helpers import (
     PartnerCredentials,
     ServerThread,
@@ -26,6 +33,7 @@ from tests.helpers import (
     settings_for,
     wait_until,
 )
+from tests.stalled_subscriber import StalledSubscriber
 
 
 @pytest.fixture
@@ -184,3 +192,312 @@ def test_a_foreign_cursor_is_refused(server: ServerThread, ngo: PartnerCredentia
         # The stream was refused, not the partner: a valid one still opens.
         c.submit(bundle([indicator(ngo.identity, tlp=Tlp.GREEN)]))
         assert next(c.subscribe(from_beginning=True)).object_id
+
+
+# -- bounded streams (issue 11: defects 2, 3, 6, 7) -----------------------------------------
+
+
+def _subscribe(
+    server: ServerThread, who: PartnerCredentials, request: exchange_pb2.SubscribeRequest
+) -> Generator[exchange_pb2.SubscribeResponse]:
+    """A raw Subscribe call (no SDK in between), cancelled when the caller stops."""
+    with grpc.insecure_channel(
+        server.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        call = exchange_pb2_grpc.ExchangeServiceStub(channel).Subscribe(
+            request, metadata=(("authorization", f"Bearer {who.token}"),), timeout=60
+        )
+        try:
+            yield from call
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
+
+
+def _entries(server: ServerThread, **query: Any) -> list[AuditEntry]:
+    assert server.server is not None
+    server.run(server.server.recorder.flush())
+    return server.run(server.server.store.audit_entries(AuditQuery(**query, limit=100_000)))
+
+
+def test_batches_are_capped_in_bytes_and_a_larger_object_goes_alone(tmp_path: Path) -> None:
+    srv = ServerThread(
+        settings_for(tmp_path / "data", subscriptions={"max_batch_bytes": 150_000})
+    ).start()
+    try:
+        ngo = srv.add_partner("harbor-light")
+        objs = [
+            indicator(ngo.identity, n=i, tlp=Tlp.GREEN, description="x" * 50_000) for i in range(12)
+        ]
+        # Over max_batch_bytes by itself: a message of its own.
+        objs.insert(
+            5,
+            indicator(
+                ngo.identity,
+                n=99,
+                tlp=Tlp.GREEN,
+                description="y" * 90_000,
+                external_references=[{"source_name": "hotline", "description": "z" * 90_000}],
+            ),
+        )
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            assert c.submit(bundle(objs)).ok
+        srv.wait_published()
+        messages: list[list[exchange_pb2.Delivery]] = []
+        got = 0
+        for response in _subscribe(srv, ngo, exchange_pb2.SubscribeRequest(from_beginning=True)):
+            if response.deliveries:
+                messages.append(list(response.deliveries))
+                got += len(response.deliveries)
+            if got >= len(objs):
+                break
+        assert [d.object_id for m in messages for d in m] == [o["id"] for o in objs]
+        for message in messages:
+            weight = sum(len(d.object) for d in message)
+            assert len(message) == 1 or weight <= 150_000, [len(d.object) for d in message]
+        assert [len(m) for m in messages if len(m[0].object) > 150_000] == [1]
+        # Each object was recorded as delivered once (the last one once its write
+        # completed, which the subscriber leaving right after receiving it can delay).
+        wait_until(
+            lambda: len(_entries(srv, action="deliver")) >= len(objs), 30, "the last entries"
+        )
+        delivered = [e.event.object_id for e in _entries(srv, action="deliver")]
+        assert sorted(delivered) == sorted(o["id"] for o in objs)
+    finally:
+        srv.stop()
+
+
+def test_one_partner_cannot_take_every_subscription_slot(tmp_path: Path) -> None:
+    srv = ServerThread(
+        settings_for(tmp_path / "data", subscriptions={"max_open": 10, "max_open_per_partner": 2})
+    ).start()
+    streams: list[Generator[exchange_pb2.SubscribeResponse]] = []
+    try:
+        assert srv.server is not None
+        subs = srv.server.subscriptions
+        greedy = srv.add_partner("kestrel-social", sector="technology")
+        other = srv.add_partner("harbor-light")
+        now = exchange_pb2.SubscribeRequest()
+        mine = [_subscribe(srv, greedy, now) for _ in range(2)]
+        streams += mine
+        for stream in mine:
+            assert next(stream).cursor  # established
+        with pytest.raises(grpc.RpcError) as refused:
+            next(_subscribe(srv, greedy, now))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Named, with how many it has open (refused by the admission interceptor, before
+        # the request is read, or by the subscriptions for a caller it cannot recognise).
+        assert re.search(r"ha(s|ve) 2 ", str(refused.value.details()))
+        assert "subscriptions.max_open_per_partner = 2" in str(refused.value.details())
+        # Another partner still subscribes, up to its own limit, and receives.
+        theirs = [_subscribe(srv, other, now) for _ in range(2)]
+        streams += theirs
+        for stream in theirs:
+            assert next(stream).cursor
+        green = indicator(other.identity, tlp=Tlp.GREEN)
+        with ExchangeClient(srv.target, token=other.token) as c:
+            assert c.submit(bundle([green])).ok
+        for stream in theirs:
+            delivered = next(r for r in stream if r.deliveries)
+            assert [d.object_id for d in delivered.deliveries] == [green["id"]]
+        # A stream closed gives its slot back.
+        mine[0].close()
+        wait_until(lambda: subs.open_of(greedy.partner_id) == 1, 30, "the slot to be freed")
+        again = _subscribe(srv, greedy, now)
+        streams.append(again)
+        assert next(again).cursor
+        refusals = srv.server.metrics.limit_refusals.labels("subscriptions.max_open_per_partner")
+        assert refusals._value.get() == 1
+    finally:
+        for stream in streams:
+            stream.close()
+        srv.stop()
+
+
+def test_a_certificate_signed_partner_is_held_to_its_stream_limit_too(tmp_path: Path) -> None:
+    """Without a token the admission interceptor cannot tell who calls (it sees the
+    metadata, not the TLS peer): the subscriptions count the partner's streams again."""
+    ca = CertificateAuthority(tmp_path / "pki")
+    issued = ca.issue("exchange-server", server=True)
+    tls = {
+        "cert_file": str(issued.cert),
+        "key_file": str(issued.key),
+        "client_ca_file": str(ca.cert),
+    }
+    srv = ServerThread(
+        settings_for(tmp_path / "data", tls=tls, subscriptions={"max_open_per_partner": 2})
+    ).start()
+    try:
+        assert srv.server is not None
+        subs = srv.server.subscriptions
+        ngo = srv.add_partner("harbor-light")
+        cert = ca.issue("harbor-light")
+        srv.run(srv.server.store.add_credential(new_certificate_binding(ngo.partner_id, cert.pem)))
+        with ExchangeClient(
+            f"localhost:{srv.port}", ca_file=ca.cert, cert_file=cert.cert, key_file=cert.key
+        ) as client:
+            mine = [client.subscribe(reconnect=False) for _ in range(2)]
+            wait_until(lambda: subs.open_of(ngo.partner_id) == 2, 30, "two open streams")
+            with pytest.raises(RateLimited) as refused:
+                next(client.subscribe(reconnect=False))
+            assert "you have 2 Subscribe streams open" in str(refused.value)
+            assert "subscriptions.max_open_per_partner = 2" in str(refused.value)
+            for sub in mine:
+                sub.cancel()
+        wait_until(lambda: subs.open_of(ngo.partner_id) == 0, 30, "the streams to close")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"cursor": "A" * 70_000}, "cursor is 70,000 characters, over the 65,536"),
+        ({"cursor": "e30" * 5_000_000}, "cursor is 15,000,000 characters"),
+        ({"labels": ["trafficking"] * 1000}, "labels holds 1,000 values, over the 64"),
+        ({"labels": ["x" * 12_000_000]}, "labels holds a label of 12,000,000 characters"),
+        ({"labels": ["line\nbreak"]}, "control or invisible character"),
+        ({"types": ["x-" + "a" * 300]}, "not a STIX type name"),
+        ({"types": ["Indicator"]}, "not a STIX type name"),
+        ({"types": [f"t{i:03d}" for i in range(65)]}, "types holds 65 values, over the 64"),
+    ],
+)
+def test_request_fields_are_bounded_before_anything_is_recorded(
+    server: ServerThread, ngo: PartnerCredentials, fields: dict[str, Any], named: str
+) -> None:
+    before = _entries(server, partner=ngo.partner_id)
+    with pytest.raises(grpc.RpcError) as refused:
+        next(_subscribe(server, ngo, exchange_pb2.SubscribeRequest(**fields)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    detail = str(refused.value.details())
+    assert named in detail and len(detail) < 400
+    # Refused before anything was recorded: the log did not grow.
+    assert _entries(server, partner=ngo.partner_id) == before
+
+
+def test_a_stream_start_records_checked_values_and_only_the_cursor_digest(
+    server: ServerThread, ngo: PartnerCredentials
+) -> None:
+    with ExchangeClient(server.target, token=ngo.token) as c:
+        c.submit(bundle([indicator(ngo.identity, tlp=Tlp.GREEN)]))
+    first = next(_subscribe(server, ngo, exchange_pb2.SubscribeRequest(from_beginning=True)))
+    request = exchange_pb2.SubscribeRequest(
+        cursor=first.cursor, types=["indicator"], labels=["trafficking:recruitment"]
+    )
+    assert next(_subscribe(server, ngo, request)).cursor == first.cursor
+    (start,) = [
+        e for e in _entries(server, action="subscribe.start") if e.event.detail["start"] == "cursor"
+    ]
+    assert start.event.detail == {
+        "start": "cursor",
+        "cursor_sha256": hashlib.sha256(first.cursor.encode()).hexdigest(),
+        "types": ["indicator"],
+        "labels": ["trafficking:recruitment"],
+    }
+
+
+def test_a_stalled_subscriber_is_cut_off_and_nothing_unsent_is_recorded(tmp_path: Path) -> None:
+    """Defect 2: a client that answers pings but never opens its flow-control window.
+    After stall_timeout_s the server marks its stream stalled; the message gRPC could
+    not send is recorded as delivered only if it goes out after all (the client reads
+    again, and then gets UNAVAILABLE naming the setting); until then the stream keeps
+    its place in the partner's limit."""
+    srv = ServerThread(
+        settings_for(tmp_path / "data", subscriptions={"stall_timeout_s": 2.0})
+    ).start()
+    stalled: StalledSubscriber | None = None
+    try:
+        assert srv.server is not None
+        subs = srv.server.subscriptions
+        ngo = srv.add_partner("harbor-light")
+        objs = [
+            indicator(ngo.identity, n=i, tlp=Tlp.GREEN, description="x" * 50_000) for i in range(20)
+        ]
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            assert c.submit(bundle(objs)).ok
+        srv.wait_published()
+        stalled = StalledSubscriber(
+            srv.target, ngo.token, exchange_pb2.SubscribeRequest(from_beginning=True)
+        )
+        stalls = srv.server.metrics.subscriptions_stalled
+        wait_until(lambda: stalls._value.get() == 1, 30, "the stream to be found stalled")
+        assert stalled.received < 100_000  # the first window's worth, at most
+        # Nothing it did not receive was recorded as delivered to it, and its stream
+        # keeps its place in the partner's limit while gRPC holds its message.
+        assert _entries(srv, action="deliver") == []
+        assert subs.open_of(ngo.partner_id) == 1
+
+        # It reads again: the message it was sent arrives, then the status.
+        stalled.resume()
+        wait_until(lambda: stalled is not None and stalled.ended, 30, "the status")
+        assert stalled.status == grpc.StatusCode.UNAVAILABLE.value[0], stalled.message
+        assert "subscriptions.stall_timeout_s" in stalled.message
+        assert "resume from the cursor of the last message you received" in stalled.message
+        got = [d.object_id for r in stalled.responses() for d in r.deliveries]
+        assert got and got == [o["id"] for o in objs[: len(got)]]
+        wait_until(lambda: subs.open_of(ngo.partner_id) == 0, 30, "the slot to be freed")
+        assert sorted(e.event.object_id for e in _entries(srv, action="deliver")) == sorted(got)
+        (end,) = _entries(srv, action="subscribe.end")
+        assert "subscriptions.stall_timeout_s" in str(end.event.detail["reason"])
+        assert end.event.detail["deliveries"] == len(got)
+        # Resuming from its last cursor, it gets the rest, each object once.
+        last = stalled.responses()[-1].cursor
+        rest: list[str] = []
+        for response in _subscribe(srv, ngo, exchange_pb2.SubscribeRequest(cursor=last)):
+            rest += [d.object_id for d in response.deliveries]
+            if len(got) + len(rest) >= len(objs):
+                break
+        assert got + rest == [o["id"] for o in objs]
+    finally:
+        if stalled is not None:
+            stalled.close()
+        srv.stop()
+
+
+def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(tmp_path: Path) -> None:
+    srv = ServerThread(
+        settings_for(
+            tmp_path / "data",
+            subscriptions={"stall_timeout_s": 2.0, "max_open_per_partner": 1},
+        )
+    ).start()
+    stalled: StalledSubscriber | None = None
+    try:
+        assert srv.server is not None
+        subs = srv.server.subscriptions
+        ngo = srv.add_partner("harbor-light")
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            assert c.submit(
+                bundle(indicator(ngo.identity, n=i, description="x" * 50_000) for i in range(5))
+            ).ok
+        srv.wait_published()
+        stalled = StalledSubscriber(
+            srv.target, ngo.token, exchange_pb2.SubscribeRequest(from_beginning=True)
+        )
+        wait_until(
+            lambda: (
+                srv.server is not None
+                and bool(srv.server.metrics.subscriptions_stalled._value.get())
+            ),
+            30,
+            "the stream to stall",
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            next(_subscribe(srv, ngo, exchange_pb2.SubscribeRequest()))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        stalled.close()
+        wait_until(lambda: subs.open_of(ngo.partner_id) == 0, 30, "the slot to be freed")
+
+        def opens() -> bool:
+            # Admission (before the request is read) lets go of the call as it unwinds.
+            try:
+                return bool(next(_subscribe(srv, ngo, exchange_pb2.SubscribeRequest())).cursor)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                return False
+
+        wait_until(opens, 30, "a new stream of the partner to open")
+    finally:
+        if stalled is not None:
+            stalled.close()
+        srv.stop()

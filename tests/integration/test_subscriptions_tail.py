@@ -337,6 +337,31 @@ def test_a_new_partner_receives_its_own_amber_objects_live(server: ServerThread)
     assert tail.private_opens == privately
 
 
+def test_the_servers_tail_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """Defect 4: the tail kept 50,000 records whatever their size (0.95 GB of 99 KB
+    objects took RSS to 1.6 GB). subscriptions.tail_window_bytes bounds it."""
+    settings = settings_for(tmp_path / "data", subscriptions={"tail_window_bytes": 300_000})
+    server = ServerThread(settings).start()
+    try:
+        tail = subscriptions(server).tail
+        assert tail.window_bytes == 300_000
+        ngo = server.add_partner("harbor-light")
+        live = open_stream(server, "live", ngo)  # the tail reads while objects arrive
+        objs = [
+            indicator(ngo.identity, n=i, tlp=Tlp.GREEN, description="x" * 50_000) for i in range(20)
+        ]
+        try:
+            with ExchangeClient(server.target, token=ngo.token) as c:
+                assert c.submit(bundle(objs)).ok
+            wait_until(lambda: live.has(o["id"] for o in objs), 30, "every object, live")
+        finally:
+            live.stop()
+        assert_exactly(live, [o["id"] for o in objs])
+        assert 200_000 < tail.held_bytes <= 300_000
+    finally:
+        server.stop()
+
+
 # -- the tail on its own -----------------------------------------------------------------
 
 
@@ -374,7 +399,7 @@ class _Store:
         return {tp: off for tp, off in self.positions.items() if tp[0] in wanted}
 
 
-def _records(topic: str, first: int, count: int) -> list[BusRecord]:
+def _records(topic: str, first: int, count: int, value: bytes = b"{}") -> list[BusRecord]:
     headers = (
         ("stix-type", b"indicator"),
         ("stix-version", b"2026-01-01T00:00:00.000Z"),
@@ -387,7 +412,7 @@ def _records(topic: str, first: int, count: int) -> list[BusRecord]:
         ("revoked", b"false"),
     )
     return [
-        BusRecord(topic, f"indicator--{i}".encode(), b"{}", (*headers, ("exchange-seq", b"%d" % i)))
+        BusRecord(topic, f"indicator--{i}".encode(), value, (*headers, ("exchange-seq", b"%d" % i)))
         for i in range(first, first + count)
     ]
 
@@ -442,8 +467,48 @@ async def test_feed_switches_between_private_reader_and_tail_without_gap_or_repe
         await bus.close()
 
 
+async def test_the_tail_holds_at_most_its_window_in_bytes(tmp_path: Path) -> None:
+    """Large records: the tail keeps what fits in window_bytes (far fewer than its
+    window of records); a stream from the beginning still gets each record once, in
+    reads bounded in bytes, and ends up following the tail."""
+    bus = LocalBus(tmp_path / "bus.sqlite3")
+    await bus.start()
+    await bus.ensure_topics(["t"])
+    await bus.publish(_records("t", 0, 40, value=b"x" * 10_000))
+    tp = ("t", 0)
+    tail = LiveTail(_Store({tp: 0}), bus, window=1000, window_bytes=100_000)  # type: ignore[arg-type]
+    feed: Feed | None = None
+    try:
+        await tail.ensure([tp])
+        deadline = asyncio.get_running_loop().time() + 10
+        while not tail.take({tp: 39}, [tp], 1):  # the tail has read the last one
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert 80_000 < tail.held_bytes <= tail.window_bytes == 100_000
+        assert not tail.covers({tp: 0}) and tail.covers({tp: 35})
+
+        feed = Feed(tail, bus, {tp: -1}, max_bytes=25_000)
+        got: list[int] = []
+        reads = 0
+        while len(got) < 40:
+            assert asyncio.get_running_loop().time() < deadline + 10, got
+            entries = await feed.read(1000, 0.2)
+            assert len(entries) <= 2, "two records of 10 kB and their headers fill 25 kB"
+            got.extend(offset for _, offset, _ in entries)
+            reads += 1
+        assert got == list(range(40)) and reads >= 20
+        assert not feed.private and tail.joins == 1
+    finally:
+        if feed is not None:
+            await feed.close()
+        await tail.close()
+        await bus.close()
+
+
 class _BrokenReader:
-    async def read(self, max_records: int, timeout_s: float) -> list[ReadRecord]:
+    async def read(
+        self, max_records: int, timeout_s: float, max_bytes: int | None = None
+    ) -> list[ReadRecord]:
         raise Unavailable("the bus is down")
 
     async def close(self) -> None:
@@ -451,7 +516,9 @@ class _BrokenReader:
 
 
 class _BrokenBus:
-    async def open_reader(self, start: Mapping[TopicPartition, int | None]) -> _BrokenReader:
+    async def open_reader(
+        self, start: Mapping[TopicPartition, int | None], *, prefetch_bytes: int | None = None
+    ) -> _BrokenReader:
         return _BrokenReader()
 
 

@@ -1,10 +1,13 @@
 """The SDK's audit side: receipts parsed from submissions, the AuditService calls
-against a fake in-process exchange, and ``verify_receipt`` offline."""
+against a fake in-process exchange, ``verify_receipt`` offline, and kept
+checkpoints (their JSON, ``verify_consistency``, ``check_consistency``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pickle
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -17,8 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from exchange_client import (
+    AsyncExchangeClient,
     AuditEntry,
     Checkpoint,
+    CheckpointError,
+    ConsistencyError,
     ExchangeClient,
     ExchangeError,
     InclusionProof,
@@ -30,6 +36,7 @@ from exchange_client import (
     ValidationError,
     VerifyResult,
     _merkle,
+    verify_consistency,
     verify_receipt,
 )
 from exchange_client._checkpoint import make_note
@@ -504,3 +511,134 @@ def test_closed_client_refuses_audit_calls(fake: tuple[ExchangeClient, FakeAudit
     for call in (client.checkpoint, client.public_key, client.verify_log, client.audit_entries):
         with pytest.raises(RuntimeError, match="closed"):
             call()
+
+
+# -- kept checkpoints: the log still holds them ------------------------------------------------
+
+
+def test_a_kept_checkpoint_reads_back_from_its_json() -> None:
+    log = Log(9)
+    checkpoint = log.checkpoint()
+    text = checkpoint.to_json()
+    assert "\n" not in text
+    doc = json.loads(text)
+    assert (doc["type"], doc["origin"], doc["tree_size"]) == ("checkpoint", ORIGIN, 9)
+    assert doc["at"].endswith("Z")
+    assert Checkpoint.from_json(text) == checkpoint
+    assert Checkpoint.from_json(text.encode()) == checkpoint
+    # An export's first line, other keys and the lines after it included.
+    export = json.dumps({**doc, "public_key": log.public_key_pem}) + '\n{"type": "entry"}\n'
+    assert Checkpoint.from_json(export) == checkpoint
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "its first line is not JSON"),
+        ("[1, 2]", '"type" "checkpoint"'),
+        ('{"type": "entry"}', '"type" "checkpoint"'),
+        ('{"note": "bm90ZQ=="}', '"note" and "signature" in base64'),
+        ('{"note": "!!", "signature": ""}', '"note" and "signature" in base64'),
+        ('{"note": "bm90ZQ==", "signature": ""}', "not a checkpoint note"),
+    ],
+)
+def test_what_is_not_a_kept_checkpoint(text: str, message: str) -> None:
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        Checkpoint.from_json(text)
+
+
+def test_a_kept_checkpoint_whose_fields_were_edited_is_refused() -> None:
+    doc = json.loads(Log(9).checkpoint().to_json())
+    for name, value in (("tree_size", 20), ("origin", "elsewhere"), ("root_hash", "AAAA")):
+        with pytest.raises(CheckpointError, match=f"its {name} says .* but its signed note"):
+            Checkpoint.from_json(json.dumps({**doc, name: value}))
+
+
+def rewritten(log: Log, index: int) -> Log:
+    """The same log (and key) with entry ``index`` changed and every hash after it redone."""
+    other = Log(0, log.key)
+    previous = bytes(32)
+    for i in range(len(log.entries)):
+        data = entry_bytes(i, previous, object_id="indicator--forged" if i == index else "")
+        other.entries.append(data)
+        previous = _merkle.leaf_hash(data)
+    other.leaves = [_merkle.leaf_hash(e) for e in other.entries]
+    return other
+
+
+def test_a_later_checkpoint_consistent_with_a_kept_one() -> None:
+    log = Log(25)
+    for size in (0, 1, 8, 9, 25):
+        kept = log.checkpoint(size)
+        later = log.checkpoint()
+        proof = _merkle.consistency_proof(log.leaves, size) if 0 < size < 25 else []
+        verify_consistency(kept, later, proof, log.public_key_pem)
+        verify_consistency(kept, kept, [], log.public_key_pem)
+
+
+def test_an_inconsistent_later_checkpoint_says_which_check_failed() -> None:
+    log = Log(25)
+    kept = log.checkpoint(9)
+    key = log.public_key_pem
+
+    def check(later: Checkpoint, proof: list[bytes], public_key: str = key) -> ConsistencyError:
+        with pytest.raises(ConsistencyError) as caught:
+            verify_consistency(kept, later, proof, public_key)
+        return caught.value
+
+    short = check(log.checkpoint(5), [])
+    assert short.check == "truncated"
+    assert str(short) == (
+        "the log holds 5 entries, fewer than the 9 of the checkpoint you kept: truncated"
+        " (entries 5 to 8 are gone)"
+    )
+    forged = rewritten(log, 3)
+    changed = check(forged.checkpoint(), _merkle.consistency_proof(forged.leaves, 9))
+    assert changed.check == "consistency"
+    assert str(changed).startswith("entries before 9 differ from the checkpoint you kept")
+    assert check(forged.checkpoint(9), []).check == "consistency"
+    assert check(log.checkpoint(), [b"\x00" * 32]).check == "consistency"
+    assert check(log.checkpoint(), [], Log(1).public_key_pem).check == "signature"
+    stranger = Log(25)
+    assert check(stranger.checkpoint(), [], stranger.public_key_pem).check == "signature"
+    elsewhere = Checkpoint.parse(
+        make_note("elsewhere", 25, log.checkpoint().root_hash, 1),
+        log.key.sign(make_note("elsewhere", 25, log.checkpoint().root_hash, 1)),
+    )
+    assert check(elsewhere, []).check == "origin"
+    copy = pickle.loads(pickle.dumps(short))  # noqa: S301 - our own object
+    assert (type(copy), str(copy), copy.check) == (ConsistencyError, str(short), "truncated")
+    assert isinstance(short, ValueError) and not isinstance(short, ExchangeError)
+
+
+def test_check_consistency_asks_for_the_latest_checkpoint_and_a_proof(
+    fake: tuple[ExchangeClient, FakeAudit],
+) -> None:
+    client, servicer = fake
+    key = servicer.log.public_key_pem
+    kept = servicer.log.checkpoint(9)
+    latest = client.check_consistency(kept, key)
+    assert latest == servicer.log.checkpoint()
+    asked = servicer.requests[-1]
+    assert (asked.first_tree_size, asked.second_tree_size) == (9, 25)
+    assert client.check_consistency(latest, key) == latest  # same size: no proof needed
+
+    servicer.log = rewritten(servicer.log, 2)
+    with pytest.raises(ConsistencyError, match="entries before 9 differ") as caught:
+        client.check_consistency(kept, key)
+    assert caught.value.check == "consistency"
+    servicer.log = Log(4, servicer.log.key)
+    with pytest.raises(ConsistencyError, match="holds 4 entries, fewer than the 9"):
+        client.check_consistency(kept, key)
+
+
+def test_check_consistency_from_asyncio(fake: tuple[ExchangeClient, FakeAudit]) -> None:
+    client, servicer = fake
+
+    async def check() -> Checkpoint:
+        async with AsyncExchangeClient(target=client.target, token="s3cret") as aclient:
+            return await aclient.check_consistency(
+                servicer.log.checkpoint(3), servicer.log.public_key_pem
+            )
+
+    assert asyncio.run(check()) == servicer.log.checkpoint()

@@ -601,8 +601,15 @@ def test_subscribe_ctrl_c_exits_quietly_with_130(fake: FakeExchange) -> None:
     fake.hold_open = True
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python")])
+    # Python ignores SIGINT for good when it starts with SIGINT ignored, as every job a
+    # non-interactive shell puts in the background does: give the child Ctrl-C back,
+    # as a terminal's foreground job has it.
+    child = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
+        " from exchange.cli_feed import subscribe; subscribe()"
+    )
     process = subprocess.Popen(
-        [sys.executable, "-c", "from exchange.cli_feed import subscribe; subscribe()"],
+        [sys.executable, "-c", child],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from exchange.config import load_settings
 from exchange.errors import InvalidArgument
-from exchange.subscriptions import Cursor
+from exchange.subscriptions import MAX_CURSOR_CHARS, Cursor
 
 
 def test_settings_layers_file_then_environment_then_overrides(tmp_path: Path) -> None:
@@ -61,3 +61,14 @@ def test_cursor_round_trip(positions: dict[tuple[str, int], tuple[int, int]]) ->
 def test_foreign_cursors_are_refused(text: str) -> None:
     with pytest.raises(InvalidArgument, match="cursor"):
         Cursor.decode(text)
+
+
+def test_a_cursor_over_its_bound_is_refused_before_it_is_decoded() -> None:
+    # A valid cursor with an entry for each of 600 topic-partitions stays far below it.
+    wide = Cursor(
+        {(f"community.c{i:03d}", p): (2**40, 2**40) for i in range(100) for p in range(6)}
+    )
+    assert len(wide.encode()) < MAX_CURSOR_CHARS
+    assert Cursor.decode(wide.encode()) == wide
+    with pytest.raises(InvalidArgument, match=f"over the {MAX_CURSOR_CHARS:,}"):
+        Cursor.decode("A" * (MAX_CURSOR_CHARS + 1))

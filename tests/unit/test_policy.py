@@ -122,10 +122,15 @@ def test_the_submitter_always_receives_its_own_objects_and_a_disabled_partner_no
 
 
 def test_a_sighting_goes_back_to_the_indicators_creator_unless_its_kind_is_excluded() -> None:
-    sighting = dataclasses.replace(obj(Tlp.RED), object_type="sighting", refers_to="indicator--9")
+    sighting = dataclasses.replace(
+        obj(Tlp.AMBER_STRICT), object_type="sighting", refers_to="indicator--9"
+    )
     audience = policy.audience_for(sighting, NGO, AudienceRequest(), implied_recipients=[MINISTRY])
     assert isinstance(audience, Audience)
     assert receivers(audience) == {"harbor-light", "northgate"}
+    # The creator is an implied recipient, never one the submitter named.
+    assert audience.recipients == frozenset()
+    assert audience.implied == {"northgate"}
     excluding = AudienceRequest(excluded_kinds=frozenset({PartnerKind.GOVERNMENT}))
     green = dataclasses.replace(sighting, tlp=Tlp.GREEN)
     audience = policy.audience_for(green, NGO, excluding, implied_recipients=[MINISTRY])
@@ -265,3 +270,67 @@ def test_an_audience_error_stays_short_whatever_was_sent() -> None:
     with pytest.raises(InvalidArgument, match="and 495 more") as refused:
         policy.check_request(request, partners={}, communities=[])
     assert len(refused.value.message) < 1000
+
+
+def test_whether_a_sighting_is_accepted_does_not_depend_on_what_it_sights() -> None:
+    # A TLP:RED sighting naming nobody: accepted the same way whether or not the sighted
+    # indicator is held by another partner (who is then its implied recipient); any
+    # other TLP:RED object naming nobody is refused.
+    sighting = dataclasses.replace(obj(Tlp.RED), object_type="sighting", refers_to="indicator--9")
+    held = policy.audience_for(sighting, NGO, AudienceRequest(), implied_recipients=[MINISTRY])
+    unknown = policy.audience_for(sighting, NGO, AudienceRequest(), implied_recipients=[])
+    assert isinstance(held, Audience) and isinstance(unknown, Audience)
+    assert receivers(held) == {"harbor-light", "northgate"}
+    assert receivers(unknown) == {"harbor-light"}
+    assert isinstance(policy.audience_for(obj(Tlp.RED), NGO, AudienceRequest()), Rejection)
+    named = AudienceRequest(recipients=frozenset({"kestrel"}))
+    with_creator = policy.audience_for(sighting, NGO, named, implied_recipients=[MINISTRY])
+    without = policy.audience_for(sighting, NGO, named, implied_recipients=[])
+    assert isinstance(with_creator, Audience)
+    assert isinstance(without, Audience)
+    assert receivers(with_creator) == {"harbor-light", "kestrel", "northgate"}
+    # The submitter's own topic shows the same audience and routing either way.
+    topics = policy.topics_for(with_creator, EVERYONE)
+    assert "partner.northgate" in topics
+    mine = policy.seen_on("partner.harbor-light", with_creator, topics)
+    assert mine == policy.seen_on(
+        "partner.harbor-light", without, policy.topics_for(without, EVERYONE)
+    )
+    assert mine[0].recipients == frozenset()
+    assert mine[1] == ["partner.harbor-light"]
+
+
+def test_a_partner_topic_shows_its_reader_and_nobody_else() -> None:
+    audience = aud(
+        Tlp.AMBER,
+        communities=frozenset({"sea-taskforce"}),
+        recipients=frozenset({"kestrel", "meridian"}),
+        implied=frozenset({"northgate"}),
+    )
+    topics = policy.topics_for(audience, EVERYONE)
+    assert topics == [
+        "community.sea-taskforce",
+        "partner.harbor-light",
+        "partner.kestrel",
+        "partner.meridian",
+        "partner.northgate",
+    ]
+    shown, routed = policy.seen_on("partner.kestrel", audience, topics)
+    assert shown.recipients == {"kestrel"} and shown.implied == frozenset()
+    assert routed == ["community.sea-taskforce", "partner.kestrel"]
+    shown, routed = policy.seen_on("partner.northgate", audience, topics)
+    assert shown.recipients == frozenset() and shown.implied == {"northgate"}
+    assert policy.may_receive(MINISTRY, shown)
+    shown, routed = policy.seen_on("community.sea-taskforce", audience, topics)
+    assert shown.recipients == frozenset() and shown.implied == frozenset()
+    assert routed == ["community.sea-taskforce"]
+    # Each reader still takes the record from exactly one of its topics.
+    for partner in EVERYONE:
+        mine = set(policy.subscription_topics(partner))
+        takes = [
+            t
+            for t in topics
+            if t in mine
+            and policy.delivers_from(t, policy.seen_on(t, audience, topics)[1], frozenset(mine))
+        ]
+        assert len(takes) == (1 if policy.may_receive(partner, audience) else 0), partner

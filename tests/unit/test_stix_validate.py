@@ -913,13 +913,34 @@ def test_non_stix_patterns_are_left_to_their_own_language() -> None:
 
 def test_hostile_text_survives_byte_for_byte() -> None:
     hostile = (
-        'x\'); DROP TABLE objects;-- \u202e <script>alert(1)</script> "q" \\ \u0000 \U0001f600'
+        'x\'); DROP TABLE objects;-- \u202e <script>alert(1)</script> "q" \\ \u0001 \U0001f600'
     )
     obj = indicator(name=hostile, description=hostile)
     result = accepted(obj)
     assert body(result)["name"] == hostile
     assert orjson.dumps(hostile) in result.body
     assert result.body == orjson.dumps(obj)
+
+
+def test_nul_characters_are_refused_naming_the_property() -> None:
+    """Defect 13: PostgreSQL cannot store U+0000; both stores must answer alike, so
+    validation refuses it anywhere in an object (values, list items, property names)."""
+    cases = [
+        (indicator(description="a\u0000b"), "description", "got one at position 1"),
+        (indicator(labels=["ok", "\u0000"]), "labels[1]", "got one at position 0"),
+        (
+            indicator(external_references=[{"source_name": "x", "u\u0000rl": "y"}]),
+            "external_references[0].u\\u0000rl",
+            "property names without NUL characters (U+0000)",
+        ),
+    ]
+    for obj, prop, expected in cases:
+        result = rejected(obj)
+        assert (result.property, result.object_id) == (prop, obj["id"])
+        assert "NUL characters (U+0000)" in result.expected and expected in result.expected
+    # The clean object beside one that holds a NUL is still accepted.
+    clean, bad = validate_objects([indicator(), indicator(name="\u0000")])
+    assert isinstance(clean, ValidObject) and isinstance(bad, Rejection)
 
 
 def test_timestamps_are_stored_as_sent_not_as_stix2_writes_them() -> None:
@@ -1056,3 +1077,61 @@ def test_a_valid_indicator_with_random_values_never_raises(changes: dict[str, An
     assert isinstance(result, ValidObject | Rejection)
     if isinstance(result, ValidObject):
         assert orjson.loads(result.body)["id"] == result.object_id
+
+
+# -- what one object may cost ----------------------------------------------------------
+
+
+def _pattern(comparisons: int) -> str:
+    return "[" + " AND ".join(f"url:value = 'u{i}'" for i in range(comparisons)) + "]"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "limit", "expected"),
+    [
+        (_pattern(65), "limits.max_pattern_comparisons", "at most 64 comparison expressions"),
+        (
+            "[url:value = '" + "x" * 5000 + "']",
+            "limits.max_pattern_length",
+            "at most 4,096 characters",
+        ),
+        (
+            "(" * 17 + "[url:value = 'a']" + ")" * 17,
+            "limits.max_pattern_depth",
+            "nested at most 16 deep",
+        ),
+    ],
+)
+def test_costly_patterns_are_refused_before_they_are_parsed(
+    pattern: str, limit: str, expected: str
+) -> None:
+    found = rejected(indicator(pattern=pattern))
+    assert found.property == "pattern"
+    assert expected in found.expected
+    assert found.limit == limit
+
+
+def test_a_pattern_at_the_limits_is_accepted_and_literals_do_not_count() -> None:
+    accepted(indicator(pattern=_pattern(64)))
+    # Brackets, parentheses and colons inside string literals are not structure.
+    literal = "(([[:a:b:]]))" * 40
+    accepted(indicator(pattern=f"[url:value = '{literal}']"))
+    tight = Limits(max_pattern_comparisons=2, max_pattern_depth=2)
+    accepted(indicator(pattern="[url:value = 'a'] OR [url:value = 'b']"), limits=tight)
+    assert rejected(indicator(pattern="(([url:value = 'a']))"), limits=tight).limit
+
+
+def test_an_object_too_large_to_publish_is_refused() -> None:
+    labels = ["x" * 90_000] * 12  # ~1.08 MB of labels, each within max_string_length
+    found = rejected(indicator(labels=labels))
+    assert found.limit == "limits.max_object_bytes"
+    assert "at most 1,000,000 bytes" in found.expected
+    accepted(indicator(labels=["x" * 90_000] * 10))
+
+
+def test_an_object_with_too_many_nested_objects_is_refused() -> None:
+    refs = [{"source_name": f"s{i}", "url": f"https://e.example/{i}"} for i in range(1000)]
+    found = rejected(indicator(external_references=[*refs, {"source_name": "one more"}]))
+    assert found.limit == "limits.max_json_containers"
+    # The object itself and its lists count too: 1,000 references alone are too many.
+    accepted(indicator(external_references=refs[:990]))

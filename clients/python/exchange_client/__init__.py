@@ -29,13 +29,19 @@ log, which anyone can check offline against a signed checkpoint::
     proof = client.inclusion_proof(receipt.log_index)  # with the latest checkpoint
     verify_receipt(receipt, proof, proof.checkpoint, public_key_pem)  # or ReceiptError
 
+and that the log still holds a checkpoint you kept (not truncated, not rewritten)::
+
+    kept = Checkpoint.from_json(saved)  # saved = client.checkpoint().to_json(), earlier
+    latest = client.check_consistency(kept, public_key_pem)  # or ConsistencyError
+
 Every failed call raises an :class:`ExchangeError` subclass.
 """
 
 from exchange_client._aio import AsyncExchangeClient, AsyncSubscription
 from exchange_client._bundle import BundleInput
-from exchange_client._checkpoint import Checkpoint
+from exchange_client._checkpoint import Checkpoint, CheckpointError
 from exchange_client._client import ExchangeClient, Subscription
+from exchange_client._consistency import ConsistencyError, verify_consistency
 from exchange_client._errors import (
     AuthenticationError,
     ExchangeError,
@@ -75,6 +81,8 @@ __all__ = [
     "BatchError",
     "BundleInput",
     "Checkpoint",
+    "CheckpointError",
+    "ConsistencyError",
     "Delivery",
     "ExchangeClient",
     "ExchangeError",
@@ -94,5 +102,6 @@ __all__ = [
     "Unavailable",
     "ValidationError",
     "VerifyResult",
+    "verify_consistency",
     "verify_receipt",
 ]

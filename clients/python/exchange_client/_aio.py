@@ -28,6 +28,7 @@ from exchange_client._batches import DEFAULT_BATCH_SIZE, ManySubmission, Progres
 from exchange_client._bundle import BundleInput
 from exchange_client._checkpoint import Checkpoint
 from exchange_client._config import DEFAULT_TIMEOUT, ClientConfig, PathLike
+from exchange_client._consistency import verify_consistency
 from exchange_client._errors import ExchangeError, from_rpc_error
 from exchange_client._feed import FeedState, Reconnect, ReconnectCallback
 from exchange_client._models import (
@@ -517,6 +518,17 @@ class AsyncExchangeClient:
         request = _calls.consistency_proof_request(first, second)
         response = await self._unary(self._audit.GetConsistencyProof, request, timeout)
         return list(response.hashes)
+
+    async def check_consistency(
+        self, kept: Checkpoint, public_key_pem: str | bytes, *, timeout: float | None = None
+    ) -> Checkpoint:
+        """See :meth:`ExchangeClient.check_consistency`."""
+        latest = await self.checkpoint(timeout=timeout)
+        proof: list[bytes] = []
+        if 0 < kept.tree_size < latest.tree_size:
+            proof = await self.consistency_proof(kept.tree_size, latest.tree_size, timeout=timeout)
+        verify_consistency(kept, latest, proof, public_key_pem)
+        return latest
 
     async def public_key(self, *, timeout: float | None = None) -> str:
         """See :meth:`ExchangeClient.public_key`."""

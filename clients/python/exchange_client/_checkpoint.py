@@ -6,6 +6,12 @@ text, in the spirit of the C2SP checkpoint format::
 
     <origin>\\n<tree size>\\n<base64 root hash>\\n<time, ns since the epoch>\\n
 
+A checkpoint is kept as one line of JSON (``to_json`` / ``from_json``): the note and
+its signature in base64 (the truth), and the note's fields for reading. That is
+the file ``exchange audit checkpoint`` writes and the first line of ``exchange
+audit export``; a partner or auditor keeps such files to check, later, that the
+log still holds what they vouch for (``verify_consistency``).
+
 Verifying a signature needs the ``cryptography`` package
 (``pip install 'exchange-client[verify]'``); everything else is the standard library.
 """
@@ -15,7 +21,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 __all__ = ["Checkpoint", "CheckpointError", "key_id", "make_note"]
 
@@ -66,6 +74,62 @@ class Checkpoint:
         except (UnicodeDecodeError, ValueError, binascii.Error):
             raise CheckpointError("not a checkpoint note") from None
 
+    def to_json(self) -> str:
+        """One line of JSON (no newline): ``type`` ("checkpoint"), ``origin``,
+        ``tree_size``, ``root_hash`` (base64), ``at`` (ISO 8601, UTC), and the signed
+        ``note`` and its ``signature`` (base64), which are what ``from_json`` trusts."""
+        return json.dumps(
+            {
+                "type": "checkpoint",
+                "origin": self.origin,
+                "tree_size": self.tree_size,
+                "root_hash": base64.b64encode(self.root_hash).decode(),
+                "at": _iso(self.at_ns),
+                "note": base64.b64encode(self.note).decode(),
+                "signature": base64.b64encode(self.signature).decode(),
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Checkpoint:
+        """The checkpoint of ``to_json``'s text (its first line, so the whole of an
+        ``exchange audit export`` file will do too). Other keys are ignored; the
+        note's fields given beside it must agree with it. CheckpointError if it is
+        not a checkpoint (the signature is checked by ``verify``)."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode()
+            except UnicodeDecodeError:
+                raise CheckpointError("not a checkpoint: not UTF-8 text") from None
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            doc = json.loads(first)
+        except ValueError:
+            raise CheckpointError("not a checkpoint: its first line is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("type", "checkpoint") != "checkpoint":
+            raise CheckpointError('not a checkpoint: expected a JSON object of "type" "checkpoint"')
+        try:
+            note = base64.b64decode(doc["note"], validate=True)
+            signature = base64.b64decode(doc["signature"], validate=True)
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise CheckpointError(
+                'not a checkpoint: expected its signed "note" and "signature" in base64'
+            ) from None
+        checkpoint = cls.parse(note, signature)
+        said = {
+            "origin": checkpoint.origin,
+            "tree_size": checkpoint.tree_size,
+            "root_hash": base64.b64encode(checkpoint.root_hash).decode(),
+        }
+        for name, value in said.items():
+            if name in doc and doc[name] != value:
+                raise CheckpointError(
+                    f"its {name} says {_shown(doc[name])} but its signed note says"
+                    f" {_shown(value)} (edited)"
+                )
+        return checkpoint
+
     def verify(self, public_key_pem: str | bytes) -> None:
         """Raise CheckpointError unless the signature is the key's over the note."""
         try:
@@ -95,3 +159,16 @@ class Checkpoint:
                 f"the signature of the checkpoint of size {self.tree_size} does not verify"
                 " with this public key"
             ) from None
+
+
+def _iso(at_ns: int) -> str:
+    try:
+        at = datetime.fromtimestamp(at_ns / 1e9, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(at_ns)
+    return at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -21,6 +21,7 @@ from exchange_client._batches import DEFAULT_BATCH_SIZE, ManySubmission, Progres
 from exchange_client._bundle import BundleInput
 from exchange_client._checkpoint import Checkpoint
 from exchange_client._config import DEFAULT_TIMEOUT, ClientConfig, PathLike
+from exchange_client._consistency import verify_consistency
 from exchange_client._errors import ExchangeError, from_rpc_error
 from exchange_client._feed import FeedState, Reconnect, ReconnectCallback
 from exchange_client._models import (
@@ -605,10 +606,27 @@ class ExchangeClient:
     ) -> list[bytes]:
         """Proof that the log's tree of ``second`` entries extends that of ``first``
         (RFC 9162 section 2.1.4): nothing of the first was changed or removed. Check
-        it with two checkpoints' roots (``exchange_client._merkle.verify_consistency``)."""
+        it with two signed checkpoints (:func:`verify_consistency`), or let
+        :meth:`check_consistency` do both."""
         request = _calls.consistency_proof_request(first, second)
         response = self._unary(self._audit.GetConsistencyProof, request, timeout)
         return list(response.hashes)
+
+    def check_consistency(
+        self, kept: Checkpoint, public_key_pem: str | bytes, *, timeout: float | None = None
+    ) -> Checkpoint:
+        """The exchange's latest signed checkpoint, once proven to extend ``kept``, a
+        checkpoint you kept (``Checkpoint.from_json(saved)``): the log still holds,
+        unchanged, every entry ``kept`` signed. Raises :class:`ConsistencyError` when
+        it does not (truncated, rewritten, or signed with another key than
+        ``public_key_pem``, your copy of the exchange's key). Keep the checkpoint it
+        returns for the next check (``.to_json()``)."""
+        latest = self.checkpoint(timeout=timeout)
+        proof: list[bytes] = []
+        if 0 < kept.tree_size < latest.tree_size:
+            proof = self.consistency_proof(kept.tree_size, latest.tree_size, timeout=timeout)
+        verify_consistency(kept, latest, proof, public_key_pem)
+        return latest
 
     def public_key(self, *, timeout: float | None = None) -> str:
         """The PEM (SubjectPublicKeyInfo) of the Ed25519 key the exchange signs
