@@ -34,12 +34,16 @@ from exchange.model import Credential, CredentialKind, Partner, Role
 from exchange.store import Store
 
 __all__ = [
+    "MISSING_CREDENTIALS",
     "TOKEN_PREFIX",
     "Access",
     "Authenticator",
     "Caller",
     "RegistryWatch",
+    "bearer_token",
     "certificate_fingerprint",
+    "check_credential",
+    "check_enabled",
     "hash_token",
     "new_certificate_binding",
     "new_token",
@@ -124,6 +128,29 @@ class Caller:
     credentials: tuple[Credential, ...]
 
 
+MISSING_CREDENTIALS = (
+    "missing 'authorization: Bearer <token>' metadata (or a bound client certificate)"
+)
+
+
+def check_credential(
+    found: tuple[Credential, Partner] | None, digest: bytes, what: str, now: float
+) -> tuple[Credential, Partner]:
+    """``found`` (the store's answer for ``digest``) if it signs a partner in at
+    ``now``; Unauthenticated (unknown, revoked, expired) otherwise."""
+    if found is None or not hmac.compare_digest(found[0].digest, digest):
+        raise Unauthenticated(f"unknown {what}; ask the exchange operator for a new one")
+    problem = found[0].problem(now)
+    if problem is not None:
+        raise Unauthenticated(f"{problem}; ask the exchange operator for a new one")
+    return found
+
+
+def check_enabled(partner: Partner) -> None:
+    if partner.disabled:
+        raise PermissionDenied(f"partner {partner.partner_id} is disabled")
+
+
 class RegistryWatch:
     """Polls ``store.registry_version`` so that every open stream of this process
     learns of a registry change (made here, by the CLI or by a replica) within
@@ -189,7 +216,7 @@ class Authenticator:
     ) -> Caller:
         """The caller of an RPC, from its metadata and TLS peer (``auth_context``
         as gRPC gives it). Unauthenticated or PermissionDenied (disabled) otherwise."""
-        token = _bearer(metadata)
+        token = bearer_token(metadata)
         certificate = _peer_certificate(auth_context)
         found: list[tuple[Credential, Partner]] = []
         if token is not None:
@@ -204,17 +231,14 @@ class Authenticator:
                     )
                 )
         if not found:
-            raise Unauthenticated(
-                "missing 'authorization: Bearer <token>' metadata (or a bound client certificate)"
-            )
+            raise Unauthenticated(MISSING_CREDENTIALS)
         partner = found[0][1]
         if any(p.partner_id != partner.partner_id for _, p in found):
             raise Unauthenticated(
                 "the token and the client certificate belong to different partners"
             )
         PARTNER_ID.set(partner.partner_id)  # for the log lines of this call (exchange.logs)
-        if partner.disabled:
-            raise PermissionDenied(f"partner {partner.partner_id} is disabled")
+        check_enabled(partner)
         return Caller(partner, tuple(c for c, _ in found))
 
     async def _lookup(
@@ -225,12 +249,7 @@ class Authenticator:
         found: tuple[Credential, Partner] | None = None,
     ) -> tuple[Credential, Partner]:
         found = found or await self._store.credential(kind, digest)
-        if found is None or not hmac.compare_digest(found[0].digest, digest):
-            raise Unauthenticated(f"unknown {what}; ask the exchange operator for a new one")
-        problem = found[0].problem(self.clock())
-        if problem is not None:
-            raise Unauthenticated(f"{problem}; ask the exchange operator for a new one")
-        return found
+        return check_credential(found, digest, what, self.clock())
 
     async def recheck(self, caller: Caller) -> Caller:
         """The same caller as the registry says now (roles, memberships); raises
@@ -242,8 +261,7 @@ class Authenticator:
                 credential.kind, credential.digest, str(credential.kind)
             )
         assert partner is not None  # a Caller holds at least one credential
-        if partner.disabled:
-            raise PermissionDenied(f"partner {partner.partner_id} is disabled")
+        check_enabled(partner)
         return Caller(partner, caller.credentials)
 
     def access(self, caller: Caller) -> Access:
@@ -278,7 +296,9 @@ class Access:
         return self._caller.partner
 
 
-def _bearer(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The token of the 'authorization: Bearer' metadata, None without one;
+    Unauthenticated when the metadata is there but not of that form."""
     header = next((v for k, v in metadata if k == "authorization"), None)
     if header is None:
         return None

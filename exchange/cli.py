@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from exchange._memory import return_large_blocks
 from exchange.cli_admin import community, partner, token
 from exchange.cli_admin import config_option as _config_option
 from exchange.cli_admin import data_dir_option as _data_dir_option
@@ -136,6 +137,7 @@ def serve(
         metrics={"listen": metrics_listen} if metrics_listen else None,
     )
     configure_logging(settings.logging)
+    return_large_blocks()
     try:
         asyncio.run(_serve(settings))
     except ExchangeError as exc:

@@ -13,7 +13,8 @@ the data directory) when the log has grown since the latest one.
 ``checkpoint`` saves the latest signed checkpoint to a small file an auditor keeps
 away from the exchange; ``verify --checkpoint FILE`` then fails if the log no longer
 holds it (truncated, or rewritten), even when the checkpoints in the store were
-deleted with the entries. Without one, ``verify`` says that it could not tell.
+deleted with the entries. Without one, ``verify`` still exits 0 when the log is
+consistent, and its result line says that truncation was not checked for.
 
 Exit codes: 0 success (``verify``: the log is intact), 1 an error (one line on
 stderr), 2 a wrong command line, 3 ``verify`` found the log NOT intact (the
@@ -478,7 +479,8 @@ def verify(public_key_file: str | None, checkpoint_files: tuple[str, ...]) -> No
     with its newest checkpoints, or emptied, still looks intact. Keep a checkpoint
     from time to time (`exchange audit checkpoint`, on another machine) and pass it
     with --checkpoint: the log must be at least as long as it, and its root at that
-    size the one it signed. Without one the result says it could not tell.
+    size the one it signed. Without one, a consistent log still exits 0 and the
+    result line says that truncation was not checked for.
     """
     kept = [_kept(path) for path in checkpoint_files]
     with _backend(public_key_file) as backend:

@@ -17,7 +17,7 @@ from exchange import policy
 from exchange.bus import BusRecord, ReadRecord
 from exchange.model import Audience, StoredObject, Tlp, ValidObject
 
-__all__ = ["HEADERS", "MAX_LABELS_HEADER_BYTES", "from_record", "record_size", "to_records"]
+__all__ = ["HEADERS", "MAX_LABELS_HEADER_BYTES", "from_record", "to_records"]
 
 # The labels header is left out when the labels' JSON is longer (read them from the value).
 MAX_LABELS_HEADER_BYTES = 1024
@@ -71,15 +71,6 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
     return records
 
 
-def record_size(record: BusRecord) -> int:
-    """Bytes of a record as a broker counts them against its size limit (near enough)."""
-    return (
-        len(record.key)
-        + len(record.value)
-        + sum(len(name) + len(value) for name, value in record.headers)
-    )
-
-
 def from_record(record: ReadRecord) -> StoredObject:
     """Raises ValueError (or KeyError) for a record this exchange did not write."""
     h = {name: value for name, value in record.headers}
@@ -116,7 +107,10 @@ def from_record(record: ReadRecord) -> StoredObject:
 
 
 def _labels_of(value: bytes) -> list[str]:
-    labels = orjson.loads(value).get("labels", [])
+    obj = orjson.loads(value)
+    if not isinstance(obj, dict):
+        raise ValueError("the record's value is not a STIX object")
+    labels = obj.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise ValueError("the object's labels are not a list of strings")
     return labels

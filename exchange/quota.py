@@ -17,14 +17,19 @@ from collections.abc import Iterator
 from exchange.errors import ResourceExhausted
 from exchange.metrics import Metrics
 
-__all__ = ["PartnerQuota"]
+__all__ = ["NO_TOKEN", "PartnerQuota"]
+
+# Counted as one partner: the calls of callers not signed in by a valid token (an
+# unknown, revoked or expired one, or none: a client certificate alone).
+NO_TOKEN = ""
 
 
 class PartnerQuota:
     """At most ``limit`` units of ``what`` in progress per partner: calls (one unit
     each) or bytes of bundles. One thing in progress alone is always let through,
     however large (a bundle over the limit in bytes is refused elsewhere, by size).
-    ``setting`` names the limit in refusals and in ``exchange_limit_refusals_total``.
+    ``setting`` names the limit in refusals and in ``exchange_limit_refusals_total``;
+    ``hint`` says what to do about it.
 
     With ``at_once``, only that many calls of a partner run at once (``enter``); the
     others in progress wait their turn, in order: a waiting call costs next to nothing
@@ -38,12 +43,14 @@ class PartnerQuota:
         what: str,
         metrics: Metrics,
         at_once: int | None = None,
+        hint: str = "wait for one to finish, then retry",
     ) -> None:
         self.limit = limit
         self._setting = setting
         self._what = what
         self._metrics = metrics
         self._at_once = at_once or limit
+        self._hint = hint
         self._in_progress: dict[str, int] = {}
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
@@ -67,9 +74,9 @@ class PartnerQuota:
         if held and held + amount > self.limit:
             self._metrics.limit_refusals.labels(self._setting).inc()
             raise ResourceExhausted(
-                f"partner {partner_id} already has {held:,} {self._what} in progress, the most"
-                f" one partner may have ({self._setting} = {self.limit:,}); wait for one to"
-                " finish, then retry"
+                f"{_who(partner_id)} already {_have(partner_id)} {held:,} {self._what} in"
+                f" progress, the most one partner may have ({self._setting} = {self.limit:,});"
+                f" {self._hint}"
             )
         self._in_progress[partner_id] = held + amount
 
@@ -122,3 +129,11 @@ class PartnerQuota:
             self._running[partner_id] = left
         else:
             del self._running[partner_id]
+
+
+def _who(partner_id: str) -> str:
+    return "callers without a valid token" if partner_id == NO_TOKEN else f"partner {partner_id}"
+
+
+def _have(partner_id: str) -> str:
+    return "have" if partner_id == NO_TOKEN else "has"

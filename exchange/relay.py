@@ -143,7 +143,7 @@ class Relay:
             if (reason := set_aside.get(row.seq)) is not None:
                 log.error(
                     "relay: set aside object %s version %s (exchange seq %d, submitted by"
-                    " %s): %s; it stays stored, and is not delivered through the bus",
+                    " %s): %s; it stays stored, and is not published again on any topic",
                     row.obj.object_id,
                     row.obj.version,
                     row.seq,

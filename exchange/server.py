@@ -162,6 +162,7 @@ class ExchangeServer:
         self.ingest = Ingest(
             self.store, self.validator, settings.limits, self.relay.wake, metrics=self.metrics
         )
+        self.registry_watch = RegistryWatch(self.store)
         # A partner's calls in progress, counted before their requests are read.
         self.admission = Admission(
             self.store,
@@ -178,6 +179,8 @@ class ExchangeServer:
                     setting="subscriptions.max_open_per_partner",
                     what="open subscriptions",
                     metrics=self.metrics,
+                    hint="close one before opening another (a stream whose messages you do"
+                    " not read stays open until you read them or close its connection)",
                 ),
                 CallKind.CALL: PartnerQuota(
                     settings.limits.max_calls_per_partner,
@@ -186,8 +189,9 @@ class ExchangeServer:
                     metrics=self.metrics,
                 ),
             },
+            self.registry_watch,
+            certificates=bool(settings.tls.client_ca_file),
         )
-        self.registry_watch = RegistryWatch(self.store)
         self.auth = Authenticator(self.store, self.registry_watch)
         self.registry = Registry(self.store, on_change=self.registry_watch.bump)
         self.health = health_aio.HealthServicer()
@@ -361,6 +365,7 @@ class ExchangeServer:
             except Exception:
                 # The rows stay in the outbox and are published on the next start.
                 log.warning("relay could not flush on shutdown", exc_info=True)
+        self.ingest.close()
         self.validator.close()
         # Kept up while calls drain: /readyz answers 503, the last scrape sees the end.
         if self.metrics_server is not None:

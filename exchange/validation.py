@@ -177,11 +177,20 @@ class Validator:
         self._dispatch()
         try:
             parts = await asyncio.gather(*(c.done for c in chunks))
-        finally:
-            # Cancelled (the caller went away): its chunks still waiting are dropped.
+        except BaseException:
+            # Cancelled (the caller went away) or failed: its chunks still waiting are
+            # dropped, objects and all; those running end on their own (at most one
+            # per worker, ~30 ms each).
             for chunk in chunks:
                 chunk.done.cancel()
+            self._drop_cancelled(partner_id)
+            raise
         return [result for part in parts for result in part]
+
+    @property
+    def chunks_waiting(self) -> int:
+        """Chunks queued for a worker, all partners together."""
+        return sum(len(queue) for queue in self._waiting.values())
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -201,6 +210,17 @@ class Validator:
             if chunk.done.done():  # its submission was cancelled
                 continue
             self._start(chunk)
+
+    def _drop_cancelled(self, partner_id: str) -> None:
+        queue = self._waiting.get(partner_id)
+        if queue is None:
+            return
+        kept = deque(c for c in queue if not c.done.done())
+        if kept:
+            self._waiting[partner_id] = kept
+        else:
+            del self._waiting[partner_id]
+            self._turns.remove(partner_id)
 
     def _start(self, chunk: _Chunk) -> None:
         loop = asyncio.get_running_loop()

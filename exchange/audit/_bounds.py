@@ -39,7 +39,8 @@ MAX_DETAIL_BYTES = 8 * 1024
 # JSON needs at most 6 bytes for one character (a control character as \u0000).
 _WORST_BYTES_PER_CHAR = 6
 _CUT_KEYS = "~cut"
-_INT64 = range(-(2**63), 2**64)
+# The integers orjson writes (int64 and uint64); larger ones are kept as text.
+_ORJSON_INTEGERS = range(-(2**63), 2**64)
 # By number of keys: each value's share of MAX_DETAIL_BYTES, and the length up to
 # which a string fits it whatever it holds (no need to measure it).
 _SHARES = [
@@ -89,7 +90,7 @@ def _fits(value: object, share: int) -> bool:
     if isinstance(value, bool | float) or value is None:
         return True
     if isinstance(value, int):
-        return value in _INT64
+        return value in _ORJSON_INTEGERS
     if isinstance(value, list):
         return (
             len(value) <= MAX_LIST_ITEMS
@@ -120,7 +121,7 @@ def _bounded_value(value: Any, share: int) -> Any:
     if isinstance(value, bool | float) or value is None:
         return value
     if isinstance(value, int):
-        return value if value in _INT64 else _fit(bounded_text(str(value)), share)
+        return value if value in _ORJSON_INTEGERS else _fit(bounded_text(str(value)), share)
     if isinstance(value, list | tuple):
         return _bounded_list(list(value), share)
     if not isinstance(value, str):
@@ -153,7 +154,7 @@ def _bounded_list(items: list[Any], share: int) -> list[Any]:
         elif (
             isinstance(item, bool | float)
             or item is None
-            or (isinstance(item, int) and item in _INT64)
+            or (isinstance(item, int) and item in _ORJSON_INTEGERS)
         ):
             kept.append(item)
         else:

@@ -43,7 +43,6 @@ from aiokafka.helpers import create_ssl_context
 from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition, record_bytes
 from exchange.bus.local import check_topic_name
 from exchange.config import KafkaSettings
-from exchange.envelope import record_size
 from exchange.errors import ExchangeError, InvalidArgument, NotFound, Unavailable
 from exchange.metrics import Metrics
 
@@ -225,7 +224,7 @@ class KafkaBus:
         try:
             # Queue everything first so the records share batches, then wait for all acks.
             for r in records:
-                if (size := record_size(r)) > limit:
+                if (size := record_bytes(r)) > limit:
                     pending.append(_too_large(f"{size:,} bytes, over kafka.max_record_bytes"))
                     continue
                 try:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 # Causes are quoted in the log line: the database's words, kept to one short line.
 _CAUSE_CHARS = 300
+_REFUSAL = (
+    "the exchange cannot store anything right now: its storage is full;"
+    " nothing of this call was stored; retry later"
+)
 
 
 class Room:
@@ -54,10 +58,8 @@ class Room:
                 self.where,
                 _one_line(cause),
             )
-        return StoreFull(
-            f"the exchange cannot store anything right now: {self.where} is full;"
-            " nothing of this call was stored; retry later"
-        )
+        # Partners read this: where the data lives is the operator's business.
+        return StoreFull(_REFUSAL)
 
     def still_full(self, why: str = "") -> StoreFull:
         """What ``ping`` raises while the store is full (the health status's reason)."""

@@ -15,7 +15,7 @@ import orjson
 from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
 
 from tests.adversarial.flood import bundle_of
-from tests.adversarial.harness import STORES, Exchange, ExchangeFactory, Partner
+from tests.adversarial.harness import STORES, Exchange, ExchangeFactory, Latencies, Partner
 from tests.helpers import bundle, indicator, wait_until
 
 # A 15 MB bundle (under limits.max_bundle_bytes): one object the validator refuses.
@@ -29,23 +29,24 @@ def _stub(exchange: Exchange) -> tuple[grpc.Channel, exchange_pb2_grpc.ExchangeS
     return channel, exchange_pb2_grpc.ExchangeServiceStub(channel)
 
 
-@STORES
-def test_a_flood_of_large_submissions_is_refused_before_it_is_read(
-    exchange_factory: ExchangeFactory, store: str
-) -> None:
-    exchange = exchange_factory(store=store, validation_workers=2)
-    attacker = exchange.add_partner("attacker")
-    victim = exchange.add_partner("victim")
+def _flood(exchange: Exchange, token: str, victim: Partner) -> tuple[Counter[str], int, Latencies]:
+    """40 connections sending 3 submissions of 15 MB each (1.8 GB) with ``token``, from
+    another process, while ``victim`` submits one object at a time: the status codes
+    of the flood, the server's peak RSS, the victim's latencies."""
     peak = [exchange.rss_bytes()]
-    # 40 connections sending 3 submissions of 15 MB each (1.8 GB), from another process.
     flood = subprocess.Popen(
-        [sys.executable, "-m", "tests.adversarial.flood", exchange.target, attacker.token],
+        [sys.executable, "-m", "tests.adversarial.flood", exchange.target, token],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         wait_until(
-            lambda: exchange.metric("exchange_submissions_in_progress") >= 1, 60, "the flood"
+            lambda: (
+                exchange.metric("exchange_submissions_in_progress") >= 1
+                or 'code="UNAUTHENTICATED"' in exchange.metrics()
+            ),
+            60,
+            "the flood",
         )
 
         def flooding() -> bool:
@@ -58,11 +59,21 @@ def test_a_flood_of_large_submissions_is_refused_before_it_is_read(
         if flood.poll() is None:
             flood.kill()
             flood.wait()
-    codes = Counter(orjson.loads(out))
+    return Counter(orjson.loads(out)), peak[0], latencies
+
+
+@STORES
+def test_a_flood_of_large_submissions_is_refused_before_it_is_read(
+    exchange_factory: ExchangeFactory, store: str
+) -> None:
+    exchange = exchange_factory(store=store, validation_workers=2)
+    attacker = exchange.add_partner("attacker")
+    victim = exchange.add_partner("victim")
+    codes, peak, latencies = _flood(exchange, attacker.token, victim)
     assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, codes
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     # Without admission before reading, the server held 2.3 GB; now about 0.5 GB.
-    assert peak[0] < 1_000_000_000, peak
+    assert peak < 1_000_000_000, peak
     assert latencies.p99 < 1.0, latencies
     # Refused before their bundles were read (calls past 8), or before they were decoded
     # (bytes past 32 MiB): each refusal names its limit and is counted under it.
@@ -71,6 +82,18 @@ def test_a_flood_of_large_submissions_is_refused_before_it_is_read(
         for limit in ("max_submissions_per_partner", "max_submission_bytes_per_partner")
     )
     assert refused == codes["RESOURCE_EXHAUSTED"]
+
+
+def test_a_made_up_token_is_refused_before_its_request_is_read(
+    exchange_factory: ExchangeFactory,
+) -> None:
+    exchange = exchange_factory(validation_workers=2)
+    victim = exchange.add_partner("victim")
+    codes, peak, latencies = _flood(exchange, "xt_" + "0" * 40, victim)
+    assert codes == {"UNAUTHENTICATED": 120}, codes
+    # Read whole before the handler refused them, they took the server to 1.6 GB.
+    assert peak < 600_000_000, peak
+    assert latencies.p99 < 1.0, latencies
 
 
 def test_calls_dropped_while_sending_give_their_slot_back(

@@ -91,6 +91,8 @@ async def test_a_cancelled_submission_stops_taking_turns(validator: Validator) -
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    # Its chunks waiting are dropped at once, with the objects they hold.
+    assert validator.chunks_waiting == 0
     started = validator.chunks_run
     (one,) = await validate(validator, "next", [indicator(IDENTITY, n=2)])
     assert isinstance(one, ValidObject)
