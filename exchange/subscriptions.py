@@ -17,7 +17,9 @@ Reading waits until the previous batch was sent, so a slow subscriber holds one 
 (the tail never waits for it: the subscriber falls out of its window instead). A
 subscriber that takes no message for ``stall_timeout_s`` (its HTTP/2 flow-control
 window stays shut) has its stream ended with Unavailable. A DELIVER entry is recorded
-once the message holding it was written to the stream, never before: gRPC cannot take
+once the message holding it was written to the stream, never before (a subscriber that
+goes away during the write may have received it: it is recorded, unconfirmed, since
+the write can end just before the cancellation lands). gRPC cannot take
 back a message it was handed, so the last message of a stalled stream goes out if its
 subscriber reads again (and is recorded then, the status after it), and resuming from
 the cursor of the last message received repeats and skips nothing. Each partner may
@@ -385,14 +387,17 @@ class Subscriptions:
             async with contextlib.aclosing(self._stream(access, request, given)) as batches:
                 async for batch in batches:
                     this.writing_since = loop.time()
-                    await send(batch)
+                    try:
+                        await send(batch)
+                    except asyncio.CancelledError:
+                        # The subscriber went away during the write. The message may
+                        # have arrived (the write can end just before the cancel lands):
+                        # the log may list a receipt that did not happen, never miss one
+                        # that did.
+                        self._delivered(this, batch, confirmed=False)
+                        raise
                     this.writing_since = None
-                    if batch.deliveries:
-                        this.count += len(batch.deliveries)
-                        self.delivered += len(batch.deliveries)
-                        now = time.time()
-                        self._record(*(delivered(me, d.stored, now) for d in batch.deliveries))
-                        self._metrics.delivered((d.stored for d in batch.deliveries), now)
+                    self._delivered(this, batch, confirmed=True)
                     if this.stalled:
                         raise Unavailable(self._stalled_reason())
         except ExchangeError as exc:
@@ -416,6 +421,20 @@ class Subscriptions:
                     detail={"deliveries": this.count, "reason": ending},
                 )
             )
+
+    def _delivered(self, this: _Open, batch: Batch, *, confirmed: bool) -> None:
+        if not batch.deliveries:
+            return
+        this.count += len(batch.deliveries)
+        self.delivered += len(batch.deliveries)
+        now = time.time()
+        self._record(
+            *(
+                delivered(this.partner_id, d.stored, now, confirmed=confirmed)
+                for d in batch.deliveries
+            )
+        )
+        self._metrics.delivered((d.stored for d in batch.deliveries), now)
 
     def open_of(self, partner_id: str) -> int:
         """The streams ``partner_id`` has open in this process (stalled ones included)."""

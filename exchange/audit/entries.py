@@ -229,10 +229,19 @@ def submitted(
     )
 
 
-def delivered(recipient: str, stored: StoredObject, at: float, channel: str = "subscribe") -> Event:
+def delivered(
+    recipient: str,
+    stored: StoredObject,
+    at: float,
+    channel: str = "subscribe",
+    *,
+    confirmed: bool = True,
+) -> Event:
     """The DELIVER entry of one object version sent to ``recipient``. It names the
     channel, not the recipient's cursor: the submitter reads this entry too, and a
-    cursor would show it the recipient's other topics (communities) and offsets."""
+    cursor would show it the recipient's other topics (communities) and offsets.
+    Not ``confirmed``: the recipient went away while the message was being sent, so
+    it may or may not have arrived."""
     obj = stored.obj
     # A partner reached only because of what the object refers to (the creator of the
     # indicator a sighting is of): the submitter must not see it received the object,
@@ -247,5 +256,5 @@ def delivered(recipient: str, stored: StoredObject, at: float, channel: str = "s
         version=obj.version,
         digest=body_digest(obj.body),
         owner="" if implied else stored.submitter,
-        detail={"channel": channel},
+        detail={"channel": channel} if confirmed else {"channel": channel, "confirmed": False},
     )

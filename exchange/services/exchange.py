@@ -11,7 +11,7 @@ from exchange_client._pb import exchange_pb2_grpc as pb_grpc
 
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Authenticator, Caller, require
-from exchange.errors import InvalidArgument, ResourceExhausted
+from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable
 from exchange.ingest import Ingest
 from exchange.lookup import get_object
 from exchange.model import (
@@ -109,7 +109,14 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         )
 
         async def send(batch: Batch) -> None:
-            await context.write(subscribe_response(batch))
+            message = subscribe_response(batch)
+            try:
+                await context.write(message)
+            except Exception as exc:
+                # gRPC fails a write only when the call is over (the connection closed
+                # under it, before the cancellation reaches this task): the message was
+                # not sent; the subscriber went away, no fault of the exchange.
+                raise Unavailable("the connection closed before this message was sent") from exc
 
         await self._subscriptions.serve(self._auth.access(caller), wanted, send)
 

@@ -3,8 +3,11 @@ reflection, and a server that survives whatever it is sent."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Generator, Iterator
@@ -24,6 +27,7 @@ from hypothesis import strategies as st
 from exchange.audit.entries import AuditEntry, AuditQuery
 from exchange.auth import new_certificate_binding
 from exchange.model import Tlp
+from exchange.subscriptions import Batch, subscription_request
 from tests.certs import CertificateAuthority
 from tests.helpers import (
     PartnerCredentials,
@@ -453,7 +457,9 @@ def test_a_stalled_subscriber_is_cut_off_and_nothing_unsent_is_recorded(tmp_path
         srv.stop()
 
 
-def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(tmp_path: Path) -> None:
+def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     srv = ServerThread(
         settings_for(
             tmp_path / "data",
@@ -486,6 +492,12 @@ def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(tmp_path: P
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         stalled.close()
         wait_until(lambda: subs.open_of(ngo.partner_id) == 0, 30, "the slot to be freed")
+        # What it received was recorded as delivered; the message gRPC could not send
+        # before the connection closed was not, and the failed write is the
+        # subscriber's doing, not a fault of the exchange.
+        received = {d.object_id for r in stalled.responses() for d in r.deliveries}
+        assert {e.event.object_id for e in _entries(srv, action="deliver")} == received
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
         def opens() -> bool:
             # Admission (before the request is read) lets go of the call as it unwinds.
@@ -500,4 +512,55 @@ def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(tmp_path: P
     finally:
         if stalled is not None:
             stalled.close()
+        srv.stop()
+
+
+def test_a_subscriber_gone_during_a_write_is_recorded_as_perhaps_delivered(
+    tmp_path: Path,
+) -> None:
+    """A write can end just before the subscriber's cancellation reaches the stream:
+    the message arrived, but the stream never learns its write ended. Such a message
+    is recorded (marked unconfirmed): the log may list a receipt that did not happen,
+    never miss one that did."""
+    srv = ServerThread(settings_for(tmp_path / "data")).start()
+    try:
+        assert srv.server is not None
+        server = srv.server
+        ngo = srv.add_partner("harbor-light")
+        objs = [indicator(ngo.identity, n=i, tlp=Tlp.GREEN) for i in range(3)]
+        with ExchangeClient(srv.target, token=ngo.token) as c:
+            assert c.submit(bundle(objs)).ok
+        srv.wait_published()
+
+        async def cut_off_while_sending() -> list[str]:
+            caller = await server.auth.authenticate([("authorization", f"Bearer {ngo.token}")])
+            request = subscription_request([], [], cursor=None, from_beginning=True, max_batch=100)
+            sent: list[str] = []
+            handed = asyncio.Event()
+
+            async def send(batch: Batch) -> None:
+                if not batch.deliveries:
+                    return  # where the stream starts
+                # The message goes out; the cancellation lands before the write returns.
+                sent.extend(d.stored.obj.object_id for d in batch.deliveries)
+                handed.set()
+                await asyncio.Event().wait()
+
+            stream = asyncio.create_task(
+                server.subscriptions.serve(server.auth.access(caller), request, send)
+            )
+            await asyncio.wait_for(handed.wait(), 30)
+            stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream
+            return sent
+
+        sent = srv.run(cut_off_while_sending())
+        assert sorted(sent) == sorted(o["id"] for o in objs)
+        delivers = _entries(srv, action="deliver")
+        assert sorted(e.event.object_id for e in delivers) == sorted(sent)
+        assert all(e.event.detail == {"channel": "subscribe", "confirmed": False} for e in delivers)
+        (end,) = _entries(srv, action="subscribe.end")
+        assert end.event.detail["deliveries"] == len(sent)
+    finally:
         srv.stop()
