@@ -74,7 +74,10 @@ def test_a_flood_of_large_submissions_is_refused_before_it_is_read(
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
     # Without admission before reading, the server held 2.3 GB; now about 0.5 GB.
     assert peak < 1_000_000_000, peak
-    assert latencies.p99 < 1.0, latencies
+    # Decoding a 15 MB bundle holds the interpreter lock (~0.5 s, twice that on a busy
+    # machine): the victim may wait for one decode, never for the flood (it waited for
+    # all of it before admission and fair validation).
+    assert latencies.p99 < 2.5, latencies
     # Refused before their bundles were read (calls past 8), or before they were decoded
     # (bytes past 32 MiB): each refusal names its limit and is counted under it.
     refused = sum(
