@@ -37,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange_client._merkle import leaf_hash
+from exchange_protocol.merkle import leaf_hash
 
 from exchange import policy
 from exchange.audit.entries import Action, AuditEntry, Event, submitted

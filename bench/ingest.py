@@ -48,8 +48,8 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import stix2
 from exchange_client import ExchangeClient
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb.exchange_pb2_grpc import ExchangeServiceStub
 
 from exchange.config import Settings
 

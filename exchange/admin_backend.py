@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 import grpc
-from exchange_client._pb import admin_pb2 as pb
-from exchange_client._pb import admin_pb2_grpc as pb_grpc
+from exchange_protocol.pb import admin_pb2 as pb
+from exchange_protocol.pb import admin_pb2_grpc as pb_grpc
 
 from exchange import errors
 from exchange.model import (

@@ -8,12 +8,12 @@ import ipaddress
 import logging
 
 import grpc
-from exchange_client._pb import admin_pb2 as admin_pb
-from exchange_client._pb import admin_pb2_grpc as admin_grpc
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import audit_pb2_grpc as audit_grpc
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.pb import admin_pb2 as admin_pb
+from exchange_protocol.pb import admin_pb2_grpc as admin_grpc
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import audit_pb2_grpc as audit_grpc
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection

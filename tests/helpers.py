@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from exchange import policy
 from exchange.auth import new_token_credential

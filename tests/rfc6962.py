@@ -3,7 +3,7 @@ the recursive definitions of RFC 6962 section 2.1 (RFC 9162 section 2.1 keeps
 them), to check the SDK's ``_merkle`` and the server's proofs against.
 
 Deliberately naive (it recomputes subtrees, recursion everywhere) and sharing no
-code with ``exchange_client._merkle``: where the two agree, they agree because
+code with ``exchange_protocol.merkle``: where the two agree, they agree because
 both follow the RFC. Every function takes the entries themselves (the RFC's
 ``D[n]``), not their leaf hashes.
 """

@@ -20,7 +20,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from exchange_client._pb import exchange_pb2
+from exchange_protocol.pb import exchange_pb2
 
 __all__ = ["StalledSubscriber"]
 

@@ -8,7 +8,7 @@ import sqlite3
 from contextlib import closing
 from dataclasses import replace
 
-from exchange_client import _merkle
+from exchange_protocol import merkle
 
 from exchange.audit.entries import Event
 from exchange.store import Store
@@ -56,7 +56,7 @@ class Intruder:
             _, _, original = Event.decode(row.data)
             changed = replace(original, actor="partner-9") if row.log_index == index else original
             data = changed.encode(row.log_index, previous)
-            previous = _merkle.leaf_hash(data)
+            previous = merkle.leaf_hash(data)
             statements.append(
                 (
                     "UPDATE audit SET data = ?, leaf_hash = ?, actor = ? WHERE idx = ?",

@@ -8,7 +8,7 @@ Split like trillian's personality and log:
   or secrets.
 - the log: append-only, each entry committing to the previous one (``chain_hash``)
   and a Merkle tree over the entries (RFC 6962 / 9162), whose pure hashing and
-  proofs live in the partner SDK (``exchange_client._merkle``) so that a partner
+  proofs live in the partner SDK (``exchange_protocol.merkle``) so that a partner
   verifies with exactly the code the exchange proves with;
   ``store`` appends entries (in the same transaction as the objects they record);
 - ``signer``: the exchange's Ed25519 key and signed checkpoints (tree size, root);

@@ -5,7 +5,7 @@ every perfect subtree's hash (the leaves, pairs of leaves, fours, ...), extended
 from the store as the log grows. Those never change in an append-only log, so the
 root of any tree size and every proof takes O(log n) hashes instead of rehashing a
 million leaves. The proofs are exactly RFC 9162's (the same as
-``exchange_client._merkle``, which partners verify them with).
+``exchange_protocol.merkle``, which partners verify them with).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import time
 
-from exchange_client._merkle import EMPTY_ROOT, node_hash
+from exchange_protocol.merkle import EMPTY_ROOT, node_hash
 
 from exchange.audit.signer import Signer
 from exchange.errors import InvalidArgument, Unavailable

@@ -1,7 +1,7 @@
 """The exchange's Ed25519 signing key and the checkpoints it signs.
 
 The key is a PKCS8 PEM file (``Settings.signing_key_path``), created on first
-start with mode 0600. Checkpoints are notes (``exchange_client._checkpoint``)
+start with mode 0600. Checkpoints are notes (``exchange_protocol.checkpoint``)
 signed with it; partners verify them with its public key (``public_key_pem``).
 """
 
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_private_key,
 )
-from exchange_client._checkpoint import key_id, make_note
+from exchange_protocol.checkpoint import key_id, make_note
 
 from exchange.errors import Unavailable
 from exchange.store import SignedCheckpoint

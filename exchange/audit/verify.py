@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
     load_pem_public_key,
 )
-from exchange_client._checkpoint import Checkpoint, CheckpointError, key_id
-from exchange_client._merkle import EMPTY_ROOT, node_hash
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError, key_id
+from exchange_protocol.merkle import EMPTY_ROOT, node_hash
 
 from exchange.audit.entries import Action
 from exchange.errors import InvalidArgument

@@ -40,7 +40,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from exchange_client._pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange.auth import (
     MISSING_CREDENTIALS,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from exchange_client._pb import admin_pb2 as admin_pb
-from exchange_client._pb import exchange_pb2 as pb
+from exchange_protocol.pb import admin_pb2 as admin_pb
+from exchange_protocol.pb import exchange_pb2 as pb
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from exchange_client._pb import admin_pb2 as pb
-from exchange_client._pb import admin_pb2_grpc as pb_grpc
+from exchange_protocol.pb import admin_pb2 as pb
+from exchange_protocol.pb import admin_pb2_grpc as pb_grpc
 
 from exchange.auth import Authenticator, require
 from exchange.errors import InvalidArgument

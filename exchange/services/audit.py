@@ -31,9 +31,9 @@ from typing import Any
 
 import grpc
 import orjson
-from exchange_client._checkpoint import Checkpoint, CheckpointError
-from exchange_client._pb import audit_pb2 as pb
-from exchange_client._pb import audit_pb2_grpc as pb_grpc
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError
+from exchange_protocol.pb import audit_pb2 as pb
+from exchange_protocol.pb import audit_pb2_grpc as pb_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from exchange import policy

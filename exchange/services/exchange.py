@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Authenticator, Caller, require

@@ -118,7 +118,7 @@ class SetAsideRow(NamedTuple):
 
 class SignedCheckpoint(NamedTuple):
     """A checkpoint as stored: the signed note and its signature
-    (exchange_client._checkpoint.Checkpoint.parse reads them)."""
+    (exchange_protocol.checkpoint.Checkpoint.parse reads them)."""
 
     tree_size: int
     note: bytes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from exchange_client._merkle import leaf_hash
+from exchange_protocol.merkle import leaf_hash
 
 from exchange.audit.entries import AuditEntry, Event, submitted
 from exchange.model import (

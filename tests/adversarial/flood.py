@@ -16,7 +16,7 @@ from collections import Counter
 
 import grpc
 import orjson
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 
 def bundle_of(mib: int) -> bytes:

@@ -12,7 +12,7 @@ from collections import Counter
 
 import grpc
 import orjson
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from tests.adversarial.flood import bundle_of
 from tests.adversarial.harness import STORES, Exchange, ExchangeFactory, Latencies, Partner

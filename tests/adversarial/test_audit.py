@@ -13,7 +13,7 @@ import grpc
 import orjson
 import pytest
 from exchange_client import AuditEntry, NotFound
-from exchange_client._pb import audit_pb2, audit_pb2_grpc, exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import audit_pb2, audit_pb2_grpc, exchange_pb2, exchange_pb2_grpc
 
 from exchange.services.audit import MAX_PAGE_BYTES
 from tests.adversarial.harness import STORES, Exchange, ExchangeFactory, Partner

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from exchange.model import Tlp
 from tests.adversarial.harness import BUSES, Exchange, ExchangeFactory, Partner

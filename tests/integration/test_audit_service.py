@@ -23,11 +23,11 @@ from exchange_client import (
     Receipt,
     ReceiptError,
     ValidationError,
-    _merkle,
     verify_receipt,
 )
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import audit_pb2_grpc as audit_grpc
+from exchange_protocol import merkle
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import audit_pb2_grpc as audit_grpc
 
 from exchange.audit.entries import Action, Event
 from exchange.audit.signer import Signer
@@ -152,7 +152,7 @@ def test_a_tampered_receipt_or_another_key_fails(
         )
     assert caught.value.check == "entry"
     # Consistent bytes and hash, but not what the log holds there.
-    forged = Receipt(receipt.log_index, _merkle.leaf_hash(tampered), tampered)
+    forged = Receipt(receipt.log_index, merkle.leaf_hash(tampered), tampered)
     with pytest.raises(ReceiptError) as caught:
         verify_receipt(forged, proof, proof.checkpoint, key)
     assert caught.value.check == "inclusion"
@@ -278,7 +278,7 @@ def test_checkpoints_proofs_and_consistency_hold(
         assert rfc6962.verify_consistency(
             first.tree_size, second.tree_size, proof, first.root_hash, second.root_hash
         )
-        assert _merkle.verify_consistency(
+        assert merkle.verify_consistency(
             first.tree_size, second.tree_size, proof, first.root_hash, second.root_hash
         )
 
@@ -564,7 +564,7 @@ def append_unbounded(server: ServerThread, cursors: int, size: int) -> None:
                 "detail": {"start": "cursor", "cursor": "A" * size},
             }
             data = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-            previous = _merkle.leaf_hash(data)
+            previous = merkle.leaf_hash(data)
             db.execute(
                 "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data,"
                 " leaf_hash) VALUES (?, ?, 'subscribe.start', 'intruder', '', '', '', ?, ?)",

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from exchange_client import _merkle
-from exchange_client._checkpoint import Checkpoint
+from exchange_protocol import merkle
+from exchange_protocol.checkpoint import Checkpoint
 
 from exchange import policy
 from exchange.audit.entries import OPERATOR, Action, AuditQuery, Event
@@ -101,7 +101,7 @@ async def test_each_entry_commits_to_the_one_before(store: Store) -> None:
     for entry in entries:
         index, prev, decoded = Event.decode(entry.data)
         assert (index, prev, decoded) == (entry.index, previous, entry.event)
-        assert entry.leaf_hash == _merkle.leaf_hash(entry.data)
+        assert entry.leaf_hash == merkle.leaf_hash(entry.data)
         previous = entry.leaf_hash
     assert await store.audit_size() == 3
     assert await store.append_audit([]) == []
@@ -337,7 +337,7 @@ async def test_a_checkpoint_is_signed_when_the_log_has_grown(store: Store) -> No
     log = AuditLog(store, signer, ORIGIN)
     empty = await log.checkpoint()
     assert empty.tree_size == 0
-    assert Checkpoint.parse(empty.note, empty.signature).root_hash == _merkle.EMPTY_ROOT
+    assert Checkpoint.parse(empty.note, empty.signature).root_hash == merkle.EMPTY_ROOT
 
     entries = await store.append_audit([event(n) for n in range(7)])
     first = await log.checkpoint()
@@ -345,7 +345,7 @@ async def test_a_checkpoint_is_signed_when_the_log_has_grown(store: Store) -> No
     parsed = Checkpoint.parse(first.note, first.signature)
     parsed.verify(signer.public_key_pem)
     assert (parsed.origin, parsed.tree_size) == (ORIGIN, 7)
-    assert parsed.root_hash == _merkle.root_hash([e.leaf_hash for e in entries])
+    assert parsed.root_hash == merkle.root_hash([e.leaf_hash for e in entries])
 
     await store.append_audit([event(7)])
     second = await log.checkpoint()
@@ -370,28 +370,28 @@ async def test_proofs_are_rfc9162_and_verify(store: Store) -> None:
         leaves += [e.leaf_hash for e in entries]
         kept.append(await log.checkpoint())
     for size in range(1, len(leaves) + 1):
-        root = _merkle.root_hash(leaves[:size])
+        root = merkle.root_hash(leaves[:size])
         assert await log.root(size) == root
         for index in range(size):
             proof = await log.inclusion_proof(index, size)
-            assert proof == _merkle.inclusion_proof(leaves[:size], index)
-            assert _merkle.verify_inclusion(leaves[index], index, size, proof, root)
+            assert proof == merkle.inclusion_proof(leaves[:size], index)
+            assert merkle.verify_inclusion(leaves[index], index, size, proof, root)
         for first in range(1, size + 1):
             proof = await log.consistency_proof(first, size)
-            assert proof == _merkle.consistency_proof(leaves[:size], first)
+            assert proof == merkle.consistency_proof(leaves[:size], first)
     # Between two kept checkpoints, with only what they say.
     for older, newer in itertools.pairwise(kept):
         a = Checkpoint.parse(older.note, older.signature)
         b = Checkpoint.parse(newer.note, newer.signature)
         proof = await log.consistency_proof(a.tree_size, b.tree_size)
-        assert _merkle.verify_consistency(a.tree_size, b.tree_size, proof, a.root_hash, b.root_hash)
+        assert merkle.verify_consistency(a.tree_size, b.tree_size, proof, a.root_hash, b.root_hash)
     # A receipt checks against a checkpoint.
     [done] = await store.commit_objects(NGO, [(indicator(9), green())], 1.0, policy.widen)
     assert done.receipt is not None
     latest = Checkpoint.parse(*(await log.checkpoint())[1:])
     proof = await log.inclusion_proof(done.receipt.log_index, latest.tree_size)
-    assert _merkle.verify_inclusion(
-        _merkle.leaf_hash(done.receipt.entry),
+    assert merkle.verify_inclusion(
+        merkle.leaf_hash(done.receipt.entry),
         done.receipt.log_index,
         latest.tree_size,
         proof,
@@ -425,14 +425,14 @@ async def test_the_log_catches_up_with_appends_by_others(
 ) -> None:
     log = AuditLog(store, Signer.generate(), ORIGIN)
     leaves = [e.leaf_hash for e in await store.append_audit([event(n) for n in range(3)])]
-    assert await log.root(3) == _merkle.root_hash(leaves)
+    assert await log.root(3) == merkle.root_hash(leaves)
     other = make_store()
     await other.open()
     try:
         leaves += [e.leaf_hash for e in await other.append_audit([event(3), event(4)])]
     finally:
         await other.close()
-    assert await log.root(5) == _merkle.root_hash(leaves)
+    assert await log.root(5) == merkle.root_hash(leaves)
     assert (await log.checkpoint()).tree_size == 5
 
 

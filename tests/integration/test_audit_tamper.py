@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from exchange_client import _merkle
-from exchange_client._checkpoint import Checkpoint, make_note
+from exchange_protocol import merkle
+from exchange_protocol.checkpoint import Checkpoint, make_note
 
 from exchange.audit.entries import Action, Event
 from exchange.audit.log import AuditLog
@@ -177,7 +177,7 @@ async def test_two_entries_swapped(store: SqliteStore) -> None:
         f"UPDATE audit SET ({columns}) = (SELECT {columns} FROM saved"  # noqa: S608
         " WHERE saved.idx = 121 - audit.idx) WHERE idx IN (60, 61)",
     )
-    assert row(store, 60)[1] == _merkle.leaf_hash(row(store, 60)[0])
+    assert row(store, 60)[1] == merkle.leaf_hash(row(store, 60)[0])
     not_intact(await verify(store), 60, "its bytes say index 61")
 
 
@@ -196,7 +196,7 @@ async def test_a_replaced_entry_breaks_the_chain(store: SqliteStore) -> None:
         store,
         (
             "UPDATE audit SET data = ?, leaf_hash = ?, actor = ? WHERE idx = 30",
-            (data, _merkle.leaf_hash(data), "partner-9"),
+            (data, merkle.leaf_hash(data), "partner-9"),
         ),
     )
     not_intact(await verify(store), 30, "does not follow entry 29")
@@ -224,7 +224,7 @@ async def test_an_edited_checkpoint_note(store: SqliteStore) -> None:
     with closing(sqlite3.connect(store.path)) as conn:
         (note,) = conn.execute("SELECT note FROM audit_checkpoints WHERE tree_size = 40").fetchone()
     origin, size, _, at, _ = note.decode().split("\n")
-    other_root = _merkle.root_hash([_merkle.leaf_hash(b"forged")])
+    other_root = merkle.root_hash([merkle.leaf_hash(b"forged")])
     forged = make_note(origin, int(size), other_root, int(at))
     tamper(store, ("UPDATE audit_checkpoints SET note = ? WHERE tree_size = 40", (forged,)))
     report = await verify(store)
@@ -271,7 +271,7 @@ async def test_an_edit_with_every_hash_after_it_recomputed(store: SqliteStore) -
             _, _, original = Event.decode(data)
             changed = replace(original, actor="partner-9") if index == 41 else original
             data = changed.encode(index, previous)
-            previous = _merkle.leaf_hash(data)
+            previous = merkle.leaf_hash(data)
             conn.execute(
                 "UPDATE audit SET data = ?, leaf_hash = ?, actor = ? WHERE idx = ?",
                 (data, previous, changed.actor, index),

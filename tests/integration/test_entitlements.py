@@ -20,7 +20,7 @@ from exchange_client import (
     PermissionDenied,
     ValidationError,
 )
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from exchange.auth import new_token_credential
 from exchange.model import PartnerKind, Role, Tlp

@@ -14,7 +14,7 @@ import grpc
 import orjson
 import pytest
 from exchange_client import AuthenticationError, ExchangeClient, ValidationError
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from exchange.model import Tlp
 from tests.helpers import (

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families

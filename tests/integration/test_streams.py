@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from exchange_client import ExchangeClient, RateLimited, ValidationError
-from exchange_client._pb import exchange_pb2, exchange_pb2_grpc
+from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )

@@ -35,14 +35,14 @@ from exchange_client import (
     SubmitResult,
     ValidationError,
     VerifyResult,
-    _merkle,
     verify_consistency,
     verify_receipt,
 )
-from exchange_client._checkpoint import make_note
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import audit_pb2_grpc as audit_grpc
-from exchange_client._pb import exchange_pb2 as pb
+from exchange_protocol import merkle
+from exchange_protocol.checkpoint import make_note
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import audit_pb2_grpc as audit_grpc
+from exchange_protocol.pb import exchange_pb2 as pb
 
 ORIGIN = "exchange.example.org"
 
@@ -78,8 +78,8 @@ class Log:
         for i in range(size):
             data = entry_bytes(i, previous)
             self.entries.append(data)
-            previous = _merkle.leaf_hash(data)
-        self.leaves = [_merkle.leaf_hash(e) for e in self.entries]
+            previous = merkle.leaf_hash(data)
+        self.leaves = [merkle.leaf_hash(e) for e in self.entries]
 
     @property
     def public_key_pem(self) -> str:
@@ -91,7 +91,7 @@ class Log:
 
     def checkpoint(self, size: int | None = None) -> Checkpoint:
         size = len(self.entries) if size is None else size
-        root = _merkle.root_hash(self.leaves[:size])
+        root = merkle.root_hash(self.leaves[:size])
         note = make_note(ORIGIN, size, root, 1_790_000_000_000_000_000 + size)
         return Checkpoint.parse(note, self.key.sign(note))
 
@@ -100,7 +100,7 @@ class Log:
 
     def proof(self, index: int, size: int | None = None) -> InclusionProof:
         size = len(self.entries) if size is None else size
-        hashes = _merkle.inclusion_proof(self.leaves[:size], index)
+        hashes = merkle.inclusion_proof(self.leaves[:size], index)
         return InclusionProof(log_index=index, tree_size=size, hashes=hashes)
 
     def checkpoint_pb(self, size: int | None = None) -> audit_pb.Checkpoint:
@@ -182,7 +182,7 @@ def test_an_entry_naming_another_index_is_refused() -> None:
     # A consistent receipt (bytes and leaf hash agree) presented at the wrong position.
     message = check_fails(
         "entry",
-        Receipt(5, _merkle.leaf_hash(entry), entry),
+        Receipt(5, merkle.leaf_hash(entry), entry),
         log.proof(5),
         log.checkpoint(),
         log.public_key_pem,
@@ -228,7 +228,7 @@ def test_a_proof_that_does_not_lead_to_the_root_is_refused() -> None:
     # An entry the log does not hold: its own log, signed with the same key.
     other = Log(12, key=log.key)
     other.entries[2] = entry_bytes(2, other.leaves[1], object_id="indicator--not-there")
-    other.leaves[2] = _merkle.leaf_hash(other.entries[2])
+    other.leaves[2] = merkle.leaf_hash(other.entries[2])
     check_fails("inclusion", other.receipt(2), other.proof(2), log.checkpoint(), log.public_key_pem)
 
 
@@ -314,7 +314,7 @@ class FakeAudit(audit_grpc.AuditServiceServicer):
     ) -> audit_pb.GetConsistencyProofResponse:
         self._seen(request, context)
         leaves = self.log.leaves[: request.second_tree_size]
-        hashes = _merkle.consistency_proof(leaves, request.first_tree_size)
+        hashes = merkle.consistency_proof(leaves, request.first_tree_size)
         return audit_pb.GetConsistencyProofResponse(hashes=hashes)
 
     def GetPublicKey(self, request: Any, context: Any) -> audit_pb.GetPublicKeyResponse:
@@ -396,7 +396,7 @@ def test_audit_entries_with_proofs(fake: tuple[ExchangeClient, FakeAudit]) -> No
     entries = list(client.audit_entries(with_proofs_at=20))
     assert len(entries) == 20 and servicer.requests[-1].proof_tree_size == 20
     for entry in entries:
-        assert _merkle.verify_inclusion(
+        assert merkle.verify_inclusion(
             entry.leaf_hash,
             entry.index,
             20,
@@ -467,7 +467,7 @@ def test_checkpoint_and_proofs(fake: tuple[ExchangeClient, FakeAudit]) -> None:
     assert servicer.requests[-1].tree_size == 9
 
     hashes = client.consistency_proof(9, 25)
-    assert _merkle.verify_consistency(
+    assert merkle.verify_consistency(
         9, 25, hashes, servicer.log.checkpoint(9).root_hash, checkpoint.root_hash
     )
     with pytest.raises(ValueError, match="must not be larger"):
@@ -561,8 +561,8 @@ def rewritten(log: Log, index: int) -> Log:
     for i in range(len(log.entries)):
         data = entry_bytes(i, previous, object_id="indicator--forged" if i == index else "")
         other.entries.append(data)
-        previous = _merkle.leaf_hash(data)
-    other.leaves = [_merkle.leaf_hash(e) for e in other.entries]
+        previous = merkle.leaf_hash(data)
+    other.leaves = [merkle.leaf_hash(e) for e in other.entries]
     return other
 
 
@@ -571,7 +571,7 @@ def test_a_later_checkpoint_consistent_with_a_kept_one() -> None:
     for size in (0, 1, 8, 9, 25):
         kept = log.checkpoint(size)
         later = log.checkpoint()
-        proof = _merkle.consistency_proof(log.leaves, size) if 0 < size < 25 else []
+        proof = merkle.consistency_proof(log.leaves, size) if 0 < size < 25 else []
         verify_consistency(kept, later, proof, log.public_key_pem)
         verify_consistency(kept, kept, [], log.public_key_pem)
 
@@ -593,7 +593,7 @@ def test_an_inconsistent_later_checkpoint_says_which_check_failed() -> None:
         " (entries 5 to 8 are gone)"
     )
     forged = rewritten(log, 3)
-    changed = check(forged.checkpoint(), _merkle.consistency_proof(forged.leaves, 9))
+    changed = check(forged.checkpoint(), merkle.consistency_proof(forged.leaves, 9))
     assert changed.check == "consistency"
     assert str(changed).startswith("entries before 9 differ from the checkpoint you kept")
     assert check(forged.checkpoint(9), []).check == "consistency"

@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
 from exchange import cli_feed
 from exchange.cli_feed import get, revoke, sighting, submit, subscribe

@@ -23,8 +23,8 @@ from exchange_client import (
     Unavailable,
     ValidationError,
 )
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
 from tests.certs import CertificateAuthority
 

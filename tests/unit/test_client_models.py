@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from exchange_client import Delivery, ExchangeClient, ObjectResult, RejectedObject, SubmitResult
 from exchange_client._bundle import encode_bundle
-from exchange_client._pb import exchange_pb2 as pb
+from exchange_protocol.pb import exchange_pb2 as pb
 
 INDICATOR: dict[str, Any] = {
     "type": "indicator",

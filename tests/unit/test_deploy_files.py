@@ -616,17 +616,33 @@ def build_stage_copies() -> list[tuple[str, str]]:
     return out
 
 
+def distribution_files(pyproject_dir: Path) -> set[str]:
+    """What a pyproject.toml needs to build its wheel: itself, its readme and the
+    directory of each top-level package it names."""
+    pyproject = tomllib.loads((pyproject_dir / "pyproject.toml").read_text())
+    setuptools = pyproject["tool"]["setuptools"]
+    found = setuptools.get("packages", {})
+    if isinstance(found, dict):  # [tool.setuptools.packages.find]
+        packages = [p for p in found["find"]["include"] if "*" not in p]
+    else:
+        packages = [p for p in found if "." not in p]
+    names = ["pyproject.toml", pyproject["project"]["readme"], *packages]
+    return {str((pyproject_dir / n).relative_to(ROOT)) for n in names}
+
+
 def test_dockerfile_copies_every_package_pyproject_names() -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", pyproject["project"]["readme"]}
-    needed |= set(pyproject["tool"]["setuptools"]["package-dir"].values())
-    copied = {source for source, _ in build_stage_copies()}
+    needed = distribution_files(ROOT) | distribution_files(ROOT / "clients" / "python")
+    copied = set()
+    for source, dest in build_stage_copies():
+        if dest.endswith("/") and not (ROOT / source).is_dir():
+            copied.add(str(Path(dest.removeprefix("./")) / Path(source).name))
+        else:
+            copied.add(source)
     assert needed <= copied, f"deploy/Dockerfile does not COPY {sorted(needed - copied)}"
 
 
-def test_pip_install_works_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
-    """What the build stage's `pip install .` needs, short of downloading dependencies:
-    a wheel built from exactly the copied files, with the `exchange` command."""
+def build_context(tmp_path: Path) -> Path:
+    """The build stage's /src: exactly what its COPY instructions copy."""
     src = tmp_path / "src"
     src.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -637,19 +653,64 @@ def test_pip_install_works_from_what_the_dockerfile_copies(tmp_path: Path) -> No
             target = src / dest / Path(source).name if dest.endswith("/") else src / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, target)
+    return src
+
+
+def build_wheel(source: Path, out: Path) -> zipfile.ZipFile:
     pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     result = subprocess.run(
-        [*pip_wheel, "-q", "-w", str(tmp_path / "wheel"), str(src)],
+        [*pip_wheel, "-q", "-w", str(out), str(source)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    (wheel,) = (tmp_path / "wheel").glob("*.whl")
-    with zipfile.ZipFile(wheel) as zf:
-        entry_points = next(n for n in zf.namelist() if n.endswith("entry_points.txt"))
-        assert "exchange = exchange.cli:main" in zf.read(entry_points).decode()
-        assert any(n.startswith("exchange_client/") for n in zf.namelist())
+    (wheel,) = out.glob("*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_pip_install_works_from_what_the_dockerfile_copies(tmp_path: Path) -> None:
+    """What the build stage's two `pip install` steps need, short of downloading
+    dependencies: both wheels build from exactly the copied files; the server's has the
+    `exchange` command and depends on the SDK's, which alone holds exchange_client."""
+    src = build_context(tmp_path)
+    with build_wheel(src / "clients" / "python", tmp_path / "client") as client:
+        client_files = {n for n in client.namelist() if ".dist-info/" not in n}
+    with build_wheel(src, tmp_path / "server") as server:
+        names = server.namelist()
+        server_files = {n for n in names if ".dist-info/" not in n}
+        entry_points = server.read(next(n for n in names if n.endswith("entry_points.txt")))
+        metadata = server.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+    assert "exchange = exchange.cli:main" in entry_points.decode()
+    assert "Requires-Dist: exchange-client" in metadata.decode()
+    assert {n.split("/")[0] for n in client_files} == {"exchange_client", "exchange_protocol"}
+    assert {n.split("/")[0] for n in server_files} == {"exchange"}
+    assert "exchange_protocol/pb/exchange_pb2.pyi" in client_files
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    names = set()
+    for requirement in requirements:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
+        names.add(re.sub(r"[-_.]+", "-", name).lower())
+    return names
+
+
+def test_the_lock_pins_every_dependency_the_image_installs() -> None:
+    """deploy/requirements.lock (scripts/lock) holds, with hashes, every third-party
+    dependency of the server (with PostgreSQL) and the SDK, and nothing of ours."""
+    server = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    client = tomllib.loads((ROOT / "clients/python/pyproject.toml").read_text())["project"]
+    wanted = requirement_names(
+        server["dependencies"]
+        + server["optional-dependencies"]["postgres"]
+        + client["dependencies"]
+    ) - {"exchange-client"}
+    lock = (ROOT / "deploy" / "requirements.lock").read_text()
+    pinned = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==\S+ \\\n\s+--hash=sha256:", lock, re.M)
+    assert wanted <= requirement_names(pinned), sorted(wanted - requirement_names(pinned))
+    assert not {"exchange-client", "trafficking-indicator-exchange"} & requirement_names(pinned)
+    assert "://" not in lock, "the lock names no index"
 
 
 # -- alerts -----------------------------------------------------------------------------

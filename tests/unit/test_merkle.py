@@ -1,4 +1,4 @@
-"""The SDK's Merkle hashing and proofs (``exchange_client._merkle``), checked
+"""The SDK's Merkle hashing and proofs (``exchange_protocol.merkle``), checked
 against an independent implementation of RFC 6962's definitions
 (``tests/rfc6962.py``) on many tree sizes, and against the published
 Certificate Transparency test vectors."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from exchange_client import _merkle
+from exchange_protocol import merkle
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,18 +122,18 @@ def flip(data: bytes, at: int = 0) -> bytes:
 def test_both_implementations_give_the_published_roots() -> None:
     for n, root in enumerate(CT_ROOTS):
         assert rfc6962.mth(CT_ENTRIES[:n]).hex() == root, n
-        assert _merkle.root_hash(leaves(CT_ENTRIES[:n])).hex() == root, n
-    assert _merkle.leaf_hash(b"").hex() == CT_ROOTS[1]
+        assert merkle.root_hash(leaves(CT_ENTRIES[:n])).hex() == root, n
+    assert merkle.leaf_hash(b"").hex() == CT_ROOTS[1]
 
 
 @pytest.mark.parametrize(("index", "size", "path"), CT_INCLUSION)
 def test_published_inclusion_proofs(index: int, size: int, path: list[str]) -> None:
     d = CT_ENTRIES[:size]
     assert [h.hex() for h in rfc6962.path(index, d)] == path
-    assert [h.hex() for h in _merkle.inclusion_proof(leaves(d), index)] == path
+    assert [h.hex() for h in merkle.inclusion_proof(leaves(d), index)] == path
     root = bytes.fromhex(CT_ROOTS[size])
     proof = [bytes.fromhex(h) for h in path]
-    assert _merkle.verify_inclusion(leaves(d)[index], index, size, proof, root)
+    assert merkle.verify_inclusion(leaves(d)[index], index, size, proof, root)
     assert rfc6962.verify_inclusion(index, size, leaves(d)[index], proof, root)
 
 
@@ -141,10 +141,10 @@ def test_published_inclusion_proofs(index: int, size: int, path: list[str]) -> N
 def test_published_consistency_proofs(first: int, second: int, proof: list[str]) -> None:
     d = CT_ENTRIES[:second]
     assert [h.hex() for h in rfc6962.proof(first, d)] == proof
-    assert [h.hex() for h in _merkle.consistency_proof(leaves(d), first)] == proof
+    assert [h.hex() for h in merkle.consistency_proof(leaves(d), first)] == proof
     old, new = bytes.fromhex(CT_ROOTS[first]), bytes.fromhex(CT_ROOTS[second])
     nodes = [bytes.fromhex(h) for h in proof]
-    assert _merkle.verify_consistency(first, second, nodes, old, new)
+    assert merkle.verify_consistency(first, second, nodes, old, new)
     assert rfc6962.verify_consistency(first, second, nodes, old, new)
 
 
@@ -154,14 +154,14 @@ def test_published_consistency_proofs(first: int, second: int, proof: list[str])
 def test_roots_agree_on_every_size_up_to_300() -> None:
     d = entries(300)
     hashed = leaves(d)
-    builder = _merkle.RootBuilder()
+    builder = merkle.RootBuilder()
     assert builder.root() == rfc6962.mth([])
     for n in range(1, 301):
         builder.add(hashed[n - 1])
         expected = rfc6962.mth(d[:n])
         assert builder.root() == expected, n
         if n % 37 == 0:
-            assert _merkle.root_hash(hashed[:n]) == expected, n
+            assert merkle.root_hash(hashed[:n]) == expected, n
 
 
 def test_inclusion_proofs_agree_on_every_leaf_of_every_size_up_to_40() -> None:
@@ -170,9 +170,9 @@ def test_inclusion_proofs_agree_on_every_leaf_of_every_size_up_to_40() -> None:
     for n in range(1, 41):
         root = rfc6962.mth(d[:n])
         for m in range(n):
-            ours = _merkle.inclusion_proof(hashed[:n], m)
+            ours = merkle.inclusion_proof(hashed[:n], m)
             assert ours == rfc6962.path(m, d[:n]), (m, n)
-            assert _merkle.verify_inclusion(hashed[m], m, n, ours, root), (m, n)
+            assert merkle.verify_inclusion(hashed[m], m, n, ours, root), (m, n)
             assert rfc6962.root_from_inclusion(m, n, hashed[m], ours) == root
 
 
@@ -182,9 +182,9 @@ def test_consistency_proofs_agree_on_every_pair_of_sizes_up_to_40() -> None:
     for n in range(1, 41):
         hashed = leaves(d[:n])
         for m in range(1, n + 1):
-            ours = _merkle.consistency_proof(hashed, m)
+            ours = merkle.consistency_proof(hashed, m)
             assert ours == rfc6962.proof(m, d[:n]), (m, n)
-            assert _merkle.verify_consistency(m, n, ours, roots[m], roots[n]), (m, n)
+            assert merkle.verify_consistency(m, n, ours, roots[m], roots[n]), (m, n)
             assert rfc6962.verify_consistency(m, n, ours, roots[m], roots[n]), (m, n)
 
 
@@ -194,15 +194,15 @@ def test_large_trees(data: st.DataObject, n: int) -> None:
     d = entries(n, salt=n)
     hashed = leaves(d)
     root = rfc6962.mth(d)
-    assert _merkle.root_hash(hashed) == root
+    assert merkle.root_hash(hashed) == root
     m = data.draw(st.integers(min_value=0, max_value=n - 1), label="index")
-    path = _merkle.inclusion_proof(hashed, m)
+    path = merkle.inclusion_proof(hashed, m)
     assert path == rfc6962.path(m, d)
-    assert _merkle.verify_inclusion(hashed[m], m, n, path, root)
+    assert merkle.verify_inclusion(hashed[m], m, n, path, root)
     first = data.draw(st.integers(min_value=1, max_value=n), label="first")
-    proof = _merkle.consistency_proof(hashed, first)
+    proof = merkle.consistency_proof(hashed, first)
     assert proof == rfc6962.proof(first, d)
-    assert _merkle.verify_consistency(first, n, proof, rfc6962.mth(d[:first]), root)
+    assert merkle.verify_consistency(first, n, proof, rfc6962.mth(d[:first]), root)
 
 
 # -- what must not verify ------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_tampered_inclusion_proofs_fail_in_both() -> None:
     n = len(d)
     root = rfc6962.mth(d)
     for m in range(n):
-        path = _merkle.inclusion_proof(hashed, m)
+        path = merkle.inclusion_proof(hashed, m)
         cases: list[tuple[bytes, int, int, list[bytes], bytes]] = [
             (flip(hashed[m]), m, n, path, root),  # another entry
             (hashed[m], m, n, path, flip(root)),  # another root
@@ -227,10 +227,10 @@ def test_tampered_inclusion_proofs_fail_in_both() -> None:
         for i in range(len(path)):
             cases.append((hashed[m], m, n, [*path[:i], flip(path[i], 31), *path[i + 1 :]], root))
         for leaf, index, size, proof, want in cases:
-            assert not _merkle.verify_inclusion(leaf, index, size, proof, want), (m, index, size)
+            assert not merkle.verify_inclusion(leaf, index, size, proof, want), (m, index, size)
             assert not rfc6962.verify_inclusion(index, size, leaf, proof, want), (m, index, size)
-    assert not _merkle.verify_inclusion(hashed[0], 0, 0, [], root)
-    assert not _merkle.verify_inclusion(hashed[0], -1, n, [], root)
+    assert not merkle.verify_inclusion(hashed[0], 0, 0, [], root)
+    assert not merkle.verify_inclusion(hashed[0], -1, n, [], root)
 
 
 def test_tampered_consistency_proofs_fail_in_both() -> None:
@@ -238,7 +238,7 @@ def test_tampered_consistency_proofs_fail_in_both() -> None:
     roots = [rfc6962.mth(d[:n]) for n in range(22)]
     n = len(d)
     for m in range(1, n):
-        proof = _merkle.consistency_proof(leaves(d), m)
+        proof = merkle.consistency_proof(leaves(d), m)
         cases: list[tuple[int, list[bytes], bytes, bytes]] = [
             (m, proof, flip(roots[m]), roots[n]),  # history rewritten
             (m, proof, roots[m], flip(roots[n])),
@@ -248,21 +248,21 @@ def test_tampered_consistency_proofs_fail_in_both() -> None:
         for i in range(len(proof)):
             cases.append((m, [*proof[:i], flip(proof[i]), *proof[i + 1 :]], roots[m], roots[n]))
         for first, nodes, old, new in cases:
-            assert not _merkle.verify_consistency(first, n, nodes, old, new), (m, nodes)
+            assert not merkle.verify_consistency(first, n, nodes, old, new), (m, nodes)
             assert not rfc6962.verify_consistency(first, n, nodes, old, new), (m, nodes)
     # An edited entry changes every root from its index on.
     edited = [*d[:5], b"edited", *d[6:]]
     assert all(rfc6962.mth(edited[:k]) == roots[k] for k in range(6))
     assert all(rfc6962.mth(edited[:k]) != roots[k] for k in range(6, n + 1))
-    assert not _merkle.verify_consistency(0, n, [], roots[0], roots[n])
-    assert not _merkle.verify_consistency(n, n - 1, [], roots[n], roots[n - 1])
+    assert not merkle.verify_consistency(0, n, [], roots[0], roots[n])
+    assert not merkle.verify_consistency(n, n - 1, [], roots[n], roots[n - 1])
 
 
 def test_proofs_of_impossible_positions_are_refused() -> None:
     hashed = leaves(entries(4))
     with pytest.raises(ValueError, match="not in a tree"):
-        _merkle.inclusion_proof(hashed, 4)
+        merkle.inclusion_proof(hashed, 4)
     with pytest.raises(ValueError, match="no consistency proof"):
-        _merkle.consistency_proof(hashed, 5)
+        merkle.consistency_proof(hashed, 5)
     with pytest.raises(ValueError, match="no consistency proof"):
-        _merkle.consistency_proof(hashed, 0)
+        merkle.consistency_proof(hashed, 0)

@@ -37,9 +37,10 @@ and that the log still holds a checkpoint you kept (not truncated, not rewritten
 Every failed call raises an :class:`ExchangeError` subclass.
 """
 
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError
+
 from exchange_client._aio import AsyncExchangeClient, AsyncSubscription
 from exchange_client._bundle import BundleInput
-from exchange_client._checkpoint import Checkpoint, CheckpointError
 from exchange_client._client import ExchangeClient, Subscription
 from exchange_client._consistency import ConsistencyError, verify_consistency
 from exchange_client._errors import (

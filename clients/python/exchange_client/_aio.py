@@ -22,11 +22,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 import grpc
 import grpc.aio
+from exchange_protocol.checkpoint import Checkpoint
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import exchange_pb2 as pb
+from exchange_protocol.pb.audit_pb2_grpc import AuditServiceStub
+from exchange_protocol.pb.exchange_pb2_grpc import ExchangeServiceStub
 
 from exchange_client import _calls
 from exchange_client._batches import DEFAULT_BATCH_SIZE, ManySubmission, ProgressCallback
 from exchange_client._bundle import BundleInput
-from exchange_client._checkpoint import Checkpoint
 from exchange_client._config import DEFAULT_TIMEOUT, ClientConfig, PathLike
 from exchange_client._consistency import verify_consistency
 from exchange_client._errors import ExchangeError, from_rpc_error
@@ -41,15 +45,11 @@ from exchange_client._models import (
     VerifyResult,
 )
 from exchange_client._objects import make_bundle, revoked_version, sighting
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import exchange_pb2 as pb
-from exchange_client._pb.audit_pb2_grpc import AuditServiceStub
-from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceStub
 from exchange_client._retry import Backoff, jitter, unary_retry
 
 if TYPE_CHECKING:  # the async stubs exist in the type stubs only
-    from exchange_client._pb.audit_pb2_grpc import AuditServiceAsyncStub
-    from exchange_client._pb.exchange_pb2_grpc import ExchangeServiceAsyncStub
+    from exchange_protocol.pb.audit_pb2_grpc import AuditServiceAsyncStub
+    from exchange_protocol.pb.exchange_pb2_grpc import ExchangeServiceAsyncStub
 
 __all__ = ["AsyncExchangeClient", "AsyncSubscription"]
 

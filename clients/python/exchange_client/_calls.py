@@ -8,13 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
+from exchange_protocol.checkpoint import Checkpoint
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import exchange_pb2 as pb
+
 from exchange_client._bundle import BundleInput, encode_bundle
-from exchange_client._checkpoint import Checkpoint
 from exchange_client._config import MAX_MESSAGE_BYTES
 from exchange_client._errors import ExchangeError, ValidationError
 from exchange_client._models import Delivery, PartnerKind, SubmitResult, _audience, _checkpoint
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import exchange_pb2 as pb
 
 __all__ = [
     "BundleRequests",

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from exchange_client._checkpoint import Checkpoint, CheckpointError
-from exchange_client._merkle import EMPTY_ROOT
-from exchange_client._merkle import verify_consistency as _verify_proof
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError
+from exchange_protocol.merkle import EMPTY_ROOT
+from exchange_protocol.merkle import verify_consistency as _verify_proof
 
 __all__ = ["ConsistencyError", "verify_consistency"]
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange_client._errors import ExchangeError, from_rpc_error
 from exchange_client._models import Delivery
-from exchange_client._pb import exchange_pb2 as pb
 from exchange_client._retry import UNARY_ATTEMPTS, Backoff, is_retryable
 
 __all__ = ["FeedState", "Reconnect", "ReconnectCallback"]

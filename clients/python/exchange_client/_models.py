@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal, cast
 
-from exchange_client._checkpoint import Checkpoint, CheckpointError
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError
+from exchange_protocol.pb import audit_pb2 as audit_pb
+from exchange_protocol.pb import exchange_pb2 as pb
+
 from exchange_client._errors import ExchangeError
-from exchange_client._pb import audit_pb2 as audit_pb
-from exchange_client._pb import exchange_pb2 as pb
 
 __all__ = [
     "AuditEntry",

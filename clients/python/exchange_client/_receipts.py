@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from exchange_client._checkpoint import Checkpoint, CheckpointError
-from exchange_client._merkle import leaf_hash, verify_inclusion
+from exchange_protocol.checkpoint import Checkpoint, CheckpointError
+from exchange_protocol.merkle import leaf_hash, verify_inclusion
+
 from exchange_client._models import InclusionProof, Receipt
 
 __all__ = ["ReceiptError", "verify_receipt"]
