@@ -207,10 +207,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     @property
-    def uses_postgres(self) -> bool:
-        return bool(self.database)
-
-    @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 

@@ -21,6 +21,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 
+from cryptography import x509
+
 from exchange.audit.entries import OPERATOR, Action, Event
 from exchange.auth import new_certificate_binding, new_token_credential
 from exchange.errors import AlreadyExists, InvalidArgument, NotFound
@@ -454,32 +456,16 @@ def _check_certificate(pem: bytes | str) -> None:
             " client certificate (not its chain)"
         )
     try:
-        der = _der(text)
+        der = ssl.PEM_cert_to_DER_cert(text.strip())
     except ValueError:
         raise InvalidArgument(_NOT_PEM) from None
-    if not _is_der_sequence(der):
+    try:
+        x509.load_der_x509_certificate(der)
+    except ValueError:
         raise InvalidArgument(
             "the PEM block does not hold a DER-encoded certificate; expected an X.509"
             " client certificate"
-        )
-
-
-def _der(text: str) -> bytes:
-    return ssl.PEM_cert_to_DER_cert(text.strip())
-
-
-def _is_der_sequence(der: bytes) -> bool:
-    """True if ``der`` is exactly one DER SEQUENCE (the outer shape of a certificate)."""
-    if len(der) < 2 or der[0] != 0x30:
-        return False
-    first = der[1]
-    if first < 0x80:
-        return 2 + first == len(der)
-    size = first & 0x7F
-    if size == 0 or size > 4 or len(der) < 2 + size:
-        return False
-    length = int.from_bytes(der[2 : 2 + size], "big")
-    return 2 + size + length == len(der)
+        ) from None
 
 
 def _no_partner(partner_id: str) -> str:

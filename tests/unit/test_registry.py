@@ -399,6 +399,11 @@ async def test_bind_certificate(registry: Registry, changes: Changes) -> None:
             "does not hold a DER-encoded certificate",
         ),
         (b"-----BEGIN CERTIFICATE-----\nMIIB\n", "not a PEM certificate"),
+        # One well-formed DER SEQUENCE (of the INTEGER 1) that is no certificate.
+        (
+            b"-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+            "does not hold a DER-encoded certificate",
+        ),
     ],
 )
 async def test_bind_certificate_refuses(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 # The public names (exported by the package); the builders are the clients' own.
 __all__ = ["TLP_AMBER", "TLP_AMBER_STRICT", "TLP_CLEAR", "TLP_GREEN", "TLP_RED"]
@@ -20,8 +20,6 @@ TLP_GREEN: Final = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
 TLP_AMBER: Final = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421"
 TLP_AMBER_STRICT: Final = "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003"
 TLP_RED: Final = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1"
-
-TlpLevel = Literal["clear", "green", "amber", "amber+strict", "red"]
 
 TLP_MARKING_IDS: Final[Mapping[str, str]] = {
     "clear": TLP_CLEAR,
