@@ -61,6 +61,9 @@ def test_the_sdk_and_the_server_install_and_uninstall_independently(tmp_path: Pa
     assert "exchange serve" in ok(tmp_path / "venv" / "bin" / "exchange", "--help")
     owners = ok(*pip, "show", "-f", "trafficking-indicator-exchange")
     assert "exchange_client/" not in owners and "exchange_protocol/" not in owners
+    # The core below the transport loads no grpc (tests/unit/test_layering.py has the rules).
+    core = "exchange.store, exchange.store.sqlite, exchange.ingest, exchange.relay"
+    ok(python, "-c", f"import sys, {core}; assert 'grpc' not in sys.modules, sorted(sys.modules)")
 
     # Removing the server leaves the SDK whole.
     ok(*pip, "uninstall", "-y", "-q", "trafficking-indicator-exchange")
