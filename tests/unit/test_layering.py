@@ -59,12 +59,13 @@ RULES: list[tuple[list[str], list[str], str]] = [
         [
             "exchange.ingest",
             "exchange.validation",
+            "exchange.policy",
             "exchange.relay",
             "exchange.subscriptions",
             "exchange.bus.kafka",
             "exchange.bus.local",
         ],
-        "the store is below the data path (it shares only the bus's value types)",
+        "the store keeps what it is given: no policy, no pipeline (only the bus's value types)",
     ),
     (["exchange_client"], ["exchange"], "the SDK installs and runs without the server"),
     (
