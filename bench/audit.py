@@ -46,8 +46,8 @@ from exchange.audit.signer import Signer
 from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
 from exchange.model import Audience, ObjectOutcome, Partner, Tlp, ValidObject
-from exchange.store import sqlite as sqlite_store
 from exchange.store.sqlite import SqliteStore
+from exchange.store.sqlite import _audit as sqlite_audit
 
 SUBMITTER = Partner("ngo-1", "Harbor Light", "identity--a85607cf-558b-5b14-aeb1-d1b62765ef44")
 VERIFY_TARGET_S = 10.0
@@ -211,16 +211,16 @@ class CommitCost:
 @contextlib.contextmanager
 def audit_append_patched_out() -> Iterator[None]:
     """commit_objects without its SUBMIT entries (for this comparison only)."""
-    real = sqlite_store._append_audit
+    real = sqlite_audit.append_audit_rows
 
     def skipped(conn: sqlite3.Connection, events: Sequence[Event]) -> list[AuditEntry]:
         return [AuditEntry(i, e, b"", b"") for i, e in enumerate(events)]
 
-    sqlite_store._append_audit = skipped
+    sqlite_audit.append_audit_rows = skipped
     try:
         yield
     finally:
-        sqlite_store._append_audit = real
+        sqlite_audit.append_audit_rows = real
 
 
 async def commit_cost(directory: Path, count: int, bundle: int = 1_000) -> CommitCost:

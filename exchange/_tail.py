@@ -82,7 +82,7 @@ from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition, record_byte
 from exchange.envelope import from_record
 from exchange.errors import ExchangeError, Unavailable
 from exchange.model import StoredObject
-from exchange.store import Store
+from exchange.store import ObjectStore
 
 __all__ = ["Entry", "Feed", "LiveTail"]
 
@@ -173,7 +173,7 @@ class LiveTail:
 
     def __init__(
         self,
-        store: Store,
+        store: ObjectStore,
         bus: Bus,
         *,
         window: int = 50_000,

@@ -46,7 +46,7 @@ from exchange.audit.log import AuditLog
 from exchange.audit.signer import Signer
 from exchange.audit.verify import UNANCHORED, KeptCheckpoint, verify_log
 from exchange.config import Settings
-from exchange.server import open_store
+from exchange.store import open_store
 
 __all__ = ["AuditBackend", "EntryFilter", "LocalAudit", "RemoteAudit", "read_public_key"]
 

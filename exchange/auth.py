@@ -31,7 +31,7 @@ from exchange._tasks import cancel_and_wait
 from exchange.errors import PermissionDenied, Unauthenticated, Unavailable
 from exchange.logs import PARTNER_ID
 from exchange.model import Credential, CredentialKind, Partner, Role
-from exchange.store import Store
+from exchange.store import RegistryStore
 
 __all__ = [
     "MISSING_CREDENTIALS",
@@ -156,7 +156,7 @@ class RegistryWatch:
     learns of a registry change (made here, by the CLI or by a replica) within
     ``interval_s``, at the cost of one query per interval for all of them."""
 
-    def __init__(self, store: Store, interval_s: float = 0.25) -> None:
+    def __init__(self, store: RegistryStore, interval_s: float = 0.25) -> None:
         self._store = store
         self._interval_s = interval_s
         self._version: int | None = None
@@ -201,7 +201,7 @@ class RegistryWatch:
 class Authenticator:
     def __init__(
         self,
-        store: Store,
+        store: RegistryStore,
         watch: RegistryWatch | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -41,8 +41,8 @@ from exchange.model import (
     Tlp,
 )
 from exchange.registry import Registry, parse_duration
-from exchange.server import open_store
 from exchange.stix import parse_tlp
+from exchange.store import open_store
 
 __all__ = [
     "community",

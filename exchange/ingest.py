@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,13 +48,11 @@ class Ingest:
         store: Store,
         validator: Validator,
         limits: Limits,
-        on_commit: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         self._validator = validator
         self._limits = limits
-        self._on_commit = on_commit
         self._metrics = metrics or Metrics(process=False)
         self._in_progress = PartnerQuota(
             limits.max_submission_bytes_per_partner,
@@ -147,8 +145,6 @@ class Ingest:
         committed = await self._store.commit_objects(
             partner, routed, time.time(), policy.widen, rejected
         )
-        if any(c.outcome is CommitOutcome.INSERTED for c in committed):
-            self._on_commit()
         for (obj, asked), done in zip(routed, committed, strict=True):
             results[obj.index] = _result(obj, asked, done)
         return [results[c.index] if isinstance(c, ValidObject) else _rejected(c) for c in checked]

@@ -10,13 +10,13 @@ from exchange.audit.entries import Action, Event, body_digest
 from exchange.audit.recorder import AuditRecorder
 from exchange.errors import NotFound
 from exchange.model import Partner, StoredObject
-from exchange.store import Store
+from exchange.store import ObjectStore
 
 __all__ = ["get_object"]
 
 
 async def get_object(
-    store: Store,
+    store: ObjectStore,
     recorder: AuditRecorder,
     partner: Partner,
     object_id: str,

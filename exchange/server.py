@@ -41,12 +41,11 @@ from exchange.services._logging import CallLog
 from exchange.services.admin import AdminService
 from exchange.services.audit import AuditService
 from exchange.services.exchange import ExchangeService
-from exchange.store import Store
-from exchange.store.sqlite import SqliteStore
+from exchange.store import open_store
 from exchange.subscriptions import Subscriptions
 from exchange.validation import Validator
 
-__all__ = ["SHUTDOWN_SLACK_S", "ExchangeServer", "check_listen", "is_loopback", "open_store"]
+__all__ = ["SHUTDOWN_SLACK_S", "ExchangeServer", "check_listen", "is_loopback"]
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +62,6 @@ _RELAY_FLUSH_S = 10.0
 SHUTDOWN_SLACK_S = 20.0
 # The largest message the server sends (and the SDK sends or receives).
 _TRANSPORT_LIMIT = 64 * 1024 * 1024
-
-
-def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
-    """The store the settings name: PostgreSQL for a ``database`` URL, else the SQLite
-    file in the data directory. Not opened yet. ``metrics``: where it shows a full disk."""
-    if settings.database:
-        # Imported here: the embedded default needs no PostgreSQL driver loaded.
-        from exchange.store.postgres import PostgresStore  # noqa: PLC0415
-
-        return PostgresStore(
-            settings.database,
-            pool_size=settings.postgres.pool_size,
-            timeout_s=settings.postgres.timeout_s,
-            metrics=metrics,
-        )
-    return SqliteStore(settings.data_path / "exchange.sqlite3", metrics=metrics)
 
 
 def is_loopback(listen: str) -> bool:
@@ -159,9 +142,7 @@ class ExchangeServer:
             recorder=self.recorder,
             metrics=self.metrics,
         )
-        self.ingest = Ingest(
-            self.store, self.validator, settings.limits, self.relay.wake, metrics=self.metrics
-        )
+        self.ingest = Ingest(self.store, self.validator, settings.limits, metrics=self.metrics)
         self.registry_watch = RegistryWatch(self.store)
         # A partner's calls in progress, counted before their requests are read.
         self.admission = Admission(

@@ -61,7 +61,7 @@ from exchange.errors import ExchangeError, InvalidArgument, ResourceExhausted, U
 from exchange.metrics import Metrics
 from exchange.model import Partner, Role, StoredObject
 from exchange.stix._explain import printable, short
-from exchange.store import Store
+from exchange.store import ObjectStore
 
 __all__ = [
     "MAX_CURSOR_CHARS",
@@ -302,7 +302,7 @@ class _Position:
 class Subscriptions:
     def __init__(
         self,
-        store: Store,
+        store: ObjectStore,
         bus: Bus,
         *,
         max_open: int = 1000,

@@ -18,7 +18,7 @@ from exchange_protocol.merkle import EMPTY_ROOT, node_hash
 
 from exchange.audit.signer import Signer
 from exchange.errors import InvalidArgument, Unavailable
-from exchange.store import SignedCheckpoint, Store
+from exchange.store import AuditStore, SignedCheckpoint
 
 __all__ = ["AuditLog"]
 
@@ -32,7 +32,7 @@ class AuditLog:
     """Checkpoints and proofs over the store's audit log. ``signer`` None: a
     read-only log (proofs and kept checkpoints, no new signatures)."""
 
-    def __init__(self, store: Store, signer: Signer | None, origin: str) -> None:
+    def __init__(self, store: AuditStore, signer: Signer | None, origin: str) -> None:
         self._store = store
         self._signer = signer
         self._origin = origin

@@ -42,7 +42,7 @@ from exchange_protocol.merkle import EMPTY_ROOT, node_hash
 
 from exchange.audit.entries import Action
 from exchange.errors import InvalidArgument
-from exchange.store import AuditRow, SignedCheckpoint, Store
+from exchange.store import AuditRow, AuditStore, SignedCheckpoint
 
 __all__ = ["UNANCHORED", "KeptCheckpoint", "VerifyReport", "verify_log"]
 
@@ -109,7 +109,7 @@ class _Problem:
 
 
 async def verify_log(
-    store: Store,
+    store: AuditStore,
     public_key_pem: str | None,
     *,
     start: int = 0,
@@ -141,7 +141,7 @@ async def verify_log(
     return _report(checker, problem, start=start, stop=stop, size=size, key=key, kept=len(kept))
 
 
-async def _seed(store: Store, checker: _Checker, start: int) -> _Problem | None:
+async def _seed(store: AuditStore, checker: _Checker, start: int) -> _Problem | None:
     """Feed the stored leaf hashes before ``start`` (checking the checkpoints they reach)."""
     problem = checker.reach(0)
     position = 0
@@ -159,7 +159,9 @@ async def _seed(store: Store, checker: _Checker, start: int) -> _Problem | None:
     return problem
 
 
-async def _check_entries(store: Store, checker: _Checker, start: int, stop: int) -> _Problem | None:
+async def _check_entries(
+    store: AuditStore, checker: _Checker, start: int, stop: int
+) -> _Problem | None:
     position = start
     while position < stop:
         # Read, then check: not at once (two threads taking turns on the GIL for each

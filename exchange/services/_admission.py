@@ -54,7 +54,7 @@ from exchange.errors import ExchangeError, ResourceExhausted, Unauthenticated, U
 from exchange.model import Credential, CredentialKind, Partner
 from exchange.quota import NO_TOKEN, PartnerQuota
 from exchange.services._status import status_for
-from exchange.store import Store
+from exchange.store import RegistryStore
 
 __all__ = ["Admission", "CallKind"]
 
@@ -98,7 +98,7 @@ class Admission(_Interceptor):
 
     def __init__(
         self,
-        store: Store,
+        store: RegistryStore,
         quotas: Mapping[CallKind, PartnerQuota],
         watch: RegistryWatch,
         *,

@@ -47,7 +47,7 @@ from exchange.model import Partner, Role
 from exchange.services._convert import seconds_of, timestamp_pb
 from exchange.services._status import guard_stream, guard_unary
 from exchange.stix._explain import printable, short
-from exchange.store import SignedCheckpoint, Store
+from exchange.store import AuditStore, SignedCheckpoint
 
 __all__ = [
     "MAX_FILTER_CHARS",
@@ -84,7 +84,9 @@ _TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
 
 
 class AuditService(pb_grpc.AuditServiceServicer):
-    def __init__(self, auth: Authenticator, store: Store, log: AuditLog, signer: Signer) -> None:
+    def __init__(
+        self, auth: Authenticator, store: AuditStore, log: AuditLog, signer: Signer
+    ) -> None:
         self._auth = auth
         self._store = store
         self._log = log
@@ -259,7 +261,9 @@ class _Found:
     about a page's bytes at a time (sized from the entries read so far), so that the
     store is never asked for many more entries than a page holds."""
 
-    def __init__(self, store: Store, query: AuditQuery, scope: str, after: int, bound: int) -> None:
+    def __init__(
+        self, store: AuditStore, query: AuditQuery, scope: str, after: int, bound: int
+    ) -> None:
         self._store = store
         self._query = query
         self._scope = scope

@@ -1,4 +1,4 @@
-"""Persistence behind one protocol: the partner registry (partners, communities,
+"""Persistence behind one protocol per concern: the partner registry (partners, communities,
 credentials), every STIX object version with its audience, and the outbox the
 relay drains.
 
@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.bus import TopicPartition
+from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
     Community,
@@ -38,14 +39,23 @@ from exchange.model import (
     ValidObject,
 )
 
+if TYPE_CHECKING:
+    from exchange.config import Settings
+    from exchange.metrics import Metrics
+
 __all__ = [
     "AuditRow",
+    "AuditStore",
     "CommitOutcome",
     "Committed",
+    "ObjectStore",
     "Receipt",
+    "RegistryStore",
     "SetAsideRow",
     "SignedCheckpoint",
     "Store",
+    "StoreLifecycle",
+    "open_store",
     "refusal",
 ]
 
@@ -125,7 +135,9 @@ class SignedCheckpoint(NamedTuple):
     signature: bytes
 
 
-class Store(Protocol):
+class StoreLifecycle(Protocol):
+    """Opening, health and coordination: what every process does with the store."""
+
     async def open(self) -> None:
         """Connect, and bring the schema to the current version (``migrate``).
         Unavailable if the database cannot be reached or was written by a newer release."""
@@ -151,18 +163,17 @@ class Store(Protocol):
         ...
 
     def on_outbox(self, callback: Callable[[], None]) -> None:
-        """Have ``callback`` called when another process may have added outbox rows,
-        while this process holds the ``relay`` lease (so that the relay need not wait
-        for its next poll). The SQLite store never calls it: one process writes objects."""
+        """Have ``callback`` called when outbox rows may have been added, so that the
+        relay need not wait for its next poll: after each ``commit_objects`` of this
+        process that inserted a version, and (PostgreSQL) when another process did,
+        while this process holds the ``relay`` lease. The relay's only wake-up call."""
         ...
 
-    async def audit_public_key(self, public_key: bytes) -> bytes:
-        """The public key that signs this log's checkpoints: ``public_key`` if none was
-        recorded yet (it is then recorded), else the one recorded first. Replicas
-        compare it with their own key before they sign anything."""
-        ...
 
-    # -- partners ---------------------------------------------------------------------
+class RegistryStore(Protocol):
+    """The partner registry: partners, communities, credentials, and the version that
+    tells other processes the registry changed."""
+
     async def add_partner(self, partner: Partner, credential: Credential) -> None:
         """Register a partner, its community memberships and its first credential.
         AlreadyExists if the partner id or STIX identity is taken; NotFound if a
@@ -180,7 +191,6 @@ class Store(Protocol):
         partner (not its id, identity or memberships). NotFound if unknown."""
         ...
 
-    # -- communities ------------------------------------------------------------------
     async def add_community(self, community: Community) -> None:
         """AlreadyExists if the name is taken."""
         ...
@@ -197,7 +207,6 @@ class Store(Protocol):
         """NotFound if either does not exist or the partner is not a member."""
         ...
 
-    # -- credentials ------------------------------------------------------------------
     async def add_credential(self, credential: Credential) -> None:
         """NotFound if the partner is unknown; AlreadyExists if the digest is bound."""
         ...
@@ -223,7 +232,10 @@ class Store(Protocol):
         memberships or credentials."""
         ...
 
-    # -- objects ----------------------------------------------------------------------
+
+class ObjectStore(Protocol):
+    """Object versions with their audiences, and the outbox the relay drains."""
+
     async def commit_objects(
         self,
         submitter: Partner,
@@ -244,7 +256,54 @@ class Store(Protocol):
         refused, and each of ``rejected`` (refused before the store), in bundle order."""
         ...
 
-    # -- audit log ----------------------------------------------------------------------
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """For each held object id, the partner ids holding a copy of it: the one that
+        created it for an SDO or SRO; for an observable (SCO, whose id is derived from
+        its value and carries no creator) every partner that submitted one."""
+        ...
+
+    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
+        """The held version (compared canonically; the latest when ``version`` is None) of
+        every copy of ``object_id``: at most one for an SDO or SRO, one per submitting
+        partner for an observable. The caller (policy) picks what the asker may see."""
+        ...
+
+    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
+        """Accepted objects not yet published to the bus, oldest first: at most
+        ``limit``, and at most ``max_bytes`` of bodies (but always the oldest one)."""
+        ...
+
+    async def mark_published(
+        self,
+        seqs: Sequence[int],
+        positions: Mapping[TopicPartition, int],
+        set_aside: Mapping[int, str] | None = None,
+    ) -> None:
+        """Drop these outbox rows and record, per topic-partition, the offset after
+        the last record published there (what "from now" means for subscribers).
+        ``set_aside``: rows the bus refused (seq -> the reason): they leave the outbox
+        too and are kept, with the reason and the time, among the set-aside rows."""
+        ...
+
+    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
+        """Outbox rows the relay set aside, oldest first (for the operator). They are
+        not put back: republished under their old sequence number, subscribers would
+        take them for repeats; the submitter publishes a new version instead."""
+        ...
+
+    async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]: ...
+
+
+class AuditStore(Protocol):
+    """The audit log: its hash-chained entries, signed checkpoints, signing key and
+    how far its bus mirror got."""
+
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        """The public key that signs this log's checkpoints: ``public_key`` if none was
+        recorded yet (it is then recorded), else the one recorded first. Replicas
+        compare it with their own key before they sign anything."""
+        ...
+
     async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
         """Append entries in one transaction (each committing to the previous one)."""
         ...
@@ -283,40 +342,32 @@ class Store(Protocol):
 
     async def set_audit_mirror_position(self, index: int) -> None: ...
 
-    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-        """For each held object id, the partner ids holding a copy of it: the one that
-        created it for an SDO or SRO; for an observable (SCO, whose id is derived from
-        its value and carries no creator) every partner that submitted one."""
-        ...
 
-    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
-        """The held version (compared canonically; the latest when ``version`` is None) of
-        every copy of ``object_id``: at most one for an SDO or SRO, one per submitting
-        partner for an observable. The caller (policy) picks what the asker may see."""
-        ...
+class Store(StoreLifecycle, RegistryStore, ObjectStore, AuditStore, Protocol):
+    """Everything a store does; a component that needs one concern takes that protocol."""
 
-    # -- relay ------------------------------------------------------------------------
-    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
-        """Accepted objects not yet published to the bus, oldest first: at most
-        ``limit``, and at most ``max_bytes`` of bodies (but always the oldest one)."""
-        ...
 
-    async def mark_published(
-        self,
-        seqs: Sequence[int],
-        positions: Mapping[TopicPartition, int],
-        set_aside: Mapping[int, str] | None = None,
-    ) -> None:
-        """Drop these outbox rows and record, per topic-partition, the offset after
-        the last record published there (what "from now" means for subscribers).
-        ``set_aside``: rows the bus refused (seq -> the reason): they leave the outbox
-        too and are kept, with the reason and the time, among the set-aside rows."""
-        ...
+def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
+    """The store the settings name: PostgreSQL for a ``database`` URL, else the SQLite
+    file in the data directory. Not opened yet. ``metrics``: where it shows a full disk."""
+    # The backends are imported here: both import this module, and the embedded
+    # default must not need the PostgreSQL driver (an optional extra).
+    if settings.database:
+        try:
+            from exchange.store.postgres import PostgresStore  # noqa: PLC0415
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise InvalidArgument(
+                "database names a PostgreSQL URL, but the PostgreSQL driver is not installed;"
+                " install it with: pip install 'trafficking-indicator-exchange[postgres]'"
+            ) from None
+        return PostgresStore(
+            settings.database,
+            pool_size=settings.postgres.pool_size,
+            timeout_s=settings.postgres.timeout_s,
+            metrics=metrics,
+        )
+    from exchange.store.sqlite import SqliteStore  # noqa: PLC0415
 
-    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
-        """Outbox rows the relay set aside, oldest first (for the operator). They are
-        not put back: republished under their old sequence number, subscribers would
-        take them for repeats; the submitter publishes a new version instead."""
-        ...
-
-    async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]: ...
+    return SqliteStore(settings.data_path / "exchange.sqlite3", metrics=metrics)

@@ -37,6 +37,7 @@ __all__ = [
     "NO_PREVIOUS",
     "CopyKey",
     "Held",
+    "OutboxListeners",
     "audit_row",
     "bundle_submits",
     "chain",
@@ -341,3 +342,24 @@ def set_aside_of(row: Sequence[Any]) -> SetAsideRow:
 def checkpoint_of(row: Sequence[Any]) -> SignedCheckpoint:
     size, note, signature = row
     return SignedCheckpoint(int(size), bytes(note), bytes(signature))
+
+
+class OutboxListeners:
+    """``on_outbox`` of both stores: the callbacks run after this process committed
+    outbox rows (``outbox_added_by``) and, with PostgreSQL, when another process did."""
+
+    def __init__(self) -> None:
+        self._outbox_callbacks: list[Callable[[], None]] = []
+
+    def on_outbox(self, callback: Callable[[], None]) -> None:
+        self._outbox_callbacks.append(callback)
+
+    def _outbox_added(self, *_: object) -> None:
+        for callback in self._outbox_callbacks:
+            callback()
+
+    def _committed(self, committed: list[Committed]) -> list[Committed]:
+        """``committed``, after telling the listeners if it added outbox rows."""
+        if any(c.outcome is CommitOutcome.INSERTED for c in committed):
+            self._outbox_added()
+        return committed

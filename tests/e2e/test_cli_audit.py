@@ -22,8 +22,7 @@ from exchange.audit.entries import Action, Event
 from exchange.audit.signer import Signer
 from exchange.config import Settings
 from exchange.model import Tlp
-from exchange.server import open_store
-from exchange.store import Store
+from exchange.store import Store, open_store
 from tests import rfc6962
 from tests.e2e.process import EXCHANGE, ServerProcess
 from tests.helpers import bundle, indicator, settings_for, wait_until

@@ -165,6 +165,20 @@ async def test_versions_duplicates_and_creators(store: Store) -> None:
     assert await commit(store, PLATFORM, hijack) == [Committed(CommitOutcome.NOT_CREATOR)]
 
 
+async def test_a_commit_that_adds_outbox_rows_wakes_the_relay(store: Store) -> None:
+    """on_outbox is the relay's only wake-up: called once per commit that inserted a
+    version, never for one that inserted nothing."""
+    woken: list[int] = []
+    store.on_outbox(lambda: woken.append(len(woken)))
+    first = obj()
+    await commit(store, NGO, first)
+    assert woken == [0]
+    await commit(store, NGO, first)  # a duplicate: nothing to publish
+    assert woken == [0]
+    await commit(store, NGO, obj(version="2026-02-01T00:00:00.000Z"), obj(OTHER_INDICATOR))
+    assert woken == [0, 1]
+
+
 async def test_revoked_objects_get_no_new_version(store: Store) -> None:
     await commit(store, NGO, obj(version="2026-02-01T00:00:00.000Z", revoked=True))
     assert outcomes(await commit(store, NGO, obj(version="2026-03-01T00:00:00.000Z"))) == [

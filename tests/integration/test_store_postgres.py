@@ -28,13 +28,8 @@ from exchange.config import mask_url
 from exchange.errors import AlreadyExists, InvalidArgument, Unavailable
 from exchange.model import Audience, Community, Credential, Partner, Rejection, Tlp, ValidObject
 from exchange.store import CommitOutcome, Committed
-from exchange.store.postgres import (
-    _LEASE_CLASS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    PostgresStore,
-    lease_key,
-)
+from exchange.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, lease_key
+from exchange.store.postgres._connection import _LEASE_CLASS
 from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.postgres

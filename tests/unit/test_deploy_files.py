@@ -686,6 +686,10 @@ def test_pip_install_works_from_what_the_dockerfile_copies(tmp_path: Path) -> No
     assert {n.split("/")[0] for n in client_files} == {"exchange_client", "exchange_protocol"}
     assert {n.split("/")[0] for n in server_files} == {"exchange"}
     assert "exchange_protocol/pb/exchange_pb2.pyi" in client_files
+    # The stores' migrations are resources of their packages.
+    assert {"exchange/store/sqlite/schema/v1.sql", "exchange/store/postgres/schema/v1.sql"} <= (
+        server_files
+    )
 
 
 def requirement_names(requirements: list[str]) -> set[str]:

@@ -1,0 +1,274 @@
+"""Objects and the outbox in SQLite: one transaction per bundle, the relay's reads."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import orjson
+
+from exchange.bus import TopicPartition
+from exchange.errors import InvalidArgument
+from exchange.model import (
+    Audience,
+    Partner,
+    Rejection,
+    StoredObject,
+    ValidObject,
+    version_key,
+)
+from exchange.store import CommitOutcome, Committed, SetAsideRow
+from exchange.store._common import (
+    CopyKey,
+    Held,
+    bundle_submits,
+    copy_key,
+    nul_in_bundle,
+    set_aside_of,
+    set_aside_reason,
+    stored_of,
+    unstorable_text,
+    with_receipts,
+)
+from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
+from exchange.store.sqlite._connection import _Connections
+from exchange.store.sqlite._sql import _OBJECT_COLUMNS, _PENDING_WITHIN, _chunks
+
+# -- objects (inside a write transaction) -------------------------------------------------
+
+
+def _commit(
+    conn: sqlite3.Connection,
+    submitter: Partner,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    accepted_at: float,
+    widen: Callable[[Audience, Audience], Audience],
+    *,
+    rejected: Sequence[Rejection],
+) -> list[Committed]:
+    results = _insert_objects(conn, submitter, objects, accepted_at, widen)
+    # One SUBMIT entry per object of the bundle, in bundle order.
+    submits = bundle_submits(submitter.partner_id, objects, results, rejected, accepted_at)
+    entries = _audit.append_audit_rows(conn, [event for _, event in submits])
+    return with_receipts(results, submits, entries)
+
+
+def _insert_objects(
+    conn: sqlite3.Connection,
+    submitter: Partner,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    accepted_at: float,
+    widen: Callable[[Audience, Audience], Audience],
+) -> list[Committed]:
+    held = _held_versions(conn, {o.object_id for o, _ in objects})
+    results: list[Committed] = []
+    for obj, asked in objects:
+        key = version_key(obj.version)
+        versions = held.setdefault(
+            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
+        )
+        refused = versions.refuses(obj, key)
+        if refused is not None:
+            results.append(Committed(refused))
+        else:
+            # The latest version holds the cumulative audience: an audience never narrows.
+            audience = asked if versions.audience is None else widen(versions.audience, asked)
+            cur = conn.execute(
+                "INSERT INTO objects (object_id, version, version_key, object_type,"
+                " created_by_ref, submitter, tlp, labels, revoked, spec_version,"
+                " accepted_at, body, audience)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    obj.object_id,
+                    obj.version,
+                    key,
+                    obj.object_type,
+                    obj.created_by_ref,
+                    submitter.partner_id,
+                    obj.tlp.value,
+                    orjson.dumps(obj.labels).decode(),
+                    int(obj.revoked),
+                    obj.spec_version,
+                    accepted_at,
+                    obj.body,
+                    audience.to_json().decode(),
+                ),
+            )
+            conn.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
+            versions.add(obj, key, audience)
+            results.append(Committed(CommitOutcome.INSERTED, audience))
+    return results
+
+
+def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Held]:
+    """What is held of ``ids``, per copy (``copy_key``)."""
+    held: dict[CopyKey, Held] = {}
+    latest: dict[CopyKey, str] = {}
+    for chunk in _chunks(sorted(ids)):
+        marks = ",".join("?" * len(chunk))
+        # A registered partner's identity object (an SDO) belongs to that partner,
+        # even before it submitted it: nobody else may publish it.
+        for (identity,) in conn.execute(
+            f"SELECT identity_id FROM partners WHERE identity_id IN ({marks})",  # noqa: S608
+            chunk,
+        ):
+            held.setdefault((str(identity), ""), Held()).creator = str(identity)
+        for oid, otype, key, creator, revoked, audience in conn.execute(
+            "SELECT object_id, object_type, version_key, created_by_ref, revoked,"  # noqa: S608
+            f" audience FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
+            chunk,
+        ):
+            copy = copy_key(str(oid), str(otype), str(creator))
+            entry = held.setdefault(copy, Held())
+            entry.creator = str(creator)
+            entry.keys.add(str(key))
+            entry.revoked = entry.revoked or bool(revoked)
+            latest[copy] = audience
+    for copy, audience in latest.items():
+        held[copy].audience = Audience.from_json(audience)
+    return held
+
+
+class _ObjectRows(_Connections):
+    """``ObjectStore`` on SQLite."""
+
+    # -- objects ----------------------------------------------------------------
+    async def commit_objects(
+        self,
+        submitter: Partner,
+        objects: Sequence[tuple[ValidObject, Audience]],
+        accepted_at: float,
+        widen: Callable[[Audience, Audience], Audience],
+        rejected: Sequence[Rejection] = (),
+    ) -> list[Committed]:
+        if not objects and not rejected:
+            return []
+        # Validation refuses NUL characters in objects; should one get here all the
+        # same, both stores refuse the bundle alike (PostgreSQL cannot store it).
+        if nul := nul_in_bundle(objects, rejected):
+            raise InvalidArgument(unstorable_text(nul))
+        return self._committed(
+            await self._write(
+                lambda conn: _commit(
+                    conn, submitter, objects, accepted_at, widen, rejected=rejected
+                )
+            )
+        )
+
+    async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        wanted = sorted(set(object_ids))
+
+        def run(conn: sqlite3.Connection) -> dict[str, frozenset[str]]:
+            out: dict[str, set[str]] = {}
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                # Every version of an SDO or SRO comes from its creator; an observable's
+                # copies from each partner that submitted one.
+                for oid, submitter in conn.execute(
+                    "SELECT DISTINCT object_id, submitter FROM objects"  # noqa: S608
+                    f" WHERE object_id IN ({marks})",
+                    chunk,
+                ):
+                    out.setdefault(str(oid), set()).add(str(submitter))
+            return {oid: frozenset(submitters) for oid, submitters in out.items()}
+
+        return await self._read(run)
+
+    async def object_copies(self, object_id: str, version: str | None = None) -> list[StoredObject]:
+        def run(conn: sqlite3.Connection) -> list[StoredObject]:
+            if version is None:
+                # The latest version of each copy (one copy per creator).
+                rows = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?"  # noqa: S608
+                    " AND o.seq = (SELECT l.seq FROM objects l WHERE l.object_id = o.object_id"
+                    " AND l.created_by_ref = o.created_by_ref"
+                    " ORDER BY l.version_key DESC, l.seq DESC LIMIT 1)"
+                    " ORDER BY o.seq",
+                    (object_id,),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
+                    " WHERE o.object_id = ? AND o.version_key = ? ORDER BY o.seq",
+                    (object_id, version_key(version)),
+                ).fetchall()
+            # Each version under the audience it was stored (and delivered) with.
+            return [stored_of(row, orjson.loads) for row in rows]
+
+        return await self._read(run)
+
+    # -- relay --------------------------------------------------------------------
+    async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:
+        def run(conn: sqlite3.Connection) -> list[StoredObject]:
+            if max_bytes is None:
+                rows = conn.execute(
+                    f"SELECT {_OBJECT_COLUMNS} FROM outbox b JOIN objects o USING (seq)"  # noqa: S608
+                    " ORDER BY b.seq LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            else:
+                query = _PENDING_WITHIN.format(columns=_OBJECT_COLUMNS)
+                rows = conn.execute(query, (limit, max_bytes)).fetchall()
+            return [stored_of(r, orjson.loads) for r in rows]
+
+        return await self._read(run)
+
+    async def mark_published(
+        self,
+        seqs: Sequence[int],
+        positions: Mapping[TopicPartition, int],
+        set_aside: Mapping[int, str] | None = None,
+    ) -> None:
+        aside = {int(seq): set_aside_reason(reason) for seq, reason in (set_aside or {}).items()}
+        published = [(s,) for s in seqs if s not in aside]
+        at = time.time()
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", published)
+            for seq, reason in sorted(aside.items()):
+                # Only a row still in the outbox: one another relay published is not
+                # set aside after the fact.
+                if conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount:
+                    conn.execute(
+                        "INSERT INTO set_aside (seq, reason, at) VALUES (?, ?, ?)"
+                        " ON CONFLICT (seq) DO UPDATE SET reason = excluded.reason,"
+                        " at = excluded.at",
+                        (seq, reason, at),
+                    )
+            conn.executemany(
+                "INSERT INTO relay_positions VALUES (?, ?, ?)"
+                " ON CONFLICT (topic, partition) DO UPDATE"
+                " SET next_offset = max(next_offset, excluded.next_offset)",
+                [(t, p, o) for (t, p), o in positions.items()],
+            )
+
+        await self._write(run)
+
+    async def set_aside_rows(self, limit: int = 1000) -> list[SetAsideRow]:
+        def run(conn: sqlite3.Connection) -> list[SetAsideRow]:
+            rows = conn.execute(
+                "SELECT s.seq, o.object_id, o.version, o.submitter, s.reason, s.at"
+                " FROM set_aside s JOIN objects o USING (seq) ORDER BY s.seq LIMIT ?",
+                (max(limit, 0),),
+            ).fetchall()
+            return [set_aside_of(r) for r in rows]
+
+        return await self._read(run)
+
+    async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        wanted = sorted(set(topics))
+
+        def run(conn: sqlite3.Connection) -> dict[TopicPartition, int]:
+            out: dict[TopicPartition, int] = {}
+            for chunk in _chunks(wanted):
+                marks = ",".join("?" * len(chunk))
+                for topic, partition, offset in conn.execute(
+                    "SELECT topic, partition, next_offset FROM relay_positions"  # noqa: S608
+                    f" WHERE topic IN ({marks})",
+                    chunk,
+                ):
+                    out[(str(topic), int(partition))] = int(offset)
+            return out
+
+        return await self._read(run)

@@ -1,0 +1,123 @@
+"""SQLite plumbing shared by the store's concerns: connections, columns, the
+write transaction, disk-space checks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import orjson
+
+# -- rows <-> domain types -------------------------------------------------------------
+
+_PARTNER_COLUMNS = (
+    "p.partner_id, p.name, p.identity_id, p.kind, p.sectors, p.roles, p.default_tlp,"
+    " p.disabled, (SELECT json_group_array(m.community) FROM memberships m"
+    " WHERE m.partner_id = p.partner_id)"
+)
+_CREDENTIAL_COLUMNS = (
+    "c.credential_id, c.partner_id, c.kind, c.digest, c.created_at, c.expires_at, c.revoked_at"
+)
+_OBJECT_COLUMNS = (
+    "o.seq, o.submitter, o.accepted_at, o.object_id, o.object_type, o.version,"
+    " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience"
+)
+# Bytes as bytes, even where someone stored them as text (verification reads what is there).
+_AUDIT_BYTES = "CAST(data AS BLOB), CAST(leaf_hash AS BLOB)"
+_CHECKPOINT_COLUMNS = "tree_size, CAST(note AS BLOB), CAST(signature AS BLOB)"
+# The oldest outbox rows, up to ?1 of them and ?2 bytes of bodies (at least one).
+_PENDING_WITHIN = (
+    "WITH head AS (SELECT b.seq, length(o.body) AS size FROM outbox b JOIN objects o"
+    " USING (seq) ORDER BY b.seq LIMIT ?1),"
+    " upto AS (SELECT seq, sum(size) OVER (ORDER BY seq) AS total FROM head)"
+    " SELECT {columns} FROM outbox b JOIN objects o USING (seq)"
+    " WHERE b.seq IN (SELECT seq FROM upto WHERE total <= ?2"
+    " OR seq = (SELECT min(seq) FROM upto)) ORDER BY b.seq"
+)
+# SQLite allows 32,766 host parameters per statement; stay well below.
+_CHUNK = 500
+
+# While the store is full, ping resumes writes once the data directory's file system
+# has this much free (room for one bundle of the default largest size,
+# limits.max_bundle_bytes: no flapping on the last few pages) and a probe write of
+# PROBE_BYTES succeeds.
+RESUME_FREE_BYTES = 16 * 1024 * 1024
+PROBE_BYTES = 256 * 1024
+# An I/O error (rather than SQLITE_FULL) counts as a full disk below this much free.
+_NEARLY_FULL_BYTES = 1024 * 1024
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before the partner gets its answer (invariant 1).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _json_list(items: Iterable[str]) -> str:
+    return orjson.dumps(list(items)).decode()
+
+
+def _free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged process may still write on ``directory``'s file system."""
+    found = os.statvfs(directory)
+    return found.f_bavail * found.f_frsize
+
+
+def _out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc`` says the file system (or the database file) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return False
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return True
+    # SQLite reports some writes that fail on a full disk (growing the WAL index) as
+    # I/O errors: one on a file system with (nearly) no room left is the full disk.
+    if code & 0xFF == sqlite3.SQLITE_IOERR:
+        try:
+            return _free_bytes(directory) < _NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (a failed COMMIT too)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._rollback()
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            # Else the connection would stay inside the failed transaction, and every
+            # later BEGIN would fail.
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # After some errors (SQLITE_FULL) SQLite has rolled back already: a ROLLBACK
+        # would then fail, and hide the error that matters.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
