@@ -1,4 +1,4 @@
-"""`exchange submit`, `get`, `subscribe`, `sighting` and `revoke` (exchange.cli_feed)
+"""`exchange submit`, `get`, `subscribe`, `sighting` and `revoke` (exchange.cli.feed)
 against a fake exchange."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
-from exchange import cli_feed
-from exchange.cli_feed import get, revoke, sighting, submit, subscribe
+from exchange.cli import feed as cli_feed
+from exchange.cli.feed import get, revoke, sighting, submit, subscribe
 from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -606,7 +606,7 @@ def test_subscribe_ctrl_c_exits_quietly_with_130(fake: FakeExchange) -> None:
     # as a terminal's foreground job has it.
     child = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
-        " from exchange.cli_feed import subscribe; subscribe()"
+        " from exchange.cli.feed import subscribe; subscribe()"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", child],

@@ -1,5 +1,5 @@
 """The backend of ``exchange audit``: one interface (``AuditBackend``), two
-implementations, so that every command is written once (``exchange.cli_audit``):
+implementations, so that every command is written once (``exchange.cli.audit``):
 
 - ``LocalAudit`` reads the data directory (the operator, every entry), proves with
   ``AuditLog``, verifies with ``verify_log``, and signs a new checkpoint with the

@@ -50,7 +50,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from exchange._cli_options import ca_file_option, cert_file_option, key_file_option, token_option
+from exchange.cli._options import ca_file_option, cert_file_option, key_file_option, token_option
 
 if TYPE_CHECKING:
     from exchange_client import SubmitProgress, SubmitSummary

@@ -27,8 +27,8 @@ import click
 import orjson
 
 from exchange import errors
-from exchange._cli_options import ca_file_option, token_option
-from exchange.admin_backend import AdminBackend, RemoteRegistry
+from exchange.cli._admin_backend import AdminBackend, RemoteRegistry
+from exchange.cli._options import ca_file_option, token_option
 from exchange.config import Settings, load_settings
 from exchange.model import (
     DEFAULT_ROLES,

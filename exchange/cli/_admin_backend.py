@@ -1,7 +1,7 @@
 """The operator's backend for ``exchange partner|community|token``: one interface
 (``AdminBackend``) with two implementations, ``exchange.registry.Registry`` on the
 local store and ``RemoteRegistry`` over a server's AdminService, so that every
-command is written once (``exchange.cli_admin``)."""
+command is written once (``exchange.cli.admin``)."""
 
 from __future__ import annotations
 

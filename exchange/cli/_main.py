@@ -10,14 +10,14 @@ from typing import Any
 import click
 
 from exchange._memory import return_large_blocks
-from exchange.cli_admin import community, partner, token
-from exchange.cli_admin import config_option as _config_option
-from exchange.cli_admin import data_dir_option as _data_dir_option
-from exchange.cli_admin import database_option as _database_option
-from exchange.cli_admin import load_cli_settings as _settings
-from exchange.cli_audit import audit
-from exchange.cli_feed import get, revoke, sighting, submit, subscribe
-from exchange.cli_ops import config, db, health
+from exchange.cli.admin import community, partner, token
+from exchange.cli.admin import config_option as _config_option
+from exchange.cli.admin import data_dir_option as _data_dir_option
+from exchange.cli.admin import database_option as _database_option
+from exchange.cli.admin import load_cli_settings as _settings
+from exchange.cli.audit import audit
+from exchange.cli.feed import get, revoke, sighting, submit, subscribe
+from exchange.cli.ops import config, db, health
 from exchange.config import Settings, mask_url
 from exchange.errors import ExchangeError
 from exchange.logs import configure_logging

@@ -13,8 +13,8 @@ import click
 import orjson
 
 from exchange import errors
-from exchange._cli_options import ca_file_option
-from exchange.cli_admin import config_option, data_dir_option, database_option, load_cli_settings
+from exchange.cli._options import ca_file_option
+from exchange.cli.admin import config_option, data_dir_option, database_option, load_cli_settings
 from exchange.config import Settings, effective_settings, mask_url
 from exchange.server import check_listen
 from exchange.store import open_store

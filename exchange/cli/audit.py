@@ -5,7 +5,7 @@ operator: every entry; also while the server runs) or, with ``--target``, throug
 a running server's AuditService with a partner's token (a partner without the
 ``audit`` role sees the entries of its own actions and those about the objects it
 submitted; ``verify`` needs ``audit``). Both ways go through one
-``AuditBackend`` (``exchange.audit_backend``), so each command is written once.
+``AuditBackend`` (``exchange.cli._audit_backend``), so each command is written once.
 Through a server every call is itself recorded in the log; on the data directory
 nothing is written, except that ``export`` signs a new checkpoint (with the key in
 the data directory) when the log has grown since the latest one.
@@ -40,17 +40,17 @@ import orjson
 from exchange_client import AuditEntry, Checkpoint, CheckpointError, ExchangeClient
 
 from exchange import errors
-from exchange._cli_options import ca_file_option, cert_file_option, key_file_option, token_option
 from exchange.audit.entries import Action
 from exchange.audit.verify import KeptCheckpoint
-from exchange.audit_backend import (
+from exchange.cli._audit_backend import (
     AuditBackend,
     EntryFilter,
     LocalAudit,
     RemoteAudit,
     read_public_key,
 )
-from exchange.cli_admin import config_option, data_dir_option, database_option, load_cli_settings
+from exchange.cli._options import ca_file_option, cert_file_option, key_file_option, token_option
+from exchange.cli.admin import config_option, data_dir_option, database_option, load_cli_settings
 from exchange.stix._explain import printable
 
 __all__ = ["EXIT_NOT_INTACT", "audit"]
