@@ -9,6 +9,18 @@ the SDK alone; ``_main`` is the group and ``serve``. Shared pieces: ``_options``
 ``_time`` (time options).
 """
 
-from exchange.cli._main import main
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``main`` (the console script's entry point) is loaded on first use, so that
+    # importing one partner command does not load the server.
+    if name == "main":
+        from exchange.cli._main import main  # noqa: PLC0415
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from typing import Any
 
 import click
 
 from exchange._memory import return_large_blocks
-from exchange.cli.admin import community, partner, token
-from exchange.cli.admin import config_option as _config_option
-from exchange.cli.admin import data_dir_option as _data_dir_option
-from exchange.cli.admin import database_option as _database_option
-from exchange.cli.admin import load_cli_settings as _settings
+from exchange.cli._options import config_option as _config_option
+from exchange.cli._options import data_dir_option as _data_dir_option
+from exchange.cli._options import database_option as _database_option
+from exchange.cli._options import load_cli_settings as _settings
+from exchange.cli._output import fail
 from exchange.cli.audit import audit
-from exchange.cli.feed import get, revoke, sighting, submit, subscribe
+from exchange.cli.objects import get, revoke, sighting
 from exchange.cli.ops import config, db, health
+from exchange.cli.partners import community, partner
+from exchange.cli.submit import submit
+from exchange.cli.subscribe import subscribe
+from exchange.cli.tokens import token
 from exchange.config import Settings, mask_url
 from exchange.errors import ExchangeError
 from exchange.logs import configure_logging
@@ -141,8 +144,7 @@ def serve(
     try:
         asyncio.run(_serve(settings))
     except ExchangeError as exc:
-        click.echo(f"exchange: {exc.message}", err=True)
-        sys.exit(1)
+        fail(exc.message)
 
 
 async def _serve(settings: Settings) -> None:

@@ -1,6 +1,7 @@
-"""Connection options of the commands that talk to a server (``exchange submit``,
-``exchange partner ... --target``, ``exchange audit ... --target``, ``exchange health``):
-one declaration of each flag, its environment variable and its type; each command
+"""Options shared by the ``exchange`` commands, each declared once: where the settings
+come from (``--config``, ``--data-dir``, ``--database``), and how to reach a server
+(``exchange submit``, ``exchange partner ... --target``, ``exchange audit ... --target``,
+``exchange health``): each flag with its environment variable and type; each command
 says in its help what the flag means for it."""
 
 from __future__ import annotations
@@ -10,7 +11,19 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ca_file_option", "cert_file_option", "key_file_option", "token_option"]
+from exchange import errors
+from exchange.config import Settings, load_settings
+
+__all__ = [
+    "ca_file_option",
+    "cert_file_option",
+    "config_option",
+    "data_dir_option",
+    "database_option",
+    "key_file_option",
+    "load_cli_settings",
+    "token_option",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -39,3 +52,35 @@ def cert_file_option(help_text: str) -> Callable[[_F], _F]:
 
 def key_file_option(help_text: str) -> Callable[[_F], _F]:
     return _pem_option("--key-file", "EXCHANGE_KEY_FILE", help_text)
+
+
+# Where the settings come from: the options of every command that opens the store.
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="EXCHANGE_CONFIG",
+    help="TOML settings file (env: EXCHANGE_CONFIG). See docs/configuration.md.",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Where the embedded store keeps its files"
+    " (env: EXCHANGE_DATA_DIR; default ./exchange-data).",
+)
+
+database_option = click.option(
+    "--database",
+    metavar="URL",
+    help="PostgreSQL instead of the SQLite file in the data directory:"
+    " postgresql://USER@HOST:PORT/DATABASE (env: EXCHANGE_DATABASE; the password is best"
+    " given as PGPASSWORD).",
+)
+
+
+def load_cli_settings(config_file: str | None, **overrides: Any) -> Settings:
+    """Settings for a command; a bad file or value is a usage error (exit 2)."""
+    try:
+        return load_settings(config_file, overrides=overrides)
+    except errors.ExchangeError as exc:
+        raise click.UsageError(exc.message) from exc

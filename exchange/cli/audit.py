@@ -18,290 +18,34 @@ consistent, and its result line says that truncation was not checked for.
 
 Exit codes: 0 success (``verify``: the log is intact), 1 an error (one line on
 stderr), 2 a wrong command line, 3 ``verify`` found the log NOT intact (the
-first bad entry is named).
-"""
+first bad entry is named)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import csv
-import functools
 import os
-import re
 import sys
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from typing import IO, Any, NoReturn
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import click
-import exchange_client
 import orjson
-from exchange_client import AuditEntry, Checkpoint, CheckpointError, ExchangeClient
+from exchange_client import AuditEntry, Checkpoint, CheckpointError
 
-from exchange import errors
 from exchange.audit.entries import Action
 from exchange.audit.verify import KeptCheckpoint
 from exchange.cli._audit_backend import (
-    AuditBackend,
     EntryFilter,
-    LocalAudit,
-    RemoteAudit,
     read_public_key,
 )
-from exchange.cli._options import ca_file_option, cert_file_option, key_file_option, token_option
-from exchange.cli.admin import config_option, data_dir_option, database_option, load_cli_settings
+from exchange.cli._audit_view import _b64, _backend, _iso, _record, _row, _table, _where_options
+from exchange.cli._output import ExitCode, fail
+from exchange.cli._time import parse_time
 from exchange.stix._explain import printable
 
-__all__ = ["EXIT_NOT_INTACT", "audit"]
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_NOT_INTACT = 3
-
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DETAIL_WIDTH = 60
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"exchange: {message}", err=True)
-    sys.exit(code)
-
-
-def _remote_message(error: exchange_client.ExchangeError, target: str) -> str:
-    if isinstance(error, exchange_client.AuthenticationError):
-        return f"authentication failed: {error} (check --token / EXCHANGE_TOKEN)"
-    if isinstance(error, exchange_client.PermissionDenied):
-        return f"permission denied: {error}"
-    if isinstance(error, exchange_client.Unavailable):
-        text = str(error)
-        # The SDK's own message usually says it already.
-        return (
-            text
-            if text.startswith("cannot reach")
-            else f"cannot reach the exchange at {target}: {text}"
-        )
-    if error.code == "UNIMPLEMENTED":
-        return f"the exchange at {target} does not offer the audit API; is it an older version?"
-    if isinstance(error, exchange_client.ValidationError):
-        return str(error)
-    return f"{error.code}: {error}"
-
-
-# -- where a command works -------------------------------------------------------------------
-
-_WHERE_OPTIONS = (
-    config_option,
-    data_dir_option,
-    database_option,
-    click.option(
-        "--target",
-        metavar="HOST:PORT",
-        help="Ask the exchange server at HOST:PORT (its audit API) instead of reading the"
-        " data directory; needs a partner's --token.",
-    ),
-    token_option(
-        "With --target: your partner API token (without the 'audit' role you see your"
-        " own actions and the entries about the objects you submitted)."
-    ),
-    ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
-    cert_file_option("With --target: PEM client certificate for mutual TLS (needs --key-file)."),
-    key_file_option("With --target: PEM private key of the client certificate."),
-)
-
-
-_WHERE_PARAMS = (
-    "config_file",
-    "data_dir",
-    "database",
-    "target",
-    "token",
-    "ca_file",
-    "cert_file",
-    "key_file",
-)
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-
-
-def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
-    for name in ("token", "ca_file", "cert_file", "key_file"):
-        if _given(ctx, name):
-            raise click.UsageError(
-                f"--{name.replace('_', '-')} is for --target HOST:PORT; without --target"
-                " the command reads the data directory"
-            )
-    params = ctx.params
-    settings = load_cli_settings(
-        params.get("config_file"), data_dir=params.get("data_dir"), database=params.get("database")
-    )
-    return LocalAudit(settings, public_key_file)
-
-
-def _remote(ctx: click.Context, target: str, public_key_file: str | None) -> AuditBackend:
-    if _given(ctx, "data_dir") or _given(ctx, "config_file") or _given(ctx, "database"):
-        raise click.UsageError(
-            "--data-dir, --database and --config are for reading the store directly; with"
-            " --target the server's own log is used"
-        )
-    if not target:
-        raise click.BadParameter("expected HOST:PORT", param_hint="--target")
-    params = ctx.params
-    token = (params.get("token") or "").strip()
-    if not token and not params.get("cert_file"):
-        _fail("no API token for --target: pass --token or set EXCHANGE_TOKEN")
-    try:
-        client = ExchangeClient(
-            target,
-            token,
-            ca_file=params.get("ca_file"),
-            cert_file=params.get("cert_file"),
-            key_file=params.get("key_file"),
-        )
-    except (ValueError, OSError) as exc:
-        _fail(str(exc))
-    return RemoteAudit(client, public_key_file)
-
-
-@contextlib.contextmanager
-def _backend(public_key_file: str | None = None) -> Iterator[AuditBackend]:
-    """The backend the command line asks for; errors become one line and exit 1."""
-    ctx = click.get_current_context()
-    target = (
-        (ctx.params.get("target") or "").strip() if ctx.params.get("target") is not None else None
-    )
-    try:
-        if target is None:
-            backend = _local(ctx, public_key_file)
-        else:
-            backend = _remote(ctx, target, public_key_file)
-    except errors.ExchangeError as exc:
-        _fail(exc.message)
-    try:
-        yield backend
-    except errors.ExchangeError as exc:
-        _fail(exc.message)
-    except exchange_client.ExchangeError as exc:
-        _fail(_remote_message(exc, target or ""))
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-    finally:
-        with contextlib.suppress(Exception):
-            backend.close()
-
-
-def _quiet_broken_pipe() -> NoReturn:
-    """The reader went away (``| head``): stop without a traceback."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(EXIT_OK)
-
-
-def _where_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Add --config/--data-dir/--database/--target/--token/--ca-file/--cert-file/--key-file; the
-    command reads them through ``_backend`` (from the click context)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        for name in _WHERE_PARAMS:
-            kwargs.pop(name, None)
-        fn(*args, **kwargs)
-
-    command: Callable[..., None] = wrapper
-    for option in reversed(_WHERE_OPTIONS):
-        command = option(command)
-    return command
-
-
-# -- values ----------------------------------------------------------------------------------
-
-
-def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """ISO 8601 (``2026-11-27``, ``2026-11-27T10:00:00Z``; no zone: UTC). A date alone
-    as ``--until`` means up to the end of that day."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time; e.g. 2026-11-27 or 2026-11-27T10:00:00Z",
-            ctx=ctx,
-            param=param,
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    if param.name == "until" and _DATE_ONLY.match(text):
-        when += timedelta(days=1)
-    return when
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _short_detail(detail: dict[str, Any]) -> str:
-    parts: list[str] = []
-    if "outcome" in detail:
-        parts.append(str(detail["outcome"]))
-    for key, value in detail.items():
-        if key == "outcome":
-            continue
-        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        parts.append(f"{key}={shown}")
-    text = " ".join(" ".join(parts).split())
-    return text if len(text) <= _DETAIL_WIDTH else text[: _DETAIL_WIDTH - 3] + "..."
-
-
-def _record(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "index": entry.index,
-        "at": _iso(entry.at),
-        "action": entry.action,
-        "actor": entry.actor,
-        "partner": entry.partner,
-        "object_id": entry.object_id,
-        "version": entry.version,
-        "digest": entry.digest,
-        "owner": entry.owner,
-        "detail": entry.detail,
-        "leaf_hash": entry.leaf_hash.hex(),
-    }
-
-
-_HEADERS = ("INDEX", "TIME", "ACTION", "ACTOR", "PARTNER", "OBJECT", "VERSION", "DETAIL")
-
-
-def _row(entry: AuditEntry) -> list[str]:
-    return [
-        str(entry.index),
-        entry.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        entry.action,
-        entry.actor or "-",
-        entry.partner or "-",
-        entry.object_id or "-",
-        entry.version or "-",
-        _short_detail(entry.detail) or "-",
-    ]
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [list(_HEADERS), *rows]) for i in range(len(_HEADERS))]
-    for row in [list(_HEADERS), *rows]:
-        cells = [row[0].rjust(widths[0])]
-        cells += [f"{cell:<{widths[i + 1]}}" for i, cell in enumerate(row[1:-1])]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
-
-
-# -- the group -------------------------------------------------------------------------------
+__all__ = ["audit"]
 
 _EPILOG_WHERE = """
 Without --target, works on the data directory (--data-dir/--config) as the
@@ -353,14 +97,14 @@ Examples:
 @click.option(
     "--since",
     metavar="TIME",
-    callback=_instant,
+    callback=parse_time,
     help="Entries at or after TIME (ISO 8601, e.g. 2026-11-27 or 2026-11-27T10:00:00Z; UTC"
     " unless it says otherwise).",
 )
 @click.option(
     "--until",
     metavar="TIME",
-    callback=_instant,
+    callback=parse_time,
     help="Entries before TIME (a date alone: up to the end of that day).",
 )
 @click.option(
@@ -488,7 +232,7 @@ def verify(public_key_file: str | None, checkpoint_files: tuple[str, ...]) -> No
     # One line either way; when not intact it names the first bad entry (or checkpoint).
     click.echo(result.summary)
     if not result.intact:
-        sys.exit(EXIT_NOT_INTACT)
+        sys.exit(ExitCode.NOT_INTACT)
 
 
 def _kept(path: str) -> KeptCheckpoint:
@@ -497,9 +241,9 @@ def _kept(path: str) -> KeptCheckpoint:
             text = file.readline(1 << 20)
         checkpoint = Checkpoint.from_json(text)
     except OSError as exc:
-        _fail(f"cannot read the checkpoint {path}: {exc.strerror or exc}")
+        fail(f"cannot read the checkpoint {path}: {exc.strerror or exc}")
     except CheckpointError as exc:
-        _fail(f"{path} is not a kept checkpoint: {exc}")
+        fail(f"{path} is not a kept checkpoint: {exc}")
     return KeptCheckpoint(checkpoint, printable(path))  # named in a one-line result
 
 
@@ -546,7 +290,7 @@ def checkpoint_command(output: str | None, public_key_file: str | None) -> None:
     try:
         checkpoint.verify(public_key)
     except CheckpointError as exc:
-        _fail(f"the exchange's checkpoint of size {checkpoint.tree_size:,} does not verify: {exc}")
+        fail(f"the exchange's checkpoint of size {checkpoint.tree_size:,} does not verify: {exc}")
     line = orjson.dumps(_checkpoint_record(checkpoint, public_key)).decode() + "\n"
     if output is None:
         click.echo(line, nl=False)
@@ -573,7 +317,7 @@ def _write_whole(path: str, text: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
-        _fail(f"cannot write {path}: {exc.strerror or exc}")
+        fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _at(checkpoint: Checkpoint) -> datetime:
@@ -624,7 +368,7 @@ def export(output: str | None) -> None:
                 with open(output, "w", encoding="utf-8") as out:
                     count = _export(checkpoint, public_key, entries, out)
             except OSError as exc:
-                _fail(f"cannot write {output}: {exc.strerror or exc}")
+                fail(f"cannot write {output}: {exc.strerror or exc}")
     click.echo(
         f"exported {count:,} entries with proofs against the checkpoint of size"
         f" {checkpoint.tree_size:,}" + (f" to {output}" if output else ""),

@@ -13,15 +13,19 @@ import click
 import orjson
 
 from exchange import errors
-from exchange.cli._options import ca_file_option
-from exchange.cli.admin import config_option, data_dir_option, database_option, load_cli_settings
+from exchange.cli._options import (
+    ca_file_option,
+    config_option,
+    data_dir_option,
+    database_option,
+    load_cli_settings,
+)
+from exchange.cli._output import ExitCode, fail, one_line
 from exchange.config import Settings, effective_settings, mask_url
 from exchange.server import check_listen
 from exchange.store import open_store
 
 __all__ = ["config", "db", "health"]
-
-EXIT_INVALID = 2
 
 
 @click.group()
@@ -51,8 +55,7 @@ def migrate(config_file: str | None, data_dir: str | None, database: str | None)
     try:
         found, now = asyncio.run(store.migrate())
     except errors.ExchangeError as exc:
-        click.echo(f"exchange: {exc.message}", err=True)
-        sys.exit(1)
+        fail(exc.message)
     where = _where(settings)
     if found == now:
         click.echo(f"{where}: schema version {now}, nothing to do")
@@ -89,8 +92,7 @@ def check(config_file: str | None, as_json: bool) -> None:
     try:
         settings = load_cli_settings(config_file)
     except click.UsageError as exc:
-        click.echo(f"exchange: invalid settings: {exc.message}", err=True)
-        sys.exit(EXIT_INVALID)
+        fail(f"invalid settings: {exc.message}", ExitCode.INVALID)
     rows = effective_settings(settings, config_file)
     problems = _problems(settings)
     if as_json:
@@ -100,11 +102,11 @@ def check(config_file: str | None, as_json: bool) -> None:
     else:
         click.echo(_as_toml(rows))
         for problem in problems:
-            click.echo(f"exchange: {problem}", err=True)
+            click.echo(f"exchange: {one_line(problem)}", err=True)
         if not problems:
             click.echo("settings are valid", err=True)
     if problems:
-        sys.exit(EXIT_INVALID)
+        sys.exit(ExitCode.INVALID)
 
 
 def _problems(settings: Settings) -> list[str]:
@@ -213,8 +215,8 @@ def health(target: str, ca_file: str | None, server_name: str | None, timeout: f
             answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
             click.echo(f"exchange at {target}: no answer ({exc.code().name})", err=True)
-            sys.exit(1)
+            sys.exit(ExitCode.ERROR)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     click.echo(f"exchange at {target}: {status}")
     if answer.status != health_pb2.HealthCheckResponse.SERVING:
-        sys.exit(1)
+        sys.exit(ExitCode.ERROR)

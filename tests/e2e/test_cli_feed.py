@@ -153,7 +153,7 @@ def test_sighting_revoke_and_get(server: ServerProcess, tmp_path: Path) -> None:
 
     # Only its creator may revoke it.
     out = run("revoke", lure["id"], *as_partner(server, platform), code=2)
-    assert out.stderr.startswith("error: revocation rejected: ")
+    assert out.stderr.startswith("exchange: revocation rejected: ")
     assert out.stderr.count("\n") == 1
     out = run("revoke", lure["id"], *as_partner(server, ngo), "--json")
     record = orjson.loads(out.stdout)
@@ -165,7 +165,7 @@ def test_sighting_revoke_and_get(server: ServerProcess, tmp_path: Path) -> None:
 
     missing = "indicator--00000000-0000-4000-8000-000000000000"
     out = run("get", missing, *as_partner(server, ngo), code=1)
-    assert out.stderr == f"error: {missing}: not found (or not visible to you)\n"
+    assert out.stderr == f"exchange: {missing}: not found (or not visible to you)\n"
 
 
 # -- the SDK examples ------------------------------------------------------------------

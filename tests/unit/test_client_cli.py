@@ -1,5 +1,4 @@
-"""`exchange submit`, `get`, `subscribe`, `sighting` and `revoke` (exchange.cli.feed)
-against a fake exchange."""
+"""`exchange submit`, `get`, `subscribe`, `sighting` and `revoke` against a fake exchange."""
 
 from __future__ import annotations
 
@@ -22,8 +21,12 @@ from click.testing import CliRunner
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
-from exchange.cli import feed as cli_feed
-from exchange.cli.feed import get, revoke, sighting, submit, subscribe
+from exchange.cli import _output, objects
+from exchange.cli import submit as submit_module
+from exchange.cli import subscribe as subscribe_module
+from exchange.cli.objects import get, revoke, sighting
+from exchange.cli.submit import submit
+from exchange.cli.subscribe import subscribe
 from tests.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,7 +280,7 @@ def test_submit_bad_token_is_one_line_exit_1(fake: FakeExchange, tmp_path: Path)
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: ")
+    assert result.stderr.startswith("exchange: ")
     assert "authentication failed: unknown API token" in result.stderr
     assert "Traceback" not in result.output
 
@@ -290,7 +293,7 @@ def test_submit_without_token(
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: no API token: pass --token or set EXCHANGE_TOKEN "
+        "exchange: no API token: pass --token or set EXCHANGE_TOKEN "
         "(or authenticate with a client certificate: --cert-file and --key-file)\n"
     )
     assert fake.submits == []
@@ -308,7 +311,7 @@ def test_submit_unreachable_exchange(tmp_path: Path) -> None:
     target = f"127.0.0.1:{_closed_port()}"
     result = CliRunner().invoke(submit, ["--target", target, "--token", "t", str(good)])
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: {good}: cannot reach the exchange at {target}: ")
+    assert result.stderr.startswith(f"exchange: {good}: cannot reach the exchange at {target}: ")
     assert result.stderr.count("\n") == 1
 
 
@@ -406,13 +409,13 @@ def test_cert_file_without_key_file_is_one_line_exit_1(fake: FakeExchange, tmp_p
     result = CliRunner().invoke(submit, [str(good), "--cert-file", str(pem), "--ca-file", str(pem)])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: a client certificate needs both --cert-file and")
+    assert result.stderr.startswith("exchange: a client certificate needs both --cert-file and")
     assert "--cert-file is set but --key-file is not" in result.stderr
     result = CliRunner().invoke(
         get, ["indicator--1", "--cert-file", str(pem), "--key-file", str(pem)]
     )
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: a client certificate needs TLS: set --ca-file")
+    assert result.stderr.startswith("exchange: a client certificate needs TLS: set --ca-file")
     assert fake.submits == fake.requests == []
 
 
@@ -500,11 +503,11 @@ def test_get_not_found_is_one_line_exit_1(fake: FakeExchange) -> None:
     result = CliRunner().invoke(get, ["indicator--hidden"])
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr == "error: indicator--hidden: not found (or not visible to you)\n"
+    assert result.stderr == "exchange: indicator--hidden: not found (or not visible to you)\n"
     result = CliRunner().invoke(get, ["indicator--hidden", "--version", "v9"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: indicator--hidden version v9: not found (or not visible to you)\n"
+        "exchange: indicator--hidden version v9: not found (or not visible to you)\n"
     )
 
 
@@ -512,7 +515,7 @@ def test_get_bad_token(fake: FakeExchange) -> None:
     result = CliRunner().invoke(get, ["indicator--1", "--token", "wrong"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: authentication failed: unknown API token (check --token / EXCHANGE_TOKEN)\n"
+        "exchange: authentication failed: unknown API token (check --token / EXCHANGE_TOKEN)\n"
     )
 
 
@@ -524,7 +527,8 @@ def test_get_blank_object_id_is_a_usage_error(fake: FakeExchange) -> None:
 
 
 def test_commands_are_exported() -> None:
-    assert set(cli_feed.__all__) == {"get", "revoke", "sighting", "submit", "subscribe"}
+    exported = {*objects.__all__, *submit_module.__all__, *subscribe_module.__all__}
+    assert exported == {"get", "revoke", "sighting", "submit", "subscribe"}
 
 
 # -- subscribe -----------------------------------------------------------------------
@@ -583,7 +587,7 @@ def test_subscribe_bad_token(fake: FakeExchange) -> None:
     result = CliRunner().invoke(subscribe, ["--token", "wrong"])
     assert result.exit_code == 1
     assert result.stderr == (
-        "error: authentication failed: unknown API token (check --token / EXCHANGE_TOKEN)\n"
+        "exchange: authentication failed: unknown API token (check --token / EXCHANGE_TOKEN)\n"
     )
 
 
@@ -591,7 +595,7 @@ def test_subscribe_unreachable_without_reconnect() -> None:
     target = f"127.0.0.1:{_closed_port()}"
     result = CliRunner().invoke(subscribe, ["--target", target, "--token", "t", "--no-reconnect"])
     assert result.exit_code == 1
-    assert result.stderr.startswith(f"error: cannot reach the exchange at {target}: ")
+    assert result.stderr.startswith(f"exchange: cannot reach the exchange at {target}: ")
     assert result.stderr.count("\n") == 1
 
 
@@ -606,7 +610,7 @@ def test_subscribe_ctrl_c_exits_quietly_with_130(fake: FakeExchange) -> None:
     # as a terminal's foreground job has it.
     child = (
         "import signal; signal.signal(signal.SIGINT, signal.default_int_handler);"
-        " from exchange.cli.feed import subscribe; subscribe()"
+        " from exchange.cli.subscribe import subscribe; subscribe()"
     )
     process = subprocess.Popen(
         [sys.executable, "-c", child],
@@ -679,7 +683,7 @@ def test_submit_progress_bar_only_on_a_terminal(
 ) -> None:
     one = write_bundle(tmp_path / "one.json", "indicator--1")
     two = write_bundle(tmp_path / "two.json", "indicator--2", "indicator--3")
-    monkeypatch.setattr(cli_feed, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(_output, "is_terminal", lambda stream: True)
     result = CliRunner().invoke(submit, [str(one), str(two)])
     assert result.exit_code == 0, result.output
     assert "objects" in result.stderr  # the bar: "3/3 objects"
@@ -747,7 +751,7 @@ def test_sighting_json_and_rejection(fake: FakeExchange) -> None:
     result = CliRunner().invoke(sighting, ["indicator--1"])
     assert result.exit_code == 2
     assert result.stdout == ""
-    assert result.stderr.startswith("error: sighting rejected: sighting--")
+    assert result.stderr.startswith("exchange: sighting rejected: sighting--")
     assert result.stderr.endswith(": confidence: expected 0-100, got 250\n")
 
 
@@ -800,12 +804,12 @@ def test_revoke(fake: FakeExchange) -> None:
 def test_revoke_not_found_and_rejected(fake: FakeExchange) -> None:
     result = CliRunner().invoke(revoke, ["indicator--9"])
     assert result.exit_code == 1
-    assert result.stderr == "error: indicator--9: not found (or not visible to you)\n"
+    assert result.stderr == "exchange: indicator--9: not found (or not visible to you)\n"
     fake.objects = {("indicator--bad", ""): _stored("indicator--bad")}
     result = CliRunner().invoke(revoke, ["indicator--bad"])
     assert result.exit_code == 2
     assert result.stderr == (
-        "error: revocation rejected: indicator--bad: confidence: expected 0-100, got 250\n"
+        "exchange: revocation rejected: indicator--bad: confidence: expected 0-100, got 250\n"
     )
     result = CliRunner().invoke(revoke, ["indicator--bad", "--json"])
     assert result.exit_code == 2
@@ -887,9 +891,9 @@ def test_subscribe_cursor_file_written_after_each_delivery(
         original(self, cursor)
         seen.append(cursor_file.read_text())
 
-    original = cli_feed._CursorFile.write
+    original = subscribe_module._CursorFile.write
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_feed._CursorFile, "write", spy)
+        patch.setattr(subscribe_module._CursorFile, "write", spy)
         result = CliRunner().invoke(subscribe, ["--cursor-file", str(cursor_file), "--limit", "2"])
     assert result.exit_code == 0, result.output
     assert seen[:2] == ["c1\n", "c2\n"]

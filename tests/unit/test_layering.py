@@ -69,6 +69,11 @@ RULES: list[tuple[list[str], list[str], str]] = [
     ),
     (["exchange_client"], ["exchange"], "the SDK installs and runs without the server"),
     (
+        ["exchange.cli.submit", "exchange.cli.objects", "exchange.cli.subscribe"],
+        ["exchange.server", "exchange.store", "exchange.ingest", "exchange.services"],
+        "the partner commands stand on the SDK alone (they could ship with it)",
+    ),
+    (
         ["exchange_protocol"],
         ["grpc", "exchange", "exchange_client"],
         "the shared primitives load without grpc (only *_pb2_grpc stubs need it)",

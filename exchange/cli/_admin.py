@@ -1,0 +1,331 @@
+"""What ``exchange partner|community|token`` share: where a command works, its
+options, and how registry records are shown.
+
+Each command works on the data directory (``--data-dir``/``--config``; also
+while the server runs, which notices the change) or, with ``--target``,
+through a running server's AdminService with an admin partner's token. Both
+ways go through one ``AdminBackend`` interface: ``Registry`` itself on the
+local store, ``RemoteRegistry`` over gRPC; so each command is written once and
+every value is checked in one place (``exchange.registry``).
+
+Output is aligned text, or with ``--json`` one JSON object per line. Errors are
+one line on stderr (``exchange: ...``) with exit code 1; a wrong command line
+exits 2."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from exchange import errors
+from exchange.cli._admin_backend import AdminBackend, RemoteRegistry
+from exchange.cli._options import (
+    ca_file_option,
+    config_option,
+    data_dir_option,
+    database_option,
+    load_cli_settings,
+    token_option,
+)
+from exchange.cli._output import fail, write_json_line
+from exchange.config import Settings
+from exchange.model import (
+    Community,
+    Credential,
+    CredentialKind,
+    Partner,
+    PartnerKind,
+    Role,
+    Tlp,
+)
+from exchange.registry import Registry, parse_duration
+from exchange.stix import parse_tlp
+from exchange.store import open_store
+
+T = TypeVar("T")
+
+
+# -- where a command works --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where a command works: the local data directory, or a server."""
+
+    settings: Settings | None = None
+    target: str | None = None
+    token: str = ""
+    ca_file: str | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_backend(where: Where) -> AsyncIterator[AdminBackend]:
+    if where.target is not None:
+        roots = None
+        if where.ca_file is not None:
+            try:
+                with open(where.ca_file, "rb") as file:  # noqa: ASYNC230 (a small file, once)
+                    roots = file.read()
+            except OSError as exc:
+                raise errors.InvalidArgument(
+                    f"cannot read the CA file {where.ca_file}: {exc.strerror or exc}"
+                ) from None
+        remote = RemoteRegistry(where.target, where.token, roots)
+        try:
+            yield remote
+        finally:
+            await remote.close()
+        return
+    assert where.settings is not None
+    store = open_store(where.settings)
+    await store.open()
+    try:
+        yield Registry(store)
+    finally:
+        await store.close()
+
+
+def _run(where: Where, operation: Callable[[AdminBackend], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with open_backend(where) as backend:
+            return await operation(backend)
+
+    try:
+        return asyncio.run(run())
+    except errors.ExchangeError as exc:
+        fail(exc.message)
+
+
+# -- options shared by every command -----------------------------------------------------
+
+_WHERE_OPTIONS = (
+    config_option,
+    data_dir_option,
+    database_option,
+    click.option(
+        "--target",
+        metavar="HOST:PORT",
+        help="Work through the exchange server at HOST:PORT (its admin API) instead of"
+        " on the data directory; needs an admin partner's --token.",
+    ),
+    token_option("With --target: the API token of a partner with the 'admin' role."),
+    ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
+)
+
+
+def _where(
+    ctx: click.Context,
+    config_file: str | None,
+    data_dir: str | None,
+    database: str | None,
+    target: str | None,
+    token: str | None,
+    ca_file: str | None,
+) -> Where:
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+    if target is None:
+        if given("token") or given("ca_file"):
+            raise click.UsageError(
+                "--token and --ca-file are for --target HOST:PORT; without --target the"
+                " command works on the data directory"
+            )
+        return Where(settings=load_cli_settings(config_file, data_dir=data_dir, database=database))
+    if given("data_dir") or given("config_file") or given("database"):
+        raise click.UsageError(
+            "--data-dir, --database and --config are for working on the store directly;"
+            " with --target the server's own data is used"
+        )
+    if not target.strip():
+        raise click.BadParameter("expected HOST:PORT", param_hint="--target")
+    if not token or not token.strip():
+        fail("no API token for --target: pass --token or set EXCHANGE_TOKEN")
+    return Where(target=target.strip(), token=token.strip(), ca_file=ca_file)
+
+
+def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Add the --config/--data-dir/--database/--target/--token/--ca-file/--json options; the
+    command receives ``where`` and ``as_json``."""
+
+    @functools.wraps(fn)
+    def wrapper(
+        *args: Any,
+        config_file: str | None,
+        data_dir: str | None,
+        database: str | None,
+        target: str | None,
+        token: str | None,
+        ca_file: str | None,
+        **kwargs: Any,
+    ) -> None:
+        ctx = click.get_current_context()
+        where = _where(ctx, config_file, data_dir, database, target, token, ca_file)
+        fn(*args, where=where, **kwargs)
+
+    command: Callable[..., None] = wrapper
+    for option in reversed(_WHERE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except errors.InvalidArgument as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _tlp_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Tlp | None:
+    if value is None:
+        return None
+    try:
+        return parse_tlp(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_KINDS = click.Choice([k.value for k in PartnerKind], case_sensitive=False)
+_ROLES = click.Choice([r.value for r in Role], case_sensitive=False)
+_SECTOR_HELP = (
+    "STIX industry-sector-ov word, e.g. non-profit, technology, government-national,"
+    " financial-services; repeat for several."
+)
+
+# -- output ------------------------------------------------------------------------------
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in pairs) + 2
+    for label, value in pairs:
+        click.echo(f"{label + ':':<{width}}{value}")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:-1])]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _partner_record(p: Partner) -> dict[str, Any]:
+    return {
+        "partner_id": p.partner_id,
+        "name": p.name,
+        "identity_id": p.identity_id,
+        "kind": p.kind.value,
+        "sectors": list(p.sectors),
+        "roles": sorted(r.value for r in p.roles),
+        "communities": sorted(p.communities),
+        "default_tlp": p.default_tlp.value,
+        "disabled": p.disabled,
+    }
+
+
+def _partner_fields(p: Partner) -> list[tuple[str, str]]:
+    return [
+        ("partner id", p.partner_id),
+        ("name", p.name),
+        ("identity", p.identity_id),
+        ("kind", p.kind.value),
+        ("sectors", ", ".join(p.sectors)),
+        ("roles", ", ".join(sorted(r.value for r in p.roles)) or "-"),
+        ("communities", ", ".join(sorted(p.communities)) or "-"),
+        ("default tlp", p.default_tlp.value),
+        ("status", "disabled" if p.disabled else "enabled"),
+    ]
+
+
+def _show_partner(p: Partner, as_json: bool) -> None:
+    if as_json:
+        write_json_line(_partner_record(p))
+    else:
+        _fields(_partner_fields(p))
+
+
+def _community_record(c: Community) -> dict[str, Any]:
+    return {"name": c.name, "description": c.description, "members": list(c.members)}
+
+
+def _show_community(c: Community, as_json: bool) -> None:
+    if as_json:
+        write_json_line(_community_record(c))
+    else:
+        _fields(
+            [
+                ("community", c.name),
+                ("description", c.description or "-"),
+                ("members", ", ".join(c.members) or "-"),
+            ]
+        )
+
+
+def _status(c: Credential, now: float) -> str:
+    if c.revoked_at is not None:
+        return "revoked"
+    if c.problem(now) is not None:
+        return "expired"
+    return "active"
+
+
+def _fingerprint(c: Credential) -> str | None:
+    return c.digest.hex() if c.kind is CredentialKind.CERTIFICATE else None
+
+
+def _credential_record(c: Credential, now: float) -> dict[str, Any]:
+    return {
+        "credential_id": c.credential_id,
+        "partner_id": c.partner_id,
+        "kind": c.kind.value,
+        "status": _status(c, now),
+        "created_at": _when(c.created_at),
+        "expires_at": None if c.expires_at is None else _when(c.expires_at),
+        "revoked_at": None if c.revoked_at is None else _when(c.revoked_at),
+        "fingerprint": _fingerprint(c),
+    }
+
+
+def _show_credential(c: Credential, as_json: bool) -> None:
+    now = time.time()
+    if as_json:
+        write_json_line(_credential_record(c, now))
+        return
+    pairs = [
+        ("credential id", c.credential_id),
+        ("partner id", c.partner_id),
+        ("kind", c.kind.value),
+        ("status", _status(c, now)),
+        ("created", _when(c.created_at)),
+        ("expires", _when(c.expires_at) if c.expires_at is not None else "never"),
+    ]
+    if c.revoked_at is not None:
+        pairs.append(("revoked", _when(c.revoked_at)))
+    fingerprint = _fingerprint(c)
+    if fingerprint is not None:
+        pairs.append(("fingerprint", fingerprint))
+    _fields(pairs)
+
+
+def _token_once() -> None:
+    click.echo("The token is shown once; give it to the partner over a secure channel.", err=True)
+
+
+_EPILOG_WHERE = """
+Add --target HOST:PORT --token ADMIN_TOKEN to work through a running server
+instead of on the data directory."""

@@ -1,0 +1,81 @@
+"""What every ``exchange`` command prints the same way: errors (one prefix, one line),
+exit codes, JSON lines, and a quiet end when the reader of stdout goes away."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+import orjson
+from rich.console import Console
+
+__all__ = [
+    "ExitCode",
+    "fail",
+    "is_terminal",
+    "one_line",
+    "quiet_broken_pipe",
+    "stdout_console",
+    "write_json_line",
+]
+
+
+class ExitCode(enum.IntEnum):
+    """The exit statuses of ``exchange``, as docs/ and ``--help`` texts state them."""
+
+    OK = 0
+    # A connection, authentication or server error; an object not found.
+    ERROR = 1
+    # Something was rejected (submit, sighting, revoke), or a wrong command line
+    # (click's own usage errors).
+    REJECTED = 2
+    # Invalid settings (config check, db migrate): the same status, another name.
+    INVALID = 2
+    # exchange audit verify: the log is not intact.
+    NOT_INTACT = 3
+    # Ctrl-C.
+    INTERRUPTED = 130
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def fail(message: str, code: int = ExitCode.ERROR) -> NoReturn:
+    """Print ``exchange: MESSAGE`` (on one line) to stderr and exit with ``code``."""
+    click.echo(f"exchange: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def write_json_line(record: dict[str, Any]) -> None:
+    """One JSON line on stdout, flushed (click writes bytes to the binary stream)."""
+    click.echo(orjson.dumps(record))
+
+
+def quiet_broken_pipe() -> NoReturn:
+    """The reader went away (``| head``): stop without a traceback."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(ExitCode.OK)
+
+
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (tests replace this)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed
+        return False
+
+
+def stdout_console() -> Console:
+    """A rich console on stdout; not on a terminal: no colours and no wrapping of
+    long cells (the width of a pipe is not the reader's)."""
+    if is_terminal(sys.stdout):
+        return Console(file=sys.stdout)
+    return Console(file=sys.stdout, width=4096, no_color=True, highlight=False)

@@ -1,0 +1,279 @@
+"""``exchange subscribe``: the partner's feed as JSON lines or readable lines, from a
+cursor kept in a file, a time, the beginning or now."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from exchange_client import (
+    Delivery,
+    ExchangeError,
+    Subscription,
+)
+
+from exchange.cli import _output
+from exchange.cli._output import ExitCode, fail, one_line, quiet_broken_pipe, write_json_line
+from exchange.cli._partner import _connect, _connection_options, _describe
+from exchange.cli._time import parse_time
+
+__all__ = ["subscribe"]
+
+
+def _delivery_record(delivery: Delivery) -> dict[str, Any]:
+    accepted_at = delivery.accepted_at.isoformat(timespec="microseconds")
+    return {
+        "cursor": delivery.cursor,
+        "submitter": delivery.submitter,
+        "submitter_identity": delivery.submitter_identity,
+        "tlp": delivery.tlp,
+        "accepted_at": accepted_at.replace("+00:00", "Z"),
+        "object_id": delivery.object_id,
+        "object_type": delivery.object_type,
+        "version": delivery.version,
+        "object": orjson.loads(delivery.object_json),
+    }
+
+
+_TLP_COLOURS = {
+    "clear": "white",
+    "green": "green",
+    "amber": "yellow",
+    "amber+strict": "yellow",
+    "red": "red",
+}
+
+
+def _pretty_line(delivery: Delivery) -> str:
+    """One readable line: time, TLP, type, id, submitter, and what the object says."""
+    obj = delivery.object
+    when = delivery.accepted_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    tlp = click.style(
+        f"TLP:{delivery.tlp.upper():<12}", fg=_TLP_COLOURS.get(delivery.tlp), bold=True
+    )
+    parts = [when, tlp, f"{delivery.object_type:<9}", delivery.object_id]
+    parts.append(f"by {delivery.submitter}")
+    if obj.get("revoked") is True:
+        parts.append(click.style("REVOKED", fg="red", bold=True))
+    if delivery.object_type == "indicator" and obj.get("pattern"):
+        parts.append(one_line(str(obj["pattern"])))
+    elif delivery.object_type == "sighting" and obj.get("sighting_of_ref"):
+        parts.append(f"sighting of {obj['sighting_of_ref']} (count {obj.get('count', 1)})")
+    elif obj.get("name"):
+        parts.append(one_line(str(obj["name"])))
+    return "  ".join(parts)
+
+
+class _CursorFile:
+    """Where a ``--cursor-file`` subscription stopped, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._written: str | None = None
+
+    def read(self) -> str | None:
+        try:
+            text = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return None
+        self._written = text or None
+        return self._written
+
+    def write(self, cursor: str | None) -> None:
+        if not cursor or cursor == self._written:
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(cursor + "\n", encoding="utf-8")
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        self._written = cursor
+
+
+def _default_format(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    if value is not None:
+        return value.lower()
+    return "pretty" if _output.is_terminal(sys.stdout) else "jsonl"
+
+
+def _start(
+    ctx: click.Context, cursor: str | None, cursor_file: str | None, from_beginning: bool
+) -> tuple[_CursorFile | None, str | None]:
+    """The cursor file, and the cursor to start from (--cursor, or the file's)."""
+    if cursor and from_beginning:
+        raise click.UsageError("--cursor and --from-beginning exclude each other")
+    if cursor and cursor_file:
+        raise click.UsageError("--cursor and --cursor-file exclude each other")
+    if not cursor_file:
+        return None, cursor
+    saved = _CursorFile(Path(cursor_file))
+    try:
+        return saved, saved.read()
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"cannot read --cursor-file {cursor_file}: {err}")
+
+
+def _print_delivery(ctx: click.Context, delivery: Delivery, output_format: str) -> None:
+    try:
+        if output_format == "pretty":
+            click.echo(_pretty_line(delivery))
+        else:
+            write_json_line(_delivery_record(delivery))
+    except ValueError:  # not JSON
+        fail(f"the exchange sent {delivery.object_id} as invalid JSON")
+
+
+def _deliveries(subscription: Iterable[Delivery], since: datetime | None) -> Iterator[Delivery]:
+    for delivery in subscription:
+        if since is None or delivery.accepted_at >= since:
+            yield delivery
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  exchange subscribe --from-beginning --type indicator --limit 100
+  exchange subscribe --since 2026-11-01 --format pretty --label trafficking:recruitment
+  exchange subscribe --from-beginning --cursor-file feed.cursor >> feed.jsonl
+  exchange subscribe --cursor "$(tail -n1 feed.jsonl | jq -r .cursor)" >> feed.jsonl
+"""
+)
+@_connection_options
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["pretty", "jsonl"], case_sensitive=False),
+    callback=_default_format,
+    help="pretty: one readable line per delivery; jsonl: one JSON object per line "
+    "(default: pretty on a terminal, jsonl otherwise).",
+)
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="Start with the first object ever accepted (default: only new objects).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=parse_time,
+    help="Only objects accepted at or after TIME (ISO 8601, e.g. 2026-11-27 or "
+    "2026-11-27T10:00:00Z; naive means UTC): reads from the beginning and skips older ones.",
+)
+@click.option(
+    "--cursor",
+    metavar="CURSOR",
+    help="Resume right after the delivery that carried CURSOR.",
+)
+@click.option(
+    "--cursor-file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Start from the cursor saved in FILE, if it exists, and save the cursor there "
+    "after every delivery (replaced atomically): run the same command again to continue "
+    "where it stopped.",
+)
+@click.option(
+    "--type",
+    "types",
+    metavar="TYPE",
+    multiple=True,
+    help="Only objects of this STIX type (e.g. indicator); repeatable.",
+)
+@click.option(
+    "--label",
+    "labels",
+    metavar="LABEL",
+    multiple=True,
+    help="Only objects carrying this label; repeatable (any one matches).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Exit after N deliveries (default: run until interrupted).",
+)
+@click.option(
+    "--no-reconnect",
+    is_flag=True,
+    help="Exit (1) when the connection is lost instead of reconnecting with backoff.",
+)
+@click.pass_context
+def subscribe(
+    ctx: click.Context,
+    *,
+    target: str,
+    token: str | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    output_format: str,
+    from_beginning: bool,
+    since: datetime | None,
+    cursor: str | None,
+    cursor_file: str | None,
+    types: tuple[str, ...],
+    labels: tuple[str, ...],
+    limit: int | None,
+    no_reconnect: bool,
+) -> None:
+    """Stream the objects you may see, as they are accepted.
+
+    --format jsonl writes one JSON line per delivery: cursor, submitter,
+    submitter_identity, tlp, accepted_at, object_id, object_type, version and the
+    STIX object itself. --format pretty writes one line: time, TLP, type, id,
+    submitter and, for an indicator, its pattern.
+
+    When the connection is lost the command reconnects with backoff (saying so
+    on stderr) and resumes after the last delivery: nothing is missed or
+    repeated. Ctrl-C stops (exit 130).
+    """
+    saved, cursor = _start(ctx, cursor, cursor_file, from_beginning)
+    client = _connect(ctx, target, token, ca_file, cert_file, key_file)
+
+    def reconnecting(attempt: int, error: BaseException) -> None:
+        click.echo(f"reconnecting (attempt {attempt}): {one_line(str(error))}", err=True)
+
+    count = 0
+    subscription: Subscription | None = None
+    try:
+        with client:
+            subscription = client.subscribe(
+                types=types,
+                labels=labels,
+                cursor=cursor or None,
+                from_beginning=not cursor and (from_beginning or since is not None),
+                reconnect=not no_reconnect,
+                on_reconnect=None if no_reconnect else reconnecting,
+            )
+            for delivery in _deliveries(subscription, since):
+                _print_delivery(ctx, delivery, output_format)
+                if saved is not None:
+                    saved.write(subscription.last_cursor or delivery.cursor)
+                count += 1
+                if limit is not None and count >= limit:
+                    break
+    except ExchangeError as err:
+        fail(_describe(err, client.target))
+    except OSError as err:
+        if isinstance(err, BrokenPipeError):
+            quiet_broken_pipe()
+        fail(f"cannot write --cursor-file {cursor_file}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        ctx.exit(ExitCode.INTERRUPTED)
+    finally:
+        # Objects skipped by --since, or a position the exchange sent without a
+        # delivery, count as handled too.
+        if saved is not None and subscription is not None:
+            with contextlib.suppress(OSError):
+                saved.write(subscription.last_cursor)
+    ctx.exit(ExitCode.OK)
