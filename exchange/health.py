@@ -140,7 +140,7 @@ class HealthMonitor:
             return f"{name}: no answer within {self._timeout_s:g} s"
         except ExchangeError as exc:
             return f"{name}: {exc.message}"
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is an unhealthy answer, said
             return f"{name}: {type(exc).__name__}: {exc}"
         return ""
 

@@ -103,7 +103,7 @@ class _Call:
 def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
     try:
         code = context.code()
-    except Exception:  # older grpc: no code() on the aio context
+    except Exception:  # noqa: BLE001 - older grpc: no code() on the aio context
         return None
     if isinstance(code, grpc.StatusCode):
         return code

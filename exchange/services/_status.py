@@ -77,7 +77,7 @@ def guard_stream(
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _abort maps it to a status (one place)
             await _abort(context, exc)
 
     return wrapper

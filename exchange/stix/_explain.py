@@ -234,7 +234,7 @@ def _failing_part(prop: Any, value: Any) -> tuple[str, dict[str, Any], Any] | No
 def _refuses(cls: Any, item: dict[str, Any]) -> bool:
     try:
         cls(**item)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any stix2 error means the item is refused
         return True
     return False
 

@@ -126,7 +126,7 @@ class BundleRequests:
                     bundle=data, request_id=str(self.sent), audience=self._audience
                 )
                 self.sent += 1
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - handed to the caller's thread, raised there
             self.error = err
 
 

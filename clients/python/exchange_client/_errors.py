@@ -125,7 +125,7 @@ def _call_attr(error: grpc.RpcError, name: str) -> Any:
         return None
     try:
         return method()
-    except Exception:  # a failed accessor must not hide the original failure
+    except Exception:  # noqa: BLE001 - a failed accessor must not hide the original failure
         return None
 
 

@@ -48,7 +48,7 @@ def is_retryable(error: grpc.RpcError) -> bool:
     code = getattr(error, "code", None)
     try:
         status = code() if callable(code) else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - an error without a readable status is not retried
         return False
     return status is grpc.StatusCode.UNAVAILABLE
 

@@ -101,12 +101,12 @@ class _Connections(OutboxListeners):
                 command_timeout=self._timeout_s,
                 server_settings={"application_name": "exchange"},
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _raise maps it (Unavailable, StoreFull) and raises
             self._raise(exc)
         try:
             async with pool.acquire(timeout=self._timeout_s) as conn:
                 await self._migrate_on(conn)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - the pool goes, then _raise maps and raises
             pool.terminate()
             self._raise(exc)
         self._pool = pool
@@ -126,7 +126,7 @@ class _Connections(OutboxListeners):
                 self._raise(exc)
             error = self._error(f"cannot migrate the database {self._where}: {exc}", exc)
             raise error from error.__cause__
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _raise maps it (Unavailable, StoreFull) and raises
             self._raise(exc)
 
     async def ping(self) -> None:
@@ -166,7 +166,7 @@ class _Connections(OutboxListeners):
                 # Waits for connections in use to come back, then closes them.
                 async with asyncio.timeout(self._timeout_s):
                     await pool.close()
-            except Exception:  # closing: nothing left to tell the caller
+            except Exception:  # noqa: BLE001 - closing: nothing left to tell the caller
                 pool.terminate()
 
     async def _connect(self, application: str) -> Any:
@@ -178,14 +178,14 @@ class _Connections(OutboxListeners):
                 command_timeout=self._timeout_s,
                 server_settings={"application_name": application, **_KEEPALIVES},
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - _raise maps it (Unavailable, StoreFull) and raises
             self._raise(exc)
 
     async def _close_connection(self, conn: Any) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await conn.close()
-        except Exception:  # a lost connection: nothing to close cleanly
+        except Exception:  # noqa: BLE001 - a lost connection: nothing to close cleanly
             conn.terminate()
 
     # -- leases -------------------------------------------------------------------
@@ -219,7 +219,7 @@ class _Connections(OutboxListeners):
                 held = await self._lease_conn.fetchval(
                     "SELECT pg_try_advisory_lock($1, $2)", _LEASE_CLASS, lease_key(job)
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - _raise maps it (Unavailable, StoreFull) and raises
                 self._raise(exc)
             if held:
                 self._leases.add(job)
@@ -327,7 +327,7 @@ class _Connections(OutboxListeners):
                 if not write or committing or retried_unique:
                     raise AlreadyExists(f"already registered: {exc.detail or exc}") from exc
                 retried_unique = True
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - retried once if lost, else mapped and raised
                 if acquired and not committing and not retried_lost and _lost(exc):
                     retried_lost = True
                     continue
