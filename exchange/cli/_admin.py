@@ -31,7 +31,9 @@ from exchange.cli._options import (
     config_option,
     data_dir_option,
     database_option,
+    given_on_command_line,
     load_cli_settings,
+    target_option,
     token_option,
 )
 from exchange.cli._output import fail, write_json_line
@@ -109,11 +111,9 @@ _WHERE_OPTIONS = (
     config_option,
     data_dir_option,
     database_option,
-    click.option(
-        "--target",
-        metavar="HOST:PORT",
-        help="Work through the exchange server at HOST:PORT (its admin API) instead of"
-        " on the data directory; needs an admin partner's --token.",
+    target_option(
+        "Work through the exchange server at HOST:PORT (its admin API) instead of"
+        " on the data directory; needs an admin partner's --token."
     ),
     token_option("With --target: the API token of a partner with the 'admin' role."),
     ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
@@ -131,7 +131,7 @@ def _where(
     ca_file: str | None,
 ) -> Where:
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        return given_on_command_line(ctx, name)
 
     if target is None:
         if given("token") or given("ca_file"):

@@ -26,8 +26,10 @@ from exchange.cli._options import (
     config_option,
     data_dir_option,
     database_option,
+    given_on_command_line,
     key_file_option,
     load_cli_settings,
+    target_option,
     token_option,
 )
 from exchange.cli._output import fail, quiet_broken_pipe
@@ -61,11 +63,9 @@ _WHERE_OPTIONS = (
     config_option,
     data_dir_option,
     database_option,
-    click.option(
-        "--target",
-        metavar="HOST:PORT",
-        help="Ask the exchange server at HOST:PORT (its audit API) instead of reading the"
-        " data directory; needs a partner's --token.",
+    target_option(
+        "Ask the exchange server at HOST:PORT (its audit API) instead of reading the"
+        " data directory; needs a partner's --token."
     ),
     token_option(
         "With --target: your partner API token (without the 'audit' role you see your"
@@ -89,13 +89,9 @@ _WHERE_PARAMS = (
 )
 
 
-def _given(ctx: click.Context, name: str) -> bool:
-    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-
-
 def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
     for name in ("token", "ca_file", "cert_file", "key_file"):
-        if _given(ctx, name):
+        if given_on_command_line(ctx, name):
             raise click.UsageError(
                 f"--{name.replace('_', '-')} is for --target HOST:PORT; without --target"
                 " the command reads the data directory"
@@ -108,7 +104,11 @@ def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
 
 
 def _remote(ctx: click.Context, target: str, public_key_file: str | None) -> AuditBackend:
-    if _given(ctx, "data_dir") or _given(ctx, "config_file") or _given(ctx, "database"):
+    if (
+        given_on_command_line(ctx, "data_dir")
+        or given_on_command_line(ctx, "config_file")
+        or given_on_command_line(ctx, "database")
+    ):
         raise click.UsageError(
             "--data-dir, --database and --config are for reading the store directly; with"
             " --target the server's own log is used"

@@ -20,8 +20,10 @@ __all__ = [
     "config_option",
     "data_dir_option",
     "database_option",
+    "given_on_command_line",
     "key_file_option",
     "load_cli_settings",
+    "target_option",
     "token_option",
 ]
 
@@ -84,3 +86,13 @@ def load_cli_settings(config_file: str | None, **overrides: Any) -> Settings:
         return load_settings(config_file, overrides=overrides)
     except errors.ExchangeError as exc:
         raise click.UsageError(exc.message) from exc
+
+
+def target_option(help_text: str) -> Callable[[_F], _F]:
+    """--target HOST:PORT: work through a running server instead of on the store."""
+    return click.option("--target", metavar="HOST:PORT", help=help_text)
+
+
+def given_on_command_line(ctx: click.Context, name: str) -> bool:
+    """Whether the option ``name`` was typed (not taken from a default or variable)."""
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE

@@ -15,6 +15,7 @@ from typing import Any
 from exchange_protocol.merkle import leaf_hash
 
 from exchange.audit.entries import AuditEntry, Event, submitted
+from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
     Credential,
@@ -41,6 +42,7 @@ __all__ = [
     "audit_row",
     "bundle_submits",
     "chain",
+    "check_first_credential",
     "checkpoint_of",
     "community_missing",
     "copy_key",
@@ -49,6 +51,7 @@ __all__ = [
     "credential_of",
     "newer_schema",
     "not_a_member",
+    "nothing_to_commit",
     "nul_in_bundle",
     "partner_of",
     "set_aside_of",
@@ -363,3 +366,25 @@ class OutboxListeners:
         if any(c.outcome is CommitOutcome.INSERTED for c in committed):
             self._outbox_added()
         return committed
+
+
+def check_first_credential(partner: Partner, credential: Credential) -> None:
+    """``add_partner``: the first credential must be the new partner's."""
+    if credential.partner_id != partner.partner_id:
+        raise InvalidArgument(
+            f"the first credential of partner {partner.partner_id} names partner"
+            f" {credential.partner_id}; it must name the new partner"
+        )
+
+
+def nothing_to_commit(
+    objects: Sequence[tuple[ValidObject, Audience]], rejected: Sequence[Rejection]
+) -> bool:
+    """``commit_objects``: True if the bundle leaves nothing to write. Validation refuses
+    NUL characters in objects; should one get here all the same, both stores refuse the
+    bundle alike (PostgreSQL cannot store it)."""
+    if not objects and not rejected:
+        return True
+    if nul := nul_in_bundle(objects, rejected):
+        raise InvalidArgument(unstorable_text(nul))
+    return False

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 from exchange.bus import TopicPartition
-from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
     Partner,
@@ -25,11 +24,11 @@ from exchange.store._common import (
     Held,
     bundle_submits,
     copy_key,
+    nothing_to_commit,
     nul_in_bundle,
     set_aside_of,
     set_aside_reason,
     stored_of,
-    unstorable_text,
     with_receipts,
 )
 from exchange.store.postgres._audit import _append_audit, _lock_audit_head
@@ -134,12 +133,8 @@ class _ObjectRows(_Connections):
         widen: Callable[[Audience, Audience], Audience],
         rejected: Sequence[Rejection] = (),
     ) -> list[Committed]:
-        if not objects and not rejected:
+        if nothing_to_commit(objects, rejected):
             return []
-        # Validation refuses NUL characters in objects; should one get here all the
-        # same, both stores refuse the bundle alike (PostgreSQL cannot store it).
-        if nul := nul_in_bundle(objects, rejected):
-            raise InvalidArgument(unstorable_text(nul))
 
         async def run(conn: Any) -> list[Committed]:
             size, previous = await _lock_audit_head(conn)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from exchange.errors import AlreadyExists, InvalidArgument, NotFound
+from exchange.errors import AlreadyExists, NotFound
 from exchange.model import (
     Community,
     Credential,
@@ -15,6 +15,7 @@ from exchange.model import (
     Partner,
 )
 from exchange.store._common import (
+    check_first_credential,
     community_missing,
     credential_bound,
     credential_id_taken,
@@ -89,11 +90,7 @@ class _RegistryRows(_Connections):
 
     # -- partners -----------------------------------------------------------------
     async def add_partner(self, partner: Partner, credential: Credential) -> None:
-        if credential.partner_id != partner.partner_id:
-            raise InvalidArgument(
-                f"the first credential of partner {partner.partner_id} names partner"
-                f" {credential.partner_id}; it must name the new partner"
-            )
+        check_first_credential(partner, credential)
 
         async def run(conn: Any) -> None:
             # Taken in turn with submissions: an object whose id is this partner's

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import orjson
 
 from exchange.bus import TopicPartition
-from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
     Partner,
@@ -24,11 +23,10 @@ from exchange.store._common import (
     Held,
     bundle_submits,
     copy_key,
-    nul_in_bundle,
+    nothing_to_commit,
     set_aside_of,
     set_aside_reason,
     stored_of,
-    unstorable_text,
     with_receipts,
 )
 from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
@@ -142,12 +140,8 @@ class _ObjectRows(_Connections):
         widen: Callable[[Audience, Audience], Audience],
         rejected: Sequence[Rejection] = (),
     ) -> list[Committed]:
-        if not objects and not rejected:
+        if nothing_to_commit(objects, rejected):
             return []
-        # Validation refuses NUL characters in objects; should one get here all the
-        # same, both stores refuse the bundle alike (PostgreSQL cannot store it).
-        if nul := nul_in_bundle(objects, rejected):
-            raise InvalidArgument(unstorable_text(nul))
         return self._committed(
             await self._write(
                 lambda conn: _commit(

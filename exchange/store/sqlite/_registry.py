@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import orjson
 
-from exchange.errors import AlreadyExists, InvalidArgument, NotFound
+from exchange.errors import AlreadyExists, NotFound
 from exchange.model import (
     Community,
     Credential,
@@ -17,6 +17,7 @@ from exchange.model import (
     Partner,
 )
 from exchange.store._common import (
+    check_first_credential,
     community_missing,
     credential_bound,
     credential_id_taken,
@@ -87,11 +88,7 @@ class _RegistryRows(_Connections):
 
     # -- partners -----------------------------------------------------------------
     async def add_partner(self, partner: Partner, credential: Credential) -> None:
-        if credential.partner_id != partner.partner_id:
-            raise InvalidArgument(
-                f"the first credential of partner {partner.partner_id} names partner"
-                f" {credential.partner_id}; it must name the new partner"
-            )
+        check_first_credential(partner, credential)
 
         def run(conn: sqlite3.Connection) -> None:
             taken = conn.execute(
