@@ -38,9 +38,9 @@ How the tail reads:
   from the relay's recorded positions (only the relay writes to the bus).
   ``hot_topics=None`` reads every topic with the one reader.
 
-``Feed`` is one stream's source of records: the shared tail when it can, a private
-bus reader otherwise. With ``pos`` the stream's next offset per tp (-1, "the
-earliest record", counts as 0):
+``Feed`` (exchange._feed) is one stream's source of records: the shared tail when
+it can, a private bus reader otherwise. With ``pos`` the stream's next offset per tp
+(-1, "the earliest record", counts as 0):
 
     switch rule: the stream reads from the tail iff, for every one of its tps, the
     tp is tailed and pos[tp] >= first[tp].
@@ -71,20 +71,19 @@ its position as the tail reads them (the tail reads every offset in order).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 
-from exchange._tasks import cancel_and_wait
+from exchange._tasks import cancel_and_wait, supervise
 from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition, record_bytes
 from exchange.envelope import from_record
 from exchange.errors import ExchangeError, Unavailable
 from exchange.model import StoredObject
 from exchange.store import ObjectStore
 
-__all__ = ["Entry", "Feed", "LiveTail"]
+__all__ = ["Entry", "LiveTail", "decode"]
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +213,6 @@ class LiveTail:
         # "hot" / "cold" reading -> (failing since, error): set on failure, cleared on success.
         self._failing: dict[str, tuple[float, str]] = {}
         self._closed = False
-        # Counters, for tests and operators.
-        self.reader_opens = 0  # the hot reader (re)opened
-        self.cold_reads = 0  # an on-demand reader opened for tps the relay moved
-        self.private_opens = 0  # a stream opened a private reader (history or fell behind)
-        self.fell_behind = 0  # a stream on the tail found the window had moved past it
-        self.joins = 0  # a stream switched from its private reader to the tail
 
     @property
     def window(self) -> int:
@@ -246,8 +239,10 @@ class LiveTail:
         self.check()
         if not self._tasks:
             self._tasks = [
-                asyncio.create_task(self._run("hot", self._read_hot), name="live-tail-hot"),
-                asyncio.create_task(self._run("cold", self._read_cold), name="live-tail-cold"),
+                asyncio.create_task(self._supervised("hot", self._read_hot), name="live-tail-hot"),
+                asyncio.create_task(
+                    self._supervised("cold", self._read_cold), name="live-tail-cold"
+                ),
             ]
 
     def check(self) -> None:
@@ -323,32 +318,32 @@ class LiveTail:
 
     # -- the reading loops -----------------------------------------------------------
 
-    async def _run(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step`` until cancelled; failures are logged and retried with backoff."""
-        backoff = _FIRST_BACKOFF_S
-        while True:
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = exc.message if isinstance(exc, ExchangeError) else repr(exc)
-                since = self._failing.get(name, (self._now(), ""))[0]
-                self._failing[name] = (since, error)
-                log.warning(
-                    "live tail: reading the bus (%s topics) failed (%s); retrying in %.1f s",
-                    name,
-                    error,
-                    backoff,
-                    exc_info=not isinstance(exc, ExchangeError),
-                )
-                if name == "hot":
-                    await self._close_reader()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF_S)
-                continue
-            backoff = _FIRST_BACKOFF_S
-            self._failing.pop(name, None)
+    async def _supervised(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until cancelled; failures are logged and retried with backoff,
+        and ``check`` reports them once they last too long."""
+
+        async def failed(exc: Exception, delay: float) -> None:
+            expected = isinstance(exc, ExchangeError)
+            error = exc.message if isinstance(exc, ExchangeError) else repr(exc)
+            since = self._failing.get(name, (self._now(), ""))[0]
+            self._failing[name] = (since, error)
+            log.warning(
+                "live tail: reading the bus (%s topics) failed (%s); retrying in %.1f s",
+                name,
+                error,
+                delay,
+                exc_info=None if expected else exc,
+            )
+            if name == "hot":
+                await self._close_reader()
+
+        await supervise(
+            step,
+            failed,
+            first_delay_s=_FIRST_BACKOFF_S,
+            max_delay_s=_MAX_BACKOFF_S,
+            recovered=lambda: self._failing.pop(name, None),
+        )
 
     async def _read_hot(self) -> None:
         """One read of the hot tps (waiting while there are none)."""
@@ -361,7 +356,6 @@ class LiveTail:
                 await self._hot_added.wait()
                 return
             self._reader = await self._bus.open_reader(start, prefetch_bytes=self._read_bytes)
-            self.reader_opens += 1
         self._append(await self._reader.read(self._read_batch, self._poll_s, self._read_bytes))
 
     async def _read_cold(self) -> None:
@@ -375,7 +369,6 @@ class LiveTail:
             reader = await self._bus.open_reader(
                 {tp: _start(self._logs[tp]) for tp in behind}, prefetch_bytes=self._read_bytes
             )
-            self.cold_reads += 1
             try:
                 deadline = self._now() + _COLD_READ_S
                 while any(self._logs[tp].next < off for tp, off in behind.items()):
@@ -429,96 +422,3 @@ class LiveTail:
 def _start(held: _Log) -> int | None:
     """Where a reader for this tp starts: the tail's next offset (None: the earliest)."""
     return None if held.next == 0 else held.next
-
-
-class Feed:
-    """One stream's records, from the tail or a private reader (module docstring).
-
-    ``start`` is the stream's next offset per tp (-1: the earliest record held).
-    ``max_bytes`` bounds what one read returns (the first record whatever its size)
-    and what its private reader fetches ahead: all a stalled stream holds.
-    One ``read()`` at a time.
-    """
-
-    def __init__(
-        self,
-        tail: LiveTail,
-        bus: Bus,
-        start: Mapping[TopicPartition, int],
-        max_bytes: int | None = None,
-    ) -> None:
-        self._tail = tail
-        self._bus = bus
-        self._max_bytes = max_bytes
-        self._next = dict(start)
-        self._tps = sorted(start)
-        self._turn = 0
-        self._event = asyncio.Event()
-        self._reader: BusReader | None = None
-        self._following = False  # the last look at the tail found the rule holding
-        tail.watch(self._tps, self._event)
-
-    @property
-    def private(self) -> bool:
-        """Reading with a private reader (catching up), not from the tail."""
-        return self._reader is not None
-
-    async def read(self, max_records: int, timeout_s: float) -> list[Entry]:
-        """Up to ``max_records`` entries past the previous ones, waiting at most about
-        ``timeout_s`` for the first; ``[]`` when none arrived."""
-        if self._reader is not None and self._tail.covers(self._next):
-            await self._close_reader()
-            self._tail.joins += 1
-        if self._reader is None:
-            entries = await self._from_tail(max_records, timeout_s)
-            if entries is not None:
-                return entries
-            self._reader = await self._bus.open_reader(
-                {tp: (None if off < 0 else off) for tp, off in self._next.items()},
-                prefetch_bytes=self._max_bytes,
-            )
-            self._tail.private_opens += 1
-        records = await self._reader.read(max_records, timeout_s, self._max_bytes)
-        return self._advance([decode(r) for r in records])
-
-    async def close(self) -> None:
-        self._tail.unwatch(self._tps, self._event)
-        await self._close_reader()
-
-    async def _from_tail(self, max_records: int, timeout_s: float) -> list[Entry] | None:
-        self._tail.check()
-        # Clear before looking: records appended after the look set it again.
-        self._event.clear()
-        entries = self._take(max_records)
-        if entries == []:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await self._event.wait()
-            self._tail.check()
-            entries = self._take(max_records)
-        return entries
-
-    def _take(self, max_records: int) -> list[Entry] | None:
-        # Moves self._next past what it returns.
-        entries = self._tail.take(self._next, self._rotation(), max_records, self._max_bytes)
-        if entries is None and self._following:
-            self._tail.fell_behind += 1
-        self._following = entries is not None
-        return entries
-
-    def _rotation(self) -> list[TopicPartition]:
-        # Start each take at the next tp, so one busy tp cannot starve the others.
-        tps = self._tps
-        self._turn += 1
-        k = self._turn % len(tps) if tps else 0
-        return tps[k:] + tps[:k]
-
-    def _advance(self, entries: list[Entry]) -> list[Entry]:
-        for tp, offset, _ in entries:
-            self._next[tp] = offset + 1
-        return entries
-
-    async def _close_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.close()

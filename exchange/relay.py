@@ -17,6 +17,7 @@ import contextlib
 import logging
 
 from exchange import policy
+from exchange._tasks import supervise
 from exchange.bus import Bus, BusRecord, Refused, TopicPartition
 from exchange.envelope import to_records
 from exchange.errors import ExchangeError
@@ -60,33 +61,27 @@ class Relay:
 
     async def run(self) -> None:
         """Publish until cancelled; bus errors are logged and retried with backoff."""
-        backoff = 0.1
-        while True:
-            try:
-                while await self.flush_once():
-                    pass
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except ExchangeError as exc:
-                # The store or the bus is unreachable (health says so too): one line,
-                # no traceback, and fewer of them as the backoff grows.
-                log.warning("relay: publishing failed (%s); retrying in %.1f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            except Exception:
-                log.exception("relay: publishing failed; retrying in %.1f s", backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            with contextlib.suppress(TimeoutError):
-                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
-                # that arrives as the wait ends (a wake-up at shutdown), and the
-                # server's stop() would wait for this task forever.
-                async with asyncio.timeout(self._poll_interval_s):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
+        await supervise(self._drain, self._failed, first_delay_s=0.1, max_delay_s=10.0)
+
+    async def _drain(self) -> None:
+        """Publish every pending row, then wait for a wake-up or the next poll."""
+        while await self.flush_once():
+            pass
+        with contextlib.suppress(TimeoutError):
+            # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation
+            # that arrives as the wait ends (a wake-up at shutdown), and the
+            # server's stop() would wait for this task forever.
+            async with asyncio.timeout(self._poll_interval_s):
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+    async def _failed(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, ExchangeError):
+            # The store or the bus is unreachable (health says so too): one line,
+            # no traceback, and fewer of them as the backoff grows.
+            log.warning("relay: publishing failed (%s); retrying in %.1f s", exc, delay)
+        else:
+            log.error("relay: publishing failed; retrying in %.1f s", delay, exc_info=exc)
 
     async def flush_once(self) -> int:
         """Publish one batch of pending rows; returns how many rows it published.

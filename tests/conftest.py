@@ -1,13 +1,27 @@
-"""Fixtures shared by every test folder."""
+"""Fixtures shared by every test folder, and the session's environment."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.environment import drop_exchange_settings, header
 from tests.kafka_broker import TansuBroker
 from tests.postgres import PostgresServer
+
+_dropped: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test or fixture runs, so that servers started as subprocesses do
+    # not inherit them either (tests/environment.py says why).
+    _dropped.extend(drop_exchange_settings(os.environ))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return header(_dropped)
 
 
 @pytest.fixture(scope="session")

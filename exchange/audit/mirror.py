@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from exchange._tasks import supervise
 from exchange.bus import Bus, BusRecord
 from exchange.errors import ExchangeError
 from exchange.store import Store
@@ -35,26 +36,26 @@ class AuditMirror:
     async def run(self) -> None:
         """Publish new entries until cancelled; errors are logged and retried."""
         await self._bus.ensure_topics([AUDIT_TOPIC])
-        backoff = self._poll_interval_s
-        while True:
-            try:
-                published = await self.flush_once()
-            except asyncio.CancelledError:
-                raise
-            except ExchangeError as exc:
-                # Unreachable store or bus (health reports it): one line, growing waits.
-                log.warning(
-                    "audit mirror: publishing failed (%s); retrying in %.1f s", exc, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                continue
-            except Exception:
-                log.exception("audit mirror: publishing failed; retrying")
-                published = 0
-            backoff = self._poll_interval_s
-            if not published:
-                await asyncio.sleep(self._poll_interval_s)
+        await supervise(
+            self._mirror,
+            self._failed,
+            first_delay_s=self._poll_interval_s,
+            max_delay_s=10.0,
+            # Unreachable store or bus (health reports it): growing waits. A bug
+            # waits one poll interval each time.
+            backs_off=lambda exc: isinstance(exc, ExchangeError),
+        )
+
+    async def _mirror(self) -> None:
+        if not await self.flush_once():
+            await asyncio.sleep(self._poll_interval_s)
+
+    async def _failed(self, exc: Exception, delay: float) -> None:
+        if isinstance(exc, ExchangeError):
+            # One line, no traceback.
+            log.warning("audit mirror: publishing failed (%s); retrying in %.1f s", exc, delay)
+        else:
+            log.error("audit mirror: publishing failed; retrying", exc_info=exc)
 
     async def flush_once(self) -> int:
         # Replicas sharing the store: one of them mirrors at a time.

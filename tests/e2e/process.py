@@ -42,7 +42,13 @@ class ServerProcess:
             start_new_session=True,  # its own process group, like a terminal job
             env=None if env is None else {**os.environ, **env},
         )
-        wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
+        try:
+            wait_until(self.serving, 60, f"server on {self.target} (log: {self.log})")
+        except BaseException:
+            # A server that did not come up (some tests expect that): stop it if it
+            # still runs, and close its log, which nothing else would.
+            self.stop()
+            raise
 
     def serving(self) -> bool:
         if self.proc.poll() is not None:

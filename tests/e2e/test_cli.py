@@ -38,7 +38,7 @@ def run(
     return proc
 
 
-@pytest.fixture(params=["local", "kafka"])
+@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
 def bus(request: pytest.FixtureRequest) -> tuple[str, list[str]]:
     if request.param == "local":
         return "local", []

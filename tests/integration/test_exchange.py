@@ -31,7 +31,7 @@ from tests.helpers import (
 SHARED = {Tlp.CLEAR, Tlp.GREEN}
 
 
-@pytest.fixture(params=["local", "kafka"])
+@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerThread]:
     bootstrap = request.getfixturevalue("tansu") if request.param == "kafka" else None
     srv = ServerThread(settings_for(tmp_path / "data", bootstrap)).start()

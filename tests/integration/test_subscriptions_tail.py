@@ -18,12 +18,16 @@ import orjson
 import pytest
 from exchange_client import ExchangeClient, ExchangeError, Subscription
 
-from exchange._tail import Feed, LiveTail
+from exchange import policy
+from exchange._feed import Feed
+from exchange._subscription_request import StreamPosition
+from exchange._tail import LiveTail
 from exchange.bus import BusRecord, ReadRecord, TopicPartition
 from exchange.bus.local import LocalBus
 from exchange.errors import Unavailable
 from exchange.model import Tlp
-from exchange.subscriptions import Cursor, Subscriptions, _Position
+from exchange.subscriptions import Cursor, Subscriptions
+from tests.bus_readers import ReaderLog
 from tests.helpers import (
     PartnerCredentials,
     ServerThread,
@@ -35,6 +39,7 @@ from tests.helpers import (
 )
 
 SHARED = (Tlp.CLEAR, Tlp.GREEN)
+BUSES = ["local", pytest.param("kafka", marks=pytest.mark.kafka)]
 
 
 def start_server(
@@ -48,14 +53,14 @@ def start_server(
     return ServerThread(settings).start()
 
 
-@pytest.fixture(params=["local", "kafka"])
+@pytest.fixture(params=BUSES)
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerThread]:
     srv = start_server(request, tmp_path)
     yield srv
     srv.stop()
 
 
-@pytest.fixture(params=["local", "kafka"])
+@pytest.fixture(params=BUSES)
 def small_window_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerThread]:
     srv = start_server(request, tmp_path, tail_window=20)
     yield srv
@@ -70,6 +75,12 @@ def subscriptions(server: ServerThread) -> Subscriptions:
 def published(server: ServerThread) -> int:
     assert server.server is not None
     return server.server.relay.published
+
+
+def readers_of(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> ReaderLog:
+    """Every bus reader the server opens from now on."""
+    assert server.server is not None
+    return ReaderLog.on(server.server.bus, monkeypatch)
 
 
 @dataclass
@@ -131,8 +142,9 @@ def assert_exactly(stream: Stream, expected: Iterable[str]) -> None:
 
 
 def test_many_streams_opened_while_submitting_each_get_exactly_theirs(
-    server: ServerThread,
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    readers = readers_of(server, monkeypatch)
     ngo = server.add_partner("harbor-light")
     others = [server.add_partner(f"kestrel-{i}", sector="technology") for i in range(2)]
     partners = [ngo, *others]
@@ -213,6 +225,14 @@ def test_many_streams_opened_while_submitting_each_get_exactly_theirs(
                 60,
                 f"{stream.name} to receive everything",
             )
+        # The point of the tail: streams that started in history caught up privately,
+        # then followed the shared reader (their private readers closed, streams open).
+        assert readers.private(policy.SHARED_TOPICS)
+        wait_until(
+            lambda: not [r for r in readers.private(policy.SHARED_TOPICS) if not r.closed],
+            30,
+            "every stream to follow the tail",
+        )
     finally:
         for stream in streams:
             stream.stop()
@@ -227,18 +247,16 @@ def test_many_streams_opened_while_submitting_each_get_exactly_theirs(
             assert all(index[x] >= low[stream.name] for x in expected), stream.name
             assert must[stream.name] <= set(expected), stream.name
         assert_exactly(stream, expected)
-    # The point of the tail: streams that started in history caught up privately,
-    # then followed the shared reader.
-    assert subscriptions(server).tail.joins >= 1
 
 
 # -- a slow stream -------------------------------------------------------------------------
 
 
 def test_a_slow_stream_falls_out_of_the_window_and_catches_up_exactly_once(
-    small_window_server: ServerThread,
+    small_window_server: ServerThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = small_window_server
+    readers = readers_of(server, monkeypatch)
     subs = subscriptions(server)
     tail = subs.tail
     assert tail.window == 20
@@ -276,8 +294,7 @@ def test_a_slow_stream_falls_out_of_the_window_and_catches_up_exactly_once(
                 if len(sent) - slow_server_side > 3 * tail.window:
                     break  # the slow stream's position is far below what the tail holds
                 assert n < 2000, "the server kept feeding a client that reads nothing"
-        behind = tail.fell_behind
-        joins = tail.joins
+        privately = len(readers.private(policy.SHARED_TOPICS))
         # The slow client reads again: everything, each once, through a private reader.
         got = [first["id"]]
         timer = threading.Timer(60.0, slow_sub.cancel)
@@ -289,9 +306,15 @@ def test_a_slow_stream_falls_out_of_the_window_and_catches_up_exactly_once(
         finally:
             timer.cancel()
         assert len(got) == len(set(got)) and set(got) == set(sent)
-        assert tail.fell_behind > behind
-        # ...and, caught up, it follows the tail again: a new object arrives live.
-        wait_until(lambda: tail.joins > joins, 30, "the slow stream to rejoin the tail")
+        # It had fallen out of the window: it caught up with a new private reader...
+        assert len(readers.private(policy.SHARED_TOPICS)) > privately
+        # ...and, caught up, it follows the tail again (its private reader closed while
+        # it stays open): a new object arrives live.
+        wait_until(
+            lambda: all(r.closed for r in readers.private(policy.SHARED_TOPICS)),
+            30,
+            "the slow stream to rejoin the tail",
+        )
         sentinel = indicator(ngo.identity, n=n, tlp=Tlp.CLEAR)
         with ExchangeClient(server.target, token=ngo.token) as c:
             assert c.submit(bundle([sentinel])).ok
@@ -307,14 +330,14 @@ def test_a_slow_stream_falls_out_of_the_window_and_catches_up_exactly_once(
 # -- a partner that arrives after the server started ---------------------------------------
 
 
-def test_a_new_partner_receives_its_own_amber_objects_live(server: ServerThread) -> None:
+def test_a_new_partner_receives_its_own_amber_objects_live(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     early = server.add_partner("harbor-light")
     watcher = open_stream(server, "early", early)  # the tail runs, without the newcomer's topic
-    tail = subscriptions(server).tail
-    cold_reads = tail.cold_reads
     newcomer = server.add_partner("regional-office", sector="government")
+    readers = readers_of(server, monkeypatch)
     stream = open_stream(server, "newcomer", newcomer)
-    privately = tail.private_opens
     try:
         amber = [indicator(newcomer.identity, n=i, tlp=Tlp.AMBER) for i in range(5)]
         with ExchangeClient(server.target, token=newcomer.token) as c:
@@ -333,8 +356,9 @@ def test_a_new_partner_receives_its_own_amber_objects_live(server: ServerThread)
     assert_exactly(watcher, [green["id"]])
     # The newcomer's topic joined the running tail, which read it when the relay had
     # published there; the stream followed the tail from the start: no private reader.
-    assert tail.cold_reads > cold_reads
-    assert tail.private_opens == privately
+    cold = readers.cold(policy.SHARED_TOPICS)
+    assert {f"partner.{newcomer.partner_id}"} in [r.topics() for r in cold]
+    assert not readers.private(policy.SHARED_TOPICS)
 
 
 def test_the_servers_tail_is_bounded_in_bytes(tmp_path: Path) -> None:
@@ -367,7 +391,7 @@ def test_the_servers_tail_is_bounded_in_bytes(tmp_path: Path) -> None:
 
 def test_stream_cursors_encode_and_decode_like_cursor() -> None:
     offsets = {("green", 1): 7, ("clear", 0): -1, ("partner.p-1", 0): 3}
-    position = _Position(dict(offsets), {("green", 1): 12})
+    position = StreamPosition(dict(offsets), {("green", 1): 12})
     expected = Cursor({("green", 1): (7, 12), ("clear", 0): (-1, -1), ("partner.p-1", 0): (3, -1)})
     assert position.cursor() == expected.encode()
     assert Cursor.decode(position.cursor()) == expected
@@ -418,9 +442,10 @@ def _records(topic: str, first: int, count: int, value: bytes = b"{}") -> list[B
 
 
 async def test_feed_switches_between_private_reader_and_tail_without_gap_or_repeat(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bus = LocalBus(tmp_path / "bus.sqlite3")
+    readers = ReaderLog.on(bus, monkeypatch)
     await bus.start()
     await bus.ensure_topics(["t"])
     await bus.publish(_records("t", 0, 30))
@@ -441,13 +466,14 @@ async def test_feed_switches_between_private_reader_and_tail_without_gap_or_repe
                     return
                 assert asyncio.get_running_loop().time() < deadline, got
 
-        await read(25)  # history: privately
-        assert feed.private and got == list(range(25))
+        await read(25)  # history: privately (a reader besides the tail's)
+        assert feed.private and got == list(range(25)) and len(readers.still_open()) == 2
         await read(25)  # up to the tail's start (30)
         assert got == list(range(30))
         await bus.publish(_records("t", 30, 5))
         await read(25, until=35)  # the rule holds: switched, from memory
-        assert not feed.private and tail.joins == 1 and got == list(range(35))
+        assert not feed.private and got == list(range(35))
+        assert len(readers.snapshot()) == 2 and len(readers.still_open()) == 1
         # The window (10) moves past the feed's position: it falls behind, reads privately.
         await bus.publish(_records("t", 35, 30))
         deadline = asyncio.get_running_loop().time() + 10
@@ -455,11 +481,11 @@ async def test_feed_switches_between_private_reader_and_tail_without_gap_or_repe
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.01)
         await read(5)
-        assert feed.private and tail.fell_behind == 1 and tail.private_opens == 2
+        assert feed.private and len(readers.snapshot()) == 3 and len(readers.still_open()) == 2
         await read(100, until=65)
         assert got == list(range(65))
         await read(100)  # caught up: the rule holds again
-        assert not feed.private and tail.joins == 2
+        assert not feed.private and len(readers.still_open()) == 1
     finally:
         if feed is not None:
             await feed.close()
@@ -467,11 +493,14 @@ async def test_feed_switches_between_private_reader_and_tail_without_gap_or_repe
         await bus.close()
 
 
-async def test_the_tail_holds_at_most_its_window_in_bytes(tmp_path: Path) -> None:
+async def test_the_tail_holds_at_most_its_window_in_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Large records: the tail keeps what fits in window_bytes (far fewer than its
     window of records); a stream from the beginning still gets each record once, in
     reads bounded in bytes, and ends up following the tail."""
     bus = LocalBus(tmp_path / "bus.sqlite3")
+    readers = ReaderLog.on(bus, monkeypatch)
     await bus.start()
     await bus.ensure_topics(["t"])
     await bus.publish(_records("t", 0, 40, value=b"x" * 10_000))
@@ -497,7 +526,9 @@ async def test_the_tail_holds_at_most_its_window_in_bytes(tmp_path: Path) -> Non
             got.extend(offset for _, offset, _ in entries)
             reads += 1
         assert got == list(range(40)) and reads >= 20
-        assert not feed.private and tail.joins == 1
+        # Its private reader closed; the tail's reads on.
+        assert not feed.private and len(readers.snapshot()) == 2
+        assert len(readers.still_open()) == 1
     finally:
         if feed is not None:
             await feed.close()
@@ -516,14 +547,19 @@ class _BrokenReader:
 
 
 class _BrokenBus:
+    def __init__(self) -> None:
+        self.opens = 0
+
     async def open_reader(
         self, start: Mapping[TopicPartition, int | None], *, prefetch_bytes: int | None = None
     ) -> _BrokenReader:
+        self.opens += 1
         return _BrokenReader()
 
 
 async def test_a_tail_that_cannot_read_retries_then_reports_unavailable() -> None:
-    tail = LiveTail(_Store(), _BrokenBus(), unavailable_after_s=0.3)  # type: ignore[arg-type]
+    bus = _BrokenBus()
+    tail = LiveTail(_Store(), bus, unavailable_after_s=0.3)  # type: ignore[arg-type]
     await tail.ensure([("t", 0)])
     tail.check()  # failing, but not for long yet
 
@@ -540,7 +576,7 @@ async def test_a_tail_that_cannot_read_retries_then_reports_unavailable() -> Non
         await asyncio.sleep(0.05)
     with pytest.raises(Unavailable, match="the bus is down"):
         tail.check()
-    assert tail.reader_opens >= 2  # retried, reopening the reader
+    assert bus.opens >= 2  # retried, reopening the reader
     await tail.close()
     with pytest.raises(Unavailable):
         tail.check()

@@ -449,7 +449,12 @@ async def test_async_close_ends_a_waiting_subscription(fake: tuple[str, FlakyExc
     async with AsyncExchangeClient(target, token="t") as client:
         sub = client.subscribe(max_backoff=60.0)
         reader = asyncio.create_task(anext(sub, None))
-        await asyncio.sleep(0.3)
+        # Close once it has reconnected at least once: it is then waiting, in a call
+        # or in its backoff before the next one (60 s at most).
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(servicer.requests) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "no reconnection"
+            await asyncio.sleep(0.01)
         await sub.aclose()
         assert await asyncio.wait_for(reader, 5) is None
     assert client._closed
