@@ -316,9 +316,13 @@ class KafkaBus:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, offset)
-        except (KafkaError, OSError) as exc:
-            await consumer.stop()
-            raise self._failure("opening a reader", exc) from exc
+        except BaseException as exc:
+            # Failed, or cancelled (the stream went away): the consumer must not outlive
+            # this call, its connections would stay open with no one to close them.
+            await asyncio.shield(consumer.stop())
+            if isinstance(exc, KafkaError | OSError):
+                raise self._failure("opening a reader", exc) from exc
+            raise
         reader = KafkaReader(self, consumer, {tp: off or 0 for tp, off in tps.items()})
         self._readers.add(reader)
         return reader
