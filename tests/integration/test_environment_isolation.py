@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_session_drops_the_developers_exchange_settings() -> None:
-    env = {
-        **os.environ,
+    # Without the caller's PYTEST_ADDOPTS: CI's -q would hide the header read below.
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    env |= {
         "EXCHANGE_DATABASE": "postgresql://someone-elses-host/db",
         "EXCHANGE_DATA_DIR": "/somewhere/else",
     }
