@@ -24,7 +24,7 @@ from exchange.store.postgres._sql import (
     _has_nul,
 )
 
-# -- the audit chain and objects (inside a write transaction) -----------------------------
+# -- the audit chain (inside a write transaction) -------------------------------------------
 
 
 async def _lock_audit_head(conn: Any) -> tuple[int, bytes]:
@@ -76,7 +76,16 @@ def _nul_in_events(events: Sequence[Event]) -> str:
 class _AuditRows(_Connections):
     """``AuditStore`` on PostgreSQL."""
 
-    # -- audit log ------------------------------------------------------------------
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        async def run(conn: Any) -> bytes:
+            await conn.execute(
+                "INSERT INTO audit_key (id, public_key) VALUES (1, $1) ON CONFLICT DO NOTHING",
+                public_key,
+            )
+            return bytes(await conn.fetchval("SELECT public_key FROM audit_key WHERE id = 1"))
+
+        return await self._write(run)
+
     async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
         if not events:
             return []

@@ -337,14 +337,3 @@ class _Connections(OutboxListeners):
                         unstorable_text(what() or "a text given to this call")
                     ) from None
                 self._raise(exc)
-
-    # -- audit key ----------------------------------------------------------------
-    async def audit_public_key(self, public_key: bytes) -> bytes:
-        async def run(conn: Any) -> bytes:
-            await conn.execute(
-                "INSERT INTO audit_key (id, public_key) VALUES (1, $1) ON CONFLICT DO NOTHING",
-                public_key,
-            )
-            return bytes(await conn.fetchval("SELECT public_key FROM audit_key WHERE id = 1"))
-
-        return await self._write(run)

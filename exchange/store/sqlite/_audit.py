@@ -44,7 +44,17 @@ def append_audit_rows(conn: sqlite3.Connection, events: Sequence[Event]) -> list
 class _AuditRows(_Connections):
     """``AuditStore`` on SQLite."""
 
-    # -- audit log ------------------------------------------------------------------
+    async def audit_public_key(self, public_key: bytes) -> bytes:
+        def run(conn: sqlite3.Connection) -> bytes:
+            conn.execute(
+                "INSERT INTO audit_key (id, public_key) VALUES (1, ?) ON CONFLICT DO NOTHING",
+                (public_key,),
+            )
+            (recorded,) = conn.execute("SELECT public_key FROM audit_key WHERE id = 1").fetchone()
+            return bytes(recorded)
+
+        return await self._write(run)
+
     async def append_audit(self, events: Sequence[Event]) -> list[AuditEntry]:
         if not events:
             return []

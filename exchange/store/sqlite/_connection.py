@@ -130,17 +130,6 @@ class _Connections(OutboxListeners):
         # One server process per data directory: it always runs every job.
         return True
 
-    async def audit_public_key(self, public_key: bytes) -> bytes:
-        def run(conn: sqlite3.Connection) -> bytes:
-            conn.execute(
-                "INSERT INTO audit_key (id, public_key) VALUES (1, ?) ON CONFLICT DO NOTHING",
-                (public_key,),
-            )
-            (recorded,) = conn.execute("SELECT public_key FROM audit_key WHERE id = 1").fetchone()
-            return bytes(recorded)
-
-        return await self._write(run)
-
     async def close(self) -> None:
         for conn in (self._writer, self._reader):
             if conn is not None:
