@@ -32,29 +32,17 @@ from exchange.cli._options import (
     target_option,
     token_option,
 )
-from exchange.cli._output import fail, quiet_broken_pipe
+from exchange.cli._output import describe_error, fail, quiet_broken_pipe
 
 _DETAIL_WIDTH = 60
 
 
 def _remote_message(error: exchange_client.ExchangeError, target: str) -> str:
-    if isinstance(error, exchange_client.AuthenticationError):
-        return f"authentication failed: {error} (check --token / EXCHANGE_TOKEN)"
-    if isinstance(error, exchange_client.PermissionDenied):
-        return f"permission denied: {error}"
-    if isinstance(error, exchange_client.Unavailable):
-        text = str(error)
-        # The SDK's own message usually says it already.
-        return (
-            text
-            if text.startswith("cannot reach")
-            else f"cannot reach the exchange at {target}: {text}"
-        )
     if error.code == "UNIMPLEMENTED":
         return f"the exchange at {target} does not offer the audit API; is it an older version?"
     if isinstance(error, exchange_client.ValidationError):
         return str(error)
-    return f"{error.code}: {error}"
+    return describe_error(error, target)
 
 
 # -- where a command works -------------------------------------------------------------------

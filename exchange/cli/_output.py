@@ -11,10 +11,18 @@ from typing import Any, NoReturn
 
 import click
 import orjson
+from exchange_client import (
+    AuthenticationError,
+    ExchangeError,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+)
 from rich.console import Console
 
 __all__ = [
     "ExitCode",
+    "describe_error",
     "fail",
     "is_terminal",
     "one_line",
@@ -79,3 +87,23 @@ def stdout_console() -> Console:
     if is_terminal(sys.stdout):
         return Console(file=sys.stdout)
     return Console(file=sys.stdout, width=4096, no_color=True, highlight=False)
+
+
+def describe_error(error: ExchangeError, target: str) -> str:
+    """One line saying what went wrong talking to the exchange at ``target``, for stderr."""
+    if isinstance(error, AuthenticationError):
+        return f"authentication failed: {error} (check --token / EXCHANGE_TOKEN)"
+    if isinstance(error, PermissionDenied):
+        return f"permission denied: {error}"
+    if isinstance(error, Unavailable):
+        text = str(error)
+        # The SDK's own message usually says it already.
+        return (
+            text
+            if text.startswith("cannot reach")
+            else f"cannot reach the exchange at {target}: {text}"
+        )
+    if isinstance(error, RateLimited):
+        wait = f" (retry after {error.retry_after:g} s)" if error.retry_after is not None else ""
+        return f"rate limited: {error}{wait}"
+    return f"{error.code}: {error}"

@@ -16,12 +16,7 @@ from typing import Any, TypeVar
 
 import click
 from exchange_client import (
-    AuthenticationError,
     ExchangeClient,
-    ExchangeError,
-    PermissionDenied,
-    RateLimited,
-    Unavailable,
 )
 
 from exchange.cli._options import ca_file_option, cert_file_option, key_file_option, token_option
@@ -72,26 +67,6 @@ def _timeout_option(help_text: str) -> Callable[[_F], _F]:
 
 def _json_option(help_text: str) -> Callable[[_F], _F]:
     return click.option("--json", "as_json", is_flag=True, help=help_text)
-
-
-def _describe(error: ExchangeError, target: str) -> str:
-    """One line saying what went wrong, for stderr."""
-    if isinstance(error, AuthenticationError):
-        return f"authentication failed: {error} (check --token / EXCHANGE_TOKEN)"
-    if isinstance(error, PermissionDenied):
-        return f"permission denied: {error}"
-    if isinstance(error, Unavailable):
-        text = str(error)
-        # The SDK's own message usually says it already.
-        return (
-            text
-            if text.startswith("cannot reach")
-            else f"cannot reach the exchange at {target}: {text}"
-        )
-    if isinstance(error, RateLimited):
-        wait = f" (retry after {error.retry_after:g} s)" if error.retry_after is not None else ""
-        return f"rate limited: {error}{wait}"
-    return f"{error.code}: {error}"
 
 
 def _connect(

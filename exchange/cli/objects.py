@@ -13,13 +13,12 @@ from exchange_client import (
     ValidationError,
 )
 
-from exchange.cli._output import ExitCode, fail, quiet_broken_pipe, write_json_line
+from exchange.cli._output import ExitCode, describe_error, fail, quiet_broken_pipe, write_json_line
 from exchange.cli._partner import (
     TLP_NAMES,
     _audience_options,
     _connect,
     _connection_options,
-    _describe,
     _json_option,
     _object_id_argument,
     _timeout_option,
@@ -75,7 +74,7 @@ def get(
         which = f"{object_id} version {version}" if version else object_id
         fail(f"{which}: not found (or not visible to you)")
     except ExchangeError as err:
-        fail(_describe(err, client.target))
+        fail(describe_error(err, client.target))
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
     except BrokenPipeError:
@@ -212,7 +211,7 @@ def sighting(
     except ValueError as err:  # the SDK's own checks (e.g. TLP:RED without recipients)
         fail(str(err), ExitCode.REJECTED)
     except ExchangeError as err:
-        fail(_describe(err, client.target))
+        fail(describe_error(err, client.target))
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
     _single_result(ctx, "sighting", result, as_json, f"sighting of {indicator_id} recorded")
@@ -259,7 +258,7 @@ def revoke(
     except ValidationError as err:
         fail(f"revocation refused: {err}", ExitCode.REJECTED)
     except ExchangeError as err:
-        fail(_describe(err, client.target))
+        fail(describe_error(err, client.target))
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
     _single_result(ctx, "revocation", result, as_json, "revoked")

@@ -32,7 +32,14 @@ from rich.progress import (
 from rich.table import Table
 
 from exchange.cli import _output
-from exchange.cli._output import ExitCode, fail, one_line, quiet_broken_pipe, write_json_line
+from exchange.cli._output import (
+    ExitCode,
+    describe_error,
+    fail,
+    one_line,
+    quiet_broken_pipe,
+    write_json_line,
+)
 
 if TYPE_CHECKING:
     from exchange_client import SubmitProgress, SubmitSummary
@@ -41,7 +48,6 @@ from exchange.cli._partner import (
     _audience_options,
     _connect,
     _connection_options,
-    _describe,
     _json_option,
     _timeout_option,
 )
@@ -454,7 +460,7 @@ def submit(
                 try:
                     outcome = _submit_one(client, item, bar, audience, timeout)
                 except ExchangeError as err:
-                    fail(f"{item.name}: {_describe(err, client.target)}")
+                    fail(f"{item.name}: {describe_error(err, client.target)}")
                 outcomes.append(outcome)
                 if as_json:
                     write_json_line(outcome.record())

@@ -20,8 +20,15 @@ from exchange_client import (
 )
 
 from exchange.cli import _output
-from exchange.cli._output import ExitCode, fail, one_line, quiet_broken_pipe, write_json_line
-from exchange.cli._partner import _connect, _connection_options, _describe
+from exchange.cli._output import (
+    ExitCode,
+    describe_error,
+    fail,
+    one_line,
+    quiet_broken_pipe,
+    write_json_line,
+)
+from exchange.cli._partner import _connect, _connection_options
 from exchange.cli._time import parse_time
 
 __all__ = ["subscribe"]
@@ -263,7 +270,7 @@ def subscribe(
                 if limit is not None and count >= limit:
                     break
     except ExchangeError as err:
-        fail(_describe(err, client.target))
+        fail(describe_error(err, client.target))
     except OSError as err:
         if isinstance(err, BrokenPipeError):
             quiet_broken_pipe()
