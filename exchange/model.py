@@ -21,6 +21,7 @@ __all__ = [
     "ObjectResult",
     "Partner",
     "PartnerKind",
+    "Problem",
     "Receipt",
     "Rejection",
     "Role",
@@ -174,8 +175,27 @@ class Audience:
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a refused object: the property at fault ("" for the
+    object as a whole) and what was expected instead."""
+
+    property: str
+    expected: str
+
+    @builtins.property  # the field `property` shadows the builtin in this class body
+    def message(self) -> str:
+        where = f"property '{self.property}'" if self.property else "object"
+        return f"{where}: {self.expected}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why one object of a bundle was refused."""
+    """Why one object of a bundle was refused.
+
+    ``property`` and ``expected`` are the first problem found; ``problems`` lists
+    every one reported (the first among them), ``more_problems`` counts those left
+    out to keep the answer short. A rejection made with one reason leaves both empty.
+    """
 
     object_id: str
     property: str
@@ -184,11 +204,24 @@ class Rejection:
     version: str = ""
     # The setting whose limit the object went past, if that is why (for metrics).
     limit: str = ""
+    problems: tuple[Problem, ...] = ()
+    more_problems: int = 0
 
-    @builtins.property  # the field `property` shadows the builtin in this class body
+    @builtins.property
+    def all_problems(self) -> tuple[Problem, ...]:
+        """The problems reported: ``problems``, or the one reason."""
+        return self.problems or (Problem(self.property, self.expected),)
+
+    @builtins.property
     def message(self) -> str:
-        where = f"property '{self.property}'" if self.property else "object"
-        return f"{self.object_id}: {where}: {self.expected}"
+        """One line naming every problem reported (one reads as it always has)."""
+        listed = self.all_problems
+        if len(listed) == 1 and not self.more_problems:
+            return f"{self.object_id}: {listed[0].message}"
+        count = len(listed) + self.more_problems
+        text = "; ".join(f"{n}) {p.message}" for n, p in enumerate(listed, 1))
+        more = f"; ... and {self.more_problems} more" if self.more_problems else ""
+        return f"{self.object_id}: {count} problems: {text}{more}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,7 +135,16 @@ class _Outcome:
             "file": self.name,
             "accepted": self.accepted,
             "duplicates": self.duplicates,
-            "rejected": [{"object_id": r.object_id, "reason": r.reason} for r in self.rejected],
+            "rejected": [
+                {
+                    "object_id": r.object_id,
+                    "reason": r.reason,
+                    "problems": [
+                        {"property": p.property, "expected": p.expected} for p in r.problems
+                    ],
+                }
+                for r in self.rejected
+            ],
             "notices": [
                 {"object_id": object_id, "notice": notice} for object_id, notice in self.notices
             ],
@@ -321,9 +330,16 @@ def _rejected_table(outcomes: Sequence[_Outcome]) -> Table:
         table.add_column(column, overflow="fold")
     for o in outcomes:
         for r in o.rejected:
-            table.add_row(
-                o.name, r.object_id or f"objects[{r.index}]", r.property, _rejection_problem(r)
-            )
+            object_id = r.object_id or f"objects[{r.index}]"
+            if len(r.problems) < 2 and not r.more_problems:
+                table.add_row(o.name, object_id, r.property, _rejection_problem(r))
+                continue
+            # Several problems: one row each, so that all can be fixed in one go.
+            for problem in r.problems:
+                text = f"expected {problem.expected}" if problem.expected else "rejected"
+                table.add_row(o.name, object_id, problem.property, text)
+            if r.more_problems:
+                table.add_row(o.name, object_id, "", f"... and {r.more_problems} more")
     return table
 
 
@@ -395,8 +411,8 @@ Examples:
     f"{', '.join(kind.value for kind in PartnerKind)}; repeatable.",
 )
 @_json_option(
-    'One JSON line per file: {"file", "accepted", "duplicates", "rejected", "notices", '
-    '"error"} (no progress bar, no table).'
+    'One JSON line per file: {"file", "accepted", "duplicates", "rejected" (each with its '
+    '"reason" and "problems"), "notices", "error"} (no progress bar, no table).'
 )
 @click.option(
     "-q",

@@ -180,6 +180,11 @@ def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
             item.rejection.property = r.rejection.property
             item.rejection.expected = r.rejection.expected
             item.rejection.message = r.rejection.message
+            for problem in r.rejection.all_problems:
+                item.rejection.problems.add(
+                    property=problem.property, expected=problem.expected, message=problem.message
+                )
+            item.rejection.more_problems = r.rejection.more_problems
     response.accepted_count = counts[ObjectOutcome.ACCEPTED]
     response.duplicate_count = counts[ObjectOutcome.DUPLICATE]
     response.rejected_count = counts[ObjectOutcome.REJECTED]

@@ -23,6 +23,7 @@ from exchange.stix._invalid import Invalid
 __all__ = [
     "EXTENSION_CLASSES",
     "NO_CUSTOM",
+    "PATTERN_REASON",
     "REDEFINE_TLP",
     "explain",
     "kind",
@@ -42,6 +43,9 @@ _SHOWN = 80  # characters of submitted text quoted back in a reason
 NO_CUSTOM = (
     "no custom properties; STIX 2.1 allows custom content only through a registered extension"
 )
+# How the reason for a pattern stix2patterns refuses begins; exchange.stix._pattern
+# words what follows.
+PATTERN_REASON = "a valid STIX pattern; "
 REDEFINE_TLP = (
     "predefined TLP marking definitions are built in and cannot be redefined; "
     "reference them in object_marking_refs"
@@ -86,7 +90,7 @@ def _explain_invalid_value(exc: Any, obj: dict[str, Any], cls: Any) -> Invalid:
 
 def _value_reason(prop_name: str, reason: str, obj: dict[str, Any]) -> str:
     if prop_name == "pattern":
-        return f"a valid STIX pattern; {reason}"
+        return PATTERN_REASON + reason
     if reason.startswith("must be a datetime object"):
         # The format already passed check_types, so the date itself is impossible.
         return (

@@ -20,7 +20,7 @@ from stix2.v21.common import MarkingProperty
 
 from exchange.config import Limits
 from exchange.stix._explain import EXTENSION_CLASSES, kind, short, shown
-from exchange.stix._invalid import Invalid
+from exchange.stix._invalid import Invalid, Problems
 from exchange.stix.vocab import is_stix_id
 
 __all__ = ["check_json", "check_types"]
@@ -35,9 +35,11 @@ _Checker = Callable[[Any, str], None]  # (value, property path); raises Invalid
 # -- JSON-level checks -----------------------------------------------------------
 
 
-def check_json(obj: dict[str, Any], limits: Limits) -> None:
+def check_json(obj: dict[str, Any], limits: Limits, problems: Problems) -> None:
     """String lengths, nesting depth, no NUL in any string (property names too), and
-    values orjson can write back unchanged.
+    values orjson can write back unchanged: each problem is added to ``problems``,
+    except a depth or size past the limits, which is raised (nothing more of such an
+    object is looked at).
 
     Iterative, so no input can exhaust the stack; paths are built only for
     containers and for the value that fails.
@@ -62,7 +64,7 @@ def check_json(obj: dict[str, Any], limits: Limits) -> None:
             )
         pairs: Iterable[tuple[str | int, Any]]
         if isinstance(node, dict):
-            _check_keys(node, path, max_len)
+            problems.run(_check_keys, node, path, max_len)
             pairs = node.items()
         else:
             pairs = enumerate(node)
@@ -72,7 +74,7 @@ def check_json(obj: dict[str, Any], limits: Limits) -> None:
             if isinstance(value, dict | list):
                 stack.append((value, _join(path, key), depth + 1))
             elif problem := _scalar_problem(value, max_len):
-                raise Invalid(_join(path, key), problem)
+                problems.add(Invalid(_join(path, key), problem))
 
 
 def _check_keys(node: dict[Any, Any], path: str, max_len: int) -> None:
@@ -122,8 +124,18 @@ def _string_problem(value: str, max_len: int) -> str:
     return ""
 
 
-def check_types(obj: Mapping[str, Any], cls: Any, prefix: str) -> None:
-    """JSON types exactly as STIX 2.1 defines them, where stix2 would coerce instead."""
+def check_types(obj: Mapping[str, Any], cls: Any, problems: Problems) -> None:
+    """JSON types exactly as STIX 2.1 defines them, where stix2 would coerce instead;
+    the first problem of each property is added to ``problems``."""
+    schema = _schema(cls)
+    for name, value in obj.items():
+        check = schema.get(name)
+        if check is not None:  # unknown names are stix2's to refuse
+            problems.run(check, value, name)
+
+
+def _check_types(obj: Mapping[str, Any], cls: Any, prefix: str) -> None:
+    """check_types inside a property: the first problem is raised."""
     schema = _schema(cls)
     for name, value in obj.items():
         check = schema.get(name)
@@ -184,7 +196,7 @@ def _embedded(cls: Any) -> _Checker:
     def check(value: Any, path: str) -> None:
         if not isinstance(value, dict):
             raise Invalid(path, f"a JSON object, got {kind(value)}")
-        check_types(value, cls, f"{path}.")
+        _check_types(value, cls, f"{path}.")
 
     return check
 
@@ -206,7 +218,7 @@ def _check_extension_types(value: Any, path: str) -> None:
     for key, ext in value.items():
         _check_json_type(dict, "a JSON object", ext, f"{path}.{key}")
         if key in EXTENSION_CLASSES:
-            check_types(ext, EXTENSION_CLASSES[key], f"{path}.{key}.")
+            _check_types(ext, EXTENSION_CLASSES[key], f"{path}.{key}.")
 
 
 def _check_hashes(value: Any, path: str) -> None:

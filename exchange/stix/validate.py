@@ -15,7 +15,6 @@ Pure: no I/O, picklable arguments and results (runs in a process pool).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -25,23 +24,28 @@ import stix2
 from stix2.registry import STIX2_OBJ_MAPS
 
 from exchange.config import Limits
-from exchange.model import Rejection, Tlp, ValidObject
+from exchange.model import Problem, Rejection, Tlp, ValidObject
 from exchange.stix._explain import (
     EXTENSION_CLASSES,
     NO_CUSTOM,
     REDEFINE_TLP,
-    explain,
     kind,
     missing_reason,
     printable,
     short,
 )
-from exchange.stix._invalid import Invalid
+from exchange.stix._invalid import Invalid, Problems
 from exchange.stix._json_checks import check_json, check_types
+from exchange.stix._pattern import check_pattern_cost
+from exchange.stix._stix2_stage import check_after_parse, explained, more_problems
 from exchange.stix.tlp import TLP_BY_MARKING_ID, TLP_EXTENSION_DEFINITION_ID, marking_id
-from exchange.stix.vocab import SCO_EXTENSION_TYPES, TRAFFICKING_OBSERVABLE_TYPES, is_stix_id
+from exchange.stix.vocab import SCO_EXTENSION_TYPES, is_stix_id
 
-__all__ = ["check_pattern_cost", "validate_objects"]
+__all__ = ["MAX_PROBLEMS", "validate_objects"]
+
+# Problems named in one rejection; the rest are counted. Enough to fix an object in
+# one go, few enough that a bundle of broken objects gets a bounded answer.
+MAX_PROBLEMS = 10
 
 # Snapshot of the spec-defined classes, taken at import: anything registered
 # later (custom types) stays refused here even if stix2 would accept it.
@@ -55,15 +59,9 @@ _SCO_CLASSES: Mapping[str, Any] = MappingProxyType(dict(_MAPS["observables"]))
 _HAS_CREATED_BY_REF = frozenset(
     t for t, c in _SDO_CLASSES.items() if "created_by_ref" in c._properties
 )
-_PATTERN_OBJECT_TYPES = frozenset(_SCO_CLASSES) | TRAFFICKING_OBSERVABLE_TYPES
 # Keyword arguments of stix2's constructors: as property names they would switch
 # its checks off (custom_properties turns allow_custom on), so never pass them.
 _STIX2_KEYWORDS = frozenset({"custom_properties", "allow_custom", "interoperability"})
-
-# STIX pattern string literals ('...' with \' and \\ escapes) may hold ':'; outside
-# them a ':' only ever follows an object type.
-_PATTERN_STRING = re.compile(r"'(?:[^'\\]|\\.)*'", re.DOTALL)
-_PATTERN_OBJECT_TYPE = re.compile(r"([A-Za-z0-9_-]+)\s*:")
 
 
 def validate_objects(
@@ -90,6 +88,7 @@ def _validate_one(
 ) -> ValidObject | Rejection:
     object_id = f"objects[{index}]"
     version = ""
+    problems = Problems()
     try:
         if not isinstance(obj, dict):
             raise Invalid("", f"a STIX object (a JSON object), got {kind(obj)}")
@@ -97,54 +96,75 @@ def _validate_one(
         if isinstance(oid, str) and len(oid) <= 300:  # longer is not an id; keep reports short
             object_id = oid
         version = _version_label(obj)
-        return _check(obj, index, submitter, default_tlp, limits)
-    except Invalid as exc:
-        prop, expected, limit = exc.prop, exc.expected, exc.limit
+        valid = _check(obj, index, submitter, default_tlp, limits, problems=problems)
+        if valid is not None:
+            return valid
+    except Invalid as exc:  # nothing more of this object is looked at
+        problems.found.append(exc)
     # Last resort: no input, however hostile, escapes as an exception.
     except Exception as exc:  # noqa: BLE001 - becomes a per-object rejection
-        prop, limit = "", ""
-        expected = (
-            "a STIX 2.1 object the validator can check; checking it failed with "
-            f"{type(exc).__name__}: {short(str(exc), 200)}"
-        )
+        if not problems:  # else it is refused already, for the problems found
+            problems.found.append(
+                Invalid(
+                    "",
+                    "a STIX 2.1 object the validator can check; checking it failed with "
+                    f"{type(exc).__name__}: {short(str(exc), 200)}",
+                )
+            )
+    return _rejection(problems.found, printable(object_id), index, printable(version))
+
+
+def _rejection(found: list[Invalid], object_id: str, index: int, version: str) -> Rejection:
     # Reasons quote submitted text: keep them short and on one visible line.
+    listed = tuple(
+        Problem(printable(short(p.prop, 200)), printable(short(p.expected, 500)))
+        for p in found[:MAX_PROBLEMS]
+    )
+    first = listed[0]
     return Rejection(
-        printable(object_id),
-        printable(short(prop, 200)),
-        printable(short(expected, 500)),
+        object_id,
+        first.property,
+        first.expected,
         index,
-        printable(version),
-        limit,
+        version,
+        # The first limit passed, if any: the object went past it.
+        next((p.limit for p in found if p.limit), ""),
+        problems=listed if len(found) > 1 else (),
+        more_problems=max(0, len(found) - MAX_PROBLEMS),
     )
 
 
 def _check(
-    obj: dict[str, Any], index: int, submitter: str, default_tlp: Tlp, limits: Limits
-) -> ValidObject:
-    obj_type, oid = _check_identity(obj)
-    check_json(obj, limits)
-    cls = _check_type(obj_type)
-    _check_spec_version(obj, obj_type)
-    _check_defaulted_required(obj, obj_type, cls)
-    if obj_type == "marking-definition" and oid in TLP_BY_MARKING_ID:
-        raise Invalid("id", REDEFINE_TLP)
-    _check_extensions(obj, obj_type)
-    if keywords := _STIX2_KEYWORDS.intersection(obj):
-        raise Invalid(", ".join(sorted(keywords)), NO_CUSTOM)
+    obj: dict[str, Any],
+    index: int,
+    submitter: str,
+    default_tlp: Tlp,
+    limits: Limits,
+    *,
+    problems: Problems,
+) -> ValidObject | None:
+    """The object as it will be stored, or None with ``problems`` saying why not.
 
-    stamp_creator = False
-    if obj_type in _HAS_CREATED_BY_REF:
-        if "created_by_ref" not in obj:
-            stamp_creator = True
-        elif obj["created_by_ref"] != submitter:
-            raise Invalid(
-                "created_by_ref",
-                f"the submitter's own identity {submitter}; objects are published "
-                "under the identity of the partner that submits them",
-            )
-    tlp, stamp_tlp = _check_tlp(obj, default_tlp)
-    _check_confidence(obj)
-    check_types(obj, cls, "")
+    The checks run in the order they always have, so the first problem is the one
+    reported alone before; an Invalid raised ends the checks (the object is beyond
+    what the exchange looks into, or its type is unknown).
+    """
+    obj_type = _check_type_name(obj)
+    oid = problems.run(_check_id, obj, obj_type)
+    check_json(obj, limits, problems)
+    cls = _check_type(obj_type)
+    problems.run(_check_spec_version, obj, obj_type)
+    problems.run(_check_defaulted_required, obj, obj_type, cls)
+    if obj_type == "marking-definition" and oid in TLP_BY_MARKING_ID:
+        problems.add(Invalid("id", REDEFINE_TLP))
+    problems.run(_check_extensions, obj, obj_type)
+    if keywords := _STIX2_KEYWORDS.intersection(obj):
+        problems.add(Invalid(", ".join(sorted(keywords)), NO_CUSTOM))
+
+    stamp_creator = problems.run(_check_creator, obj, obj_type, submitter) or False
+    tlp, stamp_tlp = problems.run(_check_tlp, obj, default_tlp) or (default_tlp, False)
+    problems.run(_check_confidence, obj)
+    check_types(obj, cls, problems)
 
     stored = obj
     if stamp_creator or stamp_tlp:
@@ -154,27 +174,40 @@ def _check(
         if stamp_tlp:
             stored["object_marking_refs"] = [*obj.get("object_marking_refs", ()), marking_id(tlp)]
     # Serialised before stix2 sees it: the stored body is the submission, byte for byte
-    # in every string, whatever the library does with its own copy.
-    body = orjson.dumps(stored)
+    # in every string, whatever the library does with its own copy. (Not when its JSON
+    # is already at fault: it may not serialise.)
+    body = b"" if problems else orjson.dumps(stored)
     if len(body) > limits.max_object_bytes:
-        raise Invalid(
-            "",
-            f"an object of at most {limits.max_object_bytes:,} bytes as compact JSON"
-            f" (limits.max_object_bytes: anything larger could not be published), got"
-            f" {len(body):,}",
-            "limits.max_object_bytes",
+        problems.add(
+            Invalid(
+                "",
+                f"an object of at most {limits.max_object_bytes:,} bytes as compact JSON"
+                f" (limits.max_object_bytes: anything larger could not be published), got"
+                f" {len(body):,}",
+                "limits.max_object_bytes",
+            )
         )
+    pattern_parsable = True
     if obj_type == "indicator" and stored.get("pattern_type") == "stix":
-        check_pattern_cost(stored.get("pattern"), limits)
+        problems.run(check_pattern_cost, stored.get("pattern"), limits)
+        pattern_parsable = not problems.faulted("pattern")
 
+    if problems:
+        more_problems(stored, cls, problems, pattern_parsable=pattern_parsable)
+        return None
     try:
         parsed = stix2.parse(stored, allow_custom=False, version="2.1")
     except Exception as exc:  # noqa: BLE001 - stix2 raises many types; explain() names them
-        raise explain(exc, stored, cls) from None
-    _check_after_parse(stored, parsed, obj_type)
+        problems.add(explained(exc, stored, cls))
+        # The pattern, when at fault, was parsed once already.
+        more_problems(stored, cls, problems, pattern_parsable=not problems.faulted("pattern"))
+        return None
+    check_after_parse(stored, parsed, obj_type, problems)
+    if problems:
+        return None
 
     return ValidObject(
-        object_id=oid,
+        object_id=obj["id"],
         object_type=obj_type,
         version=_version_label(obj),
         created_by_ref=stored["created_by_ref"] if obj_type in _HAS_CREATED_BY_REF else submitter,
@@ -189,6 +222,21 @@ def _check(
     )
 
 
+def _check_creator(obj: dict[str, Any], obj_type: str, submitter: str) -> bool:
+    """Whether the submitter's identity must be stamped on as created_by_ref."""
+    if obj_type not in _HAS_CREATED_BY_REF:
+        return False
+    if "created_by_ref" not in obj:
+        return True
+    if obj["created_by_ref"] != submitter:
+        raise Invalid(
+            "created_by_ref",
+            f"the submitter's own identity {submitter}; objects are published "
+            "under the identity of the partner that submits them",
+        )
+    return False
+
+
 def _version_label(obj: dict[str, Any]) -> str:
     for name in ("modified", "created"):
         value = obj.get(name)
@@ -200,10 +248,14 @@ def _version_label(obj: dict[str, Any]) -> str:
 # -- shape, identity, type ---------------------------------------------------
 
 
-def _check_identity(obj: dict[str, Any]) -> tuple[str, str]:
+def _check_type_name(obj: dict[str, Any]) -> str:
     obj_type = obj.get("type")
     if not isinstance(obj_type, str):
         raise Invalid("type", f"a string naming the STIX object type, got {kind(obj_type)}")
+    return obj_type
+
+
+def _check_id(obj: dict[str, Any], obj_type: str) -> str:
     oid = obj.get("id")
     if not isinstance(oid, str):
         raise Invalid("id", f'a string "{short(obj_type, 60)}--<UUID>", got {kind(oid)}')
@@ -213,7 +265,7 @@ def _check_identity(obj: dict[str, Any]) -> tuple[str, str]:
             f'"{short(obj_type, 60)}--" followed by a lower-case RFC 4122 UUID '
             f'(the prefix must be the object\'s type), got "{short(oid)}"',
         )
-    return obj_type, oid
+    return oid
 
 
 def _check_type(obj_type: str) -> Any:
@@ -335,72 +387,3 @@ def _check_confidence(obj: dict[str, Any]) -> None:
     if type(value) is not int or not 0 <= value <= 100:
         shown = str(value) if type(value) in (int, float) else kind(value)
         raise Invalid("confidence", f"an integer from 0 to 100, got {short(shown)}")
-
-
-# -- after stix2 -----------------------------------------------------------------
-
-
-def _check_after_parse(stored: dict[str, Any], parsed: Any, obj_type: str) -> None:
-    created, modified = parsed.get("created"), parsed.get("modified")
-    if created is not None and modified is not None and modified < created:
-        raise Invalid(
-            "modified",
-            f"later than or equal to created ({stored['created']}), got {stored['modified']}",
-        )
-    if obj_type == "indicator" and stored.get("pattern_type") == "stix":
-        unknown = _pattern_object_types(stored["pattern"]) - _PATTERN_OBJECT_TYPES
-        if unknown:
-            extra = ", ".join(sorted(TRAFFICKING_OBSERVABLE_TYPES))
-            raise Invalid(
-                "pattern",
-                f"observable types from STIX 2.1 or the exchange's own ({extra}); "
-                f"not {', '.join(short(t, 60) for t in sorted(unknown))}",
-            )
-
-
-def _pattern_object_types(pattern: str) -> set[str]:
-    """Object types named in a pattern stix2 has already accepted as syntactically valid."""
-    return set(_PATTERN_OBJECT_TYPE.findall(_PATTERN_STRING.sub("''", pattern)))
-
-
-def check_pattern_cost(pattern: Any, limits: Limits) -> None:
-    """Refuse a STIX pattern that would cost too much to parse: longer than
-    ``max_pattern_length``, with more comparison expressions than
-    ``max_pattern_comparisons``, or nesting brackets and parentheses deeper than
-    ``max_pattern_depth``. Parsing cost grows with each (~0.24 ms per comparison here);
-    one partner's costly patterns must not hold the cores everyone shares. Linear in
-    the pattern's length, and run before the grammar sees it."""
-    if not isinstance(pattern, str):
-        return  # stix2 says what is wrong with it
-    if len(pattern) > limits.max_pattern_length:
-        raise Invalid(
-            "pattern",
-            f"a pattern of at most {limits.max_pattern_length:,} characters"
-            f" (limits.max_pattern_length), got {len(pattern):,}",
-            "limits.max_pattern_length",
-        )
-    # String literals may hold anything (brackets, colons): take them out first.
-    skeleton = _PATTERN_STRING.sub("''", pattern)
-    comparisons = len(_PATTERN_OBJECT_TYPE.findall(skeleton))
-    if comparisons > limits.max_pattern_comparisons:
-        raise Invalid(
-            "pattern",
-            f"a pattern of at most {limits.max_pattern_comparisons:,} comparison expressions"
-            f" (limits.max_pattern_comparisons), got {comparisons:,}; split it into"
-            " several indicators",
-            "limits.max_pattern_comparisons",
-        )
-    depth = deepest = 0
-    for char in skeleton:
-        if char in "[(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "])":
-            depth -= 1
-    if deepest > limits.max_pattern_depth:
-        raise Invalid(
-            "pattern",
-            f"brackets and parentheses nested at most {limits.max_pattern_depth} deep"
-            f" (limits.max_pattern_depth), got {deepest}",
-            "limits.max_pattern_depth",
-        )

@@ -60,6 +60,17 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
             )
             if "dup" in obj["id"]:
                 result.outcome = pb.OUTCOME_DUPLICATE
+            elif "multi" in obj["id"]:
+                result.outcome = pb.OUTCOME_REJECTED
+                rejection = result.rejection
+                rejection.message = f"{obj['id']}: 4 problems: ..."
+                rejection.property, rejection.expected = "confidence", "0-100, got 250"
+                for prop, expected in (
+                    ("confidence", "0-100, got 250"),
+                    ("pattern", "a valid STIX pattern; unexpected end of pattern at column 9"),
+                ):
+                    rejection.problems.add(property=prop, expected=expected)
+                rejection.more_problems = 2
             elif "bad" in obj["id"] or self.reject_all:
                 result.outcome = pb.OUTCOME_REJECTED
                 result.rejection.message = f"{obj['id']}: confidence: expected 0-100, got 250"
@@ -203,6 +214,23 @@ def test_submit_human_output(fake: FakeExchange, tmp_path: Path) -> None:
     assert result.stderr == ""  # no progress bar: stderr is not a terminal
 
 
+def test_submit_shows_each_problem_of_an_object(fake: FakeExchange, tmp_path: Path) -> None:
+    path = write_bundle(tmp_path / "multi.json", "indicator--multi")
+    result = CliRunner().invoke(submit, [str(path)])
+    assert result.exit_code == 2, result.output
+    assert rows(result.stdout)[3:7] == [
+        ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
+        [str(path), "indicator--multi", "confidence", "expected 0-100, got 250"],
+        [
+            str(path),
+            "indicator--multi",
+            "pattern",
+            "expected a valid STIX pattern; unexpected end of pattern at column 9",
+        ],
+        [str(path), "indicator--multi", "... and 2 more"],
+    ]
+
+
 def test_submit_everything_accepted_exits_zero(fake: FakeExchange, tmp_path: Path) -> None:
     good = write_bundle(tmp_path / "good.json", "indicator--1", "indicator--dup")
     result = CliRunner().invoke(submit, [str(good)])
@@ -232,6 +260,7 @@ def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
                 {
                     "object_id": "indicator--bad",
                     "reason": "indicator--bad: confidence: expected 0-100, got 250",
+                    "problems": [{"property": "confidence", "expected": "0-100"}],
                 }
             ],
             "notices": [],
@@ -674,6 +703,7 @@ def test_submit_large_file_goes_in_batches(fake: FakeExchange, tmp_path: Path) -
         {
             "object_id": "indicator--bad",
             "reason": "indicator--bad: confidence: expected 0-100, got 250",
+            "problems": [{"property": "confidence", "expected": "0-100"}],
         }
     ]
 

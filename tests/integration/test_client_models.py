@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exchange_client import Delivery, ExchangeClient, ObjectResult, RejectedObject, SubmitResult
+from exchange_client import (
+    Delivery,
+    ExchangeClient,
+    ObjectResult,
+    Problem,
+    RejectedObject,
+    SubmitResult,
+)
 from exchange_client._bundle import encode_bundle
 from exchange_protocol.pb import exchange_pb2 as pb
 
@@ -181,6 +188,14 @@ def test_submit_result_mapping() -> None:
             expected="an integer from 0 to 100",
             index=1,
             version="2024-05-01T10:00:00.000Z",
+            # From an exchange without the problems field: its one problem is listed.
+            problems=(
+                Problem(
+                    "confidence",
+                    "an integer from 0 to 100",
+                    "property 'confidence': an integer from 0 to 100",
+                ),
+            ),
         )
     ]
     assert [r.object_id for r in result.results] == [
@@ -223,6 +238,46 @@ def test_rejection_reason_is_one_line() -> None:
         pb.SubmitResponse(results=[_result("indicator--x", pb.OUTCOME_REJECTED, 0, rejection)])
     )
     assert result.rejected[0].reason == "indicator--x: pattern: bad syntax"
+
+
+def test_rejection_lists_every_problem() -> None:
+    problems = [
+        pb.Problem(property="confidence", expected="an integer from 0 to 100, got 250"),
+        pb.Problem(
+            property="pattern_type",
+            expected="required property 'pattern_type' is missing",
+            message="property 'pattern_type':\n required property 'pattern_type' is missing",
+        ),
+    ]
+    rejection = pb.Rejection(
+        property="confidence",
+        expected="an integer from 0 to 100, got 250",
+        message="indicator--x: 12 problems: 1) ...",
+        problems=problems,
+        more_problems=10,
+    )
+    result = SubmitResult._from_pb(
+        pb.SubmitResponse(results=[_result("indicator--x", pb.OUTCOME_REJECTED, 0, rejection)])
+    )
+    [rejected] = result.rejected
+    assert (rejected.property, rejected.expected) == (
+        "confidence",
+        "an integer from 0 to 100, got 250",
+    )
+    assert rejected.problems == (
+        Problem(
+            "confidence",
+            "an integer from 0 to 100, got 250",
+            # Worded by the SDK when the exchange sends no message.
+            "property 'confidence': an integer from 0 to 100, got 250",
+        ),
+        Problem(
+            "pattern_type",
+            "required property 'pattern_type' is missing",
+            "property 'pattern_type': required property 'pattern_type' is missing",
+        ),
+    )
+    assert rejected.more_problems == 10
 
 
 def test_rejection_without_message_gets_a_reason() -> None:

@@ -15,6 +15,7 @@ from exchange_protocol.pb import audit_pb2 as audit_pb
 from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange_client._errors import ExchangeError
+from exchange_client._rejections import Problem, RejectedObject
 
 __all__ = [
     "AuditEntry",
@@ -23,6 +24,7 @@ __all__ = [
     "InclusionProof",
     "ObjectResult",
     "PartnerKind",
+    "Problem",
     "Receipt",
     "RejectedObject",
     "SubmitProgress",
@@ -138,24 +140,6 @@ def _audience(
 
 
 @dataclass(frozen=True, slots=True)
-class RejectedObject:
-    """An object of a submitted bundle that the exchange refused; nothing of it was stored."""
-
-    object_id: str
-    """The object's STIX id, or ``objects[N]`` when it has no usable id."""
-    reason: str
-    """One line a person can act on (the exchange's own wording)."""
-    property: str
-    """The offending property (e.g. ``confidence``), or ``""`` when the whole object is at fault."""
-    expected: str
-    """What was expected instead, in words."""
-    index: int
-    """Position of the object in the submitted bundle."""
-    version: str
-    """The object's ``modified`` (or ``created``) timestamp, as sent."""
-
-
-@dataclass(frozen=True, slots=True)
 class Receipt:
     """Proof of record of an accepted object: its entry in the exchange's audit log.
 
@@ -198,24 +182,7 @@ class ObjectResult:
     @classmethod
     def _from_pb(cls, message: pb.ObjectResult) -> ObjectResult:
         outcome = _OUTCOMES.get(message.outcome, "unspecified")
-        rejection = None
-        if outcome == "rejected":
-            detail = message.rejection
-            reason = _one_line(detail.message)
-            if not reason:
-                parts = [message.object_id or f"objects[{message.index}]"]
-                if detail.property:
-                    parts.append(detail.property)
-                parts.append(f"expected {detail.expected}" if detail.expected else "rejected")
-                reason = ": ".join(parts)
-            rejection = RejectedObject(
-                object_id=message.object_id,
-                reason=reason,
-                property=detail.property,
-                expected=detail.expected,
-                index=message.index,
-                version=message.version,
-            )
+        rejection = RejectedObject._from_pb(message) if outcome == "rejected" else None
         return cls(
             object_id=message.object_id,
             version=message.version,

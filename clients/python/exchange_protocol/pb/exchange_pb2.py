@@ -26,19 +26,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/exchange.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x08\x41udience\x12\x13\n\x0b\x63ommunities\x18\x01 \x03(\t\x12\x12\n\nrecipients\x18\x02 \x03(\t\x12/\n\rexclude_kinds\x18\x03 \x03(\x0e\x32\x18.exchange.v1.PartnerKind\"H\n\rSubmitRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\'\n\x08\x61udience\x18\x02 \x01(\x0b\x32\x15.exchange.v1.Audience\"\x85\x01\n\x0eSubmitResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.exchange.v1.ObjectResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\r\x12\x16\n\x0erejected_count\x18\x04 \x01(\r\"b\n\x13SubmitStreamRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x15.exchange.v1.Audience\"f\n\x14SubmitStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.exchange.v1.SubmitResponse\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xca\x01\n\x0cObjectResult\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x07outcome\x18\x03 \x01(\x0e\x32\x14.exchange.v1.Outcome\x12)\n\trejection\x18\x04 \x01(\x0b\x32\x16.exchange.v1.Rejection\x12\r\n\x05index\x18\x05 \x01(\r\x12\x0e\n\x06notice\x18\x06 \x01(\t\x12%\n\x07receipt\x18\x07 \x01(\x0b\x32\x14.exchange.v1.Receipt\">\n\x07Receipt\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\"@\n\tRejection\x12\x10\n\x08property\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"y\n\x10SubscribeRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x10\n\x06\x63ursor\x18\x03 \x01(\tH\x00\x12\x18\n\x0e\x66rom_beginning\x18\x04 \x01(\x08H\x00\x12\x11\n\tmax_batch\x18\x05 \x01(\rB\x07\n\x05start\"N\n\x11SubscribeResponse\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.exchange.v1.Delivery\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xe2\x01\n\x08\x44\x65livery\x12\x0e\n\x06object\x18\x01 \x01(\x0c\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tsubmitter\x18\x05 \x01(\t\x12\x1a\n\x12submitter_identity\x18\x06 \x01(\t\x12\x1d\n\x03tlp\x18\x07 \x01(\x0e\x32\x10.exchange.v1.Tlp\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\"6\n\x10GetObjectRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"<\n\x11GetObjectResponse\x12\'\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x15.exchange.v1.Delivery*j\n\x03Tlp\x12\x13\n\x0fTLP_UNSPECIFIED\x10\x00\x12\r\n\tTLP_CLEAR\x10\x01\x12\r\n\tTLP_GREEN\x10\x02\x12\r\n\tTLP_AMBER\x10\x03\x12\x14\n\x10TLP_AMBER_STRICT\x10\x04\x12\x0b\n\x07TLP_RED\x10\x05*\xb1\x01\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10PARTNER_KIND_NGO\x10\x01\x12\x15\n\x11PARTNER_KIND_TECH\x10\x02\x12\x1b\n\x17PARTNER_KIND_GOVERNMENT\x10\x03\x12\"\n\x1ePARTNER_KIND_INTERGOVERNMENTAL\x10\x04\x12\x16\n\x12PARTNER_KIND_OTHER\x10\x05*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x32\xc7\x02\n\x0f\x45xchangeService\x12\x41\n\x06Submit\x12\x1a.exchange.v1.SubmitRequest\x1a\x1b.exchange.v1.SubmitResponse\x12W\n\x0cSubmitStream\x12 .exchange.v1.SubmitStreamRequest\x1a!.exchange.v1.SubmitStreamResponse(\x01\x30\x01\x12L\n\tSubscribe\x12\x1d.exchange.v1.SubscribeRequest\x1a\x1e.exchange.v1.SubscribeResponse0\x01\x12J\n\tGetObject\x12\x1d.exchange.v1.GetObjectRequest\x1a\x1e.exchange.v1.GetObjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xchange/v1/exchange.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x08\x41udience\x12\x13\n\x0b\x63ommunities\x18\x01 \x03(\t\x12\x12\n\nrecipients\x18\x02 \x03(\t\x12/\n\rexclude_kinds\x18\x03 \x03(\x0e\x32\x18.exchange.v1.PartnerKind\"H\n\rSubmitRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\'\n\x08\x61udience\x18\x02 \x01(\x0b\x32\x15.exchange.v1.Audience\"\x85\x01\n\x0eSubmitResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.exchange.v1.ObjectResult\x12\x16\n\x0e\x61\x63\x63\x65pted_count\x18\x02 \x01(\r\x12\x17\n\x0f\x64uplicate_count\x18\x03 \x01(\r\x12\x16\n\x0erejected_count\x18\x04 \x01(\r\"b\n\x13SubmitStreamRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x15.exchange.v1.Audience\"f\n\x14SubmitStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06result\x18\x02 \x01(\x0b\x32\x1b.exchange.v1.SubmitResponse\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xca\x01\n\x0cObjectResult\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12%\n\x07outcome\x18\x03 \x01(\x0e\x32\x14.exchange.v1.Outcome\x12)\n\trejection\x18\x04 \x01(\x0b\x32\x16.exchange.v1.Rejection\x12\r\n\x05index\x18\x05 \x01(\r\x12\x0e\n\x06notice\x18\x06 \x01(\t\x12%\n\x07receipt\x18\x07 \x01(\x0b\x32\x14.exchange.v1.Receipt\">\n\x07Receipt\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\tleaf_hash\x18\x02 \x01(\x0c\x12\r\n\x05\x65ntry\x18\x03 \x01(\x0c\"\x7f\n\tRejection\x12\x10\n\x08property\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12&\n\x08problems\x18\x04 \x03(\x0b\x32\x14.exchange.v1.Problem\x12\x15\n\rmore_problems\x18\x05 \x01(\r\">\n\x07Problem\x12\x10\n\x08property\x18\x01 \x01(\t\x12\x10\n\x08\x65xpected\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"y\n\x10SubscribeRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x10\n\x06\x63ursor\x18\x03 \x01(\tH\x00\x12\x18\n\x0e\x66rom_beginning\x18\x04 \x01(\x08H\x00\x12\x11\n\tmax_batch\x18\x05 \x01(\rB\x07\n\x05start\"N\n\x11SubscribeResponse\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.exchange.v1.Delivery\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xe2\x01\n\x08\x44\x65livery\x12\x0e\n\x06object\x18\x01 \x01(\x0c\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x13\n\x0bobject_type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tsubmitter\x18\x05 \x01(\t\x12\x1a\n\x12submitter_identity\x18\x06 \x01(\t\x12\x1d\n\x03tlp\x18\x07 \x01(\x0e\x32\x10.exchange.v1.Tlp\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\t \x01(\t\"6\n\x10GetObjectRequest\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"<\n\x11GetObjectResponse\x12\'\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x15.exchange.v1.Delivery*j\n\x03Tlp\x12\x13\n\x0fTLP_UNSPECIFIED\x10\x00\x12\r\n\tTLP_CLEAR\x10\x01\x12\r\n\tTLP_GREEN\x10\x02\x12\r\n\tTLP_AMBER\x10\x03\x12\x14\n\x10TLP_AMBER_STRICT\x10\x04\x12\x0b\n\x07TLP_RED\x10\x05*\xb1\x01\n\x0bPartnerKind\x12\x1c\n\x18PARTNER_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10PARTNER_KIND_NGO\x10\x01\x12\x15\n\x11PARTNER_KIND_TECH\x10\x02\x12\x1b\n\x17PARTNER_KIND_GOVERNMENT\x10\x03\x12\"\n\x1ePARTNER_KIND_INTERGOVERNMENTAL\x10\x04\x12\x16\n\x12PARTNER_KIND_OTHER\x10\x05*e\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n\x10OUTCOME_ACCEPTED\x10\x01\x12\x15\n\x11OUTCOME_DUPLICATE\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x32\xc7\x02\n\x0f\x45xchangeService\x12\x41\n\x06Submit\x12\x1a.exchange.v1.SubmitRequest\x1a\x1b.exchange.v1.SubmitResponse\x12W\n\x0cSubmitStream\x12 .exchange.v1.SubmitStreamRequest\x1a!.exchange.v1.SubmitStreamResponse(\x01\x30\x01\x12L\n\tSubscribe\x12\x1d.exchange.v1.SubscribeRequest\x1a\x1e.exchange.v1.SubscribeResponse0\x01\x12J\n\tGetObject\x12\x1d.exchange.v1.GetObjectRequest\x1a\x1e.exchange.v1.GetObjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exchange.v1.exchange_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TLP']._serialized_start=1477
-  _globals['_TLP']._serialized_end=1583
-  _globals['_PARTNERKIND']._serialized_start=1586
-  _globals['_PARTNERKIND']._serialized_end=1763
-  _globals['_OUTCOME']._serialized_start=1765
-  _globals['_OUTCOME']._serialized_end=1866
+  _globals['_TLP']._serialized_start=1604
+  _globals['_TLP']._serialized_end=1710
+  _globals['_PARTNERKIND']._serialized_start=1713
+  _globals['_PARTNERKIND']._serialized_end=1890
+  _globals['_OUTCOME']._serialized_start=1892
+  _globals['_OUTCOME']._serialized_end=1993
   _globals['_AUDIENCE']._serialized_start=76
   _globals['_AUDIENCE']._serialized_end=176
   _globals['_SUBMITREQUEST']._serialized_start=178
@@ -54,17 +54,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIPT']._serialized_start=797
   _globals['_RECEIPT']._serialized_end=859
   _globals['_REJECTION']._serialized_start=861
-  _globals['_REJECTION']._serialized_end=925
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=927
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1048
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1050
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1128
-  _globals['_DELIVERY']._serialized_start=1131
-  _globals['_DELIVERY']._serialized_end=1357
-  _globals['_GETOBJECTREQUEST']._serialized_start=1359
-  _globals['_GETOBJECTREQUEST']._serialized_end=1413
-  _globals['_GETOBJECTRESPONSE']._serialized_start=1415
-  _globals['_GETOBJECTRESPONSE']._serialized_end=1475
-  _globals['_EXCHANGESERVICE']._serialized_start=1869
-  _globals['_EXCHANGESERVICE']._serialized_end=2196
+  _globals['_REJECTION']._serialized_end=988
+  _globals['_PROBLEM']._serialized_start=990
+  _globals['_PROBLEM']._serialized_end=1052
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1054
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1175
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1177
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1255
+  _globals['_DELIVERY']._serialized_start=1258
+  _globals['_DELIVERY']._serialized_end=1484
+  _globals['_GETOBJECTREQUEST']._serialized_start=1486
+  _globals['_GETOBJECTREQUEST']._serialized_end=1540
+  _globals['_GETOBJECTRESPONSE']._serialized_start=1542
+  _globals['_GETOBJECTRESPONSE']._serialized_end=1602
+  _globals['_EXCHANGESERVICE']._serialized_start=1996
+  _globals['_EXCHANGESERVICE']._serialized_end=2323
 # @@protoc_insertion_point(module_scope)

@@ -347,7 +347,57 @@ Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):
-    """Why an object was refused, precise enough to fix it."""
+    """Why an object was refused, precise enough to fix it: every problem found in
+    it, so that one resubmission can fix them all.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPERTY_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    MORE_PROBLEMS_FIELD_NUMBER: _builtins.int
+    property: _builtins.str
+    """The offending property of the first problem (e.g. `confidence`,
+    `object_marking_refs`), or empty when the object as a whole is at fault.
+    """
+    expected: _builtins.str
+    """What was expected instead, in words (for the first problem)."""
+    message: _builtins.str
+    """One line a person can act on: object id, and each problem's property and
+    expectation ("<id>: 3 problems: 1) property 'confidence': ...; 2) ...").
+    """
+    more_problems: _builtins.int
+    """Problems found but left out of `problems` to keep the answer short."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___Problem]:
+        """Every problem reported, in the order found, the first one first (the same
+        as `property` and `expected`); one per property. At most 10: `more_problems`
+        counts the rest. Empty from exchanges older than this field: then the one
+        problem is `property` and `expected`.
+        """
+
+    def __init__(
+        self,
+        *,
+        property: _builtins.str = ...,
+        expected: _builtins.str = ...,
+        message: _builtins.str = ...,
+        problems: _abc.Iterable[Global___Problem] | None = ...,
+        more_problems: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected", "message", b"message", "more_problems", b"more_problems", "problems", b"problems", "property", b"property"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
+
+@_typing.final
+class Problem(_message.Message):
+    """One thing wrong with a refused object."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -355,13 +405,13 @@ class Rejection(_message.Message):
     EXPECTED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     property: _builtins.str
-    """The offending property (e.g. `confidence`, `object_marking_refs`), or empty
+    """The property at fault, as a path (`external_references[1].url`), or empty
     when the object as a whole is at fault.
     """
     expected: _builtins.str
     """What was expected instead, in words."""
     message: _builtins.str
-    """One line a person can act on: object id, property and expectation."""
+    """The two as one line: "property 'confidence': an integer from 0 to 100, got 250"."""
     def __init__(
         self,
         *,
@@ -375,7 +425,7 @@ class Rejection(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
+Global___Problem: _TypeAlias = Problem  # noqa: Y015
 
 @_typing.final
 class SubscribeRequest(_message.Message):
