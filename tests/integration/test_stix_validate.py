@@ -1138,3 +1138,155 @@ def test_an_object_with_too_many_nested_objects_is_refused() -> None:
     assert found.limit == "limits.max_json_containers"
     # The object itself and its lists count too: 1,000 references alone are too many.
     accepted(indicator(external_references=refs[:990]))
+
+
+# -- every problem of an object in one rejection ------------------------------------------
+
+
+def problems_of(result: Rejection) -> list[tuple[str, str]]:
+    return [(p.property, p.expected) for p in result.all_problems]
+
+
+def test_three_problems_come_in_one_rejection() -> None:
+    obj = without(indicator(confidence=250, valid_from="yesterday"), "pattern_type")
+    result = rejected(obj)
+    assert problems_of(result) == [
+        ("confidence", "an integer from 0 to 100, got 250"),
+        ("valid_from", 'a UTC timestamp like 2026-01-31T23:59:59.000Z, got "yesterday"'),
+        ("pattern_type", "required property 'pattern_type' is missing"),
+    ]
+    # The first problem is the one a single-problem answer always named.
+    assert (result.property, result.expected) == problems_of(result)[0]
+    assert result.message == (
+        f"{obj['id']}: 3 problems: "
+        "1) property 'confidence': an integer from 0 to 100, got 250; "
+        "2) property 'valid_from': a UTC timestamp like 2026-01-31T23:59:59.000Z, "
+        'got "yesterday"; '
+        "3) property 'pattern_type': required property 'pattern_type' is missing"
+    )
+    assert result.more_problems == 0
+
+
+def test_one_problem_reads_as_it_always_has() -> None:
+    result = rejected(indicator(confidence=250))
+    assert result.problems == () and result.more_problems == 0
+    assert result.message == (
+        f"{indicator()['id']}: property 'confidence': an integer from 0 to 100, got 250"
+    )
+
+
+def test_problems_stix2_alone_finds_are_all_named() -> None:
+    # Each of these only stix2 judges: a vocabulary, an embedded object, a rule between
+    # two properties, the pattern.
+    obj = sdo(
+        "identity",
+        name="Harbor Light",
+        identity_class="organization",
+        external_references=[{"url": "https://x.example"}],
+        created_by_ref=SUBMITTER,
+        x_note="custom",
+    )
+    result = rejected(obj)
+    assert [p for p, _ in problems_of(result)] == ["x_note", "external_references[0].source_name"]
+    both = indicator(
+        valid_until="2026-01-01T00:00:00.000Z",
+        kill_chain_phases=[{"kill_chain_name": "lure"}],
+        pattern="[url:value = 'a' AND ]",
+    )
+    assert [p for p, _ in problems_of(rejected(both))] == [
+        "kill_chain_phases[0].phase_name",
+        "pattern",
+        "valid_until",
+    ]
+
+
+def test_problems_past_the_limit_are_counted() -> None:
+    custom = {f"x_custom_{i}": i for i in range(3)}
+    obj = indicator(
+        confidence=250,
+        revoked="no",
+        labels="one",
+        lang=7,
+        name=["x"],
+        description=1,
+        valid_from="today",
+        valid_until="later",
+        created_by_ref=OTHER_PARTNER,
+        indicator_types="malicious-activity",
+        pattern_version=2.1,
+        external_references={},
+        **custom,
+    )
+    result = rejected(obj)
+    assert len(result.problems) == 10
+    assert result.more_problems == 3
+    assert result.message.endswith("; ... and 3 more")
+    assert result.message.startswith(f"{obj['id']}: 13 problems: 1) property ")
+
+
+def test_one_problem_per_property() -> None:
+    # The exchange's own check and stix2 both refuse this timestamp: one problem.
+    result = rejected(indicator(valid_from="yesterday", confidence=101))
+    assert [p for p, _ in problems_of(result)] == ["confidence", "valid_from"]
+    # A date only stix2 finds impossible is named by stix2, after the exchange's checks.
+    result = rejected(indicator(valid_from="2026-02-30T00:00:00Z", confidence=101))
+    assert problems_of(result)[1][0] == "valid_from"
+    assert "a real UTC date and time" in problems_of(result)[1][1]
+
+
+def test_a_costly_pattern_is_never_parsed_however_many_problems(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def parsed(*args: Any) -> None:
+        raise AssertionError("a pattern past the limits was parsed")
+
+    monkeypatch.setattr("exchange.stix._stix2_stage.pattern_problem", parsed)
+    monkeypatch.setattr("stix2.v21.sdo.run_validator", parsed)
+    obj = indicator(pattern=_pattern(65), confidence=250, valid_until="2026-01-01T00:00:00.000Z")
+    result = rejected(obj)
+    assert [p for p, _ in problems_of(result)] == ["confidence", "pattern", "valid_until"]
+    assert result.limit == "limits.max_pattern_comparisons"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "words"),
+    [
+        (
+            "[url:value = 'a' AND ]",
+            "expected a comparison like file:name = 'x' after 'AND' at column 22, got ']'",
+        ),
+        ("[url:value = 'a'", "unexpected end of pattern at column 17: expected ']'"),
+        ("[url:value = lure]", "unquoted string 'lure' at column 14: expected a value"),
+        ("[url:value FOO 'a']", "unknown operator 'FOO' at column 12: expected an operator"),
+        ("", "the pattern is empty: expected an observation expression in square brackets"),
+        ("   ", "the pattern is empty"),
+        ("[url:value = 'a'] AND", "unexpected end of pattern at column 22"),
+        ("url:value = 'a'", "expected an observation expression in square brackets"),
+        ('[url:value = "a"]', "at column 14: quote strings with single quotes"),
+        (
+            "[url:value = 'a'] WITHIN 5 SECONDS WITHIN 6 SECONDS",
+            "at most one WITHIN qualifier on an observation expression",
+        ),
+        ("[file:hashes.'SHA-256' = 'abc']", "'abc' is not a valid SHA-256 hash"),
+    ],
+)
+def test_pattern_errors_are_worded_with_the_column(pattern: str, words: str) -> None:
+    found = rejected(indicator(pattern=pattern))
+    assert found.property == "pattern"
+    assert found.expected.startswith("a valid STIX pattern; ")
+    assert words in found.expected
+    for jargon in ("mismatched input", "expecting {", "extraneous", "<EOF>", "FAIL", "Literal"):
+        assert jargon not in found.message
+
+
+def test_a_bad_pattern_is_worded_among_other_problems() -> None:
+    result = rejected(indicator(pattern="[url:value = 'a'", confidence=-1))
+    assert problems_of(result) == [
+        ("confidence", "an integer from 0 to 100, got -1"),
+        ("pattern", "a valid STIX pattern; unexpected end of pattern at column 17: expected ']'"),
+    ]
+
+
+def test_pattern_version_2_0_is_worded_in_its_grammar() -> None:
+    found = rejected(indicator(pattern="[url:value = 'a' AND ]", pattern_version="2.0"))
+    assert "after 'AND' at column 22" in found.expected
