@@ -10,6 +10,13 @@ extensions and the ``custom_properties`` keyword. The checks before and after
 ``stix2.parse`` close those gaps, cheaply, so the stored body is exactly what
 was checked.
 
+A refused object's answer names every problem found in it (one per top-level
+property, at most ``MAX_PROBLEMS``, the rest counted), so that a partner can fix
+them all in one go: each check adds its problem and the next one runs. Whether an
+object is refused does not depend on that: the checks are the ones that always
+ran, in the same order (the first problem is the one named alone before), and
+``exchange.stix._stix2_stage`` only looks further into objects already refused.
+
 Pure: no I/O, picklable arguments and results (runs in a process pool).
 """
 
@@ -174,9 +181,8 @@ def _check(
         if stamp_tlp:
             stored["object_marking_refs"] = [*obj.get("object_marking_refs", ()), marking_id(tlp)]
     # Serialised before stix2 sees it: the stored body is the submission, byte for byte
-    # in every string, whatever the library does with its own copy. (Not when its JSON
-    # is already at fault: it may not serialise.)
-    body = b"" if problems else orjson.dumps(stored)
+    # in every string, whatever the library does with its own copy.
+    body = _serialised(stored, problems)
     if len(body) > limits.max_object_bytes:
         problems.add(
             Invalid(
@@ -220,6 +226,15 @@ def _check(
         # stix2 has checked it is an identifier by now.
         refers_to=str(obj["sighting_of_ref"]) if obj_type == "sighting" else "",
     )
+
+
+def _serialised(stored: dict[str, Any], problems: Problems) -> bytes:
+    if not problems:
+        return orjson.dumps(stored)
+    try:
+        return orjson.dumps(stored)
+    except orjson.JSONEncodeError:  # its JSON is at fault, as check_json said: size unknown
+        return b""
 
 
 def _check_creator(obj: dict[str, Any], obj_type: str, submitter: str) -> bool:
