@@ -107,10 +107,14 @@ class _CursorFile:
         self._written = cursor
 
 
+# The names --format takes; pretty and jsonl are the older names, still accepted.
+_FORMATS = {"text": "text", "json": "json", "pretty": "text", "jsonl": "json"}
+
+
 def _default_format(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     if value is not None:
-        return value.lower()
-    return "pretty" if _output.is_terminal(sys.stdout) else "jsonl"
+        return _FORMATS[value.lower()]
+    return "text" if _output.is_terminal(sys.stdout) else "json"
 
 
 def _start(
@@ -132,7 +136,7 @@ def _start(
 
 def _print_delivery(ctx: click.Context, delivery: Delivery, output_format: str) -> None:
     try:
-        if output_format == "pretty":
+        if output_format == "text":
             click.echo(_pretty_line(delivery))
         else:
             write_json_line(_delivery_record(delivery))
@@ -150,7 +154,7 @@ def _deliveries(subscription: Iterable[Delivery], since: datetime | None) -> Ite
     epilog="""\b
 Examples:
   exchange subscribe --from-beginning --type indicator --limit 100
-  exchange subscribe --since 2026-11-01 --format pretty --label trafficking:recruitment
+  exchange subscribe --since 2026-11-01 --format text --label trafficking:recruitment
   exchange subscribe --from-beginning --cursor-file feed.cursor >> feed.jsonl
   exchange subscribe --cursor "$(tail -n1 feed.jsonl | jq -r .cursor)" >> feed.jsonl
 """
@@ -159,10 +163,11 @@ Examples:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["pretty", "jsonl"], case_sensitive=False),
+    type=click.Choice(list(_FORMATS), case_sensitive=False),
     callback=_default_format,
-    help="pretty: one readable line per delivery; jsonl: one JSON object per line "
-    "(default: pretty on a terminal, jsonl otherwise).",
+    help="text: one readable line per delivery; json: one JSON object per line (JSON"
+    " lines). Default: text when stdout is a terminal, json otherwise (a pipe, a file)."
+    " pretty and jsonl are older names of text and json.",
 )
 @click.option(
     "--from-beginning",
@@ -235,9 +240,10 @@ def subscribe(
 ) -> None:
     """Stream the objects you may see, as they are accepted.
 
-    --format jsonl writes one JSON line per delivery: cursor, submitter,
-    submitter_identity, tlp, accepted_at, object_id, object_type, version and the
-    STIX object itself. --format pretty writes one line: time, TLP, type, id,
+    --format json (the default when stdout is not a terminal) writes one JSON
+    line per delivery: cursor, submitter, submitter_identity, tlp, accepted_at,
+    object_id, object_type, version and the STIX object itself. --format text
+    (the default on a terminal) writes one readable line: time, TLP, type, id,
     submitter and, for an indicator, its pattern.
 
     When the connection is lost the command reconnects with backoff (saying so

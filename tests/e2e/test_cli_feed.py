@@ -86,13 +86,14 @@ def test_submit_directory_summary_and_exit_2(server: ServerProcess, tmp_path: Pa
 
     out = run("submit", str(corpus), *as_partner(server, ngo), code=2)
     table = rows(out.stdout)
-    assert table[0] == ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"]
-    assert table[1] == [shown(first), "3", "0", "0"]
-    assert table[2] == [shown(nested), "1", "0", "1"]
-    assert table[3][:4] == [shown(broken), "-", "-", "-"]
-    assert table[3][4].startswith("refused: ")
+    # Not a terminal: a plain line per file, then the rejected objects.
+    assert table[0] == [f"{shown(first)}: 3 accepted, 0 duplicate, 0 rejected"]
+    assert table[1] == [f"{shown(nested)}: 1 accepted, 0 duplicate, 1 rejected"]
+    assert table[2][0].startswith(
+        f"{shown(broken)}: 0 accepted, 0 duplicate, 0 rejected, refused: "
+    )
     assert table[-1] == ["3 files: 4 accepted, 0 duplicate, 1 rejected, 1 refused"]
-    nested_rejection = table[table.index(["Rejected objects"]) + 2]
+    nested_rejection = table[table.index(["Rejected objects:"]) + 2]
     assert nested_rejection[:3] == [
         shown(nested),
         orjson.loads(nested.read_text())["objects"][1]["id"],
@@ -102,7 +103,7 @@ def test_submit_directory_summary_and_exit_2(server: ServerProcess, tmp_path: Pa
 
     # Again: everything already held is a duplicate.
     again = run("submit", str(first), *as_partner(server, ngo))
-    assert rows(again.stdout)[1] == [str(first), "0", "3", "0"]
+    assert again.stdout == f"{first}: 0 accepted, 3 duplicate, 0 rejected\n"
 
 
 def test_subscribe_cursor_file_resumes_without_repeats(
@@ -256,3 +257,25 @@ def shown(path: Path) -> str:
     given on the command line, from there."""
     root = next((p for p in path.parents if p.name == "corpus"), None)
     return str(path) if root is None else str(path.relative_to(root.parent))
+
+
+def test_auditor_example_says_what_to_install_without_cryptography(tmp_path: Path) -> None:
+    """On the SDK's plain install (no [verify] extra), auditor.py names the extra in one
+    line instead of an ImportError traceback."""
+    auditor = str(EXAMPLES / "auditor.py")
+    without_cryptography = (
+        "import runpy, sys; sys.modules['cryptography'] = None;"  # import raises ImportError
+        f" sys.argv = ['auditor.py', 'indicator--x']; runpy.run_path({auditor!r},"
+        " run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", without_cryptography],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "pip install 'exchange-client[verify]'" in proc.stderr

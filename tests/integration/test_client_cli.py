@@ -190,28 +190,47 @@ def test_submit_human_output(fake: FakeExchange, tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(submit, [str(good), str(mixed)])
     assert result.exit_code == 2, result.output
+    # Not a terminal: a line per file, plain lines for the rejected objects.
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(good), "2", "1", "0"],
-        [str(mixed), "1", "0", "2"],
-        ["Rejected objects"],
+        [f"{good}: 2 accepted, 1 duplicate, 0 rejected"],
+        [f"{mixed}: 1 accepted, 0 duplicate, 2 rejected"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(mixed), "indicator--bad1", "confidence", "expected 0-100, got 250"],
         [str(mixed), "indicator--bad2", "confidence", "expected 0-100, got 250"],
         ["2 files: 3 accepted, 1 duplicate, 2 rejected"],
     ]
+    assert all(line == line.rstrip() for line in result.stdout.splitlines())
     assert result.stderr == ""  # no progress bar: stderr is not a terminal
+
+
+def test_submit_on_a_terminal_shows_tables(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_bundle(tmp_path / "good.json", "indicator--1", "indicator--2", "indicator--dup")
+    write_bundle(tmp_path / "mixed.json", "indicator--3", "indicator--bad1")
+    monkeypatch.chdir(tmp_path)  # short names: a terminal's table wraps to its width
+    monkeypatch.setattr(_output, "is_terminal", lambda stream: True)
+    result = CliRunner().invoke(submit, ["good.json", "mixed.json"])
+    assert result.exit_code == 2, result.output
+    table = rows(result.stdout)
+    assert table[:3] == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
+        ["good.json", "2", "1", "0"],
+        ["mixed.json", "1", "0", "1"],
+    ]
+    assert ["Rejected objects"] in table
+    assert table[-1] == ["2 files: 3 accepted, 1 duplicate, 1 rejected"]
+    # One file: its line, on a terminal too (as README.md shows it).
+    result = CliRunner().invoke(submit, ["good.json"])
+    assert rows(result.stdout) == [["good.json: 2 accepted, 1 duplicate, 0 rejected"]]
 
 
 def test_submit_everything_accepted_exits_zero(fake: FakeExchange, tmp_path: Path) -> None:
     good = write_bundle(tmp_path / "good.json", "indicator--1", "indicator--dup")
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(good), "1", "1", "0"],
-        ["1 file: 1 accepted, 1 duplicate, 0 rejected"],
-    ]
+    assert result.stdout == f"{good}: 1 accepted, 1 duplicate, 0 rejected\n"
 
 
 def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
@@ -248,6 +267,39 @@ def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
     ]
 
 
+def test_token_from_a_file_or_the_environment_not_only_the_command_line(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --token value shows in `ps` to every user of the machine: the token can come
+    from a file (--token-file, EXCHANGE_TOKEN_FILE) or EXCHANGE_TOKEN, and --help says so."""
+    monkeypatch.delenv("EXCHANGE_TOKEN")
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    token_file = tmp_path / "ngo.token"
+    token_file.write_text(TOKEN + "\n")
+    result = CliRunner().invoke(submit, ["--token-file", str(token_file), str(good)])
+    assert result.exit_code == 0, result.output
+    # A file named on the command line wins over a stale variable.
+    monkeypatch.setenv("EXCHANGE_TOKEN", "stale")
+    result = CliRunner().invoke(submit, ["--token-file", str(token_file), str(good)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.delenv("EXCHANGE_TOKEN")
+    monkeypatch.setenv("EXCHANGE_TOKEN_FILE", str(token_file))
+    result = CliRunner().invoke(submit, [str(good)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        submit, ["--token", "x", "--token-file", str(token_file), str(good)]
+    )
+    assert result.exit_code == 2
+    assert "--token and --token-file exclude each other" in result.stderr
+    token_file.write_text("\n")
+    result = CliRunner().invoke(submit, [str(good)])
+    assert result.exit_code == 2
+    assert "must hold one token" in result.stderr
+    help_text = " ".join(CliRunner().invoke(submit, ["--help"]).output.split())
+    assert "shows in the process list (ps)" in help_text
+    assert "EXCHANGE_TOKEN_FILE" in help_text
+
+
 def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     fake: FakeExchange, tmp_path: Path
 ) -> None:
@@ -257,9 +309,8 @@ def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     result = CliRunner().invoke(submit, [shown(broken), str(good)])
     assert result.exit_code == 2
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"],
-        [shown(broken), "-", "-", "-", "refused: bundle is not JSON"],
-        [str(good), "1", "0", "0"],
+        [f"{shown(broken)}: 0 accepted, 0 duplicate, 0 rejected, refused: bundle is not JSON"],
+        [f"{good}: 1 accepted, 0 duplicate, 0 rejected"],
         ["2 files: 1 accepted, 0 duplicate, 0 rejected, 1 refused"],
     ]
 
@@ -268,7 +319,7 @@ def test_submit_stdin(fake: FakeExchange) -> None:
     data = json.dumps({"type": "bundle", "objects": [{"type": "indicator", "id": "indicator--9"}]})
     result = CliRunner().invoke(submit, ["-"], input=data)
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout)[1] == ["-", "1", "0", "0"]
+    assert result.stdout == "-: 1 accepted, 0 duplicate, 0 rejected\n"
     result = CliRunner().invoke(submit, ["-", "-"], input=data)
     assert result.exit_code == 2
     assert "'-' (stdin) may be given only once" in result.stderr
@@ -293,7 +344,7 @@ def test_submit_without_token(
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 1
     assert result.stderr == (
-        "exchange: no API token: pass --token or set EXCHANGE_TOKEN "
+        "exchange: no API token: set EXCHANGE_TOKEN or pass --token-file (or --token) "
         "(or authenticate with a client certificate: --cert-file and --key-file)\n"
     )
     assert fake.submits == []
@@ -374,19 +425,17 @@ def test_submit_prints_notices(fake: FakeExchange, tmp_path: Path) -> None:
     result = CliRunner().invoke(submit, [str(path)])
     assert result.exit_code == 2, result.output
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(path), "2", "0", "1"],
-        ["Rejected objects"],
+        [f"{path}: 2 accepted, 0 duplicate, 1 rejected"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(path), "indicator--bad", "confidence", "expected 0-100, got 250"],
-        ["Notices"],
+        ["Notices:"],
         ["FILE", "OBJECT", "NOTICE"],
         [
             str(path),
             "indicator--notice1",
             "keeps the wider audience of its earlier versions",
         ],
-        ["1 file: 2 accepted, 0 duplicate, 1 rejected"],
     ]
     result = CliRunner().invoke(submit, ["--json", str(path)])
     record = json.loads(result.stdout)
@@ -470,7 +519,7 @@ def test_submit_over_mutual_tls_without_a_token(
     finally:
         server.stop(0)
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout)[1] == [str(good), "1", "0", "0"]
+    assert result.stdout == f"{good}: 1 accepted, 0 duplicate, 0 rejected\n"
     assert not servicer.submits[0].HasField("audience")
 
 
@@ -642,10 +691,10 @@ def test_submit_directory_is_every_json_file_below_it_sorted(
     result = CliRunner().invoke(submit, [str(corpus)])
     assert result.exit_code == 2, result.output
     table = rows(result.stdout)
-    assert table[1:4] == [
-        [shown(first), "1", "0", "0"],
-        [shown(nested), "1", "0", "1"],
-        [shown(last), "0", "1", "0"],
+    assert table[:3] == [
+        [f"{shown(first)}: 1 accepted, 0 duplicate, 0 rejected"],
+        [f"{shown(nested)}: 1 accepted, 0 duplicate, 1 rejected"],
+        [f"{shown(last)}: 0 accepted, 1 duplicate, 0 rejected"],
     ]
     assert table[-1] == ["3 files: 2 accepted, 1 duplicate, 1 rejected"]
     assert len(fake.submits) == 3
@@ -664,7 +713,7 @@ def test_submit_large_file_goes_in_batches(fake: FakeExchange, tmp_path: Path) -
     big = write_bundle(tmp_path / "big.json", *ids)
     result = CliRunner().invoke(submit, [str(big)])
     assert result.exit_code == 2, result.output
-    assert rows(result.stdout)[1] == [str(big), "1200", "1", "1"]
+    assert rows(result.stdout)[0] == [f"{big}: 1200 accepted, 1 duplicate, 1 rejected"]
     assert fake.submits == []
     assert len(fake.stream_requests) == 3  # 500 + 500 + 202
     result = CliRunner().invoke(submit, ["--json", str(big)])
@@ -709,7 +758,7 @@ def test_submit_quiet_prints_only_problems(fake: FakeExchange, tmp_path: Path) -
     assert rows(result.stdout) == [
         ["FILE", "ERROR"],
         [shown(broken), "refused: bundle is not JSON"],
-        ["Rejected objects"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(mixed), "indicator--bad", "confidence", "expected 0-100, got 250"],
     ]
