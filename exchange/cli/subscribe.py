@@ -17,6 +17,7 @@ from exchange_client import (
     Delivery,
     ExchangeError,
     Subscription,
+    Unavailable,
 )
 
 from exchange.cli import _output
@@ -219,6 +220,15 @@ Examples:
     is_flag=True,
     help="Exit (1) when the connection is lost instead of reconnecting with backoff.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Exit (1) when no stream could be opened within SECONDS (wrong address, "
+    "server down). Once a stream was open, a lost connection is retried without limit.",
+)
 @click.pass_context
 def subscribe(
     ctx: click.Context,
@@ -237,6 +247,7 @@ def subscribe(
     labels: tuple[str, ...],
     limit: int | None,
     no_reconnect: bool,
+    connect_timeout: float,
 ) -> None:
     """Stream the objects you may see, as they are accepted.
 
@@ -246,9 +257,12 @@ def subscribe(
     (the default on a terminal) writes one readable line: time, TLP, type, id,
     submitter and, for an indicator, its pattern.
 
-    When the connection is lost the command reconnects with backoff (saying so
-    on stderr) and resumes after the last delivery: nothing is missed or
-    repeated. Ctrl-C stops (exit 130).
+    The first connection is tried for --connect-timeout seconds, then the
+    command exits (1) with one line on stderr. Once the stream was open, a lost
+    connection is retried with backoff without limit (saying so on stderr), and
+    the feed resumes after the last delivery: nothing is missed or repeated.
+    When the exchange asks for the stream to be reopened (your communities
+    changed) it is reopened at once, silently. Ctrl-C stops (exit 130).
     """
     saved, cursor = _start(ctx, cursor, cursor_file, from_beginning)
     client = _connect(ctx, target, token, ca_file, cert_file, key_file)
@@ -267,6 +281,7 @@ def subscribe(
                 from_beginning=not cursor and (from_beginning or since is not None),
                 reconnect=not no_reconnect,
                 on_reconnect=None if no_reconnect else reconnecting,
+                connect_timeout=connect_timeout,
             )
             for delivery in _deliveries(subscription, since):
                 _print_delivery(ctx, delivery, output_format)
@@ -275,6 +290,10 @@ def subscribe(
                 count += 1
                 if limit is not None and count >= limit:
                     break
+    except Unavailable as err:
+        if err.resume_requested:  # only with --no-reconnect: not an outage
+            fail(f"the exchange ended the stream: {err}")
+        fail(describe_error(err, client.target))
     except ExchangeError as err:
         fail(describe_error(err, client.target))
     except OSError as err:

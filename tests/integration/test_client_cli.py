@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.subscribe import RESUME_KEY, TOPICS_CHANGED
 
 from exchange.cli import _output, objects
 from exchange.cli import submit as submit_module
@@ -46,6 +47,9 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         self.stream_requests: list[pb.SubmitStreamRequest] = []
         self.reject_all = False
         self.unavailable_first = 0  # Subscribe calls to fail with UNAVAILABLE first
+        # Subscribe calls played first, one each: its messages, then UNAVAILABLE with
+        # these details (None: play on as without a script), marked "resume" or not.
+        self.scripted: list[tuple[list[pb.SubscribeResponse], str | None, bool]] = []
 
     def _authenticate(self, context: Any) -> None:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
@@ -102,6 +106,13 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         if self.unavailable_first:
             self.unavailable_first -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "the exchange is restarting")
+        if self.scripted:
+            messages, ending, resume = self.scripted.pop(0)
+            yield from messages
+            if resume:
+                context.set_trailing_metadata(((RESUME_KEY, TOPICS_CHANGED),))
+            if ending is not None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, ending)
         yield from self.batches
         while self.hold_open and context.is_active():
             time.sleep(0.01)
@@ -956,19 +967,64 @@ def test_subscribe_cursor_and_cursor_file_exclude_each_other(
     assert "--cursor and --cursor-file exclude each other" in result.stderr
 
 
-def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
+def test_subscribe_retries_its_first_connection_quietly(fake: FakeExchange) -> None:
     fake.unavailable_first = 2
     fake.batches = [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")]
     result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["cursor"] == "c1"
+    # Within --connect-timeout: no alarm (a failure would be one line, then exit 1).
+    assert result.stderr == ""
+    assert len(fake.requests) == 3
+
+
+def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
+    fake.scripted = [
+        ([pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")], "connection lost", False),
+        ([], "the exchange is restarting", False),
+    ]
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(2)], cursor="c2")]
+    result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["cursor"] for line in result.stdout.splitlines()] == ["c1", "c2"]
     lines = result.stderr.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "reconnecting (attempt 1)",
         "reconnecting (attempt 2)",
     ]
-    assert "the exchange is restarting" in lines[0]
-    assert len(fake.requests) == 3
+    assert "connection lost" in lines[0] and "the exchange is restarting" in lines[1]
+    assert [r.cursor for r in fake.requests] == ["", "c1", "c1"]
+
+
+def test_subscribe_resumes_silently_when_the_exchange_asks(fake: FakeExchange) -> None:
+    fake.scripted = [
+        (
+            [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")],
+            "your communities changed, ...; resume from your last cursor",
+            True,
+        )
+    ]
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(2)], cursor="c2")]
+    result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["cursor"] for line in result.stdout.splitlines()] == ["c1", "c2"]
+    assert result.stderr == ""
+    assert [r.cursor for r in fake.requests] == ["", "c1"]
+    # With --no-reconnect it ends, saying why (not "cannot reach").
+    fake.scripted = [
+        (
+            [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")],
+            "your communities changed; resume from your last cursor",
+            True,
+        )
+    ]
+    result = CliRunner().invoke(subscribe, ["--no-reconnect"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["cursor"] == "c1"
+    assert result.stderr == (
+        "exchange: the exchange ended the stream: your communities changed;"
+        " resume from your last cursor\n"
+    )
 
 
 def shown(path: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,3 +337,90 @@ def test_a_subscription_survives_a_restart_without_gap_or_repeat(
     assert not failures, failures
     assert received == submitted
     assert reconnects and all(code == "UNAVAILABLE" for _, code in reconnects)
+
+
+# -- the exchange asks to resume: communities changed under an open stream ------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_joining_a_community_mid_stream_resumes_quietly_without_gap_or_repeat(
+    server: ServerThread,
+    ngo: PartnerCredentials,
+    platform: PartnerCredentials,
+    flavour: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="exchange_client")
+    community = server.add_community("sea-taskforce", ngo)
+
+    def shared(start: int, count: int, tlp: Tlp, communities: list[str]) -> list[str]:
+        objects = [indicator(ngo.identity, n=start + i, tlp=tlp) for i in range(count)]
+        with sync_client(server, ngo) as c:
+            assert c.submit(bundle(objects), communities=communities).ok
+        return [o["id"] for o in objects]
+
+    public = shared(0, 3, Tlp.GREEN, [])
+    members_only = shared(10, 2, Tlp.AMBER, [community])  # not for the platform, yet
+    received: list[str] = []
+    reconnects: list[ExchangeError] = []
+    failures: list[BaseException] = []
+    subscriptions: list[Any] = []
+    stop = threading.Event()
+
+    def on_reconnect(attempt: int, error: ExchangeError) -> None:
+        reconnects.append(error)
+
+    def consume_sync() -> None:
+        with sync_client(server, platform) as c:
+            sub = c.subscribe(from_beginning=True, on_reconnect=on_reconnect, connect_timeout=10)
+            subscriptions.append(sub)
+
+            def close_when_done() -> None:
+                stop.wait(60)
+                sub.close()
+
+            threading.Thread(target=close_when_done, daemon=True).start()
+            for delivery in sub:
+                received.append(delivery.object_id)
+
+    async def consume_async() -> None:
+        async with async_client(server, platform) as c:
+            sub = c.subscribe(from_beginning=True, on_reconnect=on_reconnect, connect_timeout=10)
+            subscriptions.append(sub)
+            closer = asyncio.create_task(asyncio.to_thread(stop.wait, 60))
+            closer.add_done_callback(lambda _: sub.close())
+            async for delivery in sub:
+                received.append(delivery.object_id)
+
+    def consume() -> None:
+        try:
+            consume_sync() if flavour == "sync" else asyncio.run(consume_async())
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: len(received) >= 3 or bool(failures), 30, "the public objects")
+        assert server.server is not None
+        server.run(server.server.store.join_community(community, platform.partner_id))
+        # The stream is reopened with the community's topic: its history arrives.
+        wait_until(lambda: len(received) >= 5 or bool(failures), 30, "the community's objects")
+        later = shared(20, 2, Tlp.GREEN, []) + shared(30, 2, Tlp.AMBER, [community])
+        wait_until(lambda: len(received) >= 9 or bool(failures), 30, "the later objects")
+        # One more, live: nothing was repeated while catching up.
+        last = shared(40, 1, Tlp.GREEN, [])
+        wait_until(lambda: len(received) >= 10 or bool(failures), 30, "a live delivery")
+    finally:
+        stop.set()
+        reader.join(30)
+    assert not failures, failures
+    assert received[:3] == public
+    assert len(received) == len(set(received)) == 10, received
+    assert set(received) == {*public, *members_only, *later, *last}
+    # A normal event: no on_reconnect, one reopen, a debug line.
+    assert reconnects == []
+    assert subscriptions[0].reconnects == 1
+    resumed = [r for r in caplog.records if "asked to resume" in r.getMessage()]
+    assert [r.levelno for r in resumed] == [logging.DEBUG]
+    assert "communities changed" in resumed[0].getMessage()
