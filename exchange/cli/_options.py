@@ -83,6 +83,7 @@ def token_option(help_text: str) -> Callable[[_F], _F]:
         )(wrapper)
         return click.option(  # type: ignore[return-value]
             "--token",
+            metavar="TOKEN",
             envvar="EXCHANGE_TOKEN",
             show_envvar=True,
             help=help_text + _VISIBLE_IN_PS,
