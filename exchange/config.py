@@ -211,6 +211,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return Path(self.data_dir)
 
     @property
+    def sqlite_path(self) -> Path:
+        """The embedded store's file (without a ``database`` URL)."""
+        return self.data_path / "exchange.sqlite3"
+
+    @property
     def signing_key_path(self) -> Path:
         return Path(self.audit.signing_key_file or self.data_path / "audit-signing-key.pem")
 

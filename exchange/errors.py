@@ -15,6 +15,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "ResumeRequested",
     "StoreFull",
     "Unauthenticated",
     "Unavailable",
@@ -59,6 +60,17 @@ class ResourceExhausted(ExchangeError):
 
 class Unavailable(ExchangeError):
     """A dependency (store, bus) is not reachable right now; retry later."""
+
+
+class ResumeRequested(Unavailable):
+    """Not a failure: a Subscribe stream must be reopened at once from the subscriber's
+    last cursor (its topics changed). ``reason`` goes out as the value of the trailing
+    metadata ``exchange_protocol.subscribe.RESUME_KEY``, so that clients can tell it
+    from an outage without reading the message."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreFull(Unavailable):

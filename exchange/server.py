@@ -278,7 +278,8 @@ class ExchangeServer:
         if self.port == 0:
             raise Unavailable(
                 f"cannot listen on {self.settings.listen}: the address is in use or not"
-                " a local HOST:PORT"
+                " a local HOST:PORT; choose another with --listen HOST:PORT (or"
+                " EXCHANGE_LISTEN)"
             )
         await server.start()
         self._server = server

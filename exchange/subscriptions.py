@@ -32,8 +32,9 @@ A record on several of the partner's topics (a community and a named recipient) 
 delivered from one of them (policy.delivers_from). Between reads the stream asks its
 ``Access`` for the partner as the registry says now: a revoked credential or a
 disabled partner ends the stream, and when the partner's topics change (it joined or
-left a community) the stream ends with Unavailable, so that the client resumes from
-its last cursor with the new set of topics.
+left a community) the stream ends with Unavailable carrying the trailing metadata
+``exchange-resume`` (ResumeRequested, exchange_protocol.subscribe), so that the client
+resumes from its last cursor at once, quietly, with the new set of topics.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+
+from exchange_protocol.subscribe import TOPICS_CHANGED
 
 from exchange import policy
 from exchange._feed import Feed
@@ -62,7 +65,7 @@ from exchange.audit.entries import Action, Event, delivered
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
-from exchange.errors import ExchangeError, ResourceExhausted, Unavailable
+from exchange.errors import ExchangeError, ResourceExhausted, ResumeRequested, Unavailable
 from exchange.metrics import Metrics
 from exchange.model import Partner, Role, StoredObject
 from exchange.store import ObjectStore
@@ -328,9 +331,10 @@ class Subscriptions:
                 if now != partner:
                     require(now, Role.SUBSCRIBE, "subscribe")
                     if policy.subscription_topics(now) != names:
-                        raise Unavailable(
+                        raise ResumeRequested(
                             "your communities changed, and with them the topics of this"
-                            " subscription; resume from your last cursor"
+                            " subscription; resume from your last cursor",
+                            TOPICS_CHANGED,
                         )
                     partner = now
                     wanted = _wanted(partner, frozenset(names), request)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from exchange.cli._options import (
     database_option,
     given_on_command_line,
     load_cli_settings,
+    require_store,
     target_option,
     token_option,
 )
@@ -117,6 +119,12 @@ _WHERE_OPTIONS = (
     ),
     token_option("With --target: the API token of a partner with the 'admin' role."),
     ca_file_option("With --target: PEM root certificates, connect with TLS (default: plaintext)."),
+    click.option(
+        "--init",
+        is_flag=True,
+        help="Create the store in the data directory if it holds none (without it a missing"
+        " store is an error: the directory is probably not the server's).",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line."),
 )
 
@@ -129,26 +137,34 @@ def _where(
     target: str | None,
     token: str | None,
     ca_file: str | None,
+    init: bool,
 ) -> Where:
     def given(name: str) -> bool:
         return given_on_command_line(ctx, name)
 
     if target is None:
-        if given("token") or given("ca_file"):
+        if given("token") or given("token_file") or given("ca_file"):
             raise click.UsageError(
-                "--token and --ca-file are for --target HOST:PORT; without --target the"
-                " command works on the data directory"
+                "--token, --token-file and --ca-file are for --target HOST:PORT; without"
+                " --target the command works on the data directory"
             )
-        return Where(settings=load_cli_settings(config_file, data_dir=data_dir, database=database))
-    if given("data_dir") or given("config_file") or given("database"):
+        settings = load_cli_settings(config_file, data_dir=data_dir, database=database)
+        if not init:
+            require_store(
+                settings,
+                what_else="work through the server with --target, or say --init to"
+                " create a new store there",
+            )
+        return Where(settings=settings)
+    if given("data_dir") or given("config_file") or given("database") or init:
         raise click.UsageError(
-            "--data-dir, --database and --config are for working on the store directly;"
+            "--data-dir, --database, --config and --init are for working on the store directly;"
             " with --target the server's own data is used"
         )
     if not target.strip():
         raise click.BadParameter("expected HOST:PORT", param_hint="--target")
     if not token or not token.strip():
-        fail("no API token for --target: pass --token or set EXCHANGE_TOKEN")
+        fail("no API token for --target: set EXCHANGE_TOKEN or pass --token-file (or --token)")
     return Where(target=target.strip(), token=token.strip(), ca_file=ca_file)
 
 
@@ -165,10 +181,11 @@ def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
         target: str | None,
         token: str | None,
         ca_file: str | None,
+        init: bool,
         **kwargs: Any,
     ) -> None:
         ctx = click.get_current_context()
-        where = _where(ctx, config_file, data_dir, database, target, token, ca_file)
+        where = _where(ctx, config_file, data_dir, database, target, token, ca_file, init)
         fn(*args, where=where, **kwargs)
 
     command: Callable[..., None] = wrapper
@@ -324,6 +341,101 @@ def _show_credential(c: Credential, as_json: bool) -> None:
 
 def _token_once() -> None:
     click.echo("The token is shown once; give it to the partner over a secure channel.", err=True)
+
+
+# -- handing a new token over: printed once, or written to a file only its owner reads ------
+
+
+class TokenFile:
+    """``--token-out FILE``: created (mode 0600, never overwritten) before the registry
+    changes, so that a token is not issued only to be lost; removed again when the
+    change fails."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise click.BadParameter(
+                f"{path} exists; a token file is never overwritten", param_hint="--token-out"
+            ) from None
+        except OSError as err:
+            raise click.BadParameter(
+                f"cannot create {path}: {err.strerror or err}", param_hint="--token-out"
+            ) from None
+
+    def write(self, secret: str) -> None:
+        assert self._fd is not None
+        os.write(self._fd, (secret + "\n").encode())
+        os.close(self._fd)
+        self._fd = None
+        click.echo(f"The token is in {self.path} (readable only by you).", err=True)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def _token_out_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """--token-out FILE and -q/--quiet for the commands that create a token; the command
+    receives ``token_out`` (a :class:`TokenFile` or ``None``) and ``quiet``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, token_out: str | None, quiet: bool, **kwargs: Any) -> None:
+        if quiet and token_out is None:
+            raise click.UsageError(
+                "--quiet prints only the id: give --token-out FILE to keep the token"
+            )
+        file = TokenFile(token_out) if token_out is not None else None
+        try:
+            fn(*args, token_out=file, quiet=quiet, **kwargs)
+        finally:
+            if file is not None:
+                file.discard()  # only when the command failed before writing
+
+    command = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="Print only the new id (for scripts: ID=$(exchange ...)); needs --token-out.",
+    )(wrapper)
+    return click.option(
+        "--token-out",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Write the new token to FILE (created readable only by you, never overwritten)"
+        " instead of printing it: it then shows neither on screen nor in logs.",
+    )(command)
+
+
+def _hand_over(
+    secret: str,
+    token_out: TokenFile | None,
+    quiet: bool,
+    new_id: str,
+    record: dict[str, Any] | None,
+    pairs: Sequence[tuple[str, str]],
+) -> None:
+    """Print what a command that created a token shows: ``record`` as JSON (``None``: text
+    with ``pairs``), the id alone with --quiet; the token goes to --token-out or is shown."""
+    if token_out is not None:
+        token_out.write(secret)
+    if quiet:
+        click.echo(new_id)
+    elif record is not None:
+        if token_out is None:
+            record["token"] = secret
+        else:
+            record["token_file"] = token_out.path
+        write_json_line(record)
+    elif token_out is None:
+        _fields([*pairs, ("token", secret)])
+        _token_once()
+    else:
+        _fields(pairs)
 
 
 _EPILOG_WHERE = """

@@ -45,6 +45,7 @@ from exchange.audit.entries import AuditQuery
 from exchange.audit.log import AuditLog
 from exchange.audit.signer import Signer
 from exchange.audit.verify import UNANCHORED, KeptCheckpoint, verify_log
+from exchange.cli._options import require_store
 from exchange.config import Settings
 from exchange.store import open_store
 
@@ -107,11 +108,7 @@ class LocalAudit:
     edit the data directory can also replace the key there)."""
 
     def __init__(self, settings: Settings, public_key_file: str | None = None) -> None:
-        if not settings.database and not settings.data_path.is_dir():
-            raise errors.InvalidArgument(
-                f"no data directory at {settings.data_path}: pass --data-dir (or --config)"
-                " of the exchange to review, or --target to ask a running server"
-            )
+        require_store(settings, what_else="or --target to ask a running server")
         self._settings = settings
         self._public_key_file = public_key_file
         self._runner = asyncio.Runner()

@@ -78,7 +78,7 @@ _WHERE_PARAMS = (
 
 
 def _local(ctx: click.Context, public_key_file: str | None) -> AuditBackend:
-    for name in ("token", "ca_file", "cert_file", "key_file"):
+    for name in ("token", "token_file", "ca_file", "cert_file", "key_file"):
         if given_on_command_line(ctx, name):
             raise click.UsageError(
                 f"--{name.replace('_', '-')} is for --target HOST:PORT; without --target"
@@ -106,7 +106,7 @@ def _remote(ctx: click.Context, target: str, public_key_file: str | None) -> Aud
     params = ctx.params
     token = (params.get("token") or "").strip()
     if not token and not params.get("cert_file"):
-        fail("no API token for --target: pass --token or set EXCHANGE_TOKEN")
+        fail("no API token for --target: set EXCHANGE_TOKEN or pass --token-file (or --token)")
     try:
         client = ExchangeClient(
             target,

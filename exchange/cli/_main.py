@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import signal
+import socket
 from typing import Any
 
 import click
@@ -139,12 +142,51 @@ def serve(
         tls={k: v for k, v in tls.items() if v} or None,
         metrics={"listen": metrics_listen} if metrics_listen else None,
     )
+    # Before anything is created (the data directory, the signing key): a server that
+    # cannot listen must leave nothing behind.
+    _check_listen_address(settings.listen)
     configure_logging(settings.logging)
     return_large_blocks()
     try:
         asyncio.run(_serve(settings))
     except ExchangeError as exc:
         fail(exc.message)
+
+
+_LISTEN_HINT = "choose another with --listen HOST:PORT (or EXCHANGE_LISTEN, or listen in --config)"
+
+
+def _check_listen_address(listen: str) -> None:
+    """Fail in one line when ``listen`` cannot be bound (taken, or not this machine's),
+    before gRPC tries: gRPC's own failure is a core log line and a vague message."""
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - what gRPC does with ":PORT"
+    if not port_text.isdigit():
+        fail(f"--listen {listen}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    try:
+        addresses = socket.getaddrinfo(
+            host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as err:
+        fail(f"cannot listen on {listen}: {err.strerror}; {_LISTEN_HINT}")
+    for family, kind, proto, _name, address in addresses:
+        with contextlib.closing(socket.socket(family, kind, proto)) as probe:
+            # As gRPC binds: reusing a port whose last connections are in TIME_WAIT.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    fail(
+                        f"cannot listen on {listen}: the address is in use (another exchange"
+                        f" serve?); {_LISTEN_HINT}"
+                    )
+                if err.errno == errno.EADDRNOTAVAIL:
+                    fail(
+                        f"cannot listen on {listen}: {host} is not an address of this"
+                        f" machine; {_LISTEN_HINT}"
+                    )
+                fail(f"cannot listen on {listen}: {err.strerror or err}; {_LISTEN_HINT}")
 
 
 async def _serve(settings: Settings) -> None:

@@ -6,12 +6,15 @@ says in its help what the flag means for it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from exchange import errors
+from exchange.cli._output import fail
 from exchange.config import Settings, load_settings
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "given_on_command_line",
     "key_file_option",
     "load_cli_settings",
+    "require_store",
     "target_option",
     "token_option",
 ]
@@ -30,8 +34,62 @@ __all__ = [
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+_VISIBLE_IN_PS = (
+    " A token given with --token shows in the process list (ps) to other users of this"
+    " machine: prefer EXCHANGE_TOKEN or --token-file."
+)
+
+
+def _read_token_file(ctx: click.Context, path: str) -> str:
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise click.BadParameter(
+            f"cannot read {path}: {reason}", ctx, param_hint="--token-file"
+        ) from None
+    if not token or len(token.split()) != 1:
+        raise click.BadParameter(
+            f"{path} must hold one token (a line such as tix_...)", ctx, param_hint="--token-file"
+        )
+    return token
+
+
 def token_option(help_text: str) -> Callable[[_F], _F]:
-    return click.option("--token", envvar="EXCHANGE_TOKEN", show_envvar=True, help=help_text)
+    """--token TOKEN (env EXCHANGE_TOKEN) and --token-file FILE (env EXCHANGE_TOKEN_FILE):
+    the command receives ``token``, the first of --token, --token-file, EXCHANGE_TOKEN,
+    EXCHANGE_TOKEN_FILE that is set."""
+
+    def decorate(command: _F) -> _F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, token: str | None, token_file: str | None, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            if token_file is not None:
+                if given_on_command_line(ctx, "token") and given_on_command_line(ctx, "token_file"):
+                    raise click.UsageError("--token and --token-file exclude each other")
+                # A file named on the command line wins over a token from the environment.
+                if token is None or given_on_command_line(ctx, "token_file"):
+                    token = _read_token_file(ctx, token_file)
+            ctx.params["token"] = token  # for commands that read their options from ctx
+            return command(*args, token=token, **kwargs)
+
+        decorated = click.option(
+            "--token-file",
+            metavar="FILE",
+            envvar="EXCHANGE_TOKEN_FILE",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help="Read the API token from FILE (its first line).",
+        )(wrapper)
+        return click.option(  # type: ignore[return-value]
+            "--token",
+            metavar="TOKEN",
+            envvar="EXCHANGE_TOKEN",
+            show_envvar=True,
+            help=help_text + _VISIBLE_IN_PS,
+        )(decorated)
+
+    return decorate
 
 
 def _pem_option(flag: str, envvar: str, help_text: str) -> Callable[[_F], _F]:
@@ -86,6 +144,19 @@ def load_cli_settings(config_file: str | None, **overrides: Any) -> Settings:
         return load_settings(config_file, overrides=overrides)
     except errors.ExchangeError as exc:
         raise click.UsageError(exc.message) from exc
+
+
+def require_store(settings: Settings, *, what_else: str) -> None:
+    """Refuse to work on a data directory that holds no store: a command run from the
+    wrong directory would otherwise create a new, empty exchange there, silently (a
+    token issued into it is unknown to the running server)."""
+    if settings.database or settings.sqlite_path.is_file():
+        return
+    fail(
+        f"no exchange store in {settings.data_path.resolve()} (the data directory: --data-dir,"
+        " EXCHANGE_DATA_DIR or data_dir in --config; default ./exchange-data in the current"
+        f" directory): pass the data directory `exchange serve` uses, {what_else}",
+    )
 
 
 def target_option(help_text: str) -> Callable[[_F], _F]:

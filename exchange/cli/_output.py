@@ -1,5 +1,6 @@
 """What every ``exchange`` command prints the same way: errors (one prefix, one line),
-exit codes, JSON lines, and a quiet end when the reader of stdout goes away."""
+exit codes, JSON lines, tables (aligned plain text when stdout is not a terminal), and
+a quiet end when the reader of stdout goes away."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import enum
 import os
 import sys
+from collections.abc import Collection, Sequence
 from typing import Any, NoReturn
 
 import click
@@ -18,7 +20,9 @@ from exchange_client import (
     RateLimited,
     Unavailable,
 )
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 __all__ = [
     "ExitCode",
@@ -26,8 +30,8 @@ __all__ = [
     "fail",
     "is_terminal",
     "one_line",
+    "print_table",
     "quiet_broken_pipe",
-    "stdout_console",
     "write_json_line",
 ]
 
@@ -81,12 +85,32 @@ def is_terminal(stream: Any) -> bool:
         return False
 
 
-def stdout_console() -> Console:
-    """A rich console on stdout; not on a terminal: no colours and no wrapping of
-    long cells (the width of a pipe is not the reader's)."""
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    title: str | None = None,
+    red_rows: Collection[int] = (),
+) -> None:
+    """Rows under headers on stdout. On a terminal: a table that wraps long cells to
+    the window, ``red_rows`` in red. Otherwise plain lines, columns aligned with two
+    spaces and no trailing padding (``cut``/``awk`` friendly; nothing wraps)."""
     if is_terminal(sys.stdout):
-        return Console(file=sys.stdout)
-    return Console(file=sys.stdout, width=4096, no_color=True, highlight=False)
+        table = Table(
+            box=box.SIMPLE, show_edge=False, pad_edge=False, title=title, title_justify="left"
+        )
+        for header in headers:
+            table.add_column(header, overflow="fold")
+        for number, row in enumerate(rows):
+            table.add_row(*row, style="red" if number in red_rows else None)
+        Console(file=sys.stdout).print(table)
+        return
+    if title:
+        click.echo(f"{title}:")
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        cells = [f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:-1])]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
 
 
 def describe_error(error: ExchangeError, target: str) -> str:

@@ -79,7 +79,7 @@ def _connect(
 ) -> ExchangeClient:
     if (not token or not token.strip()) and not (cert_file or key_file):
         fail(
-            "no API token: pass --token or set EXCHANGE_TOKEN "
+            "no API token: set EXCHANGE_TOKEN or pass --token-file (or --token) "
             "(or authenticate with a client certificate: --cert-file and --key-file)",
         )
     try:

@@ -57,7 +57,7 @@ that partner."""
     epilog="""\b
 Examples:
   exchange audit log --object indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f
-  exchange audit log --action deliver --since 2026-11-27 --format jsonl
+  exchange audit log --action deliver --since 2026-11-27 --format json
   exchange audit verify --public-key exchange-audit.pub --checkpoint kept/latest.json
   exchange audit checkpoint --output kept/2026-11-27.json
   exchange audit export --output audit-2026-11.jsonl
@@ -83,7 +83,7 @@ Examples:
   exchange audit log --object indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f
   exchange audit log --partner kestrel-social-1a2b3c --action deliver
   exchange audit log --since 2026-11-27 --until 2026-11-27 --format csv > today.csv
-  exchange audit log --since 2026-11-27T10:00:00Z --format jsonl | jq .detail
+  exchange audit log --since 2026-11-27T10:00:00Z --format json | jq .detail
 """
     + _EPILOG_WHERE,
 )
@@ -110,10 +110,11 @@ Examples:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["table", "jsonl", "csv"]),
-    default="table",
+    type=click.Choice(["text", "json", "csv", "table", "jsonl"], case_sensitive=False),
+    default="text",
     show_default=True,
-    help="A readable table, one JSON object per line, or CSV.",
+    help="text: a readable table; json: one JSON object per line; csv. (table and jsonl"
+    " are older names of text and json.)",
 )
 @click.option(
     "--limit", type=click.IntRange(min=1), help="Stop after this many entries (default: all)."
@@ -131,7 +132,7 @@ def log_command(
     """List the audit log's entries that match, oldest first.
 
     The table shows index, time (UTC), action, actor, partner concerned, object,
-    version and a short detail (the outcome first); jsonl and csv have every field.
+    version and a short detail (the outcome first); json and csv have every field.
     """
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until: no entry can match")
@@ -146,7 +147,10 @@ def log_command(
         entries = backend.entries(which)
         if limit is not None:
             entries = _first(entries, limit)
-        if output_format == "jsonl":
+        output_format = {"table": "text", "jsonl": "json"}.get(
+            output_format.lower(), output_format.lower()
+        )
+        if output_format == "json":
             for entry in entries:
                 click.echo(orjson.dumps(_record(entry)).decode())
         elif output_format == "csv":

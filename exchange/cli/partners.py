@@ -9,10 +9,11 @@ from exchange.cli._admin import (
     _KINDS,
     _ROLES,
     _SECTOR_HELP,
+    TokenFile,
     Where,
     _admin_options,
     _community_record,
-    _fields,
+    _hand_over,
     _partner_fields,
     _partner_record,
     _run,
@@ -20,7 +21,7 @@ from exchange.cli._admin import (
     _show_partner,
     _table,
     _tlp_option,
-    _token_once,
+    _token_out_options,
 )
 from exchange.cli._output import write_json_line
 from exchange.model import (
@@ -59,6 +60,7 @@ Examples:
   exchange partner add --name "Kestrel Social" --kind tech --sector technology \\
       --sector communications --community sea-taskforce --json
   exchange partner add --name "Exchange Operations" --sector non-profit --role admin
+  NGO=$(exchange partner add --name "Harbor Light" --sector non-profit --token-out ngo.token -q)
 """
     + _EPILOG_WHERE,
 )
@@ -95,6 +97,7 @@ Examples:
     callback=_tlp_option,
     help="TLP given to this partner's objects that carry no TLP marking.",
 )
+@_token_out_options
 @_admin_options
 def partner_add(
     *,
@@ -105,12 +108,16 @@ def partner_add(
     communities: tuple[str, ...],
     identity_id: str | None,
     default_tlp: Tlp,
+    token_out: TokenFile | None,
+    quiet: bool,
     where: Where,
     as_json: bool,
 ) -> None:
     """Register a partner and print its first token (shown once, stored only as a hash).
 
-    With --json it prints {"partner_id", "identity_id", "token"}.
+    With --json it prints {"partner_id", "identity_id", "token"} ("token_file"
+    instead of "token" with --token-out); with --quiet --token-out FILE only the
+    partner id, e.g. NGO=$(exchange partner add ... --token-out ngo.token -q).
     """
     new, _credential, secret = _run(
         where,
@@ -124,13 +131,8 @@ def partner_add(
             identity_id=identity_id,
         ),
     )
-    if as_json:
-        write_json_line(
-            {"partner_id": new.partner_id, "identity_id": new.identity_id, "token": secret}
-        )
-        return
-    _fields([*_partner_fields(new), ("token", secret)])
-    _token_once()
+    record = {"partner_id": new.partner_id, "identity_id": new.identity_id} if as_json else None
+    _hand_over(secret, token_out, quiet, new.partner_id, record, _partner_fields(new))
 
 
 @partner.command("list", epilog=_EPILOG_WHERE)

@@ -4,7 +4,7 @@ when large, and a summary of what was accepted, duplicate or rejected."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,6 @@ from exchange_client import (
     SubmitResult,
     ValidationError,
 )
-from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -29,7 +28,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from exchange.cli import _output
 from exchange.cli._output import (
@@ -287,72 +285,65 @@ def _rejection_problem(rejection: RejectedObject) -> str:
     return reason
 
 
-def _files_table(outcomes: Sequence[_Outcome]) -> Table:
-    """Per file: accepted / duplicate / rejected; refused files with the reason."""
-    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
+def _file_line(o: _Outcome) -> str:
+    """``FILE: 1 accepted, 0 duplicate, 0 rejected`` (``, refused: why`` when refused)."""
+    line = (
+        f"{o.name}: {len(o.accepted)} accepted, {len(o.duplicates)} duplicate,"
+        f" {len(o.rejected)} rejected"
+    )
+    return f"{line}, refused: {o.error}" if o.error else line
+
+
+def _print_files(outcomes: Sequence[_Outcome]) -> None:
+    """A line per file; on a terminal, several files make a table (refused ones in red)."""
+    if len(outcomes) == 1 or not _output.is_terminal(sys.stdout):
+        for outcome in outcomes:
+            click.echo(_file_line(outcome))
+        return
     refused = any(o.error for o in outcomes)
-    table.add_column("FILE", overflow="fold")
-    for column in ("ACCEPTED", "DUPLICATE", "REJECTED"):
-        table.add_column(column, justify="right")
-    if refused:
-        table.add_column("ERROR")
+    headers = ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", *(["ERROR"] if refused else [])]
+    rows = []
     for o in outcomes:
         counts = [len(o.accepted), len(o.duplicates), len(o.rejected)]
         nothing = o.error is not None and not any(counts)
-        table.add_row(
-            o.name,
-            *("-" if nothing else str(count) for count in counts),
-            *([f"refused: {o.error}" if o.error else ""] if refused else []),
-            style="red" if o.error else None,
+        rows.append(
+            [
+                o.name,
+                *("-" if nothing else str(count) for count in counts),
+                *([f"refused: {o.error}" if o.error else ""] if refused else []),
+            ]
         )
-    return table
+    red = {number for number, o in enumerate(outcomes) if o.error}
+    _output.print_table(headers, rows, red_rows=red)
 
 
-def _refused_table(outcomes: Sequence[_Outcome]) -> Table:
-    table = Table(box=box.SIMPLE, show_edge=False, pad_edge=False)
-    table.add_column("FILE", overflow="fold")
-    table.add_column("ERROR")
-    for o in outcomes:
-        if o.error:
-            table.add_row(o.name, f"refused: {o.error}")
-    return table
+def _print_refused(outcomes: Sequence[_Outcome]) -> None:
+    rows = [[o.name, f"refused: {o.error}"] for o in outcomes if o.error]
+    _output.print_table(["FILE", "ERROR"], rows)
 
 
-def _rejected_table(outcomes: Sequence[_Outcome]) -> Table:
-    table = Table(
-        box=box.SIMPLE,
-        show_edge=False,
-        pad_edge=False,
-        title="Rejected objects",
-        title_justify="left",
-    )
-    for column in ("FILE", "OBJECT", "PROPERTY", "PROBLEM"):
-        table.add_column(column, overflow="fold")
-    for o in outcomes:
-        for r in o.rejected:
-            object_id = r.object_id or f"objects[{r.index}]"
-            if len(r.problems) < 2 and not r.more_problems:
-                table.add_row(o.name, object_id, r.property, _rejection_problem(r))
-                continue
-            # Several problems: one row each, so that all can be fixed in one go.
-            for problem in r.problems:
-                text = f"expected {problem.expected}" if problem.expected else "rejected"
-                table.add_row(o.name, object_id, problem.property, text)
-            if r.more_problems:
-                table.add_row(o.name, object_id, "", f"... and {r.more_problems} more")
-    return table
+def _rejection_rows(name: str, r: RejectedObject) -> list[list[str]]:
+    """One row per problem of a rejected object, so that all can be fixed in one go."""
+    object_id = r.object_id or f"objects[{r.index}]"
+    if len(r.problems) < 2 and not r.more_problems:
+        return [[name, object_id, r.property or "-", _rejection_problem(r)]]
+    rows = [
+        [name, object_id, p.property or "-", f"expected {p.expected}" if p.expected else "-"]
+        for p in r.problems
+    ]
+    if r.more_problems:
+        rows.append([name, object_id, "-", f"... and {r.more_problems} more"])
+    return rows
 
 
-def _notices_table(outcomes: Sequence[_Outcome]) -> Table:
-    table = Table(
-        box=box.SIMPLE, show_edge=False, pad_edge=False, title="Notices", title_justify="left"
-    )
-    for column in ("FILE", "OBJECT", "NOTICE"):
-        table.add_column(column, overflow="fold")
-    for o in outcomes:
-        for object_id, notice in o.notices:
-            table.add_row(o.name, object_id, notice)
-    return table
+def _print_rejected(outcomes: Sequence[_Outcome]) -> None:
+    rows = [row for o in outcomes for r in o.rejected for row in _rejection_rows(o.name, r)]
+    _output.print_table(["FILE", "OBJECT", "PROPERTY", "PROBLEM"], rows, title="Rejected objects")
+
+
+def _print_notices(outcomes: Sequence[_Outcome]) -> None:
+    rows = [[o.name, object_id, notice] for o in outcomes for object_id, notice in o.notices]
+    _output.print_table(["FILE", "OBJECT", "NOTICE"], rows, title="Notices")
 
 
 def _total_line(outcomes: Sequence[_Outcome]) -> str:
@@ -366,19 +357,24 @@ def _total_line(outcomes: Sequence[_Outcome]) -> str:
     return f"{line}, {refused} refused" if refused else line
 
 
-def _summary_tables(outcomes: Sequence[_Outcome], quiet: bool) -> list[Table]:
-    """The files table (--quiet: only the refused files), then every rejected
-    object, then every notice (not with --quiet)."""
-    tables: list[Table] = []
+def _print_summary(outcomes: Sequence[_Outcome], quiet: bool) -> None:
+    """The files (--quiet: only the refused ones), every rejected object, every notice
+    (not with --quiet), and with several files the total; a blank line between parts."""
+    parts: list[Callable[[Sequence[_Outcome]], None]] = []
     if not quiet:
-        tables.append(_files_table(outcomes))
+        parts.append(_print_files)
     elif any(o.error for o in outcomes):
-        tables.append(_refused_table(outcomes))
+        parts.append(_print_refused)
     if any(o.rejected for o in outcomes):
-        tables.append(_rejected_table(outcomes))
+        parts.append(_print_rejected)
     if not quiet and any(o.notices for o in outcomes):
-        tables.append(_notices_table(outcomes))
-    return tables
+        parts.append(_print_notices)
+    if not quiet and len(outcomes) > 1:
+        parts.append(lambda outcomes: click.echo(_total_line(outcomes)))
+    for number, part in enumerate(parts):
+        if number:
+            click.echo()
+        part(outcomes)
 
 
 @click.command(
@@ -410,10 +406,17 @@ Examples:
     help="Withhold the objects from every partner of this kind not named by --recipient: "
     f"{', '.join(kind.value for kind in PartnerKind)}; repeatable.",
 )
-@_json_option(
-    'One JSON line per file: {"file", "accepted", "duplicates", "rejected" (each with its '
-    '"reason" and "problems"), "notices", "error"} (no progress bar, no table).'
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default="text",
+    show_default=True,
+    help='text: the summary for people (see above); json: one JSON line per file, {"file",'
+    ' "accepted", "duplicates", "rejected" (each with its "reason" and "problems"),'
+    ' "notices", "error"} (no progress bar).',
 )
+@_json_option("Same as --format json.")
 @click.option(
     "-q",
     "--quiet",
@@ -436,6 +439,7 @@ def submit(
     communities: tuple[str, ...],
     recipients: tuple[str, ...],
     exclude_kinds: tuple[str, ...],
+    output_format: str,
     as_json: bool,
     quiet: bool,
     timeout: float,
@@ -447,10 +451,14 @@ def submit(
     batches. With more than one file, or a large one, a progress bar shows on
     stderr when it is a terminal.
 
-    At the end a table shows, per file, how many objects were accepted, already
-    held (duplicate) or rejected, and files refused as a whole (not JSON, not a
-    bundle...); below it every rejected object with the property at fault and
-    what was expected, and any notice the exchange added to an object.
+    At the end (--format text) one line per file says how many objects were
+    accepted, already held (duplicate) or rejected, or why the file was refused
+    as a whole (not JSON, not a bundle...), e.g.
+    "lure.json: 1 accepted, 0 duplicate, 0 rejected" (on a terminal, several
+    files make a table), and with several files a total line. Below come every
+    rejected object with the property at fault and what was expected, and any
+    notice the exchange added to an object: tables on a terminal, otherwise
+    plain lines with columns aligned by spaces, nothing wrapped or padded.
 
     Exits 0 when everything was accepted or duplicate, 2 when any object or file
     was rejected, 1 when the exchange could not be reached or refused the token.
@@ -458,6 +466,7 @@ def submit(
     Who receives the objects follows their TLP; --community, --recipient and
     --exclude-kind narrow it, for every file of the command.
     """
+    as_json = as_json or output_format.lower() == "json"
     inputs = _expand(ctx, files)
     client = _connect(ctx, target, token, ca_file, cert_file, key_file)
     audience: dict[str, Any] = {
@@ -481,14 +490,7 @@ def submit(
                 if as_json:
                     write_json_line(outcome.record())
         if not as_json:
-            console = _output.stdout_console()
-            for number, table in enumerate(_summary_tables(outcomes, quiet)):
-                if number:
-                    console.print()
-                console.print(table)
-            if not quiet:
-                console.print()
-                console.print(_total_line(outcomes))
+            _print_summary(outcomes, quiet)
     except KeyboardInterrupt:
         ctx.exit(ExitCode.INTERRUPTED)
     except BrokenPipeError:

@@ -17,6 +17,7 @@ from exchange_client import (
     Delivery,
     ExchangeError,
     Subscription,
+    Unavailable,
 )
 
 from exchange.cli import _output
@@ -107,10 +108,14 @@ class _CursorFile:
         self._written = cursor
 
 
+# The names --format takes; pretty and jsonl are the older names, still accepted.
+_FORMATS = {"text": "text", "json": "json", "pretty": "text", "jsonl": "json"}
+
+
 def _default_format(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     if value is not None:
-        return value.lower()
-    return "pretty" if _output.is_terminal(sys.stdout) else "jsonl"
+        return _FORMATS[value.lower()]
+    return "text" if _output.is_terminal(sys.stdout) else "json"
 
 
 def _start(
@@ -132,7 +137,7 @@ def _start(
 
 def _print_delivery(ctx: click.Context, delivery: Delivery, output_format: str) -> None:
     try:
-        if output_format == "pretty":
+        if output_format == "text":
             click.echo(_pretty_line(delivery))
         else:
             write_json_line(_delivery_record(delivery))
@@ -150,7 +155,7 @@ def _deliveries(subscription: Iterable[Delivery], since: datetime | None) -> Ite
     epilog="""\b
 Examples:
   exchange subscribe --from-beginning --type indicator --limit 100
-  exchange subscribe --since 2026-11-01 --format pretty --label trafficking:recruitment
+  exchange subscribe --since 2026-11-01 --format text --label trafficking:recruitment
   exchange subscribe --from-beginning --cursor-file feed.cursor >> feed.jsonl
   exchange subscribe --cursor "$(tail -n1 feed.jsonl | jq -r .cursor)" >> feed.jsonl
 """
@@ -159,10 +164,11 @@ Examples:
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["pretty", "jsonl"], case_sensitive=False),
+    type=click.Choice(list(_FORMATS), case_sensitive=False),
     callback=_default_format,
-    help="pretty: one readable line per delivery; jsonl: one JSON object per line "
-    "(default: pretty on a terminal, jsonl otherwise).",
+    help="text: one readable line per delivery; json: one JSON object per line (JSON"
+    " lines). Default: text when stdout is a terminal, json otherwise (a pipe, a file)."
+    " pretty and jsonl are older names of text and json.",
 )
 @click.option(
     "--from-beginning",
@@ -214,6 +220,15 @@ Examples:
     is_flag=True,
     help="Exit (1) when the connection is lost instead of reconnecting with backoff.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Exit (1) when no stream could be opened within SECONDS (wrong address, "
+    "server down). Once a stream was open, a lost connection is retried without limit.",
+)
 @click.pass_context
 def subscribe(
     ctx: click.Context,
@@ -232,17 +247,22 @@ def subscribe(
     labels: tuple[str, ...],
     limit: int | None,
     no_reconnect: bool,
+    connect_timeout: float,
 ) -> None:
     """Stream the objects you may see, as they are accepted.
 
-    --format jsonl writes one JSON line per delivery: cursor, submitter,
-    submitter_identity, tlp, accepted_at, object_id, object_type, version and the
-    STIX object itself. --format pretty writes one line: time, TLP, type, id,
+    --format json (the default when stdout is not a terminal) writes one JSON
+    line per delivery: cursor, submitter, submitter_identity, tlp, accepted_at,
+    object_id, object_type, version and the STIX object itself. --format text
+    (the default on a terminal) writes one readable line: time, TLP, type, id,
     submitter and, for an indicator, its pattern.
 
-    When the connection is lost the command reconnects with backoff (saying so
-    on stderr) and resumes after the last delivery: nothing is missed or
-    repeated. Ctrl-C stops (exit 130).
+    The first connection is tried for --connect-timeout seconds, then the
+    command exits (1) with one line on stderr. Once the stream was open, a lost
+    connection is retried with backoff without limit (saying so on stderr), and
+    the feed resumes after the last delivery: nothing is missed or repeated.
+    When the exchange asks for the stream to be reopened (your communities
+    changed) it is reopened at once, silently. Ctrl-C stops (exit 130).
     """
     saved, cursor = _start(ctx, cursor, cursor_file, from_beginning)
     client = _connect(ctx, target, token, ca_file, cert_file, key_file)
@@ -261,6 +281,7 @@ def subscribe(
                 from_beginning=not cursor and (from_beginning or since is not None),
                 reconnect=not no_reconnect,
                 on_reconnect=None if no_reconnect else reconnecting,
+                connect_timeout=connect_timeout,
             )
             for delivery in _deliveries(subscription, since):
                 _print_delivery(ctx, delivery, output_format)
@@ -269,6 +290,10 @@ def subscribe(
                 count += 1
                 if limit is not None and count >= limit:
                     break
+    except Unavailable as err:
+        if err.resume_requested:  # only with --no-reconnect: not an outage
+            fail(f"the exchange ended the stream: {err}")
+        fail(describe_error(err, client.target))
     except ExchangeError as err:
         fail(describe_error(err, client.target))
     except OSError as err:

@@ -9,17 +9,18 @@ import click
 
 from exchange.cli._admin import (
     _EPILOG_WHERE,
+    TokenFile,
     Where,
     _admin_options,
     _credential_record,
     _duration,
-    _fields,
     _fingerprint,
+    _hand_over,
     _run,
     _show_credential,
     _status,
     _table,
-    _token_once,
+    _token_out_options,
     _when,
 )
 from exchange.cli._output import write_json_line
@@ -55,39 +56,46 @@ def token() -> None:
 Examples:
   exchange token issue kestrel-social-4d5e6f
   exchange token issue kestrel-social-4d5e6f --expires 90d --json
+  exchange token issue kestrel-social-4d5e6f --token-out kestrel.token
 """
     + _EPILOG_WHERE,
 )
 @click.argument("partner_id")
 @click.option("--expires", callback=_duration, metavar="DURATION", help=_EXPIRES_HELP)
+@_token_out_options
 @_admin_options
-def token_issue(*, partner_id: str, expires: float | None, where: Where, as_json: bool) -> None:
+def token_issue(
+    *,
+    partner_id: str,
+    expires: float | None,
+    token_out: TokenFile | None,
+    quiet: bool,
+    where: Where,
+    as_json: bool,
+) -> None:
     """Issue a new token for a partner and print it (shown once).
 
-    With --json it prints {"partner_id", "credential_id", "token", "expires_at"}.
+    With --json it prints {"partner_id", "credential_id", "token", "expires_at"}
+    ("token_file" instead of "token" with --token-out); with --quiet --token-out
+    FILE only the credential id.
     """
     credential, secret = _run(where, lambda backend: backend.issue_token(partner_id, expires))
-    if as_json:
-        write_json_line(
-            {
-                "partner_id": credential.partner_id,
-                "credential_id": credential.credential_id,
-                "token": secret,
-                "expires_at": None
-                if credential.expires_at is None
-                else _when(credential.expires_at),
-            }
-        )
-        return
-    _fields(
-        [
-            ("partner id", credential.partner_id),
-            ("credential id", credential.credential_id),
-            ("expires", "never" if credential.expires_at is None else _when(credential.expires_at)),
-            ("token", secret),
-        ]
+    expires_at = None if credential.expires_at is None else _when(credential.expires_at)
+    record = (
+        {
+            "partner_id": credential.partner_id,
+            "credential_id": credential.credential_id,
+            "expires_at": expires_at,
+        }
+        if as_json
+        else None
     )
-    _token_once()
+    pairs = [
+        ("partner id", credential.partner_id),
+        ("credential id", credential.credential_id),
+        ("expires", expires_at or "never"),
+    ]
+    _hand_over(secret, token_out, quiet, credential.credential_id, record, pairs)
 
 
 @token.command("list", epilog=_EPILOG_WHERE)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from exchange_protocol.subscribe import RESUME_KEY
 
 from exchange import errors
 
@@ -39,6 +40,10 @@ def status_for(exc: errors.ExchangeError) -> grpc.StatusCode:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+    if isinstance(exc, errors.ResumeRequested):
+        # Machine-readable, so that a client reopens the stream at once and quietly
+        # instead of treating it as an outage (exchange_protocol.subscribe).
+        await context.abort(status_for(exc), exc.message, ((RESUME_KEY, exc.reason),))
     if isinstance(exc, errors.ExchangeError):
         await context.abort(status_for(exc), exc.message)
     # Never leak internals to a caller; the log has the trace under this id.

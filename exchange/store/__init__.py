@@ -370,4 +370,4 @@ def open_store(settings: Settings, metrics: Metrics | None = None) -> Store:
         )
     from exchange.store.sqlite import SqliteStore  # noqa: PLC0415
 
-    return SqliteStore(settings.data_path / "exchange.sqlite3", metrics=metrics)
+    return SqliteStore(settings.sqlite_path, metrics=metrics)

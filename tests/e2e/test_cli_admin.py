@@ -60,7 +60,10 @@ def failure(*args: str, code: int = 1) -> str:
 
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
-    return tmp_path / "data"
+    """A data directory holding a store, as `exchange serve` or `db migrate` leaves it."""
+    path = tmp_path / "data"
+    run("db", "migrate", "--data-dir", str(path))
+    return path
 
 
 def add_partner(where: list[str], name: str, *extra: str) -> dict[str, str]:
@@ -313,6 +316,70 @@ def test_tokens_on_the_data_directory(data: Path, tmp_path: Path) -> None:
 
 
 # -- through a running server ------------------------------------------------------------
+
+
+def test_a_directory_without_a_store_is_refused_unless_init(tmp_path: Path) -> None:
+    """`cd ~ && exchange partner add ...` must not create a second, empty exchange
+    whose token the running server does not know: it names where it looked."""
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+    proc = subprocess.run(
+        [EXCHANGE, "partner", "add", "--name", "X", "--sector", "non-profit"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.count("\n") == 1
+    assert f"no exchange store in {elsewhere / 'exchange-data'}" in proc.stderr
+    assert "--init" in proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    missing = tmp_path / "typo"
+    for command in (["community", "list"], ["token", "list", "x-000000"], ["audit", "verify"]):
+        assert str(missing) in failure(*command, "--data-dir", str(missing))
+    assert not missing.exists()
+    # Asked to, it creates one.
+    assert one("community", "add", "sea-taskforce", "--data-dir", str(missing), "--init")
+    assert (missing / "exchange.sqlite3").is_file()
+    assert [c["name"] for c in many("community", "list", "--data-dir", str(missing))] == [
+        "sea-taskforce"
+    ]
+    stderr = failure("community", "list", "--target", "127.0.0.1:1", "--init", code=2)
+    assert "--init are for working on the store directly" in stderr
+
+
+def test_a_new_token_can_go_to_a_file_only_its_owner_reads(data: Path, tmp_path: Path) -> None:
+    where = ["--data-dir", str(data)]
+    token_file = tmp_path / "ngo.token"
+    proc = run(
+        "partner", "add", "--name", "Harbor Light", "--sector", "non-profit",
+        "--token-out", str(token_file), "--quiet", *where,
+    )  # fmt: skip
+    partner_id = proc.stdout.strip()
+    assert partner_id.startswith("harbor-light-")
+    assert "tix_" not in proc.stdout + proc.stderr
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    token = token_file.read_text().strip()
+    assert token.startswith("tix_")
+    # Never overwritten, and nothing is registered when the file cannot be written.
+    before = many("partner", "list", *where)
+    stderr = run(
+        "partner", "add", "--name", "Y", "--sector", "non-profit",
+        "--token-out", str(token_file), *where, code=2,
+    ).stderr  # fmt: skip
+    assert "exists; a token file is never overwritten" in stderr
+    assert token_file.read_text().strip() == token
+    assert many("partner", "list", *where) == before
+    # --quiet alone would lose the token.
+    stderr = run("token", "issue", partner_id, "--quiet", *where, code=2).stderr
+    assert "--token-out" in stderr
+    second = tmp_path / "second.token"
+    issued = one("token", "issue", partner_id, "--token-out", str(second), *where)
+    assert issued["token_file"] == str(second) and "token" not in issued
+    listed = {c["credential_id"] for c in many("token", "list", partner_id, *where)}
+    assert issued["credential_id"] in listed
 
 
 @pytest.fixture

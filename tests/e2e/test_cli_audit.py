@@ -210,7 +210,7 @@ def test_usage_errors(tmp_path: Path) -> None:
     mixed = run("audit", "log", "--target", "127.0.0.1:1", "--data-dir", str(tmp_path), code=2)
     assert "--data-dir, --database and --config are for reading the store" in mixed.stderr
     missing = run("audit", "verify", "--data-dir", str(tmp_path / "nowhere"), code=1)
-    assert missing.stderr.startswith("exchange: no data directory at")
+    assert missing.stderr.startswith(f"exchange: no exchange store in {tmp_path / 'nowhere'}")
     unreachable = run("audit", "log", "--target", "127.0.0.1:1", "--token", "tix_x", code=1)
     assert "cannot reach the exchange at 127.0.0.1:1" in unreachable.stderr
 

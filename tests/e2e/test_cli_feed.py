@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 from exchange.model import Tlp
 from tests.e2e.process import EXCHANGE, ServerProcess
-from tests.helpers import bundle, indicator
+from tests.helpers import bundle, free_port, indicator, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "clients" / "python" / "examples"
@@ -86,13 +88,14 @@ def test_submit_directory_summary_and_exit_2(server: ServerProcess, tmp_path: Pa
 
     out = run("submit", str(corpus), *as_partner(server, ngo), code=2)
     table = rows(out.stdout)
-    assert table[0] == ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"]
-    assert table[1] == [shown(first), "3", "0", "0"]
-    assert table[2] == [shown(nested), "1", "0", "1"]
-    assert table[3][:4] == [shown(broken), "-", "-", "-"]
-    assert table[3][4].startswith("refused: ")
+    # Not a terminal: a plain line per file, then the rejected objects.
+    assert table[0] == [f"{shown(first)}: 3 accepted, 0 duplicate, 0 rejected"]
+    assert table[1] == [f"{shown(nested)}: 1 accepted, 0 duplicate, 1 rejected"]
+    assert table[2][0].startswith(
+        f"{shown(broken)}: 0 accepted, 0 duplicate, 0 rejected, refused: "
+    )
     assert table[-1] == ["3 files: 4 accepted, 0 duplicate, 1 rejected, 1 refused"]
-    nested_rejection = table[table.index(["Rejected objects"]) + 2]
+    nested_rejection = table[table.index(["Rejected objects:"]) + 2]
     assert nested_rejection[:3] == [
         shown(nested),
         orjson.loads(nested.read_text())["objects"][1]["id"],
@@ -102,7 +105,7 @@ def test_submit_directory_summary_and_exit_2(server: ServerProcess, tmp_path: Pa
 
     # Again: everything already held is a duplicate.
     again = run("submit", str(first), *as_partner(server, ngo))
-    assert rows(again.stdout)[1] == [str(first), "0", "3", "0"]
+    assert again.stdout == f"{first}: 0 accepted, 3 duplicate, 0 rejected\n"
 
 
 def test_subscribe_cursor_file_resumes_without_repeats(
@@ -166,6 +169,150 @@ def test_sighting_revoke_and_get(server: ServerProcess, tmp_path: Path) -> None:
     missing = "indicator--00000000-0000-4000-8000-000000000000"
     out = run("get", missing, *as_partner(server, ngo), code=1)
     assert out.stderr == f"exchange: {missing}: not found (or not visible to you)\n"
+
+
+# -- subscribe: the first connection, a lost one, and a resume the exchange asks for ---
+
+
+class Feed:
+    """A running ``exchange subscribe``: its stdout lines as they come, its stderr in
+    a file (read at the end or on demand)."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.stderr_path = tmp_path / f"subscribe-{time.monotonic_ns()}.stderr"
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [EXCHANGE, "subscribe", "--format", "jsonl", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def ids(self) -> list[str]:
+        return [orjson.loads(line)["object_id"] for line in list(self.lines)]
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_for(self, count: int, what: str, timeout_s: float = 60) -> None:
+        wait_until(
+            lambda: len(self.lines) >= count or self.proc.poll() is not None, timeout_s, what
+        )
+        assert len(self.lines) >= count, f"exited {self.proc.poll()}: {self.stderr()}"
+
+    def finish(self, timeout_s: float = 60) -> int:
+        """Its exit status, once it exited by itself (--limit)."""
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill it if it still runs; close what the test opened for it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(10)
+        self._stderr.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def test_subscribe_gives_up_on_an_exchange_it_never_reached() -> None:
+    target = f"127.0.0.1:{free_port()}"  # nobody listens there
+    started = time.monotonic()
+    out = run("subscribe", "--target", target, "--token", "t", "--connect-timeout", "2", code=1)
+    elapsed = time.monotonic() - started
+    assert out.stdout == ""
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"exchange: cannot reach the exchange at {target}: ")
+    assert out.stderr.endswith("(gave up after 2 s; is the server running?)\n")
+    # It kept trying up to the bound (less the last attempt's grace), not forever.
+    assert 1.5 <= elapsed < 30, elapsed
+
+
+def test_subscribe_keeps_reconnecting_once_established(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    ngo = add_partner(data, "Harbor Light Alliance", "non-profit")
+    platform = add_partner(data, "Kestrel Social", "technology")
+    objects = [indicator(ngo["identity_id"], n=n, tlp=Tlp.GREEN) for n in range(4)]
+    run("submit", str(write_bundle(tmp_path / "a.json", objects[:2])), *as_partner(server, ngo))
+    feed = Feed(
+        tmp_path,
+        *as_partner(server, platform),
+        *("--from-beginning", "--limit", "4", "--connect-timeout", "1"),
+    )
+    try:
+        feed.wait_for(2, "the first deliveries")
+        server.kill()
+        lost = time.monotonic()
+        # Down for three times --connect-timeout: an established feed does not give up.
+        wait_until(
+            lambda: feed.proc.poll() is not None or time.monotonic() - lost > 3,
+            30,
+            "three seconds of the exchange being down",
+        )
+        assert feed.proc.poll() is None, feed.stderr()
+        assert "reconnecting (attempt 1)" in feed.stderr()
+        server = ServerProcess(data, port=server.port)
+        run("submit", str(write_bundle(tmp_path / "b.json", objects[2:])), *as_partner(server, ngo))
+        assert feed.finish() == 0, feed.stderr()
+    finally:
+        server.stop()
+        feed.stop()
+    assert feed.ids() == [o["id"] for o in objects]
+    assert all(line.startswith("reconnecting (attempt ") for line in feed.stderr().splitlines())
+
+
+def test_subscribe_follows_a_change_of_communities_silently(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    run("community", "add", "sea-taskforce", "--data-dir", str(data))
+    ngo = add_partner(data, "Harbor Light Alliance", "non-profit", "--community", "sea-taskforce")
+    platform = add_partner(data, "Kestrel Social", "technology")
+    me, shared = ngo["identity_id"], ["--community", "sea-taskforce"]
+
+    def submit(name: str, objects: list[dict[str, Any]], *extra: str) -> list[str]:
+        run("submit", str(write_bundle(tmp_path / name, objects)), *extra, *as_partner(server, ngo))
+        return [o["id"] for o in objects]
+
+    public = submit("public.json", [indicator(me, n=n, tlp=Tlp.GREEN) for n in range(3)])
+    members = submit(
+        "amber.json", [indicator(me, n=10 + n, tlp=Tlp.AMBER) for n in range(2)], *shared
+    )
+    feed = Feed(tmp_path, *as_partner(server, platform), "--from-beginning", "--limit", "9")
+    try:
+        feed.wait_for(3, "the public objects")
+        run(
+            "community", "join", "sea-taskforce",
+            "--partner", platform["partner_id"], "--data-dir", str(data),
+        )  # fmt: skip
+        # The exchange ends the stream to add the community's topic; the feed reopens
+        # it from its cursor: the community's earlier objects arrive...
+        feed.wait_for(5, "the community's objects")
+        later = submit("later.json", [indicator(me, n=20 + n, tlp=Tlp.GREEN) for n in range(2)])
+        later += submit(
+            "later-amber.json", [indicator(me, n=30 + n, tlp=Tlp.AMBER) for n in range(2)], *shared
+        )
+        # ...and so do later ones, each once.
+        assert feed.finish() == 0, feed.stderr()
+    finally:
+        feed.stop()
+    got = feed.ids()
+    assert got[:3] == public
+    assert sorted(got) == sorted(public + members + later), got
+    assert feed.stderr() == ""  # a normal event: no "reconnecting" alarm
 
 
 # -- the SDK examples ------------------------------------------------------------------
@@ -256,3 +403,25 @@ def shown(path: Path) -> str:
     given on the command line, from there."""
     root = next((p for p in path.parents if p.name == "corpus"), None)
     return str(path) if root is None else str(path.relative_to(root.parent))
+
+
+def test_auditor_example_says_what_to_install_without_cryptography(tmp_path: Path) -> None:
+    """On the SDK's plain install (no [verify] extra), auditor.py names the extra in one
+    line instead of an ImportError traceback."""
+    auditor = str(EXAMPLES / "auditor.py")
+    without_cryptography = (
+        "import runpy, sys; sys.modules['cryptography'] = None;"  # import raises ImportError
+        f" sys.argv = ['auditor.py', 'indicator--x']; runpy.run_path({auditor!r},"
+        " run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", without_cryptography],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("\n") == 1
+    assert "pip install 'exchange-client[verify]'" in proc.stderr

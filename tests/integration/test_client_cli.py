@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.subscribe import RESUME_KEY, TOPICS_CHANGED
 
 from exchange.cli import _output, objects
 from exchange.cli import submit as submit_module
@@ -34,8 +35,9 @@ TOKEN = "good-token"
 
 
 class FakeExchange(pb_grpc.ExchangeServiceServicer):
-    """Accepts ids without 'dup'/'bad'; 'dup' is a duplicate, 'bad' is rejected;
-    accepted ids containing 'notice' get a notice."""
+    """Answers by the name after a test id's '--' (a random UUID names nothing: "bad" may
+    be in one): 'dup' is a duplicate, 'bad' is rejected, 'multi' has several problems,
+    'notice' is accepted with a notice; everything else is accepted."""
 
     def __init__(self) -> None:
         self.requests: list[Any] = []
@@ -46,6 +48,9 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         self.stream_requests: list[pb.SubmitStreamRequest] = []
         self.reject_all = False
         self.unavailable_first = 0  # Subscribe calls to fail with UNAVAILABLE first
+        # Subscribe calls played first, one each: its messages, then UNAVAILABLE with
+        # these details (None: play on as without a script), marked "resume" or not.
+        self.scripted: list[tuple[list[pb.SubscribeResponse], str | None, bool]] = []
 
     def _authenticate(self, context: Any) -> None:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
@@ -58,9 +63,12 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
             result = response.results.add(
                 object_id=obj["id"], index=index, version=obj.get("modified", "")
             )
-            if "dup" in obj["id"]:
+            name = obj["id"].partition("--")[2]
+            if "-" in name:  # a UUID
+                name = ""
+            if "dup" in name:
                 result.outcome = pb.OUTCOME_DUPLICATE
-            elif "multi" in obj["id"]:
+            elif "multi" in name:
                 result.outcome = pb.OUTCOME_REJECTED
                 rejection = result.rejection
                 rejection.message = f"{obj['id']}: 4 problems: ..."
@@ -71,14 +79,14 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
                 ):
                     rejection.problems.add(property=prop, expected=expected)
                 rejection.more_problems = 2
-            elif "bad" in obj["id"] or self.reject_all:
+            elif "bad" in name or self.reject_all:
                 result.outcome = pb.OUTCOME_REJECTED
                 result.rejection.message = f"{obj['id']}: confidence: expected 0-100, got 250"
                 result.rejection.property = "confidence"
                 result.rejection.expected = "0-100"
             else:
                 result.outcome = pb.OUTCOME_ACCEPTED
-                if "notice" in obj["id"]:
+                if "notice" in name:
                     result.notice = "keeps the wider audience of its earlier versions"
         return response
 
@@ -113,6 +121,13 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
         if self.unavailable_first:
             self.unavailable_first -= 1
             context.abort(grpc.StatusCode.UNAVAILABLE, "the exchange is restarting")
+        if self.scripted:
+            messages, ending, resume = self.scripted.pop(0)
+            yield from messages
+            if resume:
+                context.set_trailing_metadata(((RESUME_KEY, TOPICS_CHANGED),))
+            if ending is not None:
+                context.abort(grpc.StatusCode.UNAVAILABLE, ending)
         yield from self.batches
         while self.hold_open and context.is_active():
             time.sleep(0.01)
@@ -201,16 +216,17 @@ def test_submit_human_output(fake: FakeExchange, tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(submit, [str(good), str(mixed)])
     assert result.exit_code == 2, result.output
+    # Not a terminal: a line per file, plain lines for the rejected objects.
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(good), "2", "1", "0"],
-        [str(mixed), "1", "0", "2"],
-        ["Rejected objects"],
+        [f"{good}: 2 accepted, 1 duplicate, 0 rejected"],
+        [f"{mixed}: 1 accepted, 0 duplicate, 2 rejected"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(mixed), "indicator--bad1", "confidence", "expected 0-100, got 250"],
         [str(mixed), "indicator--bad2", "confidence", "expected 0-100, got 250"],
         ["2 files: 3 accepted, 1 duplicate, 2 rejected"],
     ]
+    assert all(line == line.rstrip() for line in result.stdout.splitlines())
     assert result.stderr == ""  # no progress bar: stderr is not a terminal
 
 
@@ -218,7 +234,9 @@ def test_submit_shows_each_problem_of_an_object(fake: FakeExchange, tmp_path: Pa
     path = write_bundle(tmp_path / "multi.json", "indicator--multi")
     result = CliRunner().invoke(submit, [str(path)])
     assert result.exit_code == 2, result.output
-    assert rows(result.stdout)[3:7] == [
+    assert rows(result.stdout)[:6] == [
+        [f"{path}: 0 accepted, 0 duplicate, 1 rejected"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(path), "indicator--multi", "confidence", "expected 0-100, got 250"],
         [
@@ -227,19 +245,37 @@ def test_submit_shows_each_problem_of_an_object(fake: FakeExchange, tmp_path: Pa
             "pattern",
             "expected a valid STIX pattern; unexpected end of pattern at column 9",
         ],
-        [str(path), "indicator--multi", "... and 2 more"],
+        [str(path), "indicator--multi", "-", "... and 2 more"],
     ]
+
+
+def test_submit_on_a_terminal_shows_tables(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_bundle(tmp_path / "good.json", "indicator--1", "indicator--2", "indicator--dup")
+    write_bundle(tmp_path / "mixed.json", "indicator--3", "indicator--bad1")
+    monkeypatch.chdir(tmp_path)  # short names: a terminal's table wraps to its width
+    monkeypatch.setattr(_output, "is_terminal", lambda stream: True)
+    result = CliRunner().invoke(submit, ["good.json", "mixed.json"])
+    assert result.exit_code == 2, result.output
+    table = rows(result.stdout)
+    assert table[:3] == [
+        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
+        ["good.json", "2", "1", "0"],
+        ["mixed.json", "1", "0", "1"],
+    ]
+    assert ["Rejected objects"] in table
+    assert table[-1] == ["2 files: 3 accepted, 1 duplicate, 1 rejected"]
+    # One file: its line, on a terminal too (as README.md shows it).
+    result = CliRunner().invoke(submit, ["good.json"])
+    assert rows(result.stdout) == [["good.json: 2 accepted, 1 duplicate, 0 rejected"]]
 
 
 def test_submit_everything_accepted_exits_zero(fake: FakeExchange, tmp_path: Path) -> None:
     good = write_bundle(tmp_path / "good.json", "indicator--1", "indicator--dup")
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(good), "1", "1", "0"],
-        ["1 file: 1 accepted, 1 duplicate, 0 rejected"],
-    ]
+    assert result.stdout == f"{good}: 1 accepted, 1 duplicate, 0 rejected\n"
 
 
 def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
@@ -277,6 +313,39 @@ def test_submit_json_output(fake: FakeExchange, tmp_path: Path) -> None:
     ]
 
 
+def test_token_from_a_file_or_the_environment_not_only_the_command_line(
+    fake: FakeExchange, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --token value shows in `ps` to every user of the machine: the token can come
+    from a file (--token-file, EXCHANGE_TOKEN_FILE) or EXCHANGE_TOKEN, and --help says so."""
+    monkeypatch.delenv("EXCHANGE_TOKEN")
+    good = write_bundle(tmp_path / "good.json", "indicator--1")
+    token_file = tmp_path / "ngo.token"
+    token_file.write_text(TOKEN + "\n")
+    result = CliRunner().invoke(submit, ["--token-file", str(token_file), str(good)])
+    assert result.exit_code == 0, result.output
+    # A file named on the command line wins over a stale variable.
+    monkeypatch.setenv("EXCHANGE_TOKEN", "stale")
+    result = CliRunner().invoke(submit, ["--token-file", str(token_file), str(good)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.delenv("EXCHANGE_TOKEN")
+    monkeypatch.setenv("EXCHANGE_TOKEN_FILE", str(token_file))
+    result = CliRunner().invoke(submit, [str(good)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        submit, ["--token", "x", "--token-file", str(token_file), str(good)]
+    )
+    assert result.exit_code == 2
+    assert "--token and --token-file exclude each other" in result.stderr
+    token_file.write_text("\n")
+    result = CliRunner().invoke(submit, [str(good)])
+    assert result.exit_code == 2
+    assert "must hold one token" in result.stderr
+    help_text = " ".join(CliRunner().invoke(submit, ["--help"]).output.split())
+    assert "shows in the process list (ps)" in help_text
+    assert "EXCHANGE_TOKEN_FILE" in help_text
+
+
 def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     fake: FakeExchange, tmp_path: Path
 ) -> None:
@@ -286,9 +355,8 @@ def test_submit_refused_file_is_reported_and_the_rest_goes_on(
     result = CliRunner().invoke(submit, [shown(broken), str(good)])
     assert result.exit_code == 2
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED", "ERROR"],
-        [shown(broken), "-", "-", "-", "refused: bundle is not JSON"],
-        [str(good), "1", "0", "0"],
+        [f"{shown(broken)}: 0 accepted, 0 duplicate, 0 rejected, refused: bundle is not JSON"],
+        [f"{good}: 1 accepted, 0 duplicate, 0 rejected"],
         ["2 files: 1 accepted, 0 duplicate, 0 rejected, 1 refused"],
     ]
 
@@ -297,7 +365,7 @@ def test_submit_stdin(fake: FakeExchange) -> None:
     data = json.dumps({"type": "bundle", "objects": [{"type": "indicator", "id": "indicator--9"}]})
     result = CliRunner().invoke(submit, ["-"], input=data)
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout)[1] == ["-", "1", "0", "0"]
+    assert result.stdout == "-: 1 accepted, 0 duplicate, 0 rejected\n"
     result = CliRunner().invoke(submit, ["-", "-"], input=data)
     assert result.exit_code == 2
     assert "'-' (stdin) may be given only once" in result.stderr
@@ -322,7 +390,7 @@ def test_submit_without_token(
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 1
     assert result.stderr == (
-        "exchange: no API token: pass --token or set EXCHANGE_TOKEN "
+        "exchange: no API token: set EXCHANGE_TOKEN or pass --token-file (or --token) "
         "(or authenticate with a client certificate: --cert-file and --key-file)\n"
     )
     assert fake.submits == []
@@ -403,19 +471,17 @@ def test_submit_prints_notices(fake: FakeExchange, tmp_path: Path) -> None:
     result = CliRunner().invoke(submit, [str(path)])
     assert result.exit_code == 2, result.output
     assert rows(result.stdout) == [
-        ["FILE", "ACCEPTED", "DUPLICATE", "REJECTED"],
-        [str(path), "2", "0", "1"],
-        ["Rejected objects"],
+        [f"{path}: 2 accepted, 0 duplicate, 1 rejected"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(path), "indicator--bad", "confidence", "expected 0-100, got 250"],
-        ["Notices"],
+        ["Notices:"],
         ["FILE", "OBJECT", "NOTICE"],
         [
             str(path),
             "indicator--notice1",
             "keeps the wider audience of its earlier versions",
         ],
-        ["1 file: 2 accepted, 0 duplicate, 1 rejected"],
     ]
     result = CliRunner().invoke(submit, ["--json", str(path)])
     record = json.loads(result.stdout)
@@ -499,7 +565,7 @@ def test_submit_over_mutual_tls_without_a_token(
     finally:
         server.stop(0)
     assert result.exit_code == 0, result.output
-    assert rows(result.stdout)[1] == [str(good), "1", "0", "0"]
+    assert result.stdout == f"{good}: 1 accepted, 0 duplicate, 0 rejected\n"
     assert not servicer.submits[0].HasField("audience")
 
 
@@ -671,10 +737,10 @@ def test_submit_directory_is_every_json_file_below_it_sorted(
     result = CliRunner().invoke(submit, [str(corpus)])
     assert result.exit_code == 2, result.output
     table = rows(result.stdout)
-    assert table[1:4] == [
-        [shown(first), "1", "0", "0"],
-        [shown(nested), "1", "0", "1"],
-        [shown(last), "0", "1", "0"],
+    assert table[:3] == [
+        [f"{shown(first)}: 1 accepted, 0 duplicate, 0 rejected"],
+        [f"{shown(nested)}: 1 accepted, 0 duplicate, 1 rejected"],
+        [f"{shown(last)}: 0 accepted, 1 duplicate, 0 rejected"],
     ]
     assert table[-1] == ["3 files: 2 accepted, 1 duplicate, 1 rejected"]
     assert len(fake.submits) == 3
@@ -693,7 +759,7 @@ def test_submit_large_file_goes_in_batches(fake: FakeExchange, tmp_path: Path) -
     big = write_bundle(tmp_path / "big.json", *ids)
     result = CliRunner().invoke(submit, [str(big)])
     assert result.exit_code == 2, result.output
-    assert rows(result.stdout)[1] == [str(big), "1200", "1", "1"]
+    assert rows(result.stdout)[0] == [f"{big}: 1200 accepted, 1 duplicate, 1 rejected"]
     assert fake.submits == []
     assert len(fake.stream_requests) == 3  # 500 + 500 + 202
     result = CliRunner().invoke(submit, ["--json", str(big)])
@@ -739,7 +805,7 @@ def test_submit_quiet_prints_only_problems(fake: FakeExchange, tmp_path: Path) -
     assert rows(result.stdout) == [
         ["FILE", "ERROR"],
         [shown(broken), "refused: bundle is not JSON"],
-        ["Rejected objects"],
+        ["Rejected objects:"],
         ["FILE", "OBJECT", "PROPERTY", "PROBLEM"],
         [str(mixed), "indicator--bad", "confidence", "expected 0-100, got 250"],
     ]
@@ -937,19 +1003,64 @@ def test_subscribe_cursor_and_cursor_file_exclude_each_other(
     assert "--cursor and --cursor-file exclude each other" in result.stderr
 
 
-def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
+def test_subscribe_retries_its_first_connection_quietly(fake: FakeExchange) -> None:
     fake.unavailable_first = 2
     fake.batches = [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")]
     result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["cursor"] == "c1"
+    # Within --connect-timeout: no alarm (a failure would be one line, then exit 1).
+    assert result.stderr == ""
+    assert len(fake.requests) == 3
+
+
+def test_subscribe_reconnects_and_says_so(fake: FakeExchange) -> None:
+    fake.scripted = [
+        ([pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")], "connection lost", False),
+        ([], "the exchange is restarting", False),
+    ]
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(2)], cursor="c2")]
+    result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["cursor"] for line in result.stdout.splitlines()] == ["c1", "c2"]
     lines = result.stderr.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "reconnecting (attempt 1)",
         "reconnecting (attempt 2)",
     ]
-    assert "the exchange is restarting" in lines[0]
-    assert len(fake.requests) == 3
+    assert "connection lost" in lines[0] and "the exchange is restarting" in lines[1]
+    assert [r.cursor for r in fake.requests] == ["", "c1", "c1"]
+
+
+def test_subscribe_resumes_silently_when_the_exchange_asks(fake: FakeExchange) -> None:
+    fake.scripted = [
+        (
+            [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")],
+            "your communities changed, ...; resume from your last cursor",
+            True,
+        )
+    ]
+    fake.batches = [pb.SubscribeResponse(deliveries=[delivery(2)], cursor="c2")]
+    result = CliRunner().invoke(subscribe, ["--from-beginning", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["cursor"] for line in result.stdout.splitlines()] == ["c1", "c2"]
+    assert result.stderr == ""
+    assert [r.cursor for r in fake.requests] == ["", "c1"]
+    # With --no-reconnect it ends, saying why (not "cannot reach").
+    fake.scripted = [
+        (
+            [pb.SubscribeResponse(deliveries=[delivery(1)], cursor="c1")],
+            "your communities changed; resume from your last cursor",
+            True,
+        )
+    ]
+    result = CliRunner().invoke(subscribe, ["--no-reconnect"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["cursor"] == "c1"
+    assert result.stderr == (
+        "exchange: the exchange ended the stream: your communities changed;"
+        " resume from your last cursor\n"
+    )
 
 
 def shown(path: Path) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from exchange_client import (
 from exchange_client._retry import Backoff, UnaryRetry, is_retryable
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
+from exchange_protocol.subscribe import RESUME_KEY, TOPICS_CHANGED
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -62,6 +65,8 @@ class Stream:
 
     messages: list[pb.SubscribeResponse] = field(default_factory=list)
     ending: grpc.StatusCode | None = None
+    resume: bool = False  # the ending carries the exchange's "reopen at once" mark
+    hold: bool = False  # after the messages, never answer (until cancelled)
 
 
 class FlakyExchange(pb_grpc.ExchangeServiceServicer):
@@ -116,6 +121,10 @@ class FlakyExchange(pb_grpc.ExchangeServiceServicer):
         with self.lock:
             script = self.streams.pop(0) if self.streams else Stream()
         yield from script.messages
+        while script.hold and context.is_active():
+            time.sleep(0.01)
+        if script.resume:
+            context.set_trailing_metadata(((RESUME_KEY, TOPICS_CHANGED),))
         if script.ending is not None:
             context.abort(script.ending, f"stream ended with {script.ending.name}")
 
@@ -498,3 +507,212 @@ def test_revoke_submits_the_latest_version_revoked_and_later(
     assert {k: v for k, v in submitted.items() if k not in {"revoked", "modified"}} == {
         k: v for k, v in current.items() if k != "modified"
     }
+
+
+# -- the exchange asks to resume; the first connection is bounded ---------------------------
+
+
+class FakeTime:
+    """A clock that the recorded waits move forward (nothing is slept)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, delay: float) -> None:
+        self.waits.append(delay)
+        self.now += delay
+
+    def on(self, client: ExchangeClient) -> ExchangeClient:
+        client._clock, client._sleep, client._jitter = self.clock, self.sleep, lambda: 1.0
+        return client
+
+    def on_async(self, client: AsyncExchangeClient) -> AsyncExchangeClient:
+        async def sleep(delay: float) -> None:
+            self.sleep(delay)
+
+        client._clock, client._sleep, client._jitter = self.clock, sleep, lambda: 1.0
+        return client
+
+
+RESUME_SCRIPT = [
+    Stream([batch(cursor="c0"), batch(1, 2)], ending=UNAVAILABLE, resume=True),
+    Stream([batch(cursor="c2"), batch(3), batch(cursor="c5")], ending=UNAVAILABLE, resume=True),
+    Stream([batch(cursor="c5"), batch(6)]),
+]
+
+
+def test_a_resume_request_reopens_at_once_quietly(
+    fake: tuple[str, FlakyExchange], caplog: pytest.LogCaptureFixture
+) -> None:
+    target, servicer = fake
+    servicer.streams = list(RESUME_SCRIPT)
+    waits: list[float] = []
+    calls: list[int] = []
+    caplog.set_level(logging.DEBUG, logger="exchange_client")
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(from_beginning=True, on_reconnect=lambda n, _: calls.append(n))
+        got = [d.object_id for d in sub]
+    assert got == ["indicator--1", "indicator--2", "indicator--3", "indicator--6"]
+    # Reopened from the last cursor handed out (the batch cursor past what was filtered).
+    assert [r.cursor for r in servicer.requests] == ["", "c2", "c5"]
+    assert waits == [] and calls == []
+    assert sub.reconnects == 2
+    assert [r.levelno for r in caplog.records if "asked to resume" in r.getMessage()] == [
+        logging.DEBUG,
+        logging.DEBUG,
+    ]
+
+
+async def test_async_resume_request_reopens_at_once_quietly(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = list(RESUME_SCRIPT)
+    waits: list[float] = []
+    calls: list[int] = []
+    async with fast_async(AsyncExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(from_beginning=True, on_reconnect=lambda n, _: calls.append(n))
+        got = [d.object_id async for d in sub]
+    assert got == ["indicator--1", "indicator--2", "indicator--3", "indicator--6"]
+    assert [r.cursor for r in servicer.requests] == ["", "c2", "c5"]
+    assert waits == [] and calls == [] and sub.reconnects == 2
+
+
+def test_a_resume_request_at_opening_is_backed_off(fake: tuple[str, FlakyExchange]) -> None:
+    """A stream refused before its first message is no established stream to resume:
+    backed off like an outage, so that a server repeating it cannot make a client spin."""
+    target, servicer = fake
+    servicer.streams = [
+        Stream([batch(cursor="c0"), batch(1)], ending=UNAVAILABLE, resume=True),
+        Stream(ending=UNAVAILABLE, resume=True),
+        Stream([batch(cursor="c1"), batch(2)]),
+    ]
+    waits: list[float] = []
+    calls: list[int] = []
+    with fast(ExchangeClient(target, token="t"), waits) as client:
+        sub = client.subscribe(on_reconnect=lambda n, _: calls.append(n))
+        assert [d.object_id for d in sub] == ["indicator--1", "indicator--2"]
+    assert waits == [0.1] and calls == [1]
+
+
+def test_without_reconnect_a_resume_request_is_raised_as_such(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream([batch(cursor="c0"), batch(1)], ending=UNAVAILABLE, resume=True)]
+    with ExchangeClient(target, token="t") as client:
+        sub = client.subscribe(reconnect=False)
+        assert next(sub).object_id == "indicator--1"
+        with pytest.raises(Unavailable) as caught:
+            next(sub)
+    assert caught.value.resume_requested
+    assert sub.last_cursor == "c1"
+    servicer.streams = [Stream([batch(cursor="c0")], ending=UNAVAILABLE)]
+    with ExchangeClient(target, token="t") as client, pytest.raises(Unavailable) as outage:
+        list(client.subscribe(reconnect=False))
+    assert not outage.value.resume_requested
+
+
+def first_delivery(target: str, time_: FakeTime, flavour: str, **kwargs: Any) -> Delivery:
+    """The first delivery of a subscription, by the sync or the async client."""
+    if flavour == "sync":
+        with time_.on(ExchangeClient(target, token="t")) as client:
+            return next(client.subscribe(**kwargs))
+
+    async def run() -> Delivery:
+        async with time_.on_async(AsyncExchangeClient(target, token="t")) as client:
+            return await anext(client.subscribe(**kwargs))
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_connect_timeout_gives_up_on_a_first_stream_never_established(
+    fake: tuple[str, FlakyExchange], flavour: str
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(ending=UNAVAILABLE) for _ in range(100)]
+    time_ = FakeTime()
+    calls: list[int] = []
+    with pytest.raises(Unavailable) as caught:
+        first_delivery(
+            target, time_, flavour, connect_timeout=10, on_reconnect=lambda n, _: calls.append(n)
+        )
+    assert "gave up after 10 s" in str(caught.value)
+    assert "stream ended with UNAVAILABLE" in str(caught.value)  # why the last attempt failed
+    # Retried quietly, up to the bound less the last attempt's grace (1 s), not past it.
+    assert calls == []
+    assert time_.waits == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 2.7])
+    assert len(servicer.requests) == 8
+
+
+def test_connect_timeout_bounds_a_server_that_never_answers(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(hold=True)]
+    started = time.monotonic()
+    with ExchangeClient(target, token="t") as client, pytest.raises(Unavailable) as caught:
+        next(client.subscribe(connect_timeout=0.5))
+    assert time.monotonic() - started < 10
+    assert str(caught.value) == (
+        f"cannot reach the exchange at {target}: no answer"
+        " (gave up after 0.5 s; is the server running?)"
+    )
+    assert len(servicer.requests) == 1
+
+
+async def test_async_connect_timeout_bounds_a_server_that_never_answers(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(hold=True)]
+    async with AsyncExchangeClient(target, token="t") as client:
+        sub = client.subscribe(connect_timeout=0.5)
+        with pytest.raises(Unavailable, match=r"no answer \(gave up after 0.5 s"):
+            await asyncio.wait_for(anext(sub), 10)
+        assert sub.closed
+
+
+def test_connect_timeout_does_not_limit_an_established_stream(
+    fake: tuple[str, FlakyExchange],
+) -> None:
+    """Once the first message arrived, a lost stream is retried past connect_timeout,
+    telling on_reconnect, as without it."""
+    target, servicer = fake
+    servicer.streams = [
+        Stream([batch(cursor="c0"), batch(1)], ending=UNAVAILABLE),
+        *(Stream(ending=UNAVAILABLE) for _ in range(8)),
+        Stream([batch(cursor="c1"), batch(2)]),
+    ]
+    time_ = FakeTime()
+    calls: list[int] = []
+    with time_.on(ExchangeClient(target, token="t")) as client:
+        sub = client.subscribe(
+            connect_timeout=1, max_backoff=5, on_reconnect=lambda n, _: calls.append(n)
+        )
+        assert [d.object_id for d in sub] == ["indicator--1", "indicator--2"]
+    assert calls == list(range(1, 10))
+    assert sum(time_.waits) > 1
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_connect_timeout_raises_authentication_errors_at_once(
+    fake: tuple[str, FlakyExchange], flavour: str
+) -> None:
+    target, servicer = fake
+    servicer.streams = [Stream(ending=grpc.StatusCode.UNAUTHENTICATED)]
+    time_ = FakeTime()
+    with pytest.raises(AuthenticationError):
+        first_delivery(target, time_, flavour, connect_timeout=10)
+    assert time_.waits == [] and len(servicer.requests) == 1
+
+
+def test_connect_timeout_must_be_positive(fake: tuple[str, FlakyExchange]) -> None:
+    target, _ = fake
+    with ExchangeClient(target, token="t") as client, pytest.raises(ValueError, match="positive"):
+        client.subscribe(connect_timeout=0)

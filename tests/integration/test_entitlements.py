@@ -18,6 +18,7 @@ from exchange_client import (
     ExchangeClient,
     NotFound,
     PermissionDenied,
+    Unavailable,
     ValidationError,
 )
 from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
@@ -280,6 +281,8 @@ def test_joining_a_community_ends_the_stream_and_resuming_brings_its_objects(
         reader.join(15)
         assert not reader.is_alive() and errors, "the stream did not end after joining"
         assert "communities changed" in str(errors[0])
+        # Marked as a request to resume (trailing metadata), not an outage.
+        assert isinstance(errors[0], Unavailable) and errors[0].resume_requested
         # Resuming from the last cursor brings what the community shared before.
         resumed = c.subscribe(cursor=sub.last_cursor)
         timer = threading.Timer(20.0, resumed.close)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +276,70 @@ def _submit(server: ServerThread, who: PartnerCredentials, start: int, count: in
     return [o["id"] for o in objects]
 
 
+class _FeedReader:
+    """A partner's subscription consumed in a thread, by the sync client or the asyncio
+    one (on the thread's own loop), until :meth:`stop`; what arrived, what failed."""
+
+    def __init__(
+        self,
+        server: ServerThread,
+        partner: PartnerCredentials,
+        flavour: str,
+        **subscribe: Any,
+    ) -> None:
+        self.received: list[str] = []
+        self.reconnects: list[ExchangeError] = []
+        self.failures: list[BaseException] = []
+        self.subscriptions: list[Any] = []
+        self._stop = threading.Event()
+        self._server, self._partner, self._subscribe = server, partner, subscribe
+        runner = self._sync if flavour == "sync" else lambda: asyncio.run(self._async())
+        self._thread = threading.Thread(target=self._consume, args=(runner,), daemon=True)
+        self._thread.start()
+
+    def _on_reconnect(self, attempt: int, error: ExchangeError) -> None:
+        self.reconnects.append(error)
+
+    def _consume(self, runner: Any) -> None:
+        try:
+            runner()
+        except BaseException as exc:  # reported by the test
+            self.failures.append(exc)
+
+    def _sync(self) -> None:
+        with sync_client(self._server, self._partner) as c:
+            sub = c.subscribe(
+                from_beginning=True, on_reconnect=self._on_reconnect, **self._subscribe
+            )
+            self.subscriptions.append(sub)
+
+            def close_when_done() -> None:
+                self._stop.wait(60)
+                sub.close()
+
+            threading.Thread(target=close_when_done, daemon=True).start()
+            for delivery in sub:
+                self.received.append(delivery.object_id)
+
+    async def _async(self) -> None:
+        async with async_client(self._server, self._partner) as c:
+            sub = c.subscribe(
+                from_beginning=True, on_reconnect=self._on_reconnect, **self._subscribe
+            )
+            self.subscriptions.append(sub)
+            closer = asyncio.create_task(asyncio.to_thread(self._stop.wait, 60))
+            closer.add_done_callback(lambda _: sub.close())
+            async for delivery in sub:
+                self.received.append(delivery.object_id)
+
+    def has(self, count: int) -> bool:
+        return len(self.received) >= count or bool(self.failures)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_a_subscription_survives_a_restart_without_gap_or_repeat(
     restartable: list[ServerThread], flavour: str
@@ -283,56 +348,67 @@ def test_a_subscription_survives_a_restart_without_gap_or_repeat(
     ngo = server.add_partner("harbor-light")
     platform = server.add_partner("kestrel-social", sector="technology")
     submitted = _submit(server, ngo, 0, 10)
-    received: list[str] = []
-    reconnects: list[tuple[int, str]] = []
-    failures: list[BaseException] = []
-    stop = threading.Event()
-
-    def on_reconnect(attempt: int, error: ExchangeError) -> None:
-        reconnects.append((attempt, error.code))
-
-    def consume_sync() -> None:
-        with sync_client(server, platform) as c:
-            sub = c.subscribe(from_beginning=True, max_backoff=0.5, on_reconnect=on_reconnect)
-
-            def close_when_done() -> None:
-                stop.wait(60)
-                sub.close()
-
-            threading.Thread(target=close_when_done, daemon=True).start()
-            for delivery in sub:
-                received.append(delivery.object_id)
-
-    async def consume_async() -> None:
-        async with async_client(server, platform) as c:
-            sub = c.subscribe(from_beginning=True, max_backoff=0.5, on_reconnect=on_reconnect)
-            closer = asyncio.create_task(asyncio.to_thread(stop.wait, 60))
-            closer.add_done_callback(lambda _: sub.close())
-            async for delivery in sub:
-                received.append(delivery.object_id)
-
-    def consume() -> None:
-        try:
-            if flavour == "sync":
-                consume_sync()
-            else:
-                asyncio.run(consume_async())
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
+    reader = _FeedReader(server, platform, flavour, max_backoff=0.5)
     try:
-        wait_until(lambda: len(received) >= 10, 30, "the first deliveries")
+        wait_until(lambda: reader.has(10), 30, "the first deliveries")
         server = restartable[0] = server.restarted()
         submitted += _submit(server, ngo, 10, 10)
-        wait_until(lambda: len(received) >= 20 or bool(failures), 30, "deliveries after restart")
+        wait_until(lambda: reader.has(20), 30, "deliveries after restart")
         # Nothing more arrives: no repeat after catching up.
         submitted += _submit(server, ngo, 20, 1)
-        wait_until(lambda: len(received) >= 21 or bool(failures), 30, "a live delivery")
+        wait_until(lambda: reader.has(21), 30, "a live delivery")
     finally:
-        stop.set()
-        reader.join(30)
-    assert not failures, failures
-    assert received == submitted
-    assert reconnects and all(code == "UNAVAILABLE" for _, code in reconnects)
+        reader.stop()
+    assert not reader.failures, reader.failures
+    assert reader.received == submitted
+    assert reader.reconnects
+    assert all(error.code == "UNAVAILABLE" for error in reader.reconnects)
+
+
+# -- the exchange asks to resume: communities changed under an open stream ------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_joining_a_community_mid_stream_resumes_quietly_without_gap_or_repeat(
+    server: ServerThread,
+    ngo: PartnerCredentials,
+    platform: PartnerCredentials,
+    flavour: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="exchange_client")
+    community = server.add_community("sea-taskforce", ngo)
+
+    def shared(start: int, count: int, tlp: Tlp, communities: list[str]) -> list[str]:
+        objects = [indicator(ngo.identity, n=start + i, tlp=tlp) for i in range(count)]
+        with sync_client(server, ngo) as c:
+            assert c.submit(bundle(objects), communities=communities).ok
+        return [o["id"] for o in objects]
+
+    public = shared(0, 3, Tlp.GREEN, [])
+    members_only = shared(10, 2, Tlp.AMBER, [community])  # not for the platform, yet
+    reader = _FeedReader(server, platform, flavour, connect_timeout=10)
+    try:
+        wait_until(lambda: reader.has(3), 30, "the public objects")
+        assert server.server is not None
+        server.run(server.server.store.join_community(community, platform.partner_id))
+        # The stream is reopened with the community's topic: its history arrives.
+        wait_until(lambda: reader.has(5), 30, "the community's objects")
+        later = shared(20, 2, Tlp.GREEN, []) + shared(30, 2, Tlp.AMBER, [community])
+        wait_until(lambda: reader.has(9), 30, "the later objects")
+        # One more, live: nothing was repeated while catching up.
+        last = shared(40, 1, Tlp.GREEN, [])
+        wait_until(lambda: reader.has(10), 30, "a live delivery")
+    finally:
+        reader.stop()
+    received = reader.received
+    assert not reader.failures, reader.failures
+    assert received[:3] == public
+    assert len(received) == len(set(received)) == 10, received
+    assert set(received) == {*public, *members_only, *later, *last}
+    # A normal event: no on_reconnect, one reopen, a debug line.
+    assert reader.reconnects == []
+    assert reader.subscriptions[0].reconnects == 1
+    resumed = [r for r in caplog.records if "asked to resume" in r.getMessage()]
+    assert [r.levelno for r in resumed] == [logging.DEBUG]
+    assert "communities changed" in resumed[0].getMessage()

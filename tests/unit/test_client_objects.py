@@ -23,6 +23,7 @@ from exchange_client import (
     SubmitProgress,
     SubmitResult,
     SubmitSummary,
+    ValidationError,
 )
 from exchange_client._batches import ManySubmission
 from exchange_client._bundle import encode_bundle
@@ -256,3 +257,21 @@ def test_async_client_reads_the_environment(
         AsyncExchangeClient()
     with pytest.raises(ValueError, match="timeout"):
         AsyncExchangeClient(timeout=0)
+
+
+def test_a_str_is_json_text_never_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's first mistake: ``client.submit("lure.json")``. A str is never opened
+    (text passed on from elsewhere must not make the SDK send a local file); one that
+    cannot be JSON is refused before anything is sent, pointing at pathlib.Path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lure.json").write_text('{"type": "bundle"}')
+    with pytest.raises(ValidationError, match=r"pass pathlib\.Path\('lure\.json'\)") as caught:
+        encode_bundle("lure.json")
+    assert caught.value.code == "INVALID_ARGUMENT"
+    with pytest.raises(ValidationError, match=r"to submit a file, pass a pathlib\.Path"):
+        encode_bundle("missing.json")
+    assert encode_bundle(Path("lure.json")) == b'{"type": "bundle"}'
+    # JSON text is sent as it is, leading blanks and all; the exchange judges it.
+    assert encode_bundle('\n  {"type": "bundle"}') == b'\n  {"type": "bundle"}'

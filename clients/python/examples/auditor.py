@@ -16,6 +16,8 @@ a partner with the ``audit`` role reads every entry. Needs ``cryptography``
     python auditor.py indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f \\
         --public-key exchange-audit.pem  # the key the operator gave you
 
+The operator prints that key with ``exchange audit public-key``.
+
 Without ``--public-key`` the key is fetched from the exchange itself (trust on
 first use: save it and compare it with the operator's). Exits 0 when every
 entry checked out, 3 when one did not, 1 on an error.
@@ -70,6 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds to wait for a checkpoint covering the newest entry",
     )
     args = parser.parse_args(argv)
+    try:
+        # verify_receipt checks Ed25519 signatures with cryptography, an optional extra.
+        import cryptography  # noqa: F401, PLC0415
+    except ImportError:
+        print(
+            "auditor.py checks signatures with the cryptography package: install the SDK"
+            " with pip install 'exchange-client[verify]'",
+            file=sys.stderr,
+        )
+        return 1
 
     try:
         with ExchangeClient() as client:  # EXCHANGE_TARGET, EXCHANGE_TOKEN

@@ -58,6 +58,11 @@ _OpenStream = Callable[[pb.SubscribeRequest, float | None], _Call]
 _Sleep = Callable[[float], Awaitable[object]]
 
 
+class _NotEstablished(Exception):
+    """No first message within ``connect_timeout`` (a class of its own: grpc.aio
+    could raise TimeoutError for reasons of its own)."""
+
+
 class AsyncSubscription:
     """A live feed of :class:`Delivery` objects: ``async for delivery in subscription``.
 
@@ -126,6 +131,8 @@ class AsyncSubscription:
 
     async def _wait(self, delay: float) -> bool:
         """Wait ``delay`` seconds before reopening; False when closed meanwhile."""
+        if delay <= 0:  # a resume the exchange asked for: at once
+            return not self._closed
         if self._sleep is not None:
             await self._sleep(delay)
         else:
@@ -133,6 +140,19 @@ class AsyncSubscription:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
         return not self._closed
+
+    async def _read(self, responses: AsyncIterator[pb.SubscribeResponse]) -> pb.SubscribeResponse:
+        """The next message of the open stream; until a stream was established, the
+        wait ends at ``connect_timeout`` (a server that accepts the connection and
+        never answers must not hold the subscription)."""
+        wait = self._state.first_message_wait()
+        if wait is None:
+            return await anext(responses)
+        try:
+            async with asyncio.timeout(wait):
+                return await anext(responses)
+        except TimeoutError:
+            raise _NotEstablished from None
 
     async def _next(self) -> Delivery | None:
         state = self._state
@@ -143,10 +163,13 @@ class AsyncSubscription:
             if self._closed:
                 return None
             if self._call is None or self._responses is None:
-                self._call = self._open(state.next_request(), state.timeout())
+                self._call = self._open(state.begin_stream(), state.timeout())
                 self._responses = aiter(self._call)
             try:
-                response = await anext(self._responses)
+                response = await self._read(self._responses)
+            except _NotEstablished:
+                self.close()
+                raise state.connect_failed() from None
             except StopAsyncIteration:
                 self._closed = True
                 return None
@@ -423,6 +446,7 @@ class AsyncExchangeClient:
         reconnect: bool = True,
         max_backoff: float = 30.0,
         on_reconnect: ReconnectCallback | None = None,
+        connect_timeout: float | None = None,
         timeout: float | None = None,
     ) -> AsyncSubscription:
         """See :meth:`ExchangeClient.subscribe`: ``async for delivery in client.subscribe()``.
@@ -434,7 +458,10 @@ class AsyncExchangeClient:
             request,
             target=self.target,
             reconnect=Reconnect(
-                reconnect, Backoff(maximum=max_backoff, random=self._jitter), on_reconnect
+                reconnect,
+                Backoff(maximum=max_backoff, random=self._jitter),
+                on_reconnect,
+                connect_timeout,
             ),
             timeout=timeout,
             clock=self._clock,

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from exchange_client._errors import ValidationError
+
 __all__ = ["BundleInput", "encode_bundle"]
 
 
@@ -60,10 +62,30 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON in a STIX bundle")
 
 
+def _json_text(text: str) -> str:
+    """A ``str`` is JSON text, never a file name: a program that passes on text it was
+    given must not be made to read a local file and send it. Text that cannot be a
+    bundle (it does not start with ``{``) is refused here, saying how to send a file."""
+    if text.lstrip(" \t\r\n\ufeff").startswith("{"):
+        return text
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    hint = (
+        f"; to submit the file, pass pathlib.Path({text!r})"
+        if "\n" not in text and os.path.isfile(text)
+        else "; to submit a file, pass a pathlib.Path"
+    )
+    raise ValidationError(
+        f"{shown!r} is not JSON text (a bundle starts with '{{'): submit() sends a str as"
+        f" the bundle's JSON, never as a file name{hint}",
+        code="INVALID_ARGUMENT",
+    )
+
+
 def encode_bundle(bundle: BundleInput) -> bytes:
     """The bytes to send for ``bundle``.
 
-    Text and bytes are sent as they are (the exchange judges them); a path is
+    Text and bytes are sent as they are (the exchange judges them; a ``str`` that
+    does not even start like JSON raises ``ValidationError`` here); a path is
     read (a missing file raises ``FileNotFoundError``); a stix2 object is
     serialized; a mapping is encoded as JSON; a list (or tuple) of objects is
     wrapped in a new bundle. Anything else raises ``TypeError``.
@@ -73,7 +95,7 @@ def encode_bundle(bundle: BundleInput) -> bytes:
     if isinstance(bundle, bytearray | memoryview):
         return bytes(bundle)
     if isinstance(bundle, str):
-        return bundle.encode("utf-8")
+        return _json_text(bundle).encode("utf-8")
     if isinstance(bundle, os.PathLike):
         with open(bundle, "rb") as file:
             return file.read()

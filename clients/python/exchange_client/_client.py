@@ -73,7 +73,9 @@ class Subscription:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self._call = open_stream(state.next_request(), state.timeout())
+        # The call cancelled for not being established within connect_timeout.
+        self._expired: grpc.CallIterator[pb.SubscribeResponse] | None = None
+        self._call = open_stream(state.begin_stream(), state.timeout())
         self._responses: Iterator[pb.SubscribeResponse] = iter(self._call)
 
     @property
@@ -130,11 +132,35 @@ class Subscription:
 
     def _wait(self, delay: float) -> bool:
         """Wait ``delay`` seconds before reopening; False when closed meanwhile."""
+        if delay <= 0:  # a resume the exchange asked for: at once
+            return not self._closed
         if self._sleep is not None:
             self._sleep(delay)
         else:
             self._wake.wait(delay)
         return not self._closed
+
+    def _read(self) -> pb.SubscribeResponse:
+        """The next message of the open stream. Until a stream was established, the
+        wait ends at ``connect_timeout``: a blocking read has no timeout of its own,
+        so a timer cancels the call (and marks it, to tell that from close())."""
+        wait = self._state.first_message_wait()
+        if wait is None:
+            return next(self._responses)
+        timer = threading.Timer(wait, self._expire, (self._call,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return next(self._responses)
+        finally:
+            timer.cancel()
+
+    def _expire(self, call: grpc.CallIterator[pb.SubscribeResponse]) -> None:
+        with self._lock:
+            if call is not self._call or self._closed:
+                return
+            self._expired = call
+        call.cancel()  # type: ignore[no-untyped-call]
 
     def _next(self) -> Delivery | None:
         state = self._state
@@ -145,7 +171,7 @@ class Subscription:
             if self._closed:
                 return None
             try:
-                response = next(self._responses)
+                response = self._read()
             except StopIteration:
                 self._closed = True
                 return None
@@ -153,7 +179,12 @@ class Subscription:
                 if self._closed:  # cancelled by close(), possibly from another thread
                     return None
                 try:
-                    delay = state.after_failure(err)
+                    if self._expired is not self._call:
+                        delay = state.after_failure(err)
+                    elif not state.received:
+                        raise state.connect_failed()
+                    else:  # the first message came in just as the timer cancelled
+                        delay = 0.0
                 except ExchangeError as failure:
                     self._closed = True
                     raise failure from None
@@ -162,7 +193,7 @@ class Subscription:
                 with self._lock:
                     if self._closed:
                         return None
-                    self._call = self._open(state.next_request(), state.timeout())
+                    self._call = self._open(state.begin_stream(), state.timeout())
                     self._responses = iter(self._call)
                 continue
             state.receive(response)
@@ -472,6 +503,7 @@ class ExchangeClient:
         reconnect: bool = True,
         max_backoff: float = 30.0,
         on_reconnect: ReconnectCallback | None = None,
+        connect_timeout: float | None = None,
         timeout: float | None = None,
     ) -> Subscription:
         """Stream the objects the caller may see, as :class:`Delivery` objects.
@@ -489,6 +521,20 @@ class ExchangeClient:
         ``on_reconnect(attempt, error)`` is called before each wait. Other
         errors (authentication, permission, a bad cursor...) are raised. With
         ``reconnect=False`` only opening the stream is retried, a few times.
+
+        When the exchange itself ends the stream asking to resume (the partner's
+        communities changed: ``UNAVAILABLE`` with the trailing metadata
+        ``exchange-resume``), it is reopened at once from ``last_cursor``, without
+        backoff and without ``on_reconnect`` (a ``logging`` debug line only); with
+        ``reconnect=False`` it raises :class:`Unavailable` with
+        ``resume_requested=True``.
+
+        ``connect_timeout`` (seconds; default ``None``: no limit) bounds how long
+        the *first* stream may take to be established (its first message, the
+        start cursor, arrived): past it, :class:`Unavailable` is raised ("...
+        gave up after N s"). Attempts within it are retried quietly, without
+        ``on_reconnect``. Once established, a lost stream is reconnected as above,
+        with no such limit.
         """
         self._check_open()
         request = _calls.subscribe_request(types, labels, cursor, from_beginning, max_batch)
@@ -496,7 +542,10 @@ class ExchangeClient:
             request,
             target=self.target,
             reconnect=Reconnect(
-                reconnect, Backoff(maximum=max_backoff, random=self._jitter), on_reconnect
+                reconnect,
+                Backoff(maximum=max_backoff, random=self._jitter),
+                on_reconnect,
+                connect_timeout,
             ),
             timeout=timeout,
             clock=self._clock,

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import grpc
+from exchange_protocol.subscribe import RESUME_KEY
 
 __all__ = [
     "AuthenticationError",
@@ -78,7 +79,24 @@ class RateLimited(ExchangeError):
 
 class Unavailable(ExchangeError):
     """The exchange could not be reached or did not answer in time
-    (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``); retrying later may succeed."""
+    (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``); retrying later may succeed.
+
+    ``resume_requested`` is true when the exchange ended a subscription's stream to
+    have it reopened at once from its last cursor (e.g. the partner's communities
+    changed): no outage. A reconnecting subscription does that by itself; only one
+    opened with ``reconnect=False`` raises it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "UNAVAILABLE",
+        details: str | None = None,
+        resume_requested: bool = False,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.resume_requested = resume_requested
 
 
 _BY_CODE: dict[grpc.StatusCode, type[ExchangeError]] = {
@@ -173,4 +191,8 @@ def from_rpc_error(error: grpc.RpcError, target: str | None = None) -> ExchangeE
             _metadata_value(_call_attr(error, "trailing_metadata"), "retry-after")
         )
         return RateLimited(message, code=code.name, details=details, retry_after=retry_after)
+    if cls is Unavailable:
+        # The exchange's own mark (exchange_protocol.subscribe), never the wording.
+        resume = _metadata_value(_call_attr(error, "trailing_metadata"), RESUME_KEY) is not None
+        return Unavailable(message, code=code.name, details=details, resume_requested=resume)
     return cls(message, code=code.name, details=details)

@@ -85,6 +85,9 @@ class ExchangeServiceServicer:
         batch of deliveries; resume with the cursor of the last delivery handled.
         The first message carries no deliveries, only the start cursor: once it
         arrives, the subscription is established and misses nothing after it.
+        A stream ended with UNAVAILABLE and the trailing metadata `exchange-resume`
+        is no outage: the exchange asks for it to be reopened at once from the last
+        cursor (the partner's communities changed). Without it, reopen after a backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,6 +53,9 @@ class ExchangeServiceStub:
     batch of deliveries; resume with the cursor of the last delivery handled.
     The first message carries no deliveries, only the start cursor: once it
     arrives, the subscription is established and misses nothing after it.
+    A stream ended with UNAVAILABLE and the trailing metadata `exchange-resume`
+    is no outage: the exchange asks for it to be reopened at once from the last
+    cursor (the partner's communities changed). Without it, reopen after a backoff.
     """
     GetObject: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.GetObjectRequest, _exchange_pb2.GetObjectResponse]
     """GetObject returns one version of an object the caller may see (the latest
@@ -80,6 +83,9 @@ class ExchangeServiceAsyncStub(ExchangeServiceStub):
     batch of deliveries; resume with the cursor of the last delivery handled.
     The first message carries no deliveries, only the start cursor: once it
     arrives, the subscription is established and misses nothing after it.
+    A stream ended with UNAVAILABLE and the trailing metadata `exchange-resume`
+    is no outage: the exchange asks for it to be reopened at once from the last
+    cursor (the partner's communities changed). Without it, reopen after a backoff.
     """
     GetObject: _aio.UnaryUnaryMultiCallable[_exchange_pb2.GetObjectRequest, _exchange_pb2.GetObjectResponse]  # type: ignore[assignment]
     """GetObject returns one version of an object the caller may see (the latest
@@ -122,6 +128,9 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         batch of deliveries; resume with the cursor of the last delivery handled.
         The first message carries no deliveries, only the start cursor: once it
         arrives, the subscription is established and misses nothing after it.
+        A stream ended with UNAVAILABLE and the trailing metadata `exchange-resume`
+        is no outage: the exchange asks for it to be reopened at once from the last
+        cursor (the partner's communities changed). Without it, reopen after a backoff.
         """
 
     @_abc_1.abstractmethod
