@@ -17,6 +17,7 @@ from exchange_client import (
     Problem,
     RejectedObject,
     SubmitResult,
+    ValidationError,
 )
 from exchange_client._bundle import encode_bundle
 from exchange_protocol.pb import exchange_pb2 as pb
@@ -52,8 +53,13 @@ def test_dict_is_sent_as_compact_utf8_json() -> None:
 def test_str_is_sent_as_is() -> None:
     text = json.dumps(BUNDLE, indent=2)
     assert encode_bundle(text) == text.encode("utf-8")
-    # Not JSON at all: still sent, the exchange judges it.
-    assert encode_bundle("not json") == b"not json"
+    # JSON that is no bundle: still sent, the exchange judges it.
+    assert encode_bundle('{"not": "a bundle"}') == b'{"not": "a bundle"}'
+    # Text that cannot be JSON is most likely a file name: refused here, never opened
+    # (tests/unit/test_client_objects.py), and bytes are still sent as they are.
+    with pytest.raises(ValidationError, match=r"pass a pathlib\.Path"):
+        encode_bundle("not json")
+    assert encode_bundle(b"not json") == b"not json"
 
 
 def test_bytes_like_are_sent_as_is() -> None:
