@@ -24,7 +24,7 @@ from exchange.cli.partners import community, partner
 from exchange.cli.submit import submit
 from exchange.cli.subscribe import subscribe
 from exchange.cli.tokens import token
-from exchange.config import Settings, mask_url
+from exchange.config import Settings, mask_url, parse_listen
 from exchange.errors import ExchangeError
 from exchange.logs import configure_logging
 from exchange.server import SHUTDOWN_SLACK_S, ExchangeServer
@@ -159,14 +159,9 @@ _LISTEN_HINT = "choose another with --listen HOST:PORT (or EXCHANGE_LISTEN, or l
 def _check_listen_address(listen: str) -> None:
     """Fail in one line when ``listen`` cannot be bound (taken, or not this machine's),
     before gRPC tries: gRPC's own failure is a core log line and a vague message."""
-    host, _, port_text = listen.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - what gRPC does with ":PORT"
-    if not port_text.isdigit():
-        fail(f"--listen {listen}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    host, port = parse_listen(listen)  # already checked when the settings were loaded
     try:
-        addresses = socket.getaddrinfo(
-            host, int(port_text), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         fail(f"cannot listen on {listen}: {err.strerror}; {_LISTEN_HINT}")
     for family, kind, proto, _name, address in addresses:
