@@ -234,13 +234,6 @@ def _fields(pairs: Sequence[tuple[str, str]]) -> None:
         click.echo(f"{label + ':':<{width}}{value}")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    for row in [headers, *rows]:
-        cells = [f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:-1])]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
-
-
 def _partner_record(p: Partner) -> dict[str, Any]:
     return {
         "partner_id": p.partner_id,

@@ -30,6 +30,7 @@ __all__ = [
     "fail",
     "is_terminal",
     "one_line",
+    "print_aligned",
     "print_table",
     "quiet_broken_pipe",
     "write_json_line",
@@ -107,6 +108,12 @@ def print_table(
         return
     if title:
         click.echo(f"{title}:")
+    print_aligned(headers, rows)
+
+
+def print_aligned(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Rows under headers as plain lines: columns aligned with two spaces, no padding
+    at the end of a line, nothing wrapped."""
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     for row in [headers, *rows]:
         cells = [f"{cell:<{widths[i]}}" for i, cell in enumerate(row[:-1])]

@@ -19,11 +19,10 @@ from exchange.cli._admin import (
     _run,
     _show_community,
     _show_partner,
-    _table,
     _tlp_option,
     _token_out_options,
 )
-from exchange.cli._output import write_json_line
+from exchange.cli._output import print_aligned, write_json_line
 from exchange.model import (
     DEFAULT_ROLES,
     PartnerKind,
@@ -147,7 +146,7 @@ def partner_list(*, where: Where, as_json: bool) -> None:
     if not partners:
         click.echo("no partners yet; add one with: exchange partner add", err=True)
         return
-    _table(
+    print_aligned(
         ("PARTNER ID", "KIND", "ROLES", "TLP", "STATUS", "SECTORS", "NAME"),
         [
             (
@@ -282,7 +281,7 @@ def community_list(*, where: Where, as_json: bool) -> None:
     if not communities:
         click.echo("no communities yet; add one with: exchange community add NAME", err=True)
         return
-    _table(
+    print_aligned(
         ("NAME", "MEMBERS", "DESCRIPTION"),
         [(c.name, ",".join(c.members) or "-", c.description) for c in communities],
     )

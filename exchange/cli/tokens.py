@@ -19,11 +19,10 @@ from exchange.cli._admin import (
     _run,
     _show_credential,
     _status,
-    _table,
     _token_out_options,
     _when,
 )
-from exchange.cli._output import write_json_line
+from exchange.cli._output import print_aligned, write_json_line
 
 # -- exchange token --------------------------------------------------------------------------
 
@@ -113,7 +112,7 @@ def token_list(*, partner_id: str, where: Where, as_json: bool) -> None:
     if not credentials:
         click.echo(f"partner {partner_id} has no credentials", err=True)
         return
-    _table(
+    print_aligned(
         ("CREDENTIAL ID", "KIND", "STATUS", "CREATED", "EXPIRES", "FINGERPRINT"),
         [
             (
