@@ -16,45 +16,25 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.process import ServerProcess
+from tests.markdown import Block, fenced_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 
-_FENCE = re.compile(r"^```(\w*)\s*$")
-_SKIP = re.compile(r"^<!-- docs-test: skip \(.+\) -->$")
 _EXPECTED = re.compile(r"^#   (\S.*)$")
-
-
-@dataclass(frozen=True)
-class Block:
-    language: str
-    code: str
-    line: int
 
 
 def walkthrough(markdown: Path) -> list[Block]:
     """The ``sh`` and ``python`` blocks of ``markdown`` not marked to skip, in order."""
-    blocks: list[Block] = []
-    lines = markdown.read_text(encoding="utf-8").splitlines()
-    number = 0
-    while number < len(lines):
-        fence = _FENCE.match(lines[number])
-        if fence is None or not fence.group(1):
-            number += 1
-            continue
-        start = number
-        end = lines.index("```", start + 1)
-        previous = next((text for text in reversed(lines[:start]) if text.strip()), "")
-        if fence.group(1) in {"sh", "python"} and not _SKIP.match(previous):
-            code = "\n".join(lines[start + 1 : end]) + "\n"
-            blocks.append(Block(fence.group(1), code, start + 1))
-        number = end + 1
-    return blocks
+    return [
+        block
+        for block in fenced_blocks(markdown)
+        if block.language in {"sh", "python"} and not block.skipped
+    ]
 
 
 def as_script(blocks: list[Block]) -> str:

@@ -14,27 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.markdown import fenced_blocks
+
 REPO = Path(__file__).resolve().parents[2]
 DOCUMENTS = [REPO / "clients" / "python" / "README.md", REPO / "README.md"]
 
 
-def python_snippets(markdown: Path) -> list[tuple[int, str]]:
-    snippets = []
-    lines = markdown.read_text(encoding="utf-8").splitlines()
-    number = 0
-    while number < len(lines):
-        if lines[number].strip() == "```python":
-            end = lines.index("```", number + 1)
-            snippets.append((number + 1, "\n".join(lines[number + 1 : end])))
-            number = end
-        number += 1
-    return snippets
-
-
 SNIPPETS = [
-    pytest.param(code, id=f"{markdown.parent.name}/{markdown.name}:{line}")
+    pytest.param(block.code, id=f"{markdown.parent.name}/{markdown.name}:{block.line}")
     for markdown in DOCUMENTS
-    for line, code in python_snippets(markdown)
+    for block in fenced_blocks(markdown)
+    if block.language == "python"
 ]
 
 
