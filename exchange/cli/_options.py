@@ -40,9 +40,21 @@ _VISIBLE_IN_PS = (
 )
 
 
+# A token is ~50 characters; a file much larger is not a token file (or is /dev/zero).
+_MAX_TOKEN_FILE_BYTES = 4096
+
+
 def _read_token_file(ctx: click.Context, path: str) -> str:
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        with Path(path).open("rb") as file:
+            data = file.read(_MAX_TOKEN_FILE_BYTES + 1)
+        if len(data) > _MAX_TOKEN_FILE_BYTES:
+            raise click.BadParameter(
+                f"{path} is over {_MAX_TOKEN_FILE_BYTES:,} bytes: not a token file",
+                ctx,
+                param_hint="--token-file",
+            )
+        token = data.decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise click.BadParameter(

@@ -341,6 +341,11 @@ def test_token_from_a_file_or_the_environment_not_only_the_command_line(
     result = CliRunner().invoke(submit, [str(good)])
     assert result.exit_code == 2
     assert "must hold one token" in result.stderr
+    sent = len(fake.submits)
+    result = CliRunner().invoke(submit, ["--token-file", "/dev/zero", str(good)])
+    assert result.exit_code == 2
+    assert "/dev/zero is over 4,096 bytes: not a token file" in result.stderr
+    assert len(fake.submits) == sent
     help_text = " ".join(CliRunner().invoke(submit, ["--help"]).output.split())
     assert "shows in the process list (ps)" in help_text
     assert "EXCHANGE_TOKEN_FILE" in help_text
