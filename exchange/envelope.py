@@ -9,6 +9,7 @@ docs/kafka.md.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import orjson
@@ -59,16 +60,26 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
     if len(labels) <= MAX_LABELS_HEADER_BYTES:
         common.append(("labels", labels))
     key = obj.object_id.encode()
-    records: list[BusRecord] = []
-    for topic in topics:
-        audience, routed = policy.seen_on(topic, stored.audience, topics)
-        headers = (
-            *common,
-            ("audience", audience.to_json()),
-            ("topics", orjson.dumps(routed)),
+    routing = tuple(topics)
+    return [
+        BusRecord(
+            topic=topic,
+            key=key,
+            value=obj.body,
+            headers=(*common, *_routing_headers(topic, stored.audience, routing)),
         )
-        records.append(BusRecord(topic=topic, key=key, value=obj.body, headers=headers))
-    return records
+        for topic in topics
+    ]
+
+
+@functools.lru_cache(maxsize=4096)
+def _routing_headers(
+    topic: str, audience: Audience, routing: tuple[str, ...]
+) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    """The audience and topics headers of a record on ``topic``: the same for every
+    version of a batch with one audience, so built once (the relay's cost per record)."""
+    shown, routed = policy.seen_on(topic, audience, routing)
+    return ("audience", shown.to_json()), ("topics", orjson.dumps(routed))
 
 
 def from_record(record: ReadRecord) -> StoredObject:

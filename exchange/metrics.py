@@ -43,6 +43,7 @@ from exchange.model import ObjectOutcome, ObjectResult, Rejection, StoredObject
 __all__ = [
     "KAFKA_OPERATIONS",
     "SUBMISSION_OUTCOMES",
+    "VALIDATION_PATHS",
     "Metrics",
     "MetricsServer",
     "rejection_reason",
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 SUBMISSION_OUTCOMES = ("accepted", "partly", "rejected", "refused", "failed")
 KAFKA_OPERATIONS = ("connect", "metadata", "publish", "read")
 DEPENDENCIES = ("store", "bus")
+VALIDATION_PATHS = ("fast", "full")
 
 # Seconds: from milliseconds (a live delivery) to an hour (a backlog, a replay).
 _LATENCY_BUCKETS = (
@@ -190,6 +192,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.validated_objects = Counter(
+            "exchange_validated_objects",
+            "Objects validated, by path: fast (the exchange's own checks, proven equal to"
+            " stix2's) or full (stix2; the fast path could not decide, e.g. a rejection)",
+            ["path"],
+            registry=r,
+        )
         self.limit_refusals = Counter(
             "exchange_limit_refusals",
             "Requests, objects and streams refused or ended because they reached a limit,"
@@ -286,6 +295,8 @@ class Metrics:
         # Known label values appear at 0 from the start, so rate() sees the first one.
         for outcome in SUBMISSION_OUTCOMES:
             self.submissions.labels(outcome)
+        for path in VALIDATION_PATHS:
+            self.validated_objects.labels(path)
         for operation in KAFKA_OPERATIONS:
             self.kafka_errors.labels(operation)
         for dependency in DEPENDENCIES:

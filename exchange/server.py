@@ -118,7 +118,7 @@ class ExchangeServer:
         self.metrics = Metrics()
         self.store = open_store(settings, self.metrics)
         self.bus = _bus(settings, self.metrics)
-        self.validator = Validator(settings.validation_workers)
+        self.validator = Validator(settings.validation_workers, self.metrics)
         self.recorder = AuditRecorder(self.store)
         self.relay = Relay(
             self.store,

@@ -48,7 +48,7 @@ from exchange.stix._stix2_stage import check_after_parse, explained, more_proble
 from exchange.stix.tlp import TLP_BY_MARKING_ID, TLP_EXTENSION_DEFINITION_ID, marking_id
 from exchange.stix.vocab import SCO_EXTENSION_TYPES, is_stix_id
 
-__all__ = ["MAX_PROBLEMS", "validate_objects"]
+__all__ = ["MAX_PROBLEMS", "validate_objects", "validate_objects_counted"]
 
 # Problems named in one rejection; the rest are counted. Enough to fix an object in
 # one go, few enough that a bundle of broken objects gets a bounded answer.
@@ -88,6 +88,24 @@ def validate_objects(
         _validate_one(obj, start_index + pos, submitter_identity, default_tlp, limits)
         for pos, obj in enumerate(objects)
     ]
+
+
+def validate_objects_counted(
+    objects: Sequence[Any],
+    *,
+    start_index: int = 0,
+    submitter_identity: str,
+    default_tlp: Tlp,
+    limits: Limits,
+) -> tuple[list[ValidObject | Rejection], int]:
+    """validate_objects, and how many objects the fast path decided."""
+    return validate_objects(
+        objects,
+        start_index=start_index,
+        submitter_identity=submitter_identity,
+        default_tlp=default_tlp,
+        limits=limits,
+    ), 0
 
 
 def _validate_one(
