@@ -462,9 +462,15 @@ def make_bundles(identity: str, bundle_size: int, count: int) -> list[Bundle]:
 # -- 1. baseline -------------------------------------------------------------------------
 
 
-def measure_parse_baseline(count: int, repeats: int = 3) -> list[float]:
-    """objects/s of plain stix2.parse over generated indicators, on this thread, per pass."""
-    objects = make_indicators(f"identity--{uuid.uuid4()}", count)
+def measure_parse_baseline(
+    count: int, repeats: int = 3, objects: Sequence[Bundle] | None = None
+) -> list[float]:
+    """objects/s of plain stix2.parse over generated indicators (or the first ``count``
+    of ``objects``), on this thread, per pass."""
+    objects = (
+        make_indicators(f"identity--{uuid.uuid4()}", count) if objects is None else objects[:count]
+    )
+    count = len(objects)
     for obj in objects[:500]:  # warm up: the pattern parser, caches
         stix2.parse(obj, allow_custom=False)
     rates = []
@@ -1176,10 +1182,10 @@ def print_report(
     print("   stix2.parse baseline; clients = threads of this process, each with its own")
     print("   ExchangeClient; answer = submit() to its answer, per bundle; lost/repeated =")
     print("   submitted ids not accepted or not on the bus / extra copies on the bus (the")
-    print("   TLP:GREEN topic read back after the timing); fast path = objects the validator")
-    print(f"   took on its fast path / all it validated ({VALIDATED_METRIC}_total, n/a while")
-    print("   the server has no such counter); cores ours/all = average cores busy in this")
-    print("   process tree / whole machine.")
+    print("   TLP:GREEN topic read back after the timing); fast path = objects the")
+    print("   validator took on its fast path / all it validated (the counter")
+    print(f"   {VALIDATED_METRIC}_total; n/a while the server has none); cores ours/all =")
+    print("   average cores busy in this process tree / whole machine.")
     print(ingest_table(ingest, median) if ingest else "   (none)")
     print()
     interval = ", ".join(f"{x.bundle_size} every {x.interval_s * 1000:g} ms" for x in LATENCY_LOADS)
