@@ -3,15 +3,23 @@
 Prints a table of numbers for the embedded local bus and for Kafka (a Tansu broker
 this script starts and stops itself). It never asserts on timings.
 
-1. Baseline: ``stix2.parse(obj, allow_custom=False)`` on one thread of this process,
-   over the same generated indicators the other measurements submit.
+1. Baselines: ``stix2.parse(obj, allow_custom=False)`` on one thread of this process,
+   over the same generated indicators the other measurements submit; and bare
+   grpc.aio unary calls/s (a generic handler answering empty bytes, on a server
+   thread like the exchange's) driven by 16 and by 1 client(s) as the one-object
+   ingest case is driven.
 2. Ingest: objects/s accepted end to end (SDK ``ExchangeClient.submit`` -> gRPC
    server -> validation workers -> SQLite commit -> answer) for bundles of 1, 100
    and 1,000 indicators, and until the relay has published all of them to the bus;
-   the 1,000 case also with several submitting clients (threads) at once.
+   the 1,000 case also with several submitting clients (threads) at once, the
+   one-object case also with 16. Each row: submit-to-answer p50/p99, the published
+   ids read back from the bus (lost, repeated), and the validator's fast-path share
+   (``exchange_validated_objects_total{path=fast|full}``, "n/a" before it exists).
 3. Latency: submit-to-subscriber p50/p99 at fixed offered rates (200 and 1,000
    objects/s, bundles of 10), with 1 and with 100 Subscribe streams, read by a
    separate process with the grpc.aio API.
+4. Targets: each figure the issue "Ingest at ten times stix2" sets, with its ratio
+   to the baselines of the same run.
 
 The server runs in this process (``tests.helpers.ServerThread``) with
 ``validation_workers=0`` (one validation process per core), each measurement on a
@@ -36,6 +44,7 @@ import threading
 import time
 import uuid
 from array import array
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,10 +57,15 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 import stix2
 from exchange_client import ExchangeClient
+from exchange_client._calls import submit_request
+from exchange_client._config import _channel_options
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb.exchange_pb2_grpc import ExchangeServiceStub
 
+from exchange import policy
+from exchange.bus import Bus
 from exchange.config import Settings
+from exchange.model import Tlp
 
 # The test helpers (server in a thread, fixtures, the Tansu broker) live in tests/,
 # which is not an installed package: make the repository root importable.
@@ -68,6 +82,10 @@ T = TypeVar("T")
 
 # Concurrent submitting clients tried for bundles of 1,000 (besides one client).
 CONCURRENT_CLIENTS = (2, 4)
+# Concurrent clients submitting one-object bundles, and driving the bare gRPC baseline.
+SMALL_CLIENTS = 16
+# The fast-path counter the validator will have (exchange.metrics.Metrics.validated_objects).
+VALIDATED_METRIC = "exchange_validated_objects"
 LATENCY_SUBSCRIBERS = (1, 100)
 # Threads that send the fixed-rate load, so that a slow answer does not hold back
 # the next submit (an open-loop load, as independent partners would send it).
@@ -100,6 +118,10 @@ class Plan:
     # (objects per bundle, total objects) per single-client ingest case.
     ingest: tuple[tuple[int, int], ...]
     concurrent_objects: int
+    # One-object bundles from SMALL_CLIENTS clients (total objects).
+    small_concurrent_objects: int
+    # Bare gRPC baseline: calls per client, with SMALL_CLIENTS clients and with one.
+    grpc_calls: int
     latency_seconds: float
 
 
@@ -107,14 +129,47 @@ FULL = Plan(
     baseline_objects=5_000,
     ingest=((1, 1_000), (100, 10_000), (1_000, 20_000)),
     concurrent_objects=24_000,
+    small_concurrent_objects=6_400,
+    grpc_calls=1_000,
     latency_seconds=5.0,
 )
 QUICK = Plan(
     baseline_objects=1_000,
     ingest=((1, 300), (100, 3_000), (1_000, 4_000)),
     concurrent_objects=4_000,
+    small_concurrent_objects=1_600,
+    grpc_calls=300,
     latency_seconds=2.0,
 )
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Objects validated on the fast path and on the full (stix2) path during a
+    measurement; None when the server has no such counter (before it lands)."""
+
+    fast: int | None = None
+    full: int | None = None
+
+    def __str__(self) -> str:
+        if self.fast is None or self.full is None:
+            return "n/a"
+        total = self.fast + self.full
+        share = f"{self.fast / total:.0%}" if total else "-"
+        return f"{share} ({self.fast:,}/{total:,})"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What a check of ids found: expected ids missing (lost), and ids found more
+    than once (each extra copy counts as one repeat)."""
+
+    expected: int
+    lost: int
+    repeated: int
+
+    def __str__(self) -> str:
+        return f"{self.lost:,}/{self.repeated:,}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +182,24 @@ class IngestResult:
     answered_s: float  # first submit -> last answer
     published_s: float  # first submit -> relay published every accepted object
     cpu: CpuUse
+    answer_ms: Sequence[float]  # submit() -> answer, per bundle
+    published_ids: Delivered  # accepted ids read back from the bus
+    fast_path: FastPath
+
+
+@dataclass(frozen=True)
+class GrpcBaseline:
+    """Bare grpc.aio unary calls: ``clients`` threads, ``calls`` in all."""
+
+    clients: int
+    calls: int
+    seconds: float
+    call_ms: Sequence[float]
+    cpu: CpuUse
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
 
 
 @dataclass(frozen=True)
@@ -143,6 +216,7 @@ class LatencyResult:
     delivery_ms: Sequence[float]  # submit -> subscriber, per delivery
     subscriber_cpu: float  # CPU of the subscribing process, in cores
     cpu: CpuUse
+    fast_path: FastPath
 
 
 # -- machine and CPU use ----------------------------------------------------------------
@@ -311,6 +385,67 @@ def wait_published(server: ServerThread, target: int, timeout_s: float = 120.0) 
     return count
 
 
+def validated_counts(server: ServerThread) -> FastPath:
+    """The server's ``exchange_validated_objects_total`` by ``path`` label, as it is
+    now; FastPath() ("n/a") while the server has no such counter."""
+    assert server.server is not None
+    registry = server.server.metrics.registry
+    for family in registry.collect():
+        if family.name == VALIDATED_METRIC:
+            counts = {"fast": 0.0, "full": 0.0}
+            for sample in family.samples:
+                if sample.name == f"{VALIDATED_METRIC}_total":
+                    path = sample.labels.get("path", "")
+                    counts[path] = counts.get(path, 0.0) + sample.value
+            return FastPath(round(counts["fast"]), round(counts["full"]))
+    return FastPath()
+
+
+def fast_path_since(before: FastPath, server: ServerThread) -> FastPath:
+    """What the fast-path counter counted since ``before`` (the measured part only)."""
+    after = validated_counts(server)
+    if after.fast is None or after.full is None:
+        return FastPath()
+    return FastPath(after.fast - (before.fast or 0), after.full - (before.full or 0))
+
+
+async def _read_topic_ids(bus: Bus, topic: str, at_least: int, timeout_s: float) -> Counter[str]:
+    """The keys (STIX ids) of every record on ``topic``, from the earliest held, read
+    until ``at_least`` records were read and a read came back empty (or the time ran
+    out: then what is missing shows as lost)."""
+    partitions = await bus.partitions(topic)
+    reader = await bus.open_reader({(topic, p): None for p in partitions})
+    seen: Counter[str] = Counter()
+    read = 0
+    deadline = time.perf_counter() + timeout_s
+    try:
+        while time.perf_counter() < deadline:
+            records = await reader.read(5_000, 0.5)
+            if not records and read >= at_least:
+                break
+            for record in records:
+                seen[record.key.decode()] += 1
+            read += len(records)
+    finally:
+        await reader.close()
+    return seen
+
+
+def check_published(
+    server: ServerThread, ids: Sequence[str], timeout_s: float = 120.0
+) -> Delivered:
+    """Read the TLP:GREEN topic back from the bus: each of ``ids`` must be on it once."""
+    assert server.server is not None
+    topic = Tlp.GREEN.value
+    assert topic in policy.SHARED_TOPICS
+    seen = server.run(
+        _read_topic_ids(server.server.bus, topic, len(ids), timeout_s), timeout_s + 30
+    )
+    lost = sum(1 for i in ids if seen[i] == 0)
+    repeated = sum(seen[i] - 1 for i in set(ids) if seen[i] > 1)
+    return Delivered(expected=len(ids), lost=lost, repeated=repeated)
+
+
 # -- fixtures ----------------------------------------------------------------------------
 
 
@@ -327,9 +462,15 @@ def make_bundles(identity: str, bundle_size: int, count: int) -> list[Bundle]:
 # -- 1. baseline -------------------------------------------------------------------------
 
 
-def measure_parse_baseline(count: int, repeats: int = 3) -> list[float]:
-    """objects/s of plain stix2.parse over generated indicators, on this thread, per pass."""
-    objects = make_indicators(f"identity--{uuid.uuid4()}", count)
+def measure_parse_baseline(
+    count: int, repeats: int = 3, objects: Sequence[Bundle] | None = None
+) -> list[float]:
+    """objects/s of plain stix2.parse over generated indicators (or the first ``count``
+    of ``objects``), on this thread, per pass."""
+    objects = (
+        make_indicators(f"identity--{uuid.uuid4()}", count) if objects is None else objects[:count]
+    )
+    count = len(objects)
     for obj in objects[:500]:  # warm up: the pattern parser, caches
         stix2.parse(obj, allow_custom=False)
     rates = []
@@ -341,59 +482,212 @@ def measure_parse_baseline(count: int, repeats: int = 3) -> list[float]:
     return rates
 
 
+# Bare gRPC: a generic handler that answers every call with empty bytes.
+BARE_SERVICE = "bench.Bare"
+BARE_METHOD = f"/{BARE_SERVICE}/Call"
+
+
+async def _bare_answer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return b""
+
+
+class BareServerThread:
+    """A grpc.aio server with only ``BARE_METHOD``, on its own event loop in a thread of
+    this process: the exchange's process style (tests.helpers.ServerThread), nothing else."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def _run(self, coro: Any, timeout_s: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    async def _start(self) -> int:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        handler = grpc.method_handlers_generic_handler(
+            BARE_SERVICE, {"Call": grpc.unary_unary_rpc_method_handler(_bare_answer)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self._server = server
+        return port
+
+    def __enter__(self) -> BareServerThread:
+        self._thread.start()
+        self.port = self._run(self._start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                self._run(self._server.stop(grace=None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _submit_request(item: Bundle) -> pb.SubmitRequest:
+    """The request the SDK's submit() sends for a bundle (its own encoding)."""
+    return submit_request(item, (), (), ())
+
+
+def _call_all(
+    call: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, bytes],
+    bundles: Sequence[Bundle],
+    go: threading.Barrier,
+) -> tuple[list[float], float]:
+    """One bare client: wait for the start, one call per bundle in order."""
+    metadata = (("authorization", "Bearer bench-token"),)
+    go.wait()
+    times = []
+    for item in bundles:
+        sent = time.perf_counter()
+        call(_submit_request(item), timeout=30, metadata=metadata)
+        times.append((time.perf_counter() - sent) * 1000)
+    return times, time.perf_counter()
+
+
+def measure_grpc_baseline(clients: int, calls_per_client: int) -> GrpcBaseline:
+    """Bare grpc.aio unary calls/s, driven as measure_ingest drives one-object bundles:
+    ``clients`` threads, each with its own channel (the SDK's channel options), one
+    call at a time, each carrying a one-object bundle as the SDK encodes it."""
+    identity = f"identity--{uuid.uuid4()}"
+    with BareServerThread() as server, contextlib.ExitStack() as stack:
+        work = [make_bundles(identity, 1, calls_per_client) for _ in range(clients)]
+        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="bare"))
+        channels = [
+            stack.enter_context(grpc.insecure_channel(server.target, options=_channel_options(())))
+            for _ in range(clients)
+        ]
+        methods = [
+            ch.unary_unary(
+                BARE_METHOD,
+                request_serializer=pb.SubmitRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            for ch in channels
+        ]
+        go = threading.Barrier(clients + 1)
+        stack.callback(go.abort)
+        for method in methods:  # warm up: open every channel
+            method(_submit_request(work[0][0]), timeout=30)
+        futures = [pool.submit(_call_all, m, w, go) for m, w in zip(methods, work, strict=True)]
+        meter = CpuMeter()
+        start = time.perf_counter()
+        go.wait()
+        done = [f.result() for f in futures]
+        cpu = meter.stop()
+    return GrpcBaseline(
+        clients=clients,
+        calls=clients * calls_per_client,
+        seconds=max(t for _, t in done) - start,
+        call_ms=[ms for times, _ in done for ms in times],
+        cpu=cpu,
+    )
+
+
 # -- 2. ingest ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Submitted:
+    """What one submitting client got back."""
+
+    accepted: list[str] = field(default_factory=list)
+    answer_ms: list[float] = field(default_factory=list)
+    end: float = 0.0
 
 
 def _submit_all(
     client: ExchangeClient, bundles: Sequence[Bundle], go: threading.Barrier
-) -> tuple[int, float]:
-    """One submitting client: wait for the start, submit in order; (accepted, end time)."""
+) -> _Submitted:
+    """One submitting client: wait for the start, submit in order."""
+    out = _Submitted()
     go.wait()
-    accepted = 0
     for item in bundles:
-        accepted += len(client.submit(item).accepted)
-    return accepted, time.perf_counter()
+        sent = time.perf_counter()
+        result = client.submit(item)
+        out.answer_ms.append((time.perf_counter() - sent) * 1000)
+        out.accepted += result.accepted
+    out.end = time.perf_counter()
+    return out
 
 
-def measure_ingest(bus: BusSetup, bundle_size: int, objects: int, clients: int) -> IngestResult:
-    """Submit ``objects`` indicators in bundles of ``bundle_size`` from ``clients`` threads."""
+def measure_ingest(
+    bus: BusSetup,
+    bundle_size: int,
+    objects: int,
+    clients: int,
+    *,
+    work: Sequence[Sequence[Bundle]] | None = None,
+    identity: str | None = None,
+) -> IngestResult:
+    """Submit ``objects`` indicators in bundles of ``bundle_size`` from ``clients`` threads,
+    each client a partner of its own (as independent partners would submit, and within
+    the per-partner limit of submissions in progress).
+
+    With one client, ``work`` (one list of bundles) submits those bundles instead of
+    fresh ones; their objects' ``created_by_ref`` must be ``identity``, the submitter's."""
+    if (work is not None or identity is not None) and clients != 1:
+        raise ValueError("work and identity are for one client")
     with running_server(bus) as server, contextlib.ExitStack() as stack:
-        partner = server.add_partner("bench-submitter")
+        partners = [
+            server.add_partner(f"bench-submitter-{i}", identity=identity) for i in range(clients)
+        ]
         per_client = objects // clients
-        work = [make_bundles(partner.identity, bundle_size, per_client) for _ in range(clients)]
+        if work is None:
+            work = [make_bundles(p.identity, bundle_size, per_client) for p in partners]
+        submitted = [o["id"] for w in work for b in w for o in b["objects"]]
         # Clean-up runs in reverse: release the barrier, close the clients (which ends
         # their calls in flight), then wait for the threads.
         pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="submit"))
-        sdk = [
-            stack.enter_context(ExchangeClient(server.target, partner.token))
-            for _ in range(clients)
-        ]
+        sdk = [stack.enter_context(ExchangeClient(server.target, p.token)) for p in partners]
         go = threading.Barrier(clients + 1)
         stack.callback(go.abort)
         # Warm up: open every channel, reach a worker and the bus once.
-        for client in sdk:
+        for client, partner in zip(sdk, partners, strict=True):
             client.submit(bundle(make_indicators(partner.identity, 10)))
         already = wait_published(server, 10 * clients)
+        fast_before = validated_counts(server)
 
         futures = [pool.submit(_submit_all, c, w, go) for c, w in zip(sdk, work, strict=True)]
         meter = CpuMeter()
         start = time.perf_counter()
         go.wait()
         done = [f.result() for f in futures]
-        accepted = sum(a for a, _ in done)
-        answered = max(t for _, t in done)
-        wait_published(server, already + accepted)
+        accepted_ids = [i for d in done for i in d.accepted]
+        answered = max(d.end for d in done)
+        wait_published(server, already + len(accepted_ids))
         relayed = time.perf_counter()
         cpu = meter.stop()
+        fast = fast_path_since(fast_before, server)
+        # Outside the timing: every accepted id must be on the bus exactly once.
+        on_bus = check_published(server, accepted_ids)
+    not_accepted = len(set(submitted) - set(accepted_ids))
     return IngestResult(
         bus=bus.name,
         bundle_size=bundle_size,
         clients=clients,
-        objects=per_client * clients,
-        accepted=accepted,
+        objects=len(submitted),
+        accepted=len(accepted_ids),
         answered_s=answered - start,
         published_s=max(relayed, answered) - start,
         cpu=cpu,
+        answer_ms=[ms for d in done for ms in d.answer_ms],
+        # Submitted but not accepted counts as lost too.
+        published_ids=Delivered(
+            expected=len(submitted),
+            lost=on_bus.lost + not_accepted,
+            repeated=on_bus.repeated + len(accepted_ids) - len(set(accepted_ids)),
+        ),
+        fast_path=fast,
     )
 
 
@@ -619,12 +913,14 @@ def measure_latency(
         ):
             _expect(conn, "open", 120)
             _wait_live(conn, client, tag, submitter.identity)
+            fast_before = validated_counts(server)
             meter = CpuMeter()
             sent, answered = _send_fixed_rate(client, bundles, load.interval_s)
             submitted = sum(size for t in sent if not math.isnan(t))
             conn.send((submitted, DRAIN_S))
             streams, subscriber_cpu = _expect(conn, "done", DRAIN_S + 60)
             cpu = meter.stop()
+            fast = fast_path_since(fast_before, server)
     delivery_ms: list[float] = []
     received = repeated = 0
     for seqs, times in streams:
@@ -651,6 +947,7 @@ def measure_latency(
         delivery_ms=delivery_ms,
         subscriber_cpu=subscriber_cpu,
         cpu=cpu,
+        fast_path=fast,
     )
 
 
@@ -679,12 +976,15 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
 
 
 def _ms(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def ingest_table(results: Sequence[IngestResult], baseline: float) -> str:
     headers = ["bus", "bundle", "clients", "accepted", "answered s", "accepted/s", "ratio"]
-    headers += ["published s", "published/s", "ratio", "cores ours/all"]
+    headers += ["published s", "published/s", "ratio", "answer p50/p99 ms"]
+    headers += ["lost/repeated", "fast path", "cores ours/all"]
     rows = []
     for r in results:
         accepted_rate = r.accepted / r.answered_s
@@ -701,15 +1001,34 @@ def ingest_table(results: Sequence[IngestResult], baseline: float) -> str:
                 f"{r.published_s:.2f}",
                 f"{published_rate:,.0f}",
                 f"{published_rate / baseline:.2f}x",
+                f"{_ms(percentile(r.answer_ms, 0.5))} / {_ms(percentile(r.answer_ms, 0.99))}",
+                str(r.published_ids),
+                str(r.fast_path),
                 str(r.cpu),
             ]
         )
     return table(headers, rows)
 
 
+def grpc_table(results: Sequence[GrpcBaseline]) -> str:
+    headers = ["clients", "calls", "seconds", "calls/s", "call p50/p99 ms", "cores ours/all"]
+    rows = [
+        [
+            str(r.clients),
+            f"{r.calls:,}",
+            f"{r.seconds:.2f}",
+            f"{r.rate:,.0f}",
+            f"{_ms(percentile(r.call_ms, 0.5))} / {_ms(percentile(r.call_ms, 0.99))}",
+            str(r.cpu),
+        ]
+        for r in results
+    ]
+    return table(headers, rows)
+
+
 def latency_table(results: Sequence[LatencyResult]) -> str:
     headers = ["bus", "offered/s", "subscribers", "sent/s", "ack p50/p99", "p50", "p99", "max"]
-    headers += ["received/expected", "repeats", "sub. cores", "cores ours/all"]
+    headers += ["received/expected", "repeats", "fast path", "sub. cores", "cores ours/all"]
     rows = [
         [
             r.bus,
@@ -722,6 +1041,7 @@ def latency_table(results: Sequence[LatencyResult]) -> str:
             _ms(max(r.delivery_ms, default=math.nan)),
             f"{r.received:,}/{r.expected:,}",
             f"{r.repeated:,}",
+            str(r.fast_path),
             f"{r.subscriber_cpu:.2f}",
             str(r.cpu),
         ]
@@ -764,24 +1084,108 @@ def print_header(args: argparse.Namespace) -> None:
     print(describe_settings(local, kafka, workers))
 
 
+# The issue "Ingest at ten times stix2": what the targets section compares against.
+TARGET_BIG_RATE = 20_000  # objects/s, bundles of 1,000, one client, accepted and published
+TARGET_BIG_RATIO = 10.0  # x stix2.parse on one core
+TARGET_SMALL_RATE = 3_000  # objects/s, one-object bundles, SMALL_CLIENTS clients
+TARGET_SMALL_RATIO = 0.70  # x bare grpc.aio unary calls/s, same clients
+TARGET_SMALL_P50_MS = 3.0  # one client, one-object bundles, submit -> answer
+
+
+def _find(
+    ingest: Sequence[IngestResult], bus: str, bundle_size: int, clients: int
+) -> IngestResult | None:
+    for r in ingest:
+        if (r.bus, r.bundle_size, r.clients) == (bus, bundle_size, clients):
+            return r
+    return None
+
+
+def _fast_total(results: Sequence[FastPath]) -> FastPath:
+    if not results or any(f.fast is None or f.full is None for f in results):
+        return FastPath()
+    return FastPath(sum(f.fast or 0 for f in results), sum(f.full or 0 for f in results))
+
+
+def targets_report(
+    ingest: Sequence[IngestResult],
+    latency: Sequence[LatencyResult],
+    parse_rate: float,
+    grpc16: GrpcBaseline | None,
+) -> list[str]:
+    """One line per target of the issue, with the ratio to this run's baselines."""
+    lines = []
+    for bus in dict.fromkeys(r.bus for r in ingest):
+        if big := _find(ingest, bus, 1_000, 1):
+            rate = big.accepted / big.published_s
+            lines.append(
+                f"[{bus}] bundles of 1,000, one client, accepted and published: {rate:,.0f}"
+                f" objects/s = {rate / parse_rate:.2f}x stix2.parse (target >= "
+                f"{TARGET_BIG_RATE:,}/s and >= {TARGET_BIG_RATIO:g}x; medallion: bench/peers.py)"
+            )
+        if small := _find(ingest, bus, 1, SMALL_CLIENTS):
+            rate = small.accepted / small.published_s
+            vs = (
+                f" = {rate / grpc16.rate:.2f}x bare grpc.aio ({grpc16.rate:,.0f} calls/s)"
+                if grpc16
+                else " (no bare gRPC baseline)"
+            )
+            lines.append(
+                f"[{bus}] one-object bundles, {SMALL_CLIENTS} clients: {rate:,.0f} objects/s"
+                f"{vs} (target >= {TARGET_SMALL_RATE:,}/s and >= {TARGET_SMALL_RATIO:.0%})"
+            )
+        if one := _find(ingest, bus, 1, 1):
+            p50 = percentile(one.answer_ms, 0.5)
+            lines.append(
+                f"[{bus}] one-object bundles, one client, submit-to-answer p50 {_ms(p50)} ms,"
+                f" p99 {_ms(percentile(one.answer_ms, 0.99))} ms"
+                f" (target p50 <= {TARGET_SMALL_P50_MS:g} ms)"
+            )
+        fast = _fast_total(
+            [r.fast_path for r in ingest if r.bus == bus]
+            + [r.fast_path for r in latency if r.bus == bus]
+        )
+        lines.append(f"[{bus}] fast path share over all its measurements: {fast}")
+    lost = sum(r.published_ids.lost for r in ingest)
+    repeated = sum(r.published_ids.repeated for r in ingest)
+    d_lost = sum(r.expected - r.received for r in latency)
+    d_repeated = sum(r.repeated for r in latency)
+    lines.append(
+        f"correctness: ingest-and-publish {lost:,} lost, {repeated:,} repeated (ids read back"
+        f" from the bus); deliveries {d_lost:,} lost, {d_repeated:,} repeated (target 0, 0)"
+    )
+    return lines
+
+
 def print_report(
     plan: Plan,
     baseline: Sequence[float],
+    grpc: Sequence[GrpcBaseline],
     ingest: Sequence[IngestResult],
     latency: Sequence[LatencyResult],
 ) -> None:
     median = statistics.median(baseline)
     print()
-    print("1. Baseline: stix2.parse(obj, allow_custom=False), one thread of this process,")
+    print("1. Baselines. stix2.parse(obj, allow_custom=False), one thread of this process,")
     print(f"   {plan.baseline_objects:,} generated TLP:GREEN indicators (5 pattern kinds):")
     passes = ", ".join(f"{r:,.0f}" for r in baseline)
     print(f"   {median:,.0f} objects/s (median of passes: {passes})")
+    print("   Bare grpc.aio unary calls: a server with one generic handler answering empty")
+    print("   bytes, on its own event loop in a thread of this process; each client a thread")
+    print("   with its own channel (the SDK's options), one call at a time, sending the")
+    print("   SubmitRequest the SDK builds for a one-object bundle:")
+    print(grpc_table(grpc) if grpc else "   (none)")
     print()
     print("2. Ingest: SDK ExchangeClient.submit -> gRPC -> validate (worker processes) ->")
     print("   SQLite commit -> answer. answered = first submit to last answer; published =")
     print("   until the relay had published every accepted object to the bus; ratio = rate /")
-    print("   baseline; clients = threads of this process, each with its own ExchangeClient;")
-    print("   cores ours/all = average cores busy in this process tree / whole machine.")
+    print("   stix2.parse baseline; clients = threads of this process, each with its own")
+    print("   ExchangeClient; answer = submit() to its answer, per bundle; lost/repeated =")
+    print("   submitted ids not accepted or not on the bus / extra copies on the bus (the")
+    print("   TLP:GREEN topic read back after the timing); fast path = objects the")
+    print("   validator took on its fast path / all it validated (the counter")
+    print(f"   {VALIDATED_METRIC}_total; n/a while the server has none); cores ours/all =")
+    print("   average cores busy in this process tree / whole machine.")
     print(ingest_table(ingest, median) if ingest else "   (none)")
     print()
     interval = ", ".join(f"{x.bundle_size} every {x.interval_s * 1000:g} ms" for x in LATENCY_LOADS)
@@ -792,6 +1196,11 @@ def print_report(
     print("   stream; sub. cores = that process's CPU. received = distinct objects summed")
     print("   over the streams (percentiles are over these); ack = submit() -> answer.")
     print(latency_table(latency) if latency else "   (none)")
+    print()
+    print('4. Targets of "Ingest at ten times stix2" (printed, never asserted):')
+    grpc16 = next((g for g in grpc if g.clients == SMALL_CLIENTS), None)
+    for line in targets_report(ingest, latency, median, grpc16):
+        print(f"   {line}")
 
 
 def progress(text: str) -> None:
@@ -803,6 +1212,7 @@ def progress(text: str) -> None:
 
 @dataclass
 class Results:
+    grpc: list[GrpcBaseline] = field(default_factory=list)
     ingest: list[IngestResult] = field(default_factory=list)
     latency: list[LatencyResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -828,6 +1238,7 @@ def run_bus(bus: BusSetup, plan: Plan, results: Results) -> None:
     big = max(size for size, _ in plan.ingest)
     cases = [(size, objects, 1) for size, objects in plan.ingest]
     cases += [(big, plan.concurrent_objects, n) for n in CONCURRENT_CLIENTS]
+    cases += [(1, plan.small_concurrent_objects, SMALL_CLIENTS)]
     for size, objects, clients in cases:
         what = f"[{bus.name}] ingest {objects:,} in bundles of {size:,}, {clients} client(s)"
         if done := _attempt(results, what, measure_ingest, bus, size, objects, clients):
@@ -869,6 +1280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         progress(f"baseline: stix2.parse over {plan.baseline_objects:,} indicators")
         baseline = measure_parse_baseline(plan.baseline_objects)
+        for clients in (SMALL_CLIENTS, 1):
+            what = f"baseline: bare grpc.aio, {clients} client(s) x {plan.grpc_calls:,} calls"
+            if bare := _attempt(results, what, measure_grpc_baseline, clients, plan.grpc_calls):
+                results.grpc.append(bare)
         for name in ["local", "kafka"] if args.bus == "both" else [args.bus]:
             with contextlib.ExitStack() as stack:
                 bootstrap = None
@@ -879,7 +1294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted: everything this run started has been stopped")
         return 130
-    print_report(plan, baseline, results.ingest, results.latency)
+    print_report(plan, baseline, results.grpc, results.ingest, results.latency)
     for failure in results.failures:
         print(f"FAILED: {failure}")
     print(f"\nrun time: {time.perf_counter() - started:.0f} s")
