@@ -55,6 +55,7 @@ from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
+import orjson
 import stix2
 from exchange_client import ExchangeClient
 from exchange_client._calls import submit_request
@@ -189,7 +190,7 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class GrpcBaseline:
-    """Bare grpc.aio unary calls: ``clients`` threads, ``calls`` in all."""
+    """Bare grpc.aio unary calls: ``clients`` client threads, ``calls`` in all."""
 
     clients: int
     calls: int
@@ -538,62 +539,12 @@ def _submit_request(item: Bundle) -> pb.SubmitRequest:
     return submit_request(item, (), (), ())
 
 
-def _call_all(
-    call: grpc.UnaryUnaryMultiCallable[pb.SubmitRequest, bytes],
-    bundles: Sequence[Bundle],
-    go: threading.Barrier,
-) -> tuple[list[float], float]:
-    """One bare client: wait for the start, one call per bundle in order."""
-    metadata = (("authorization", "Bearer bench-token"),)
-    go.wait()
-    times = []
-    for item in bundles:
-        sent = time.perf_counter()
-        call(_submit_request(item), timeout=30, metadata=metadata)
-        times.append((time.perf_counter() - sent) * 1000)
-    return times, time.perf_counter()
-
-
-def measure_grpc_baseline(clients: int, calls_per_client: int) -> GrpcBaseline:
-    """Bare grpc.aio unary calls/s, driven as measure_ingest drives one-object bundles:
-    ``clients`` threads, each with its own channel (the SDK's channel options), one
-    call at a time, each carrying a one-object bundle as the SDK encodes it."""
-    identity = f"identity--{uuid.uuid4()}"
-    with BareServerThread() as server, contextlib.ExitStack() as stack:
-        work = [make_bundles(identity, 1, calls_per_client) for _ in range(clients)]
-        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="bare"))
-        channels = [
-            stack.enter_context(grpc.insecure_channel(server.target, options=_channel_options(())))
-            for _ in range(clients)
-        ]
-        methods = [
-            ch.unary_unary(
-                BARE_METHOD,
-                request_serializer=pb.SubmitRequest.SerializeToString,
-                response_deserializer=None,
-            )
-            for ch in channels
-        ]
-        go = threading.Barrier(clients + 1)
-        stack.callback(go.abort)
-        for method in methods:  # warm up: open every channel
-            method(_submit_request(work[0][0]), timeout=30)
-        futures = [pool.submit(_call_all, m, w, go) for m, w in zip(methods, work, strict=True)]
-        meter = CpuMeter()
-        start = time.perf_counter()
-        go.wait()
-        done = [f.result() for f in futures]
-        cpu = meter.stop()
-    return GrpcBaseline(
-        clients=clients,
-        calls=clients * calls_per_client,
-        seconds=max(t for _, t in done) - start,
-        call_ms=[ms for times, _ in done for ms in times],
-        cpu=cpu,
-    )
-
-
-# -- 2. ingest ---------------------------------------------------------------------------
+# -- the submitting clients, in a process of their own ---------------------------------
+#
+# Partners submit from their own machines: clients in threads of the server's process
+# would share its interpreter lock (bare grpc.aio then answers ~1,500 calls/s here,
+# against ~4,000 from another process). The clients' process is spawned per
+# measurement, gets every request already encoded, and reports what each client got.
 
 
 @dataclass
@@ -602,22 +553,123 @@ class _Submitted:
 
     accepted: list[str] = field(default_factory=list)
     answer_ms: list[float] = field(default_factory=list)
-    end: float = 0.0
+    end: float = 0.0  # time.monotonic(), comparable across processes on Linux
 
 
-def _submit_all(
-    client: ExchangeClient, bundles: Sequence[Bundle], go: threading.Barrier
-) -> _Submitted:
-    """One submitting client: wait for the start, submit in order."""
+@dataclass(frozen=True)
+class _ClientJob:
+    """One client: its token (None: a bare call) and the bundles it sends, in order."""
+
+    token: str | None
+    warm_up: bytes
+    bundles: list[bytes]
+
+
+def _run_client(target: str, job: _ClientJob, go: threading.Barrier) -> _Submitted:
     out = _Submitted()
-    go.wait()
-    for item in bundles:
-        sent = time.perf_counter()
-        result = client.submit(item)
-        out.answer_ms.append((time.perf_counter() - sent) * 1000)
-        out.accepted += result.accepted
-    out.end = time.perf_counter()
+    if job.token is None:
+        with grpc.insecure_channel(target, options=_channel_options(())) as channel:
+            call = channel.unary_unary(BARE_METHOD)
+            metadata = (("authorization", "Bearer bench-token"),)
+            call(job.warm_up, timeout=30, metadata=metadata)
+            go.wait()
+            for request in job.bundles:
+                sent = time.monotonic()
+                call(request, timeout=30, metadata=metadata)
+                out.answer_ms.append((time.monotonic() - sent) * 1000)
+        out.end = time.monotonic()
+        return out
+    with ExchangeClient(target, job.token) as client:
+        client.submit(job.warm_up)
+        go.wait()
+        for raw in job.bundles:
+            sent = time.monotonic()
+            result = client.submit(raw)
+            out.answer_ms.append((time.monotonic() - sent) * 1000)
+            out.accepted += result.accepted
+    out.end = time.monotonic()
     return out
+
+
+def _client_process(conn: Connection, target: str, jobs: list[_ClientJob]) -> None:
+    """Entry point of the submitting process: one thread (and channel) per client;
+    says "ready" once every client has made its warm-up call, starts on "go"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        go = threading.Barrier(len(jobs) + 1)
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="client") as pool:
+            futures = [pool.submit(_run_client, target, job, go) for job in jobs]
+            while go.n_waiting < len(jobs):
+                if any(f.done() for f in futures):  # a warm-up failed
+                    go.abort()
+                    break
+                time.sleep(0.01)
+            conn.send(("ready", None))
+            conn.recv()
+            go.wait()
+            conn.send(("done", [f.result() for f in futures]))
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
+
+
+def run_clients(target: str, jobs: list[_ClientJob]) -> tuple[float, list[_Submitted]]:
+    """Run ``jobs`` from a process of their own; (start time, what each client got)."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_client_process, args=(child, target, jobs), daemon=True)
+    process.start()
+    try:
+        _expect(parent, "ready", 120)
+        start = time.monotonic()
+        parent.send("go")
+        done: list[_Submitted] = _expect(parent, "done", 600)
+        process.join(10)
+        return start, done
+    finally:
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        parent.close()
+
+
+def _encoded(bundles: Sequence[Bundle]) -> list[bytes]:
+    return [orjson.dumps(b) for b in bundles]
+
+
+def measure_grpc_baseline(clients: int, calls_per_client: int) -> GrpcBaseline:
+    """Bare grpc.aio unary calls/s, driven as measure_ingest drives one-object bundles:
+    ``clients`` threads of the clients' process, each with its own channel (the SDK's
+    channel options), one call at a time, each carrying a one-object bundle as the SDK
+    encodes it."""
+    identity = f"identity--{uuid.uuid4()}"
+    jobs = [
+        _ClientJob(
+            None,
+            _submit_request(make_bundles(identity, 1, 1)[0]).SerializeToString(),
+            [
+                _submit_request(b).SerializeToString()
+                for b in make_bundles(identity, 1, calls_per_client)
+            ],
+        )
+        for _ in range(clients)
+    ]
+    with BareServerThread() as server:
+        meter = CpuMeter()
+        start, done = run_clients(server.target, jobs)
+        cpu = meter.stop()
+    return GrpcBaseline(
+        clients=clients,
+        calls=clients * calls_per_client,
+        seconds=max(d.end for d in done) - start,
+        call_ms=[ms for d in done for ms in d.answer_ms],
+        cpu=cpu,
+    )
+
+
+# -- 2. ingest ---------------------------------------------------------------------------
 
 
 def measure_ingest(
@@ -629,15 +681,16 @@ def measure_ingest(
     work: Sequence[Sequence[Bundle]] | None = None,
     identity: str | None = None,
 ) -> IngestResult:
-    """Submit ``objects`` indicators in bundles of ``bundle_size`` from ``clients`` threads,
-    each client a partner of its own (as independent partners would submit, and within
-    the per-partner limit of submissions in progress).
+    """Submit ``objects`` indicators in bundles of ``bundle_size`` from ``clients``
+    clients (threads of the clients' process), each client a partner of its own (as
+    independent partners would submit, and within the per-partner limit of submissions
+    in progress).
 
     With one client, ``work`` (one list of bundles) submits those bundles instead of
     fresh ones; their objects' ``created_by_ref`` must be ``identity``, the submitter's."""
     if (work is not None or identity is not None) and clients != 1:
         raise ValueError("work and identity are for one client")
-    with running_server(bus) as server, contextlib.ExitStack() as stack:
+    with running_server(bus) as server:
         partners = [
             server.add_partner(f"bench-submitter-{i}", identity=identity) for i in range(clients)
         ]
@@ -645,27 +698,18 @@ def measure_ingest(
         if work is None:
             work = [make_bundles(p.identity, bundle_size, per_client) for p in partners]
         submitted = [o["id"] for w in work for b in w for o in b["objects"]]
-        # Clean-up runs in reverse: release the barrier, close the clients (which ends
-        # their calls in flight), then wait for the threads.
-        pool = stack.enter_context(ThreadPoolExecutor(clients, thread_name_prefix="submit"))
-        sdk = [stack.enter_context(ExchangeClient(server.target, p.token)) for p in partners]
-        go = threading.Barrier(clients + 1)
-        stack.callback(go.abort)
-        # Warm up: open every channel, reach a worker and the bus once.
-        for client, partner in zip(sdk, partners, strict=True):
-            client.submit(bundle(make_indicators(partner.identity, 10)))
-        already = wait_published(server, 10 * clients)
+        jobs = [
+            _ClientJob(p.token, orjson.dumps(bundle(make_indicators(p.identity, 10))), _encoded(w))
+            for p, w in zip(partners, work, strict=True)
+        ]
         fast_before = validated_counts(server)
-
-        futures = [pool.submit(_submit_all, c, w, go) for c, w in zip(sdk, work, strict=True)]
         meter = CpuMeter()
-        start = time.perf_counter()
-        go.wait()
-        done = [f.result() for f in futures]
+        start, done = run_clients(server.target, jobs)
         accepted_ids = [i for d in done for i in d.accepted]
         answered = max(d.end for d in done)
-        wait_published(server, already + len(accepted_ids))
-        relayed = time.perf_counter()
+        # The warm-up bundles (10 objects per client) are published too.
+        wait_published(server, 10 * clients + len(accepted_ids))
+        relayed = time.monotonic()
         cpu = meter.stop()
         fast = fast_path_since(fast_before, server)
         # Outside the timing: every accepted id must be on the bus exactly once.
@@ -809,13 +853,14 @@ def _subscriber_process(conn: Connection, target: str, tokens: list[str], tag: s
 
 
 def _expect(conn: Connection, what: str, timeout_s: float) -> Any:
+    """The next report of a child process (subscribing or submitting), which must be ``what``."""
     if not conn.poll(timeout_s):
-        raise TimeoutError(f"the subscriber process did not report {what!r} in {timeout_s} s")
+        raise TimeoutError(f"the child process did not report {what!r} in {timeout_s} s")
     kind, payload = conn.recv()
     if kind == "error":
-        raise RuntimeError(f"the subscriber process failed: {payload}")
+        raise RuntimeError(f"the child process failed: {payload}")
     if kind != what:
-        raise RuntimeError(f"the subscriber process said {kind!r}, expected {what!r}")
+        raise RuntimeError(f"the child process said {kind!r}, expected {what!r}")
     return payload
 
 
@@ -1172,15 +1217,15 @@ def print_report(
     print(f"   {median:,.0f} objects/s (median of passes: {passes})")
     print("   Bare grpc.aio unary calls: a server with one generic handler answering empty")
     print("   bytes, on its own event loop in a thread of this process; each client a thread")
-    print("   with its own channel (the SDK's options), one call at a time, sending the")
-    print("   SubmitRequest the SDK builds for a one-object bundle:")
+    print("   of a separate client process with its own channel (the SDK's options), one")
+    print("   call at a time, sending the SubmitRequest the SDK builds for a one-object bundle:")
     print(grpc_table(grpc) if grpc else "   (none)")
     print()
     print("2. Ingest: SDK ExchangeClient.submit -> gRPC -> validate (worker processes) ->")
     print("   SQLite commit -> answer. answered = first submit to last answer; published =")
     print("   until the relay had published every accepted object to the bus; ratio = rate /")
-    print("   stix2.parse baseline; clients = threads of this process, each with its own")
-    print("   ExchangeClient; answer = submit() to its answer, per bundle; lost/repeated =")
+    print("   stix2.parse baseline; clients = threads of a separate client process, each")
+    print("   with its own ExchangeClient, bundles encoded beforehand; answer = submit() to its answer, per bundle; lost/repeated =")
     print("   submitted ids not accepted or not on the bus / extra copies on the bus (the")
     print("   TLP:GREEN topic read back after the timing); fast path = objects the")
     print("   validator took on its fast path / all it validated (the counter")
