@@ -569,7 +569,9 @@ def _run_client(target: str, job: _ClientJob, go: threading.Barrier) -> _Submitt
     out = _Submitted()
     if job.token is None:
         with grpc.insecure_channel(target, options=_channel_options(())) as channel:
-            call = channel.unary_unary(BARE_METHOD)
+            call = channel.unary_unary(
+                BARE_METHOD, request_serializer=None, response_deserializer=None
+            )
             metadata = (("authorization", "Bearer bench-token"),)
             call(job.warm_up, timeout=30, metadata=metadata)
             go.wait()

@@ -124,16 +124,21 @@ class Ingest:
         creators = await self._sighted_creators(refs, holders)
         results: dict[int, ObjectResult] = {}
         routed: list[tuple[ValidObject, Audience]] = []
-        for obj in valid:
-            audience = policy.audience_for(
-                obj,
-                partner,
-                request,
-                implied_recipients=creators.get(obj.refers_to, ()),
-                # Another partner's copy (of an observable) or object (which the store
-                # refuses) is not an earlier version of this one.
-                first_version=partner.partner_id not in holders.get(obj.object_id, ()),
-            )
+        audiences = policy.audiences_for(
+            (
+                (
+                    obj,
+                    creators.get(obj.refers_to, ()),
+                    # Another partner's copy (of an observable) or object (which the
+                    # store refuses) is not an earlier version of this one.
+                    partner.partner_id not in holders.get(obj.object_id, ()),
+                )
+                for obj in valid
+            ),
+            partner,
+            request,
+        )
+        for obj, audience in zip(valid, audiences, strict=True):
             if isinstance(audience, Rejection):
                 results[obj.index] = _rejected(audience)
             else:

@@ -22,7 +22,7 @@ keeps acting on something its creator withdrew.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from exchange.errors import InvalidArgument
 from exchange.model import (
@@ -39,6 +39,7 @@ from exchange.model import (
 __all__ = [
     "SHARED_TOPICS",
     "audience_for",
+    "audiences_for",
     "audit_scope",
     "check_request",
     "check_request_size",
@@ -183,6 +184,36 @@ def audience_for(
         excluded_kinds=request.excluded_kinds,
         implied=implied - recipients,
     )
+
+
+def audiences_for(
+    routes: Iterable[tuple[ValidObject, Sequence[Partner], bool]],
+    submitter: Partner,
+    request: AudienceRequest,
+) -> list[Audience | Rejection]:
+    """``audience_for`` of each (object, implied recipients, first version) of one
+    submission, in order. The objects of a bundle share a few distinct answers, so each
+    is decided once: by everything ``audience_for`` reads of an object besides the names
+    a rejection quotes (its TLP, whether it refers to another object) and of the implied
+    recipients (id and kind)."""
+    decided: dict[tuple[object, ...], Audience] = {}
+    answers: list[Audience | Rejection] = []
+    for obj, implied, first_version in routes:
+        key = (
+            obj.tlp,
+            bool(obj.refers_to),
+            first_version,
+            tuple((p.partner_id, p.kind) for p in implied),
+        )
+        answer: Audience | Rejection | None = decided.get(key)
+        if answer is None:
+            answer = audience_for(
+                obj, submitter, request, implied_recipients=implied, first_version=first_version
+            )
+            if isinstance(answer, Audience):
+                decided[key] = answer
+        answers.append(answer)
+    return answers
 
 
 def widen(earlier: Audience, later: Audience) -> Audience:

@@ -334,3 +334,45 @@ def test_a_partner_topic_shows_its_reader_and_nobody_else() -> None:
             and policy.delivers_from(t, policy.seen_on(t, audience, topics)[1], frozenset(mine))
         ]
         assert len(takes) == (1 if policy.may_receive(partner, audience) else 0), partner
+
+
+@given(
+    routes=st.lists(
+        st.tuples(
+            st.sampled_from(list(Tlp)),
+            st.booleans(),  # a sighting (refers to another object)
+            st.lists(st.sampled_from(EVERYONE), max_size=2),  # implied recipients
+            st.booleans(),  # first version
+        ),
+        max_size=12,
+    ),
+    request=st.builds(
+        AudienceRequest,
+        communities=st.frozensets(st.sampled_from(["sea-taskforce", "regulators"])),
+        recipients=st.frozensets(st.sampled_from([p.partner_id for p in EVERYONE])),
+        excluded_kinds=st.frozensets(st.sampled_from(list(PartnerKind))),
+    ),
+)
+def test_a_bundles_audiences_are_each_objects_audience_for(
+    routes: list[tuple[Tlp, bool, list[Partner], bool]], request: AudienceRequest
+) -> None:
+    """audiences_for decides equal objects once: the answers are audience_for's."""
+    objects = [
+        dataclasses.replace(
+            obj(tlp),
+            object_id=f"indicator--{i}",
+            index=i,
+            refers_to="indicator--x" if sighting else "",
+        )
+        for i, (tlp, sighting, _, _) in enumerate(routes)
+    ]
+    batch = policy.audiences_for(
+        ((o, implied, first) for o, (_, _, implied, first) in zip(objects, routes, strict=True)),
+        NGO,
+        request,
+    )
+    one_by_one = [
+        policy.audience_for(o, NGO, request, implied_recipients=implied, first_version=first)
+        for o, (_, _, implied, first) in zip(objects, routes, strict=True)
+    ]
+    assert batch == one_by_one
