@@ -148,13 +148,15 @@ def encode_submit(
     version: str,
     digest: str,
     outcome: str,
+    *,
     at: float,
     index: int,
     previous: bytes,
 ) -> bytes | None:
     """``submitted(submitter, obj, ObjectOutcome(outcome), at).encode(index, previous)``
-    for an object the store took or found held (``digest``: its body's), byte for byte, without building the ``Event``:
-    what a bundle's commit spends most of its Python time on. None when the event
+    for an object the store took or found held (``digest``: its body's), byte for
+    byte, without building the ``Event``: what a bundle's commit spends most of its
+    Python time on. None when the event
     would be bounded (a field too long or holding a NUL): then build the ``Event``.
     ``tests/unit/test_audit_entries.py`` holds the two equal."""
     if (

@@ -191,9 +191,9 @@ def submit_entries(
                     obj.version,
                     body_digest(obj.body),
                     _ACCEPTED if outcome is CommitOutcome.INSERTED else _DUPLICATE,
-                    at,
-                    index,
-                    previous,
+                    at=at,
+                    index=index,
+                    previous=previous,
                 )
             if data is not None:
                 leaf = sha256(b"\x00" + data).digest()
@@ -328,6 +328,27 @@ def nul_in_bundle(
     return ""
 
 
+def _may_hold_nul(
+    objects: Sequence[tuple[ValidObject, Audience]], rejected: Sequence[Rejection]
+) -> bool:
+    """Whether any text ``nul_in_bundle`` looks at holds a NUL character: one search
+    over all of it (``nul_in_bundle`` then says where)."""
+    texts: list[str] = []
+    audiences: dict[int, Audience] = {}
+    for obj, audience in objects:
+        texts += (obj.object_id, obj.version, obj.object_type, obj.created_by_ref)
+        texts.append(obj.spec_version)
+        texts += obj.labels
+        audiences[id(audience)] = audience
+    for audience in audiences.values():
+        texts += audience.communities
+        texts += audience.recipients
+        texts += audience.implied
+    for r in rejected:
+        texts += (r.object_id, r.version)
+    return "\x00" in "".join(texts)
+
+
 def _shown(text: str) -> str:
     """Submitted text in a message: bounded, control characters escaped."""
     return printable(short(text, 80))
@@ -456,6 +477,6 @@ def nothing_to_commit(
     bundle alike (PostgreSQL cannot store it)."""
     if not objects and not rejected:
         return True
-    if nul := nul_in_bundle(objects, rejected):
+    if _may_hold_nul(objects, rejected) and (nul := nul_in_bundle(objects, rejected)):
         raise InvalidArgument(unstorable_text(nul))
     return False

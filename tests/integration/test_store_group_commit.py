@@ -139,9 +139,7 @@ async def test_concurrent_commits_share_transactions_and_match_alone(
         for (partner, _, _), got, expected in zip(work[1:], together, alone, strict=True):
             assert without_receipts(got) == without_receipts(expected)
             # The same SUBMIT entries, in the same order (their places in the log differ).
-            assert await submit_events(store, partner) == await submit_events(
-                alone_store, partner
-            )
+            assert await submit_events(store, partner) == await submit_events(alone_store, partner)
     finally:
         await alone_store.close()
 

@@ -26,6 +26,7 @@ from exchange.store.sqlite._sql import (
     _free_bytes,
     _out_of_space,
     _transaction,
+    _tune_writer,
 )
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class _Connections(OutboxListeners):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = _connect(self.path)
             migrate(writer)
+            _tune_writer(writer)
             self._reader = _connect(self.path)
         except BaseException as exc:
             if writer is not None:
