@@ -40,12 +40,13 @@ from pathlib import Path
 from exchange_protocol.merkle import leaf_hash
 
 from exchange import policy
-from exchange.audit.entries import Action, AuditEntry, Event, submitted
+from exchange.audit.entries import Action, Event, submitted
 from exchange.audit.log import AuditLog
 from exchange.audit.signer import Signer
 from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
-from exchange.model import Audience, ObjectOutcome, Partner, Tlp, ValidObject
+from exchange.model import Audience, ObjectOutcome, Partner, Rejection, Tlp, ValidObject
+from exchange.store import Committed
 from exchange.store.sqlite import SqliteStore
 from exchange.store.sqlite import _audit as sqlite_audit
 
@@ -211,16 +212,24 @@ class CommitCost:
 @contextlib.contextmanager
 def audit_append_patched_out() -> Iterator[None]:
     """commit_objects without its SUBMIT entries (for this comparison only)."""
-    real = sqlite_audit.append_audit_rows
+    real = sqlite_audit.append_submits
 
-    def skipped(conn: sqlite3.Connection, events: Sequence[Event]) -> list[AuditEntry]:
-        return [AuditEntry(i, e, b"", b"") for i, e in enumerate(events)]
+    def skipped(
+        conn: sqlite3.Connection,
+        submitter_id: str,
+        objects: Sequence[tuple[ValidObject, Audience]],
+        results: Sequence[Committed],
+        rejected: Sequence[Rejection],
+        *,
+        at: float,
+    ) -> list[Committed]:
+        return list(results)
 
-    sqlite_audit.append_audit_rows = skipped
+    sqlite_audit.append_submits = skipped
     try:
         yield
     finally:
-        sqlite_audit.append_audit_rows = real
+        sqlite_audit.append_submits = real
 
 
 async def commit_cost(directory: Path, count: int, bundle: int = 1_000) -> CommitCost:

@@ -9,12 +9,13 @@ they return inside its own transaction.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from exchange_protocol.merkle import leaf_hash
 
-from exchange.audit.entries import AuditEntry, Event, submitted
+from exchange.audit.entries import AuditEntry, Event, body_digest, encode_submit, submitted
 from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
@@ -36,6 +37,7 @@ from exchange.store import CommitOutcome, Committed, SetAsideRow, SignedCheckpoi
 
 __all__ = [
     "NO_PREVIOUS",
+    "AuditValues",
     "CopyKey",
     "Held",
     "OutboxListeners",
@@ -57,6 +59,7 @@ __all__ = [
     "set_aside_of",
     "set_aside_reason",
     "stored_of",
+    "submit_entries",
     "submit_event",
     "unknown_partner",
     "unstorable_text",
@@ -141,6 +144,74 @@ def bundle_submits(
     ]
     submits.sort(key=lambda s: s[0])
     return [(i, event) for _, i, event in submits]
+
+
+# The audit table's columns of an entry: idx, at, action, actor, partner, object_id,
+# owner, data, leaf_hash (``audit_row``).
+AuditValues = tuple[int, float, str, str, str, str, str, bytes, bytes]
+
+_ACCEPTED = ObjectOutcome.ACCEPTED.value
+_DUPLICATE = ObjectOutcome.DUPLICATE.value
+_SUBMIT = "submit"
+
+
+def submit_entries(
+    submitter_id: str,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    results: Sequence[Committed],
+    rejected: Sequence[Rejection],
+    at: float,
+    *,
+    head: tuple[int, bytes],
+) -> tuple[list[Committed], list[AuditValues]]:
+    """A bundle's SUBMIT entries chained after ``head`` (entries held, the last one's
+    leaf hash): ``results`` with their receipts, and the audit rows to insert.
+    The same entries, bytes and receipts as ``bundle_submits``, ``chain``,
+    ``with_receipts`` and ``audit_row`` give (what ``commit_objects`` did before),
+    built without an ``Event`` per object where ``encode_submit`` can."""
+    index, previous = head
+    order = [(obj.index, i) for i, (obj, _) in enumerate(objects)]
+    order += [(r.index, -1 - n) for n, r in enumerate(rejected)]
+    # Stably by bundle index: with equal indexes, the objects first, in their order.
+    order.sort(key=lambda item: item[0])
+    out = list(results)
+    rows: list[AuditValues] = []
+    at_6 = round(at, 6)  # as in the canonical bytes
+    sha256 = hashlib.sha256
+    for _, i in order:
+        data: bytes | None = None
+        if i >= 0:
+            obj = objects[i][0]
+            done = out[i]
+            outcome = done.outcome
+            if outcome is CommitOutcome.INSERTED or outcome is CommitOutcome.DUPLICATE:
+                data = encode_submit(
+                    submitter_id,
+                    obj.object_id,
+                    obj.version,
+                    body_digest(obj.body),
+                    _ACCEPTED if outcome is CommitOutcome.INSERTED else _DUPLICATE,
+                    at=at,
+                    index=index,
+                    previous=previous,
+                )
+            if data is not None:
+                leaf = sha256(b"\x00" + data).digest()
+                row = (index, at_6, _SUBMIT, submitter_id, "", obj.object_id, submitter_id)
+            else:
+                event = submit_event(submitter_id, obj, outcome, at)
+        else:
+            event = submitted(submitter_id, rejected[-1 - i], ObjectOutcome.REJECTED, at)
+        if data is None:
+            entry = AuditEntry(index, event, event.encode(index, previous), b"")
+            data = entry.data
+            leaf = leaf_hash(data)
+            row = audit_row(entry)[:7]
+        rows.append((*row, data, leaf))
+        if i >= 0 and out[i].outcome is CommitOutcome.INSERTED:
+            out[i] = Committed(CommitOutcome.INSERTED, out[i].audience, Receipt(index, leaf, data))
+        index, previous = index + 1, leaf
+    return out, rows
 
 
 def with_receipts(
@@ -255,6 +326,27 @@ def nul_in_bundle(
             if "\x00" in text:
                 return f"rejected object {_shown(r.object_id)} (index {r.index}): its {field}"
     return ""
+
+
+def _may_hold_nul(
+    objects: Sequence[tuple[ValidObject, Audience]], rejected: Sequence[Rejection]
+) -> bool:
+    """Whether any text ``nul_in_bundle`` looks at holds a NUL character: one search
+    over all of it (``nul_in_bundle`` then says where)."""
+    texts: list[str] = []
+    audiences: dict[int, Audience] = {}
+    for obj, audience in objects:
+        texts += (obj.object_id, obj.version, obj.object_type, obj.created_by_ref)
+        texts.append(obj.spec_version)
+        texts += obj.labels
+        audiences[id(audience)] = audience
+    for audience in audiences.values():
+        texts += audience.communities
+        texts += audience.recipients
+        texts += audience.implied
+    for r in rejected:
+        texts += (r.object_id, r.version)
+    return "\x00" in "".join(texts)
 
 
 def _shown(text: str) -> str:
@@ -385,6 +477,6 @@ def nothing_to_commit(
     bundle alike (PostgreSQL cannot store it)."""
     if not objects and not rejected:
         return True
-    if nul := nul_in_bundle(objects, rejected):
+    if _may_hold_nul(objects, rejected) and (nul := nul_in_bundle(objects, rejected)):
         raise InvalidArgument(unstorable_text(nul))
     return False

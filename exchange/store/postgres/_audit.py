@@ -11,6 +11,7 @@ from exchange.errors import Unavailable
 from exchange.store import AuditRow, SignedCheckpoint
 from exchange.store._common import (
     NO_PREVIOUS,
+    AuditValues,
     audit_row,
     chain,
     checkpoint_of,
@@ -43,6 +44,21 @@ async def _lock_audit_head(conn: Any) -> tuple[int, bytes]:
     if row is None:
         return 0, NO_PREVIOUS
     return int(row[0]), bytes(row[1])
+
+
+async def _insert_audit_rows(
+    conn: Any, head: tuple[int, bytes], rows: Sequence[AuditValues]
+) -> tuple[int, bytes]:
+    """Insert entries chained from ``head`` (``_lock_audit_head``) and move the head;
+    the head after them."""
+    if not rows:
+        return head
+    await conn.execute(_INSERT_AUDIT, *(list(column) for column in zip(*rows, strict=True)))
+    last = rows[-1]
+    await conn.execute(
+        "UPDATE audit_head SET size = $1, leaf_hash = $2 WHERE id = 1", last[0] + 1, last[8]
+    )
+    return last[0] + 1, last[8]
 
 
 async def _append_audit(

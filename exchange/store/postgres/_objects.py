@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 
 from exchange.bus import TopicPartition
+from exchange.errors import AlreadyExists, InvalidArgument
 from exchange.model import (
     Audience,
     Partner,
@@ -22,16 +24,17 @@ from exchange.store import CommitOutcome, Committed, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
-    bundle_submits,
     copy_key,
     nothing_to_commit,
     nul_in_bundle,
     set_aside_of,
     set_aside_reason,
     stored_of,
-    with_receipts,
+    submit_entries,
+    unstorable_text,
 )
-from exchange.store.postgres._audit import _append_audit, _lock_audit_head
+from exchange.store._group import GroupCommits, Outcome, Submission
+from exchange.store.postgres._audit import _insert_audit_rows, _lock_audit_head
 from exchange.store.postgres._connection import _Connections
 from exchange.store.postgres._sql import (
     _INSERT_OBJECTS,
@@ -40,7 +43,30 @@ from exchange.store.postgres._sql import (
     _PENDING_WITHIN,
     _as_is,
     _has_nul,
+    _lost,
+    _unreachable,
+    _unstorable,
 )
+
+# The head of the audit chain: (entries held, last leaf hash).
+_Head = tuple[int, bytes]
+
+
+async def _commit_submission(
+    conn: Any, s: Submission, head: _Head
+) -> tuple[list[Committed], _Head]:
+    """One submission, after the audit chain's head was locked (``head``): its results
+    and the head after its SUBMIT entries."""
+    results = await _insert_objects(conn, s.submitter, s.objects, s.accepted_at, s.widen)
+    # One SUBMIT entry per object of the bundle, in bundle order.
+    committed, rows = submit_entries(
+        s.submitter.partner_id, s.objects, results, s.rejected, s.accepted_at, head=head
+    )
+    return committed, await _insert_audit_rows(conn, head, rows)
+
+
+def _what(s: Submission) -> str:
+    return nul_in_bundle(s.objects, s.rejected) or "the bundle"
 
 
 async def _insert_objects(
@@ -53,6 +79,8 @@ async def _insert_objects(
     held = await _held_versions(conn, {o.object_id for o, _ in objects})
     results: list[Committed] = []
     rows: list[tuple[object, ...]] = []
+    # A bundle's objects mostly share one audience (and no labels): encoded once.
+    encoded: dict[Audience, str] = {}
     for obj, asked in objects:
         key = version_key(obj.version)
         versions = held.setdefault(
@@ -64,6 +92,9 @@ async def _insert_objects(
             continue
         # The latest version holds the cumulative audience: an audience never narrows.
         audience = asked if versions.audience is None else widen(versions.audience, asked)
+        audience_json = encoded.get(audience)
+        if audience_json is None:
+            audience_json = encoded[audience] = audience.to_json().decode()
         rows.append(
             (
                 obj.object_id,
@@ -72,11 +103,11 @@ async def _insert_objects(
                 obj.object_type,
                 obj.created_by_ref,
                 obj.tlp.value,
-                orjson.dumps(obj.labels).decode(),
+                orjson.dumps(obj.labels).decode() if obj.labels else "[]",
                 obj.revoked,
                 obj.spec_version,
                 obj.body,
-                audience.to_json().decode(),
+                audience_json,
             )
         )
         versions.add(obj, key, audience)
@@ -124,6 +155,21 @@ async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
 class _ObjectRows(_Connections):
     """``ObjectStore`` on PostgreSQL."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Concurrent commit_objects calls share a transaction (exchange/store/_group.py).
+        self._groups = GroupCommits(self._commit_group)
+
+    @property
+    def commit_transactions(self) -> int:
+        """Transactions ``commit_objects`` has committed (fewer than its calls when
+        concurrent calls shared one)."""
+        return self._groups.transactions
+
+    async def close(self) -> None:
+        await self._groups.drain()
+        await super().close()
+
     # -- objects ----------------------------------------------------------------
     async def commit_objects(
         self,
@@ -135,18 +181,79 @@ class _ObjectRows(_Connections):
     ) -> list[Committed]:
         if nothing_to_commit(objects, rejected):
             return []
-
-        async def run(conn: Any) -> list[Committed]:
-            size, previous = await _lock_audit_head(conn)
-            results = await _insert_objects(conn, submitter, objects, accepted_at, widen)
-            # One SUBMIT entry per object of the bundle, in bundle order.
-            submits = bundle_submits(submitter.partner_id, objects, results, rejected, accepted_at)
-            entries = await _append_audit(conn, size, previous, [e for _, e in submits])
-            return with_receipts(results, submits, entries)
-
-        return self._committed(
-            await self._write(run, lambda: nul_in_bundle(objects, rejected) or "the bundle")
+        return await self._groups.commit(
+            Submission(submitter, objects, accepted_at, widen, rejected)
         )
+
+    async def _commit_group(self, group: Sequence[Submission]) -> list[Outcome]:
+        """``group`` in one transaction (GroupCommits' ``run``), each submission in a
+        savepoint; alone, each in one of its own, when the shared one failed."""
+        outcomes: list[Outcome] | None = None
+        if len(group) > 1:
+            try:
+                outcomes = await self._write(lambda conn: self._shared(conn, group))
+                self._groups.transactions += 1
+            except Exception:  # noqa: BLE001 - nothing was committed: each on its own below
+                outcomes = None
+        if outcomes is None:
+            outcomes = []
+            for submission in group:
+                try:
+                    outcomes.append(await self._alone(submission))
+                    self._groups.transactions += 1
+                except Exception as exc:  # noqa: BLE001 - that submission's caller gets it
+                    outcomes.append(exc)
+        if any(
+            not isinstance(o, BaseException) and any(c.outcome is CommitOutcome.INSERTED for c in o)
+            for o in outcomes
+        ):
+            self._outbox_added()
+        return outcomes
+
+    async def _alone(self, s: Submission) -> list[Committed]:
+        async def run(conn: Any) -> list[Committed]:
+            head = await _lock_audit_head(conn)
+            committed, _ = await _commit_submission(conn, s, head)
+            return committed
+
+        return await self._write(run, lambda: _what(s))
+
+    async def _shared(self, conn: Any, group: Sequence[Submission]) -> list[Outcome]:
+        """The submissions of ``group`` in the transaction on ``conn``, each in a
+        savepoint: one that fails is rolled back alone, and its outcome is the error
+        it would have raised alone. An error that ends the connection ends them all."""
+        head = await _lock_audit_head(conn)
+        outcomes: list[Outcome] = []
+        for s in group:
+            retried = False
+            while True:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        committed, after = await _commit_submission(conn, s, head)
+                except Exception as exc:  # mapped for that submission's caller
+                    if _lost(exc) or _unreachable(exc):
+                        raise
+                    if isinstance(exc, asyncpg.UniqueViolationError) and not retried:
+                        # As _run does: the checks now see what was in the way.
+                        retried = True
+                        continue
+                    outcomes.append(self._submission_error(exc, s))
+                else:
+                    head = after
+                    outcomes.append(committed)
+                break
+        return outcomes
+
+    def _submission_error(self, exc: BaseException, s: Submission) -> BaseException:
+        """What ``_write`` would have raised for ``exc`` had ``s`` committed alone."""
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            error: BaseException = AlreadyExists(f"already registered: {exc.detail or exc}")
+        elif _unstorable(exc):
+            error = InvalidArgument(unstorable_text(_what(s)))
+        else:
+            return self._failure(exc)
+        error.__cause__ = exc
+        return error
 
     async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
         # An id with a NUL character is held by nobody (the database cannot hold one).

@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.errors import Unavailable
-from exchange.store import AuditRow, SignedCheckpoint
+from exchange.model import Audience, Rejection, ValidObject
+from exchange.store import AuditRow, Committed, SignedCheckpoint
 from exchange.store._common import (
     NO_PREVIOUS,
+    AuditValues,
     audit_row,
     chain,
     checkpoint_of,
+    submit_entries,
 )
 from exchange.store.sqlite._connection import _Connections
 from exchange.store.sqlite._sql import _AUDIT_BYTES, _CHECKPOINT_COLUMNS
@@ -25,20 +28,48 @@ def _audit_size(conn: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0]) + 1
 
 
-def append_audit_rows(conn: sqlite3.Connection, events: Sequence[Event]) -> list[AuditEntry]:
-    """Append ``events`` after the last stored entry (read here, under the write lock:
-    another process may have appended), hashing them in this transaction."""
+_INSERT_AUDIT = (
+    "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _audit_head(conn: sqlite3.Connection) -> tuple[int, bytes]:
+    """(entries held, last leaf hash), read under the write lock: another process may
+    have appended."""
     last = conn.execute(
         "SELECT idx, CAST(leaf_hash AS BLOB) FROM audit ORDER BY idx DESC LIMIT 1"
     ).fetchone()
-    index, previous = (0, NO_PREVIOUS) if last is None else (int(last[0]) + 1, bytes(last[1]))
-    entries = chain(events, index, previous)
-    conn.executemany(
-        "INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [audit_row(entry) for entry in entries],
-    )
+    return (0, NO_PREVIOUS) if last is None else (int(last[0]) + 1, bytes(last[1]))
+
+
+def append_audit_rows(conn: sqlite3.Connection, events: Sequence[Event]) -> list[AuditEntry]:
+    """Append ``events`` after the last stored entry, hashing them in this transaction."""
+    entries = chain(events, *_audit_head(conn))
+    conn.executemany(_INSERT_AUDIT, [audit_row(entry) for entry in entries])
     return entries
+
+
+def append_submits(
+    conn: sqlite3.Connection,
+    submitter_id: str,
+    objects: Sequence[tuple[ValidObject, Audience]],
+    results: Sequence[Committed],
+    rejected: Sequence[Rejection],
+    *,
+    at: float,
+) -> list[Committed]:
+    """Append a bundle's SUBMIT entries (``submit_entries``) after the last stored
+    entry; ``results`` with their receipts."""
+    committed, rows = submit_entries(
+        submitter_id, objects, results, rejected, at, head=_audit_head(conn)
+    )
+    insert_audit(conn, rows)
+    return committed
+
+
+def insert_audit(conn: sqlite3.Connection, rows: Sequence[AuditValues]) -> None:
+    conn.executemany(_INSERT_AUDIT, rows)
 
 
 class _AuditRows(_Connections):

@@ -26,6 +26,7 @@ from exchange.store.sqlite._sql import (
     _free_bytes,
     _out_of_space,
     _transaction,
+    _tune_writer,
 )
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ class _Connections(OutboxListeners):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             writer = _connect(self.path)
             migrate(writer)
+            _tune_writer(writer)
             self._reader = _connect(self.path)
         except BaseException as exc:
             if writer is not None:
@@ -153,9 +155,19 @@ class _Connections(OutboxListeners):
         try:
             return await self._on(self._write_thread, run)
         except (sqlite3.Error, OSError) as exc:
-            if _out_of_space(exc, self.path.parent):
-                raise self._room.refused(exc) from exc
-            raise
+            mapped = self._mapped(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        """What a write's caller gets for ``exc``: StoreFull (and the store marked
+        full) if the disk has no room, else ``exc``."""
+        if isinstance(exc, sqlite3.Error | OSError) and _out_of_space(exc, self.path.parent):
+            full = self._room.refused(exc)
+            full.__cause__ = exc
+            return full
+        return exc
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._on(self._read_thread, lambda: fn(self._r()))

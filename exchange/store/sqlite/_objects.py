@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any
 
 import orjson
 
@@ -21,14 +23,13 @@ from exchange.store import CommitOutcome, Committed, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
-    bundle_submits,
     copy_key,
     nothing_to_commit,
     set_aside_of,
     set_aside_reason,
     stored_of,
-    with_receipts,
 )
+from exchange.store._group import GroupCommits, Outcome, Submission
 from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
 from exchange.store.sqlite._connection import _Connections
 from exchange.store.sqlite._sql import _OBJECT_COLUMNS, _PENDING_WITHIN, _chunks
@@ -47,9 +48,16 @@ def _commit(
 ) -> list[Committed]:
     results = _insert_objects(conn, submitter, objects, accepted_at, widen)
     # One SUBMIT entry per object of the bundle, in bundle order.
-    submits = bundle_submits(submitter.partner_id, objects, results, rejected, accepted_at)
-    entries = _audit.append_audit_rows(conn, [event for _, event in submits])
-    return with_receipts(results, submits, entries)
+    return _audit.append_submits(
+        conn, submitter.partner_id, objects, results, rejected, at=accepted_at
+    )
+
+
+_INSERT_OBJECT = (
+    "INSERT INTO objects (object_id, version, version_key, object_type, created_by_ref,"
+    " submitter, tlp, labels, revoked, spec_version, accepted_at, body, audience)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _insert_objects(
@@ -61,6 +69,10 @@ def _insert_objects(
 ) -> list[Committed]:
     held = _held_versions(conn, {o.object_id for o, _ in objects})
     results: list[Committed] = []
+    rows: list[tuple[object, ...]] = []
+    # A bundle's objects mostly share one audience (and no labels): encoded once.
+    encoded: dict[Audience, str] = {}
+    partner_id = submitter.partner_id
     for obj, asked in objects:
         key = version_key(obj.version)
         versions = held.setdefault(
@@ -69,34 +81,70 @@ def _insert_objects(
         refused = versions.refuses(obj, key)
         if refused is not None:
             results.append(Committed(refused))
-        else:
-            # The latest version holds the cumulative audience: an audience never narrows.
-            audience = asked if versions.audience is None else widen(versions.audience, asked)
-            cur = conn.execute(
-                "INSERT INTO objects (object_id, version, version_key, object_type,"
-                " created_by_ref, submitter, tlp, labels, revoked, spec_version,"
-                " accepted_at, body, audience)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    obj.object_id,
-                    obj.version,
-                    key,
-                    obj.object_type,
-                    obj.created_by_ref,
-                    submitter.partner_id,
-                    obj.tlp.value,
-                    orjson.dumps(obj.labels).decode(),
-                    int(obj.revoked),
-                    obj.spec_version,
-                    accepted_at,
-                    obj.body,
-                    audience.to_json().decode(),
-                ),
+            continue
+        # The latest version holds the cumulative audience: an audience never narrows.
+        audience = asked if versions.audience is None else widen(versions.audience, asked)
+        audience_json = encoded.get(audience)
+        if audience_json is None:
+            audience_json = encoded[audience] = audience.to_json().decode()
+        rows.append(
+            (
+                obj.object_id,
+                obj.version,
+                key,
+                obj.object_type,
+                obj.created_by_ref,
+                partner_id,
+                obj.tlp.value,
+                orjson.dumps(obj.labels).decode() if obj.labels else "[]",
+                int(obj.revoked),
+                obj.spec_version,
+                accepted_at,
+                obj.body,
+                audience_json,
             )
-            conn.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
-            versions.add(obj, key, audience)
-            results.append(Committed(CommitOutcome.INSERTED, audience))
+        )
+        versions.add(obj, key, audience)
+        results.append(Committed(CommitOutcome.INSERTED, audience))
+    if rows:
+        # Under the write lock, and with AUTOINCREMENT, this statement's rows take
+        # the sequence numbers above the largest one held, in order.
+        last = conn.execute("SELECT seq FROM objects ORDER BY seq DESC LIMIT 1").fetchone()
+        conn.executemany(_INSERT_OBJECT, rows)
+        conn.execute(
+            "INSERT INTO outbox (seq) SELECT seq FROM objects WHERE seq > ? ORDER BY seq",
+            (0 if last is None else last[0],),
+        )
     return results
+
+
+def _commit_one(conn: sqlite3.Connection, s: Submission) -> list[Committed]:
+    return _commit(conn, s.submitter, s.objects, s.accepted_at, s.widen, rejected=s.rejected)
+
+
+class _Lost(Exception):
+    """A submission's error ended the whole transaction (SQLite rolled it back)."""
+
+
+def _commit_group(conn: sqlite3.Connection, group: Sequence[Submission]) -> list[Outcome]:
+    """Several submissions in the transaction on ``conn``, each in a savepoint: one
+    that fails is rolled back alone (its outcome is its error). _Lost if an error took
+    the whole transaction with it (SQLITE_FULL, say): nothing of the group stays."""
+    outcomes: list[Outcome] = []
+    for submission in group:
+        conn.execute("SAVEPOINT submission")
+        try:
+            committed = _commit_one(conn, submission)
+        except Exception as exc:  # that submission's caller gets it
+            if not conn.in_transaction:
+                raise _Lost from exc
+            conn.execute("ROLLBACK TO submission")
+            conn.execute("RELEASE submission")
+            outcomes.append(exc)
+        else:
+            conn.execute("RELEASE submission")
+            outcomes.append(committed)
+    return outcomes
 
 
 def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Held]:
@@ -131,6 +179,21 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Hel
 class _ObjectRows(_Connections):
     """``ObjectStore`` on SQLite."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Concurrent commit_objects calls share a transaction (exchange/store/_group.py).
+        self._groups = GroupCommits(self._commit_group)
+
+    @property
+    def commit_transactions(self) -> int:
+        """Transactions ``commit_objects`` has committed (fewer than its calls when
+        concurrent calls shared one)."""
+        return self._groups.transactions
+
+    async def close(self) -> None:
+        await self._groups.drain()
+        await super().close()
+
     # -- objects ----------------------------------------------------------------
     async def commit_objects(
         self,
@@ -142,13 +205,36 @@ class _ObjectRows(_Connections):
     ) -> list[Committed]:
         if nothing_to_commit(objects, rejected):
             return []
-        return self._committed(
-            await self._write(
-                lambda conn: _commit(
-                    conn, submitter, objects, accepted_at, widen, rejected=rejected
-                )
-            )
+        return await self._groups.commit(
+            Submission(submitter, objects, accepted_at, widen, rejected)
         )
+
+    async def _commit_group(self, group: Sequence[Submission]) -> list[Outcome]:
+        """``group`` in one transaction (GroupCommits' ``run``); alone, each in one
+        of its own, when an error rolled the shared one back."""
+        outcomes: list[Outcome] | None = None
+        if len(group) > 1:
+            try:
+                outcomes = await self._write(lambda conn: _commit_group(conn, group))
+                self._groups.transactions += 1
+            except (_Lost, sqlite3.Error, OSError):
+                outcomes = None  # nothing was committed: each on its own below
+        if outcomes is None:
+            outcomes = []
+            for submission in group:
+                try:
+                    outcomes.append(await self._write(partial(_commit_one, s=submission)))
+                    self._groups.transactions += 1
+                except Exception as exc:  # noqa: BLE001 - that submission's caller gets it
+                    outcomes.append(exc)
+        else:
+            outcomes = [self._mapped(o) if isinstance(o, BaseException) else o for o in outcomes]
+        if any(
+            not isinstance(o, BaseException) and any(c.outcome is CommitOutcome.INSERTED for c in o)
+            for o in outcomes
+        ):
+            self._outbox_added()
+        return outcomes
 
     async def submitters_of(self, object_ids: Iterable[str]) -> dict[str, frozenset[str]]:
         wanted = sorted(set(object_ids))
