@@ -232,6 +232,8 @@ def widen(earlier: Audience, later: Audience) -> Audience:
 def kept_notice(asked: Audience, kept: Audience) -> str:
     """What to tell a submitter whose new version reaches more partners than it asked
     for, because it keeps the audience of the object's earlier versions."""
+    if kept is asked:  # a first version: nothing kept (the common case, kept cheap)
+        return ""
     rank = TLP_ORDER.index
     named_matter = asked.tlp not in _EVERYONE or bool(asked.excluded_kinds)
     wider = (

@@ -9,6 +9,7 @@ they return inside its own transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -405,6 +406,11 @@ def credential_of(row: Sequence[Any]) -> Credential:
     )
 
 
+# Stored audiences repeat (a bundle's objects share one; a partner uses a few): each
+# distinct one is parsed once. Audience is immutable, so the copies can be shared.
+_audience_of = functools.lru_cache(maxsize=4096)(Audience.from_json)
+
+
 def stored_of(row: Sequence[Any], strings: Strings) -> StoredObject:
     seq, submitter, accepted_at, oid, otype, version, creator, tlp, body = row[:9]
     labels, revoked, spec, audience = row[9:]
@@ -423,7 +429,7 @@ def stored_of(row: Sequence[Any], strings: Strings) -> StoredObject:
             revoked=bool(revoked),
             spec_version=str(spec),
         ),
-        audience=Audience.from_json(audience),
+        audience=_audience_of(audience),
     )
 
 
