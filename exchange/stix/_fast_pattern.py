@@ -35,21 +35,25 @@ __all__ = ["accepted_object_types"]
 # brackets_check and check_pattern_cost's regular expressions need.
 _WS = " \t\r\n\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _B64 = "[A-Za-z0-9+/]"
-# One token per match (findall), after the whitespace before it; the alternatives in
-# an order that gives ANTLR's longest match: literals with a one-letter prefix before
-# identifiers, numbers (".5") before ".", two-character operators before one. The last
-# alternative takes any other character but whitespace, so the matches cover the
-# pattern (bar trailing whitespace) and an unknown character is seen, not skipped.
+# One token per match (findall), after the whitespace before it. ANTLR's lexer takes
+# the longest match; here the alternatives are tried in turn (most frequent first),
+# made to agree where it matters: the identifiers h, b and t are not taken when a
+# quote follows them, so h'..', b'..' and t'..' are read as literals or, when they are
+# not valid ones, as ANTLR reads them: a one-letter identifier (from the last
+# alternative) and a string; numbers (".5") before "."; two-character operators
+# before one. The last alternative takes any other character but whitespace, so the
+# matches cover the pattern (bar trailing whitespace): no character is skipped.
 _TOKEN: Final = re.compile(
-    rf"""[{_WS}]*(
-      '(?:[^'\\]|\\['\\])*'
-    | h'(?:[0-9A-Fa-f]{{2}})*'
+    rf"""[{_WS}]*+(
+      (?:[hbt](?!')|[ac-gi-su-zA-Z_])[A-Za-z0-9_-]*+
+    | [\[\]():,*]
+    | '(?:[^'\\]|\\['\\])*+'
+    | [+-]?(?:[0-9]*+\.[0-9]++|0|[1-9][0-9]*+)
+    | <=|>=|<>|!=|==|[=<>.]
+    | h'(?:[0-9A-Fa-f]{{2}})*+'
     | b'(?:{_B64}{{4}})*(?:{_B64}{{4}}|{_B64}{{3}}=|{_B64}{{2}}==)'
     | t'[0-9]{{4}}-(?:0[1-9]|1[012])-(?:0[1-9]|[12][0-9]|3[01])
         T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?Z'
-    | [+-]?(?:[0-9]*\.[0-9]+|0|[1-9][0-9]*)
-    | [A-Za-z_][A-Za-z0-9_-]*
-    | <=|>=|<>|!=|==
     | [^{_WS}]
     )""",
     re.VERBOSE,
@@ -98,10 +102,12 @@ def accepted_object_types(pattern: str, limits: Limits) -> frozenset[str] | None
     kinds: list[str] = []
     depth = deepest = colons = 0
     for text in texts:
-        kind = _FIXED.get(text) or _kind(text)
+        kind = _FIXED.get(text)
         if kind is None:
-            return None
-        if kind in ("[", "("):
+            kind = _kind(text)
+            if kind is None:
+                return None
+        elif kind in ("[", "("):
             depth += 1
             deepest = max(deepest, depth)
         elif kind in ("]", ")"):
