@@ -8,17 +8,30 @@ the header."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import MutableMapping
 
 PREFIX = "EXCHANGE_"
+# Knobs of the test suite itself, not settings of the exchange. Dropped like the rest
+# (no server sees them), their values kept for the tests that read them (knob()).
+TEST_KNOBS = frozenset({"EXCHANGE_DIFFERENTIAL_EXAMPLES"})
+_knobs: dict[str, str] = {}
 
 
 def drop_exchange_settings(environ: MutableMapping[str, str]) -> list[str]:
     """Remove every EXCHANGE_* variable from ``environ``; their names, sorted."""
     dropped = sorted(name for name in environ if name.startswith(PREFIX))
     for name in dropped:
-        del environ[name]
+        value = environ.pop(name)
+        if name in TEST_KNOBS:
+            _knobs[name] = value
     return dropped
+
+
+def knob(name: str, default: str) -> str:
+    """A test knob's value (one of TEST_KNOBS) as the session found it, or ``default``."""
+    assert name in TEST_KNOBS, name
+    return _knobs.get(name, os.environ.get(name, default))
 
 
 def header(dropped: list[str]) -> str:

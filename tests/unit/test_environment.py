@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 
-from tests.environment import drop_exchange_settings, header
+import pytest
+
+from tests import environment
+from tests.environment import drop_exchange_settings, header, knob
 
 
 def test_exchange_settings_are_dropped_and_named() -> None:
@@ -24,3 +27,11 @@ def test_exchange_settings_are_dropped_and_named() -> None:
 
 def test_this_session_has_no_exchange_settings() -> None:
     assert [name for name in os.environ if name.startswith("EXCHANGE_")] == []
+
+
+def test_a_test_knob_is_dropped_and_its_value_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "_knobs", {})  # this session's own stay as they are
+    environ = {"EXCHANGE_DIFFERENTIAL_EXAMPLES": "1000"}
+    assert drop_exchange_settings(environ) == ["EXCHANGE_DIFFERENTIAL_EXAMPLES"]
+    assert environ == {}
+    assert knob("EXCHANGE_DIFFERENTIAL_EXAMPLES", "300") == "1000"
