@@ -201,12 +201,21 @@ def _reference(prop: Any) -> Checker:
             continue
         accepted.add(type_name)
     types = frozenset(accepted)
+    # References found good, for the ones that recur (markings, creators); bounded.
+    good: set[str] = set()
 
     def check(value: Any, budget: Budget, depth: int) -> bool:
         if type(value) is not str:
             return False
+        if value in good:
+            return True
         type_name = value.partition("--")[0]
-        return type_name in types and is_stix_id(value, type_name)
+        if type_name in types and is_stix_id(value, type_name):
+            if len(good) > 1024:
+                good.clear()
+            good.add(value)
+            return True
+        return False
 
     return check
 

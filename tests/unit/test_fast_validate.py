@@ -121,6 +121,9 @@ OASIS_ONLY = (
     "must be a base64-encoded string",
     # A marking definition's granular marking naming the marking itself: stix2 lets it.
     "no circular references",
+    # windows-pebinary-ext time_date_stamp: stix2 takes fractions (and drops them);
+    # OASIS wants whole seconds.
+    "time_date_stamp: ",
     "'definition' must contain a valid statement, TLP, or custom marking definition",
 )
 
