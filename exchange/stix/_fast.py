@@ -36,11 +36,11 @@ from exchange.config import Limits
 from exchange.model import Tlp, ValidObject
 from exchange.stix._explain import EXTENSION_CLASSES
 from exchange.stix._fast_pattern import accepted_object_types
+from exchange.stix._fast_rules import instant
 from exchange.stix._fast_schema import (
     Budget,
     Schema,
     check_fields,
-    instant,
     schema_for,
     selectors_found,
 )

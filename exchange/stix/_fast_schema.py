@@ -10,8 +10,8 @@ references in the one canonical spelling the exchange accepts, timestamps in the
 one format it accepts, hash algorithms named exactly as the spec names them.
 
 The rules between properties (``_check_object_constraints`` and the ``__init__``
-overrides of stix2's classes) are written out in ``_RULES``, one per class, as read
-in stix2 3.0.2 (``stix2/v21/*.py``, ``stix2/base.py``). A class or property kind
+overrides of stix2's classes) are in ``exchange.stix._fast_rules``, one per class, as
+read in stix2 3.0.2 (``stix2/v21/*.py``, ``stix2/base.py``). A class or property kind
 not reviewed here compiles to None: objects of that type, or objects using that
 property, always take the full path. The whole fast path is off under any other
 stix2 version (``SUPPORTED``), since its rules may have changed.
@@ -20,7 +20,6 @@ stix2 version (``SUPPORTED``), since its rules may have changed.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -35,10 +34,17 @@ from stix2 import properties as stix_props
 from stix2.registry import STIX2_OBJ_MAPS
 from stix2.v21 import common as stix_common
 from stix2.v21 import observables as stix_sco
-from stix2.v21 import sdo as stix_sdo
-from stix2.v21 import sro as stix_sro
 
 from exchange.stix._explain import EXTENSION_CLASSES
+from exchange.stix._fast_rules import (
+    REVIEWED_BASES,
+    REVIEWED_INIT,
+    RULES,
+    Rule,
+    any_of,
+    both,
+    instant,
+)
 from exchange.stix.vocab import is_stix_id
 
 __all__ = [
@@ -46,7 +52,6 @@ __all__ = [
     "Budget",
     "Checker",
     "Schema",
-    "instant",
     "schema_for",
 ]
 
@@ -73,7 +78,6 @@ class Budget:
 
 # (value, budget, depth the value sits at if it is a container) -> certainly fine
 Checker = Callable[[Any, Budget, int], bool]
-Rule = Callable[[dict[str, Any]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,49 +89,6 @@ class Schema:
     props: Mapping[str, Checker]
     required: frozenset[str]
     rule: Rule | None
-
-
-# -- timestamps ---------------------------------------------------------------------
-
-# A subset of what _json_checks accepts (at most 6 fraction digits: strptime's %f).
-_TIMESTAMP = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?Z"
-)
-_Instant = tuple[int, int, int, int, int, int, int]
-_INSTANTS: dict[str, _Instant | None] = {}
-
-
-def _read_instant(value: str) -> _Instant | None:
-    match = _TIMESTAMP.fullmatch(value)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, frac = match.groups()
-    parts = (int(year), int(month), int(day), int(hour), int(minute), int(second))
-    try:
-        # What strptime("%Y-%m-%dT%H:%M:%S[.%f]Z") then takes: a real date and time.
-        dt.datetime(*parts)
-    except ValueError:
-        return None
-    return (*parts, int(frac.ljust(6, "0")) if frac else 0)
-
-
-def instant(value: str, prop: Any = None) -> _Instant | None:
-    """The UTC instant stix2 reads from ``value`` (as a comparable tuple), with the
-    precision ``prop`` truncates it to; None when not certainly a timestamp."""
-    if value in _INSTANTS:
-        found = _INSTANTS[value]
-    else:
-        found = _read_instant(value)
-        if len(_INSTANTS) > 4096:  # submitted text: keep the cache bounded
-            _INSTANTS.clear()
-        _INSTANTS[value] = found
-    if found is None or prop is None or prop.precision_constraint != "exact":
-        return found
-    if prop.precision == "second":
-        return (*found[:6], 0)
-    if prop.precision == "millisecond":
-        return (*found[:6], found[6] // 1000 * 1000)
-    return found
 
 
 # -- leaf checkers ----------------------------------------------------------------------
@@ -496,196 +457,6 @@ def selectors_found(obj: dict[str, Any]) -> bool:
     return True
 
 
-# Reviewed: each class's own _check_object_constraints / __init__ (and those of its
-# bases), in stix2 3.0.2. Any other override makes its class take the full path.
-_REVIEWED_BASES = frozenset(
-    {
-        stix2.base._STIXBase,
-        stix2.base._Extension,
-        stix2.base._Observable,
-        stix2.v21.base._Observable,
-    }
-)
-
-
-def _ordered(first: str, then: str, *, strictly: bool, cls: Any) -> Rule:
-    """``then`` no earlier than ``first`` (or strictly later), as stix2 compares them."""
-    first_prop, then_prop = cls._properties[first], cls._properties[then]
-
-    def rule(obj: dict[str, Any]) -> bool:
-        if first not in obj or then not in obj:
-            return True
-        start, end = instant(obj[first], first_prop), instant(obj[then], then_prop)
-        if start is None or end is None:
-            return False
-        return end > start if strictly else end >= start
-
-    return rule
-
-
-def _any_of(*names: str) -> Rule:
-    wanted = frozenset(names)
-
-    def rule(obj: dict[str, Any]) -> bool:
-        return not wanted.isdisjoint(obj)
-
-    return rule
-
-
-def _one_of(*names: str) -> Rule:
-    wanted = frozenset(names)
-
-    def rule(obj: dict[str, Any]) -> bool:
-        return len(wanted.intersection(obj)) == 1
-
-    return rule
-
-
-def _all(*rules: Rule) -> Rule:
-    def rule(obj: dict[str, Any]) -> bool:
-        return all(r(obj) for r in rules)
-
-    return rule
-
-
-def _location(obj: dict[str, Any]) -> bool:
-    has_lat, has_long = "latitude" in obj, "longitude" in obj
-    if "precision" in obj and not (has_lat and has_long):
-        return False
-    if has_lat != has_long:
-        return False
-    return "region" in obj or "country" in obj or (has_lat and has_long)
-
-
-def _malware_family(obj: dict[str, Any]) -> bool:
-    return obj.get("is_family") is not True or "name" in obj
-
-
-def _email_body(obj: dict[str, Any]) -> bool:
-    if obj.get("is_multipart") is False and "body_multipart" in obj:
-        return False
-    return not (obj.get("is_multipart") is True and obj.get("body"))
-
-
-def _artifact(obj: dict[str, Any]) -> bool:
-    return len({"payload_bin", "url"}.intersection(obj)) == 1 and (
-        "url" not in obj or "hashes" in obj
-    )
-
-
-def _network_traffic(obj: dict[str, Any]) -> bool:
-    return "end" not in obj or obj.get("is_active") is False
-
-
-_PROCESS_PROPS = frozenset(stix_sco.Process._properties) - {
-    "extensions",
-    "type",
-    "id",
-    "defanged",
-    "spec_version",
-}
-
-
-def _process(obj: dict[str, Any]) -> bool:
-    # At least one property; failing that, any extensions (each has one already).
-    return not _PROCESS_PROPS.isdisjoint(obj) or "extensions" in obj
-
-
-_SOCKET_PREFIXES = frozenset({"SO_", "ICMP_", "ICMP6_", "IP_", "IPV6_", "MCAST_", "TCP_", "IRLMP_"})
-
-
-def _socket_options(obj: dict[str, Any]) -> bool:
-    options = obj.get("options")
-    if options is None:
-        return True
-    return all(
-        key[: key.find("_") + 1] in _SOCKET_PREFIXES and type(val) is int
-        for key, val in options.items()
-    )
-
-
-def _non_empty(*names: str) -> Rule:
-    """Arguments an ``__init__`` override takes by name and passes on only if truthy."""
-
-    def rule(obj: dict[str, Any]) -> bool:
-        return all(obj.get(name) != "" for name in names)
-
-    return rule
-
-
-def _marking_definition(obj: dict[str, Any]) -> bool:
-    # No extensions reach here (the exchange refuses them on marking definitions).
-    return obj.get("definition_type") == "statement" and "definition" in obj
-
-
-def _seen(cls: Any) -> Rule:
-    return _ordered("first_seen", "last_seen", strictly=False, cls=cls)
-
-
-_RULES: dict[Any, Rule | None] = {
-    stix_sdo.Campaign: _seen(stix_sdo.Campaign),
-    stix_sdo.Infrastructure: _seen(stix_sdo.Infrastructure),
-    stix_sdo.IntrusionSet: _seen(stix_sdo.IntrusionSet),
-    stix_sdo.ThreatActor: _seen(stix_sdo.ThreatActor),
-    stix_sdo.Malware: _all(_seen(stix_sdo.Malware), _malware_family),
-    stix_sdo.MalwareAnalysis: _any_of("result", "analysis_sco_refs"),
-    # objects (ObservableProperty) is never fast: object_refs is then required.
-    stix_sdo.ObservedData: _all(
-        _ordered("first_observed", "last_observed", strictly=False, cls=stix_sdo.ObservedData),
-        _one_of("objects", "object_refs"),
-    ),
-    # The pattern (and the pattern_version __init__ fills in) is _fast's to check.
-    stix_sdo.Indicator: _ordered(
-        "valid_from", "valid_until", strictly=True, cls=stix_sdo.Indicator
-    ),
-    stix_sdo.Location: _location,
-    stix_sro.Relationship: _all(
-        _ordered("start_time", "stop_time", strictly=True, cls=stix_sro.Relationship),
-        _non_empty("relationship_type", "source_ref", "target_ref"),
-    ),
-    stix_sro.Sighting: _all(_seen(stix_sro.Sighting), _non_empty("sighting_of_ref")),
-    stix_common.MarkingDefinition: _marking_definition,
-    stix_common.ExternalReference: _any_of("description", "external_id", "url"),
-    stix_common.GranularMarking: _one_of("lang", "marking_ref"),
-    stix_sco.EmailMIMEComponent: _any_of("body", "body_raw_ref"),
-    stix_sco.EmailMessage: _email_body,
-    stix_sco.Artifact: _artifact,
-    stix_sco.File: _any_of("hashes", "name"),
-    stix_sco.NetworkTraffic: _all(
-        _any_of("src_ref", "dst_ref"),
-        _network_traffic,
-        _ordered("start", "end", strictly=False, cls=stix_sco.NetworkTraffic),
-    ),
-    stix_sco.Process: _process,
-    stix_sco.SocketExt: _socket_options,
-    stix_sco.X509Certificate: _any_of(
-        "is_self_signed",
-        "hashes",
-        "version",
-        "serial_number",
-        "signature_algorithm",
-        "issuer",
-        "validity_not_before",
-        "validity_not_after",
-        "subject",
-        "subject_public_key_algorithm",
-        "subject_public_key_modulus",
-        "subject_public_key_exponent",
-        "x509_v3_extensions",
-    ),
-    stix_sco.WindowsPEOptionalHeaderType: None,  # at least one property: below
-}
-# Classes whose own __init__ was reviewed (its effect is in their rule above).
-_REVIEWED_INIT = frozenset(
-    {
-        stix_sdo.Indicator,
-        stix_sdo.ObservedData,  # only warns about objects
-        stix_sro.Relationship,
-        stix_sro.Sighting,
-        stix_common.MarkingDefinition,
-    }
-)
-
 _COMPILED: dict[Any, Schema | None] = {}
 
 
@@ -701,11 +472,11 @@ def _compile_class(cls: Any) -> Schema | None:
 
 def _build(cls: Any) -> Schema | None:
     for klass in cls.__mro__:
-        if klass in _REVIEWED_BASES or not issubclass(klass, stix2.base._STIXBase):
+        if klass in REVIEWED_BASES or not issubclass(klass, stix2.base._STIXBase):
             continue
-        if "_check_object_constraints" in klass.__dict__ and klass not in _RULES:
+        if "_check_object_constraints" in klass.__dict__ and klass not in RULES:
             return None
-        if "__init__" in klass.__dict__ and klass not in _REVIEWED_INIT:
+        if "__init__" in klass.__dict__ and klass not in REVIEWED_INIT:
             return None
     properties = cls._properties
     props: dict[str, Checker] = {}
@@ -716,15 +487,15 @@ def _build(cls: Any) -> Schema | None:
             props[name] = _granular
         else:
             props[name] = _compile_property(prop)
-    rules = [r for r in [_RULES.get(cls)] if r is not None]
+    rules = [r for r in [RULES.get(cls)] if r is not None]
     if issubclass(cls, stix2.base._Extension) or cls is stix_sco.WindowsPEOptionalHeaderType:
         # _check_at_least_one_property() with its default list; these have no defaults.
-        rules.append(_any_of(*(set(properties) - {"extensions", "type"})))
+        rules.append(any_of(*(set(properties) - {"extensions", "type"})))
     return Schema(
         cls=cls,
         props=props,
         required=frozenset(n for n, p in properties.items() if p.required),
-        rule=_all(*rules) if len(rules) > 1 else (rules[0] if rules else None),
+        rule=both(*rules) if len(rules) > 1 else (rules[0] if rules else None),
     )
 
 

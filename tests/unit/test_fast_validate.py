@@ -14,6 +14,7 @@ import base64
 import copy
 import os
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -181,8 +182,9 @@ def new_uuid(rng: random.Random) -> str:
 
 def stamp(rng: random.Random) -> str:
     seconds = rng.randrange(1_600_000_000, 1_800_000_000)
-    text = f"{__import__('time').strftime('%Y-%m-%dT%H:%M:%S', __import__('time').gmtime(seconds))}"
-    return text + rng.choice(["Z", ".000Z", ".5Z", ".123456Z", ".120Z"])
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + rng.choice(
+        ["Z", ".000Z", ".5Z", ".123456Z", ".120Z"]
+    )
 
 
 def text(rng: random.Random, *, empty: bool = True) -> str:
