@@ -110,6 +110,7 @@ OASIS_ONLY = (
     # version; the OASIS validator wants versions 1 to 5 (for a marking definition it
     # then says its definition is invalid).
     "does not match the id format",
+    "must use UUIDv4 for its id",
     # References: stix2 takes any SCO as malware-analysis sample_ref (and the like);
     # the OASIS schemas list fewer types.
     "{'pattern': '^",
@@ -125,6 +126,9 @@ OASIS_ONLY = (
     # windows-pebinary-ext time_date_stamp: stix2 takes fractions (and drops them);
     # OASIS wants whole seconds.
     "time_date_stamp: ",
+    # windows-process-ext: stix2 wants any one property; the OASIS schema one of a
+    # list without integrity_level (its message is the schema, printed whole).
+    "extensions.windows-process-ext: {",
     "'definition' must contain a valid statement, TLP, or custom marking definition",
 )
 
