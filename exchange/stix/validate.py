@@ -109,7 +109,10 @@ def validate_objects_counted(
     fast = 0
     for pos, obj in enumerate(objects):
         index = start_index + pos
-        result = fast_validate(obj, index, submitter_identity, default_tlp, limits)
+        try:
+            result = fast_validate(obj, index, submitter_identity, default_tlp, limits)
+        except Exception:  # noqa: BLE001 - never expected; the full path then decides
+            result = None
         if result is None:
             results.append(_validate_one(obj, index, submitter_identity, default_tlp, limits))
         else:
