@@ -41,6 +41,7 @@ from exchange.stix._explain import (
     printable,
     short,
 )
+from exchange.stix._fast import fast_validate
 from exchange.stix._invalid import Invalid, Problems
 from exchange.stix._json_checks import check_json, check_types
 from exchange.stix._pattern import check_pattern_cost
@@ -84,10 +85,40 @@ def validate_objects(
     ``index`` of each result is ``start_index`` + its position, so a large bundle
     can be split across workers and the answers still name the right object.
     """
-    return [
-        _validate_one(obj, start_index + pos, submitter_identity, default_tlp, limits)
-        for pos, obj in enumerate(objects)
-    ]
+    return validate_objects_counted(
+        objects,
+        start_index=start_index,
+        submitter_identity=submitter_identity,
+        default_tlp=default_tlp,
+        limits=limits,
+    )[0]
+
+
+def validate_objects_counted(
+    objects: Sequence[Any],
+    *,
+    start_index: int = 0,
+    submitter_identity: str,
+    default_tlp: Tlp,
+    limits: Limits,
+) -> tuple[list[ValidObject | Rejection], int]:
+    """``validate_objects``, and how many of the objects the fast path decided
+    (``exchange.stix._fast``: the same answer, for the valid objects it can be
+    certain of; the others take the full path)."""
+    results: list[ValidObject | Rejection] = []
+    fast = 0
+    for pos, obj in enumerate(objects):
+        index = start_index + pos
+        try:
+            result = fast_validate(obj, index, submitter_identity, default_tlp, limits)
+        except Exception:  # noqa: BLE001 - never expected; the full path then decides
+            result = None
+        if result is None:
+            results.append(_validate_one(obj, index, submitter_identity, default_tlp, limits))
+        else:
+            results.append(result)
+            fast += 1
+    return results, fast
 
 
 def validate_objects_counted(
