@@ -121,24 +121,6 @@ def validate_objects_counted(
     return results, fast
 
 
-def validate_objects_counted(
-    objects: Sequence[Any],
-    *,
-    start_index: int = 0,
-    submitter_identity: str,
-    default_tlp: Tlp,
-    limits: Limits,
-) -> tuple[list[ValidObject | Rejection], int]:
-    """validate_objects, and how many objects the fast path decided."""
-    return validate_objects(
-        objects,
-        start_index=start_index,
-        submitter_identity=submitter_identity,
-        default_tlp=default_tlp,
-        limits=limits,
-    ), 0
-
-
 def _validate_one(
     obj: Any, index: int, submitter: str, default_tlp: Tlp, limits: Limits
 ) -> ValidObject | Rejection:
