@@ -1,19 +1,22 @@
 """STIX validation, shared fairly between partners.
 
-Most objects take the validator's fast path (``exchange.stix.fast_validate``, tens of
-microseconds); the full ``stix2`` path is CPU-bound (~2,000 objects/s per core, and a
-costly pattern takes tens of milliseconds). So:
+Most objects take the validator's fast path (``exchange.stix.fast_validate``: tens of
+microseconds, and it only ever accepts); the rest take the full ``stix2`` path, which is
+CPU-bound (~2,000 objects/s per core, and a costly pattern takes tens of milliseconds)
+and says what is wrong. So:
 
 - a small bundle (at most ``_HERE_MAX_OBJECTS`` objects and ``_HERE_MAX_COST`` of
   estimated work) is tried on the fast path right here, on the event loop: no hop to
-  another process, a bounded ~1 ms of the loop's time at most;
-- everything else (large bundles, and the objects of a small one the fast path could
-  not decide) is validated on worker processes, one per core. A bundle is cut into
-  small chunks, by an estimate of their cost, and the chunks wait in one queue per
-  partner; whenever a worker is free it takes the next chunk of the next partner in
-  turn. One partner's 10,000-object bundle therefore delays another partner's
-  one-object submission by at most the chunks already running, never by the whole
-  bundle.
+  another process, about a millisecond of the loop's time at most;
+- a larger one is tried on the fast path by the worker processes (one per core), in
+  large chunks (``_FAST_CHUNK_*``: a few milliseconds of a worker each);
+- what the fast path could not decide goes to the full path on the workers, in small
+  chunks by an estimate of their cost (``_CHUNK_*``).
+
+Every chunk waits in one queue per partner; whenever a worker is free it takes the
+next chunk of the next partner in turn. One partner's 10,000-object bundle therefore
+delays another partner's submission by at most the chunks already running (a few
+milliseconds, or ~30 ms of the full path), never by the whole bundle.
 
 Workers die with the server: each one watches its parent and exits when the parent is
 gone (a ``kill -9`` of the server leaves no orphan burning a core).
@@ -29,7 +32,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -39,15 +42,15 @@ from exchange.config import Limits
 from exchange.errors import Unavailable
 from exchange.metrics import Metrics
 from exchange.model import Rejection, Tlp, ValidObject
-from exchange.stix import fast_validate, validate_objects_counted
+from exchange.stix import fast_validate, validate_objects
 
 __all__ = ["Validator", "chunk_by_cost", "estimated_cost"]
 
 log = logging.getLogger(__name__)
 
 Results = list[ValidObject | Rejection]
-# What a worker sends back: the results, and how many of them the fast path decided.
-_Counted = tuple[Results, int]
+# What a worker sends back: one answer per object (None: the fast path could not decide).
+_Answers = list[ValidObject | Rejection | None]
 
 # A chunk is cut at about this much estimated work, in units of ~0.1 ms of one core.
 # Measured here with stix2: a plain indicator ~0.5 ms; each JSON object inside an
@@ -65,6 +68,10 @@ _PARENT_CHECK_S = 0.5
 # indicator: at most about a millisecond of the event loop per submission).
 _HERE_MAX_OBJECTS = 32
 _HERE_MAX_COST = 256
+# Chunks of the fast pass on the workers: the fast path costs ~1/20 of the estimate
+# (made for stix2), so this is ~2-5 ms of a worker, and few hand-overs per bundle.
+_FAST_CHUNK_COST = 4000
+_FAST_CHUNK_OBJECTS = 256
 
 
 def estimated_cost(obj: Any) -> int:
@@ -95,14 +102,15 @@ def estimated_cost(obj: Any) -> int:
     )
 
 
-def chunk_by_cost(costs: Sequence[int]) -> list[tuple[int, int]]:
-    """(start, end) slices of objects whose ``costs`` are given, each about
-    ``_CHUNK_COST`` of work (one costly object alone) and at most
-    ``_MAX_CHUNK_OBJECTS`` objects."""
+def chunk_by_cost(
+    costs: Sequence[int], most: int = _CHUNK_COST, most_objects: int = _MAX_CHUNK_OBJECTS
+) -> list[tuple[int, int]]:
+    """(start, end) slices of objects whose ``costs`` are given, each about ``most``
+    of work (one costly object alone) and at most ``most_objects`` objects."""
     slices: list[tuple[int, int]] = []
     start = total = 0
     for index, cost in enumerate(costs):
-        if index > start and (total + cost > _CHUNK_COST or index - start >= _MAX_CHUNK_OBJECTS):
+        if index > start and (total + cost > most or index - start >= most_objects):
             slices.append((start, index))
             start, total = index, 0
         total += cost
@@ -113,14 +121,16 @@ def chunk_by_cost(costs: Sequence[int]) -> list[tuple[int, int]]:
 
 @dataclass(eq=False)
 class _Chunk:
-    """Objects ``objects`` of one submission, from bundle index ``start``."""
+    """Objects ``objects`` of one submission, at bundle indexes ``indexes``, for
+    ``work`` (``_fast_pass`` or ``_full_path``) on a worker."""
 
+    work: Callable[[list[Any], list[int], str, Tlp, Limits], _Answers]
     objects: list[Any]
-    start: int
+    indexes: list[int]
     identity: str
     default_tlp: Tlp
     limits: Limits
-    done: asyncio.Future[_Counted] = field(repr=False)
+    done: asyncio.Future[_Answers] = field(repr=False)
 
 
 class Validator:
@@ -172,32 +182,57 @@ class Validator:
         """One result per object, in order. ``costs`` are the objects' estimated costs
         (``estimated_cost``). The chunks of this bundle queue behind ``partner_id``'s
         earlier ones, and take turns with other partners' chunks."""
+        results: _Answers
+        job = (partner_id, submitter_identity, default_tlp, limits)
         if len(objects) <= _HERE_MAX_OBJECTS and sum(costs) <= _HERE_MAX_COST:
-            here: list[ValidObject | Rejection | None] = [
-                fast_validate(obj, index, submitter_identity, default_tlp, limits)
+            results = [
+                _fast_or_none(obj, index, submitter_identity, default_tlp, limits)
                 for index, obj in enumerate(objects)
             ]
-            undecided = [index for index, result in enumerate(here) if result is None]
-            self._counted(len(objects) - len(undecided), len(objects))
-            # The rest one by one on the workers (few: a small bundle), in turn.
-            slices = [(index, index + 1) for index in undecided]
         else:
-            here = [None] * len(objects)
-            slices = chunk_by_cost(costs)
+            fast_slices = chunk_by_cost(costs, _FAST_CHUNK_COST, _FAST_CHUNK_OBJECTS)
+            results = await self._on_workers(
+                job, objects, [list(range(start, end)) for start, end in fast_slices], _fast_pass
+            )
+        undecided = [index for index, result in enumerate(results) if result is None]
+        self._metrics.validated_objects.labels("fast").inc(len(objects) - len(undecided))
+        self._metrics.validated_objects.labels("full").inc(len(undecided))
+        if undecided:
+            full_slices = chunk_by_cost([costs[index] for index in undecided])
+            full = await self._on_workers(
+                job, objects, [undecided[start:end] for start, end in full_slices], _full_path
+            )
+            for index in undecided:
+                results[index] = full[index]
+        return [r for r in results if r is not None]
+
+    async def _on_workers(
+        self,
+        job: tuple[str, str, Tlp, Limits],
+        objects: Sequence[Any],
+        groups: list[list[int]],
+        work: Callable[[list[Any], list[int], str, Tlp, Limits], _Answers],
+    ) -> _Answers:
+        """``work`` on each group of ``objects`` (given by their indexes), in turn with
+        other partners' chunks; one answer per object of ``objects`` (None for those in
+        no group)."""
+        partner_id, identity, default_tlp, limits = job
         loop = asyncio.get_running_loop()
         chunks = [
             _Chunk(
-                list(objects[start:end]),
-                start,
-                submitter_identity,
+                work,
+                [objects[index] for index in indexes],
+                indexes,
+                identity,
                 default_tlp,
                 limits,
                 loop.create_future(),
             )
-            for start, end in slices
+            for indexes in groups
         ]
+        answers: _Answers = [None] * len(objects)
         if not chunks:
-            return [r for r in here if r is not None]
+            return answers
         queue = self._waiting.get(partner_id)
         if queue is None:
             queue = self._waiting[partner_id] = deque()
@@ -209,19 +244,15 @@ class Validator:
         except BaseException:
             # Cancelled (the caller went away) or failed: its chunks still waiting are
             # dropped, objects and all; those running end on their own (at most one
-            # per worker, ~30 ms each).
+            # per worker: a few ms of the fast path, ~30 ms of the full one).
             for chunk in chunks:
                 chunk.done.cancel()
             self._drop_cancelled(partner_id)
             raise
-        for chunk, (results, fast) in zip(chunks, parts, strict=True):
-            here[chunk.start : chunk.start + len(results)] = results
-            self._counted(fast, len(results))
-        return [r for r in here if r is not None]
-
-    def _counted(self, fast: int, total: int) -> None:
-        self._metrics.validated_objects.labels("fast").inc(fast)
-        self._metrics.validated_objects.labels("full").inc(total - fast)
+        for chunk, part in zip(chunks, parts, strict=True):
+            for index, answer in zip(chunk.indexes, part, strict=True):
+                answers[index] = answer
+        return answers
 
     @property
     def chunks_waiting(self) -> int:
@@ -264,9 +295,9 @@ class Validator:
         try:
             running = loop.run_in_executor(
                 executor,
-                _validate_chunk,
+                chunk.work,
                 chunk.objects,
-                chunk.start,
+                chunk.indexes,
                 chunk.identity,
                 chunk.default_tlp,
                 chunk.limits,
@@ -279,7 +310,7 @@ class Validator:
         running.add_done_callback(lambda done: self._finished(chunk, done, executor))
 
     def _finished(
-        self, chunk: _Chunk, running: asyncio.Future[_Counted], executor: Executor
+        self, chunk: _Chunk, running: asyncio.Future[_Answers], executor: Executor
     ) -> None:
         self._running -= 1
         if running.cancelled():
@@ -325,9 +356,32 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _validate_chunk(
-    objects: list[Any], start: int, identity: str, tlp: Tlp, limits: Limits
-) -> _Counted:
-    return validate_objects_counted(
-        objects, start_index=start, submitter_identity=identity, default_tlp=tlp, limits=limits
-    )
+def _fast_or_none(
+    obj: Any, index: int, identity: str, tlp: Tlp, limits: Limits
+) -> ValidObject | None:
+    try:
+        return fast_validate(obj, index, identity, tlp, limits)
+    except Exception:  # never expected; the full path then decides
+        log.exception("validation: the fast path failed on an object; the full path decides")
+        return None
+
+
+def _fast_pass(
+    objects: list[Any], indexes: list[int], identity: str, tlp: Tlp, limits: Limits
+) -> _Answers:
+    """On a worker: the fast path's answer for each object (None: not decided)."""
+    return [
+        _fast_or_none(obj, index, identity, tlp, limits)
+        for obj, index in zip(objects, indexes, strict=True)
+    ]
+
+
+def _full_path(
+    objects: list[Any], indexes: list[int], identity: str, tlp: Tlp, limits: Limits
+) -> _Answers:
+    """On a worker: the full validation of each object."""
+    return [
+        validate_objects([obj], start_index=index, submitter_identity=identity,
+                         default_tlp=tlp, limits=limits)[0]
+        for obj, index in zip(objects, indexes, strict=True)
+    ]  # fmt: skip
