@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import orjson
@@ -245,6 +245,14 @@ class ValidObject:
     spec_version: str = "2.1"
     # For a sighting: the id it is a sighting of (``sighting_of_ref``).
     refers_to: str = ""
+
+    def __reduce__(self) -> tuple[type[ValidObject], tuple[object, ...]]:
+        # Validation workers send thousands back per bundle: pickled as the
+        # constructor's arguments, it loads in about half the time of the default.
+        return ValidObject, tuple(getattr(self, f) for f in _VALID_OBJECT_FIELDS)
+
+
+_VALID_OBJECT_FIELDS = tuple(f.name for f in fields(ValidObject))
 
 
 class ObjectOutcome(enum.StrEnum):
