@@ -198,6 +198,10 @@ class RegistryWatch:
             await asyncio.sleep(self._interval_s)
 
 
+# Credentials kept in memory at most (a few KB each way; far more than partners).
+_KNOWN_CREDENTIALS = 10_000
+
+
 class Authenticator:
     def __init__(
         self,
@@ -208,6 +212,12 @@ class Authenticator:
         self._store = store
         self.watch = watch
         self.clock = clock
+        # Credentials found, by (kind, digest), while the registry generation they were
+        # read at lasts: a call then needs no query (RegistryWatch notices a change by
+        # another process within its interval; one made here bumps it at once).
+        # Expiry is checked on every call; unknown credentials are never kept.
+        self._known: dict[tuple[CredentialKind, bytes], tuple[Credential, Partner]] = {}
+        self._known_generation = -1
 
     async def authenticate(
         self,
@@ -248,8 +258,27 @@ class Authenticator:
         what: str,
         found: tuple[Credential, Partner] | None = None,
     ) -> tuple[Credential, Partner]:
-        found = found or await self._store.credential(kind, digest)
+        found = found or await self._credential(kind, digest)
         return check_credential(found, digest, what, self.clock())
+
+    async def _credential(
+        self, kind: CredentialKind, digest: bytes
+    ) -> tuple[Credential, Partner] | None:
+        if self.watch is None:
+            return await self._store.credential(kind, digest)
+        generation = self.watch.generation
+        if generation != self._known_generation:
+            self._known.clear()
+            self._known_generation = generation
+        key = (kind, digest)
+        found = self._known.get(key)
+        if found is None:
+            found = await self._store.credential(kind, digest)
+            if found is not None and self.watch.generation == generation:
+                if len(self._known) >= _KNOWN_CREDENTIALS:
+                    self._known.clear()
+                self._known[key] = found
+        return found
 
     async def recheck(self, caller: Caller) -> Caller:
         """The same caller as the registry says now (roles, memberships); raises

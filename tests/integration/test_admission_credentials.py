@@ -5,6 +5,7 @@ refused before its request is read, as are made-up tokens and calls without any.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from exchange.auth import RegistryWatch, new_token_credential
+from exchange.auth import Authenticator, RegistryWatch, new_token_credential
+from exchange.errors import Unauthenticated
 from exchange.metrics import Metrics
 from exchange.model import Partner, PartnerKind
 from exchange.quota import NO_TOKEN, PartnerQuota
@@ -110,3 +112,40 @@ async def test_without_a_token_a_certificate_may_sign_in_calls_are_counted_toget
     assert calls.in_progress(NO_TOKEN) == 3  # the others were refused, unread
     held.clear()
     assert calls.in_progress(NO_TOKEN) == 0
+
+
+async def test_a_known_token_needs_no_query_until_the_registry_changes(
+    store: SqliteStore,
+) -> None:
+    credential, token = new_token_credential(PARTNER.partner_id, now=1_000.0)
+    await store.add_partner(PARTNER, credential)
+    queries = 0
+    read = store.credential
+
+    async def counted(*args: Any) -> Any:
+        nonlocal queries
+        queries += 1
+        return await read(*args)
+
+    store.credential = counted  # type: ignore[method-assign]
+    watch = RegistryWatch(store, interval_s=0.01)
+    watch.start()
+    auth = Authenticator(store, watch)
+    metadata = (("authorization", f"Bearer {token}"),)
+    try:
+        for _ in range(5):
+            assert (await auth.authenticate(metadata)).partner.partner_id == PARTNER.partner_id
+        assert queries == 1
+        with pytest.raises(Unauthenticated):  # unknown tokens are never kept
+            await auth.authenticate((("authorization", "Bearer tix_made_up"),))
+        # Revoked by another process (the CLI on the data directory: no bump here):
+        # refused as soon as the watch sees the registry change.
+        seen = watch.generation
+        await store.revoke_credential(PARTNER.partner_id, credential.credential_id, at=1_001.0)
+        async with asyncio.timeout(10):
+            while watch.generation == seen:  # noqa: ASYNC110 (nothing to wait on but it)
+                await asyncio.sleep(0.01)
+        with pytest.raises(Unauthenticated, match="revoked"):
+            await auth.authenticate(metadata)
+    finally:
+        await watch.close()
