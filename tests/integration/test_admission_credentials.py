@@ -127,7 +127,7 @@ async def test_a_known_token_needs_no_query_until_the_registry_changes(
         queries += 1
         return await read(*args)
 
-    store.credential = counted  # type: ignore[method-assign]
+    store.credential = counted  # type: ignore[method-assign,assignment]
     watch = RegistryWatch(store, interval_s=0.01)
     watch.start()
     auth = Authenticator(store, watch)
