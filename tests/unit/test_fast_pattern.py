@@ -354,6 +354,11 @@ MUTATIONS: list[Callable[[st.DrawFn, str], str]] = [
 # -- the properties ----------------------------------------------------------------------
 
 
+# The long run takes its time: up to ~40 ms a case on a busy core.
+LONG_RUN = pytest.mark.timeout(max(300, EXAMPLES // 10))
+
+
+@LONG_RUN
 @SETTINGS
 @given(st.one_of(patterns(), mutated()), st.sampled_from([DEFAULT, DEFAULT, SMALL]))
 def test_the_fast_path_accepts_only_what_the_full_path_accepts(
@@ -362,6 +367,7 @@ def test_the_fast_path_accepts_only_what_the_full_path_accepts(
     check(pattern, limits)
 
 
+@LONG_RUN
 def test_the_fast_path_accepts_nearly_every_valid_pattern() -> None:
     counts = {"valid": 0, "fast": 0}
     missed: list[str] = []
