@@ -36,4 +36,4 @@ def test_a_session_drops_the_developers_exchange_settings() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "environment: dropped EXCHANGE_DATABASE, EXCHANGE_DATA_DIR" in done.stdout
-    assert "2 passed" in done.stdout
+    assert "3 passed" in done.stdout
