@@ -616,25 +616,12 @@ def _client_process(conn: Connection, target: str, jobs: list[_ClientJob]) -> No
 
 def run_clients(target: str, jobs: list[_ClientJob]) -> tuple[float, list[_Submitted]]:
     """Run ``jobs`` from a process of their own; (start time, what each client got)."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=_client_process, args=(child, target, jobs), daemon=True)
-    process.start()
-    try:
-        _expect(parent, "ready", 120)
+    with child_process(_client_process, target, jobs) as conn:
+        _expect(conn, "ready", 120)
         start = time.monotonic()
-        parent.send("go")
-        done: list[_Submitted] = _expect(parent, "done", 600)
-        process.join(10)
-        return start, done
-    finally:
-        if process.is_alive():
-            process.terminate()
-            process.join(5)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        parent.close()
+        conn.send("go")
+        done: list[_Submitted] = _expect(conn, "done", 600)
+    return start, done
 
 
 def _encoded(bundles: Sequence[Bundle]) -> list[bytes]:
@@ -867,13 +854,12 @@ def _expect(conn: Connection, what: str, timeout_s: float) -> Any:
 
 
 @contextlib.contextmanager
-def subscriber_process(target: str, tokens: list[str], tag: str) -> Iterator[Connection]:
-    """Start the subscribing process; terminate it (by pid) on the way out."""
+def child_process(entry: Callable[..., None], *args: Any) -> Iterator[Connection]:
+    """Start ``entry(conn, *args)`` in a spawned process (the subscribing or the
+    submitting one); the pipe's end here; terminate it (by pid) on the way out."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(
-        target=_subscriber_process, args=(child, target, tokens, tag), daemon=True
-    )
+    process = ctx.Process(target=entry, args=(child, *args), daemon=True)
     process.start()
     try:
         yield parent
@@ -955,7 +941,7 @@ def measure_latency(
         ]
         bundles = [bundle(objects[i : i + size]) for i in range(0, total, size)]
         with (
-            subscriber_process(server.target, tokens, tag) as conn,
+            child_process(_subscriber_process, server.target, tokens, tag) as conn,
             ExchangeClient(server.target, submitter.token) as client,
         ):
             _expect(conn, "open", 120)
