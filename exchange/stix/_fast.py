@@ -47,7 +47,7 @@ from exchange.stix._fast_schema import (
 from exchange.stix.tlp import TLP_BY_MARKING_ID, TLP_EXTENSION_DEFINITION_ID, marking_id
 from exchange.stix.vocab import SCO_EXTENSION_TYPES, is_stix_id
 
-__all__ = ["compiled", "fast_validate"]
+__all__ = ["accepted", "compiled", "fast_validate", "version_label"]
 
 # The same snapshot as exchange.stix.validate takes, at the same time (it imports
 # this module): types registered later are never fast.
@@ -141,17 +141,27 @@ def fast_validate(  # noqa: PLR0911, PLR0912 - one early "not sure" per check
     if not _not_modified_before_created(obj, properties):
         return None
 
+    creator = stored["created_by_ref"] if has_creator else submitter
+    return accepted(obj, obj_type, creator=creator, tlp=level, body=body, index=index)
+
+
+def accepted(
+    obj: dict[str, Any], obj_type: str, *, creator: str, tlp: Tlp, body: bytes, index: int
+) -> ValidObject:
+    """The ValidObject of an accepted ``obj`` (stored as ``body``): one construction for
+    both paths, so that they cannot differ in it."""
     return ValidObject(
         object_id=obj["id"],
         object_type=obj_type,
-        version=_version_label(obj),
-        created_by_ref=stored["created_by_ref"] if has_creator else submitter,
-        tlp=level,
+        version=version_label(obj),
+        created_by_ref=creator,
+        tlp=tlp,
         body=body,
         index=index,
         labels=tuple(obj.get("labels", ())),
         revoked=bool(obj.get("revoked")),
         spec_version=obj.get("spec_version", "2.1"),
+        # Either path has checked it is an identifier by now.
         refers_to=str(obj["sighting_of_ref"]) if obj_type == "sighting" else "",
     )
 
@@ -212,8 +222,8 @@ def _not_modified_before_created(obj: dict[str, Any], properties: Any) -> bool:
     return created is not None and modified is not None and modified >= created
 
 
-def _version_label(obj: dict[str, Any]) -> str:
-    """validate._version_label."""
+def version_label(obj: dict[str, Any]) -> str:
+    """The version an answer names: ``modified``, else ``created`` (if short enough)."""
     for name in ("modified", "created"):
         value = obj.get(name)
         if isinstance(value, str) and len(value) <= 64:

@@ -41,7 +41,7 @@ from exchange.stix._explain import (
     printable,
     short,
 )
-from exchange.stix._fast import fast_validate
+from exchange.stix._fast import accepted, fast_validate, version_label
 from exchange.stix._invalid import Invalid, Problems
 from exchange.stix._json_checks import check_json, check_types
 from exchange.stix._pattern import check_pattern_cost
@@ -133,7 +133,7 @@ def _validate_one(
         oid = obj.get("id")
         if isinstance(oid, str) and len(oid) <= 300:  # longer is not an id; keep reports short
             object_id = oid
-        version = _version_label(obj)
+        version = version_label(obj)
         valid = _check(obj, index, submitter, default_tlp, limits, problems=problems)
         if valid is not None:
             return valid
@@ -243,20 +243,8 @@ def _check(
     if problems:
         return None
 
-    return ValidObject(
-        object_id=obj["id"],
-        object_type=obj_type,
-        version=_version_label(obj),
-        created_by_ref=stored["created_by_ref"] if obj_type in _HAS_CREATED_BY_REF else submitter,
-        tlp=tlp,
-        body=body,
-        index=index,
-        labels=tuple(obj.get("labels", ())),
-        revoked=bool(obj.get("revoked")),
-        spec_version=obj.get("spec_version", "2.1"),
-        # stix2 has checked it is an identifier by now.
-        refers_to=str(obj["sighting_of_ref"]) if obj_type == "sighting" else "",
-    )
+    creator = stored["created_by_ref"] if obj_type in _HAS_CREATED_BY_REF else submitter
+    return accepted(obj, obj_type, creator=creator, tlp=tlp, body=body, index=index)
 
 
 def _serialised(stored: dict[str, Any], problems: Problems) -> bytes:
@@ -281,14 +269,6 @@ def _check_creator(obj: dict[str, Any], obj_type: str, submitter: str) -> bool:
             "under the identity of the partner that submits them",
         )
     return False
-
-
-def _version_label(obj: dict[str, Any]) -> str:
-    for name in ("modified", "created"):
-        value = obj.get(name)
-        if isinstance(value, str) and len(value) <= 64:
-            return value
-    return ""
 
 
 # -- shape, identity, type ---------------------------------------------------
