@@ -40,12 +40,21 @@ from pathlib import Path
 from exchange_protocol.merkle import leaf_hash
 
 from exchange import policy
-from exchange.audit.entries import Action, Event, submitted
+from exchange.audit.entries import Action, AuditQuery, Event, body_digest, submitted
 from exchange.audit.log import AuditLog
+from exchange.audit.recorder import AuditRecorder
 from exchange.audit.signer import Signer
 from exchange.audit.verify import verify_log
 from exchange.auth import new_token_credential
-from exchange.model import Audience, ObjectOutcome, Partner, Rejection, Tlp, ValidObject
+from exchange.model import (
+    Audience,
+    ObjectOutcome,
+    Partner,
+    Rejection,
+    StoredObject,
+    Tlp,
+    ValidObject,
+)
 from exchange.store import Committed
 from exchange.store.sqlite import SqliteStore
 from exchange.store.sqlite import _audit as sqlite_audit
@@ -64,6 +73,8 @@ class Plan:
     commit_objects: int
     verify_entries: int
     checkpoint_every: int
+    # (subscribers, objects each receives): deliveries recorded
+    deliveries: tuple[int, int] = (100, 2_000)
 
 
 FULL = Plan(
@@ -79,6 +90,7 @@ QUICK = Plan(
     commit_objects=5_000,
     verify_entries=100_000,
     checkpoint_every=20_000,
+    deliveries=(100, 500),
 )
 
 
@@ -320,6 +332,60 @@ async def verify_time(directory: Path, entries: int, checkpoint_every: int) -> V
 # -- report ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DeliveryCost:
+    deliveries: int
+    entries: int
+    seconds: float  # noting and appending every delivery, CPU of this process
+    bytes: int  # of the entries' canonical bytes
+
+
+async def delivery_cost(directory: Path, name: str, plan: Plan, *, gathered: bool) -> DeliveryCost:
+    """Record ``plan.deliveries`` (subscribers x objects, in messages of 10 objects, as
+    live streams send them) with the recorder: gathered into DELIVER entries listing
+    the versions, or (the way of earlier releases) one entry per delivery."""
+    subscribers, count = plan.deliveries
+    audience = Audience(Tlp.GREEN, SUBMITTER.partner_id)
+    objects = [
+        StoredObject(n, SUBMITTER.partner_id, 1.0, obj, audience)
+        for n, (obj, _) in enumerate(indicators(0, count))
+    ]
+    store = await open_store(directory, name)
+    recorder = AuditRecorder(store, delivery_span_s=60.0)
+    started = time.process_time()
+    at = 1_760_000_000.0
+    for n in range(0, count, 10):
+        message = objects[n : n + 10]
+        for s in range(subscribers):
+            recipient = f"partner-{s}"
+            if gathered:
+                recorder.note_deliveries(recipient, message, at)
+            else:
+                recorder.note(
+                    Event(
+                        Action.DELIVER,
+                        recipient,
+                        at,
+                        object_id=o.obj.object_id,
+                        version=o.obj.version,
+                        digest=body_digest(o.obj.body),
+                        owner=o.submitter,
+                        detail={"channel": "subscribe"},
+                    )
+                    for o in message
+                )
+            if len(recorder._queue) >= 250:  # as the recorder's loop would
+                await recorder.flush()
+        at += 0.01
+    await recorder.flush()
+    seconds = time.process_time() - started
+    entries = await store.audit_entries(AuditQuery(limit=10**9))
+    await store.close()
+    return DeliveryCost(
+        subscribers * count, len(entries), seconds, sum(len(e.data) for e in entries)
+    )
+
+
 def rate(value: float) -> str:
     return f"{value:>12,.0f}"
 
@@ -374,6 +440,26 @@ async def run(plan: Plan, directory: Path) -> None:
         f" {found.baseline_s:.2f} s; ratio {found.verify_s / found.baseline_s:.1f}x"
     )
     print(f"   {found.summary}")
+
+    subscribers, count = plan.deliveries
+    progress(f"deliveries: {subscribers} subscribers x {count:,} objects")
+    each = await delivery_cost(directory, "each.sqlite3", plan, gathered=False)
+    gathered = await delivery_cost(directory, "gathered.sqlite3", plan, gathered=True)
+    print()
+    print(f"5. Deliveries: {subscribers} subscribers each receiving {count:,} objects in messages")
+    print("   of 10 (AuditRecorder into SQLite, CPU of this process for noting, encoding,")
+    print("   hashing and appending); one entry per delivery (earlier releases) against")
+    print("   DELIVER entries gathered per recipient and owner (at most 256 versions each):")
+    print("   way              entries   deliveries/s   bytes/delivery")
+    for label, way in (("one each", each), ("gathered", gathered)):
+        print(
+            f"   {label:<9} {way.entries:>13,} {rate(way.deliveries / way.seconds)}"
+            f"   {way.bytes / way.deliveries:>14,.0f}"
+        )
+    print(
+        f"   ratio gathered/one each: {each.seconds / gathered.seconds:.1f}x the deliveries/s,"
+        f" {each.entries / gathered.entries:,.0f}x fewer entries"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,6 +150,10 @@ class AuditSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     origin: str = "trafficking-indicator-exchange"
     # A new checkpoint is signed this often when the log has grown.
     checkpoint_interval_s: float = 10.0
+    # One `deliver` entry lists what one partner received of one owner's objects over
+    # at most this long (and at most 256 versions): fewer, larger entries under heavy
+    # fan-out. A crash can lose the deliveries of the last span (never an object).
+    delivery_span_s: float = 1.0
 
 
 class PostgresSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -406,13 +410,22 @@ def _check(s: Settings) -> None:
         raise InvalidArgument(
             "tls.client_ca_file (mutual TLS) needs the server's own tls.cert_file and key_file"
         )
-    if not s.audit.origin or "\n" in s.audit.origin:
-        raise InvalidArgument("audit.origin must be one non-empty line")
-    if s.audit.checkpoint_interval_s <= 0:
-        raise InvalidArgument("audit.checkpoint_interval_s must be a positive number of seconds")
+    _check_audit(s.audit)
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")
     _check_operations(s)
+
+
+def _check_audit(audit: AuditSettings) -> None:
+    if not audit.origin or "\n" in audit.origin:
+        raise InvalidArgument("audit.origin must be one non-empty line")
+    if audit.checkpoint_interval_s <= 0:
+        raise InvalidArgument("audit.checkpoint_interval_s must be a positive number of seconds")
+    if not 0 <= audit.delivery_span_s <= 60:
+        raise InvalidArgument(
+            "audit.delivery_span_s must be between 0 and 60 seconds (0: gathered only until"
+            " the next append, every ~50 ms)"
+        )
 
 
 def _check_database_url(url: str) -> None:

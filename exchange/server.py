@@ -119,7 +119,7 @@ class ExchangeServer:
         self.store = open_store(settings, self.metrics)
         self.bus = _bus(settings, self.metrics)
         self.validator = Validator(settings.validation_workers, self.metrics)
-        self.recorder = AuditRecorder(self.store)
+        self.recorder = AuditRecorder(self.store, delivery_span_s=settings.audit.delivery_span_s)
         self.relay = Relay(
             self.store,
             self.bus,

@@ -16,7 +16,8 @@ larger record goes alone), and the stream's private reader fetches no more ahead
 Reading waits until the previous batch was sent, so a slow subscriber holds one batch
 (the tail never waits for it: the subscriber falls out of its window instead). A
 subscriber that takes no message for ``stall_timeout_s`` (its HTTP/2 flow-control
-window stays shut) has its stream ended with Unavailable. A DELIVER entry is recorded
+window stays shut) has its stream ended with Unavailable. A delivery is recorded (in a
+DELIVER entry listing what the partner received over a short span: AuditRecorder)
 once the message holding it was written to the stream, never before (a subscriber that
 goes away during the write may have received it: it is recorded, unconfirmed, since
 the write can end just before the cancellation lands). gRPC cannot take
@@ -61,7 +62,7 @@ from exchange._subscription_request import (
 )
 from exchange._tail import LiveTail
 from exchange._tasks import cancel_and_wait
-from exchange.audit.entries import Action, Event, delivered
+from exchange.audit.entries import Action, Event
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
@@ -242,12 +243,10 @@ class Subscriptions:
         this.count += len(batch.deliveries)
         self.delivered += len(batch.deliveries)
         now = time.time()
-        self._record(
-            *(
-                delivered(this.partner_id, d.stored, now, confirmed=confirmed)
-                for d in batch.deliveries
+        if self._recorder is not None:
+            self._recorder.note_deliveries(
+                this.partner_id, (d.stored for d in batch.deliveries), now, confirmed=confirmed
             )
-        )
         self._metrics.delivered((d.stored for d in batch.deliveries), now)
 
     def open_of(self, partner_id: str) -> int:

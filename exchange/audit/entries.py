@@ -13,7 +13,7 @@ import enum
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,13 +22,16 @@ from exchange.audit._bounds import MAX_TEXT_CHARS, bounded_detail, bounded_text
 from exchange.model import ObjectOutcome, Rejection, StoredObject, ValidObject
 
 __all__ = [
+    "MAX_LISTED",
     "OPERATOR",
     "Action",
     "AuditEntry",
     "AuditQuery",
     "Event",
+    "Listed",
     "body_digest",
-    "delivered",
+    "deliveries",
+    "delivery_of",
     "encode_submit",
     "submitted",
 ]
@@ -38,12 +41,22 @@ OPERATOR = "operator"
 
 Detail = Mapping[str, str | int | float | bool | list[str]]
 
+# An object version an entry lists: (object id, version, SHA-256 of its stored body).
+Listed = tuple[str, str, str]
+# At most this many versions in one entry (the recorder starts another): an entry stays
+# under ~40 KB, and a proof of one delivery costs that at most.
+MAX_LISTED = 256
+
 
 class Action(enum.StrEnum):
     # One object of a submission; detail: outcome (accepted|duplicate|rejected),
     # and for a rejection property and reason.
     SUBMIT = "submit"
-    # One object version sent to a partner; detail: channel (subscribe).
+    # Object versions sent to one partner over a short span, all of one owner, listed
+    # in ``objects``; detail: channel (subscribe), last_at (the last one's time; the
+    # entry's time is the first one's), and confirmed = false for those in a message
+    # whose write was cut short. (Earlier releases wrote one entry per version, in
+    # object_id, version and digest.)
     DELIVER = "deliver"
     # A Subscribe stream started / ended; detail: start (cursor|beginning|now), filters,
     # and at the end the reason and deliveries count.
@@ -73,7 +86,9 @@ class Event:
     """Something to record. ``actor`` did ``action``; ``partner`` is the partner it
     concerns when that is another one (the recipient of a delivery is the actor of
     its DELIVER entry); ``owner`` is the submitter of the object concerned, so that a
-    partner can review who received what it shared."""
+    partner can review who received what it shared. An entry about one object names it
+    in ``object_id``, ``version`` and ``digest``; an entry about several (DELIVER)
+    lists them in ``objects`` instead, all of one owner."""
 
     action: Action
     actor: str
@@ -84,6 +99,7 @@ class Event:
     digest: str = ""  # SHA-256 (hex) of the stored object body
     owner: str = ""
     detail: Detail = field(default_factory=dict)
+    objects: tuple[Listed, ...] = ()
 
     def __post_init__(self) -> None:
         # The net under every caller (invariant 6): whatever a request held, the entry
@@ -99,27 +115,44 @@ class Event:
         detail = bounded_detail(self.detail)
         if detail is not self.detail:
             object.__setattr__(self, "detail", detail)
+        if self.objects:
+            self._bound_objects()
+
+    def _bound_objects(self) -> None:
+        if len(self.objects) > MAX_LISTED:
+            # Never from a request: the recorder splits at MAX_LISTED.
+            raise ValueError(f"an audit entry lists at most {MAX_LISTED} object versions")
+        texts = [t for listed in self.objects for t in listed]
+        if len(texts) != 3 * len(self.objects):
+            raise ValueError("an object an audit entry lists is (id, version, digest)")
+        if max(map(len, texts)) > MAX_TEXT_CHARS or any(_NUL in t for t in texts):
+            bounded = tuple(
+                tuple(bounded_text(t.replace(_NUL, "\\u0000")) for t in listed)
+                for listed in self.objects
+            )
+            object.__setattr__(self, "objects", bounded)
 
     def encode(self, index: int, previous: bytes) -> bytes:
         """The entry's canonical bytes at ``index`` after the entry whose leaf hash is
-        ``previous`` (32 zero bytes for the first): what its leaf hash covers."""
-        return orjson.dumps(
-            {
-                "v": 1,
-                "index": index,
-                "prev": previous.hex(),
-                "at": round(self.at, 6),
-                "action": self.action.value,
-                "actor": self.actor,
-                "partner": self.partner,
-                "object_id": self.object_id,
-                "version": self.version,
-                "digest": self.digest,
-                "owner": self.owner,
-                "detail": dict(self.detail),
-            },
-            option=orjson.OPT_SORT_KEYS,
-        )
+        ``previous`` (32 zero bytes for the first): what its leaf hash covers. An entry
+        without ``objects`` has no such key, byte for byte as earlier releases wrote it."""
+        doc = {
+            "v": 1,
+            "index": index,
+            "prev": previous.hex(),
+            "at": round(self.at, 6),
+            "action": self.action.value,
+            "actor": self.actor,
+            "partner": self.partner,
+            "object_id": self.object_id,
+            "version": self.version,
+            "digest": self.digest,
+            "owner": self.owner,
+            "detail": dict(self.detail),
+        }
+        if self.objects:
+            doc["objects"] = self.objects
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def decode(cls, data: bytes) -> tuple[int, bytes, Event]:
@@ -138,8 +171,15 @@ class Event:
             digest=str(doc["digest"]),
             owner=str(doc["owner"]),
             detail=dict(doc["detail"]),
+            objects=tuple(_listed(item) for item in doc.get("objects", ())),
         )
         return int(doc["index"]), bytes.fromhex(doc["prev"]), event
+
+
+def _listed(item: object) -> Listed:
+    if not isinstance(item, list) or len(item) != 3 or not all(isinstance(t, str) for t in item):
+        raise ValueError("an object an audit entry lists is [id, version, digest]")
+    return item[0], item[1], item[2]
 
 
 def encode_submit(
@@ -276,32 +316,39 @@ def submitted(
     )
 
 
-def delivered(
-    recipient: str,
-    stored: StoredObject,
-    at: float,
-    channel: str = "subscribe",
-    *,
-    confirmed: bool = True,
-) -> Event:
-    """The DELIVER entry of one object version sent to ``recipient``. It names the
-    channel, not the recipient's cursor: the submitter reads this entry too, and a
-    cursor would show it the recipient's other topics (communities) and offsets.
-    Not ``confirmed``: the recipient went away while the message was being sent, so
-    it may or may not have arrived."""
+def delivery_of(recipient: str, stored: StoredObject) -> tuple[str, Listed]:
+    """What a DELIVER entry says of one object version sent to ``recipient``: the
+    entry's owner (whose entries list it) and the version as listed. The entry names
+    the channel, not the recipient's cursor: the submitter reads it too, and a cursor
+    would show it the recipient's other topics (communities) and offsets."""
     obj = stored.obj
     # A partner reached only because of what the object refers to (the creator of the
     # indicator a sighting is of): the submitter must not see it received the object,
-    # since that would tell whose indicator it was. The entry has no owner, so only
-    # the recipient and auditors read it.
-    implied = recipient in stored.audience.implied and recipient not in stored.audience.recipients
+    # since that would tell whose indicator it was. Such versions go in an entry with
+    # no owner, so only the recipient and auditors read it.
+    audience = stored.audience
+    implied = recipient in audience.implied and recipient not in audience.recipients
+    owner = "" if implied else stored.submitter
+    return owner, (obj.object_id, obj.version, body_digest(obj.body))
+
+
+def deliveries(
+    recipient: str,
+    owner: str,
+    listed: Sequence[Listed],
+    first_at: float,
+    last_at: float,
+    *,
+    channel: str = "subscribe",
+    confirmed: bool = True,
+) -> Event:
+    """The DELIVER entry of object versions of ``owner`` (see ``delivery_of``) sent to
+    ``recipient`` between ``first_at`` and ``last_at``. Not ``confirmed``: the
+    recipient went away while the message holding them was being sent, so they may or
+    may not have arrived."""
+    detail: dict[str, str | float | bool] = {"channel": channel, "last_at": round(last_at, 6)}
+    if not confirmed:
+        detail["confirmed"] = False
     return Event(
-        Action.DELIVER,
-        recipient,
-        at,
-        object_id=obj.object_id,
-        version=obj.version,
-        digest=body_digest(obj.body),
-        owner="" if implied else stored.submitter,
-        detail={"channel": channel} if confirmed else {"channel": channel, "confirmed": False},
+        Action.DELIVER, recipient, first_at, owner=owner, detail=detail, objects=tuple(listed)
     )

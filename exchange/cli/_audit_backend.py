@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 from exchange_client import (
+    AuditedVersion,
     AuditEntry,
     Checkpoint,
     ConsistencyError,
@@ -228,6 +229,7 @@ def _sdk_entry(entry: StoredEntry, proof: list[bytes]) -> AuditEntry:
         data=entry.data,
         leaf_hash=entry.leaf_hash,
         inclusion_proof=proof,
+        objects=[AuditedVersion(*listed) for listed in event.objects],
     )
 
 

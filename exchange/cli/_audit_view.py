@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from typing import Any
 
 import click
 import exchange_client
-from exchange_client import AuditEntry, ExchangeClient
+from exchange_client import AuditedVersion, AuditEntry, ExchangeClient
 
 from exchange import errors
 from exchange.cli._audit_backend import (
@@ -200,22 +201,36 @@ def _record(entry: AuditEntry) -> dict[str, Any]:
         "owner": entry.owner,
         "detail": entry.detail,
         "leaf_hash": entry.leaf_hash.hex(),
+        **({"objects": [dataclasses.asdict(o) for o in entry.objects]} if entry.objects else {}),
     }
+
+
+def _versions(entry: AuditEntry, object_id: str = "") -> list[AuditedVersion]:
+    """The object versions ``entry`` is about, one per row of a table or CSV: the
+    versions a DELIVER entry lists (those of ``object_id`` only, when given), or the
+    one it names."""
+    if not entry.objects:
+        return [AuditedVersion(entry.object_id, entry.version, entry.digest)]
+    return [o for o in entry.objects if not object_id or o.object_id == object_id]
 
 
 _HEADERS = ("INDEX", "TIME", "ACTION", "ACTOR", "PARTNER", "OBJECT", "VERSION", "DETAIL")
 
 
-def _row(entry: AuditEntry) -> list[str]:
+def _rows(entry: AuditEntry, object_id: str = "") -> list[list[str]]:
+    """The table's rows of ``entry``: one per object version it is about."""
     return [
-        str(entry.index),
-        entry.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        entry.action,
-        entry.actor or "-",
-        entry.partner or "-",
-        entry.object_id or "-",
-        entry.version or "-",
-        _short_detail(entry.detail) or "-",
+        [
+            str(entry.index),
+            entry.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            entry.action,
+            entry.actor or "-",
+            entry.partner or "-",
+            version.object_id or "-",
+            version.version or "-",
+            _short_detail(entry.detail) or "-",
+        ]
+        for version in _versions(entry, object_id)
     ]
 
 

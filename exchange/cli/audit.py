@@ -40,7 +40,16 @@ from exchange.cli._audit_backend import (
     EntryFilter,
     read_public_key,
 )
-from exchange.cli._audit_view import _b64, _backend, _iso, _record, _row, _table, _where_options
+from exchange.cli._audit_view import (
+    _b64,
+    _backend,
+    _iso,
+    _record,
+    _rows,
+    _table,
+    _versions,
+    _where_options,
+)
 from exchange.cli._output import ExitCode, fail
 from exchange.cli._time import parse_time
 from exchange.stix._explain import printable
@@ -132,7 +141,10 @@ def log_command(
     """List the audit log's entries that match, oldest first.
 
     The table shows index, time (UTC), action, actor, partner concerned, object,
-    version and a short detail (the outcome first); json and csv have every field.
+    version and a short detail (the outcome first); json and csv have every field. A
+    delivery entry lists what one partner received over a second or so: the table and
+    csv show one row per object version it lists (with --object, that object's only),
+    json the entry whole, its versions under "objects".
     """
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until: no entry can match")
@@ -154,9 +166,9 @@ def log_command(
             for entry in entries:
                 click.echo(orjson.dumps(_record(entry)).decode())
         elif output_format == "csv":
-            _csv(entries, sys.stdout)
+            _csv(entries, sys.stdout, which.object_id)
         else:
-            rows = [_row(e) for e in entries]
+            rows = [row for e in entries for row in _rows(e, which.object_id)]
             if rows:
                 _table(rows)
             else:
@@ -170,15 +182,18 @@ def _first(entries: Iterator[AuditEntry], limit: int) -> Iterator[AuditEntry]:
             return
 
 
-def _csv(entries: Iterator[AuditEntry], out: IO[str]) -> None:
+def _csv(entries: Iterator[AuditEntry], out: IO[str], object_id: str = "") -> None:
+    """One row per object version an entry is about (a DELIVER entry lists several)."""
     fields = ["index", "at", "action", "actor", "partner", "object_id", "version", "digest"]
     fields += ["owner", "detail", "leaf_hash"]
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for entry in entries:
         record = _record(entry)
         record["detail"] = orjson.dumps(record["detail"]).decode()
-        writer.writerow(record)
+        for version in _versions(entry, object_id):
+            record.update(object_id=version.object_id, version=version.version)
+            writer.writerow({**record, "digest": version.digest})
     out.flush()
 
 

@@ -319,6 +319,8 @@ def entry_to_pb(entry: AuditEntry, message: pb.AuditEntry | None = None) -> pb.A
     message.digest = event.digest
     message.owner = event.owner
     message.detail_json = orjson.dumps(dict(event.detail), option=orjson.OPT_SORT_KEYS).decode()
+    for object_id, version, digest in event.objects:
+        message.objects.add(object_id=object_id, version=version, digest=digest)
     return message
 
 

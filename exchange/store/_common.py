@@ -52,6 +52,7 @@ __all__ = [
     "credential_bound",
     "credential_id_taken",
     "credential_of",
+    "listed_rows",
     "newer_schema",
     "not_a_member",
     "nothing_to_commit",
@@ -258,6 +259,17 @@ def audit_row(
         entry.data,
         entry.leaf_hash,
     )
+
+
+def listed_rows(entries: Iterable[AuditEntry]) -> list[tuple[str, int]]:
+    """The object index's rows of ``entries`` (object_id, idx): each object id an
+    entry lists (``Event.objects``), once per entry."""
+    return [
+        (object_id, entry.index)
+        for entry in entries
+        if entry.event.objects
+        for object_id in dict.fromkeys(listed[0] for listed in entry.event.objects)
+    ]
 
 
 # -- the words of errors --------------------------------------------------------------------

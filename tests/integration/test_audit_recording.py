@@ -74,9 +74,15 @@ def test_submission_deliveries_and_stream_are_recorded(server: ServerThread) -> 
     deliveries = [e for e in about if e.event.action is Action.DELIVER]
     assert {e.event.actor for e in deliveries} == {platform.partner_id}
     assert deliveries[0].event.owner == ngo.partner_id
-    # The channel, never the recipient's cursor: the submitter reads this entry too, and
-    # a cursor names the recipient's other topics (its communities) and their offsets.
-    assert deliveries[0].event.detail == {"channel": "subscribe"}
+    # The version received, with the digest of the body it had (the same as submitted).
+    assert deliveries[0].event.objects == ((shared["id"], shared["modified"], submit.event.digest),)
+    # The channel and when, never the recipient's cursor: the submitter reads this entry
+    # too, and a cursor names the recipient's other topics (its communities) and offsets.
+    detail = deliveries[0].event.detail
+    assert set(detail) == {"channel", "last_at"} and detail["channel"] == "subscribe"
+    last_at = detail["last_at"]
+    assert isinstance(last_at, float) and deliveries[0].event.at <= last_at
+    assert last_at < deliveries[0].event.at + 2
     assert got[0].cursor.encode() not in deliveries[0].data
 
     rejected = entries(server, object_id=bad["id"])

@@ -165,6 +165,44 @@ async def test_queries_filter_and_page(store: Store) -> None:
     assert await indexes(AuditQuery(partner="plat-1"), only_of="ngo-1") == [1]
 
 
+async def test_entries_listing_objects_are_found_by_each_object(store: Store) -> None:
+    # DELIVER entries list the versions one partner received; a query by object finds
+    # every entry that names or lists it, and the scoped view is still by actor or owner.
+    a, b, c = "indicator--a", "indicator--b", "indicator--c"
+
+    def listed(*ids: str) -> tuple[tuple[str, str, str], ...]:
+        return tuple((i, "2026-01-01T00:00:00.000Z", "0" * 64) for i in ids)
+
+    await store.append_audit(
+        [
+            event(0, Action.SUBMIT, "ngo-1", object_id=a, owner="ngo-1"),
+            Event(Action.DELIVER, "plat-1", 1_001.0, owner="ngo-1", objects=listed(a, b, a)),
+            Event(Action.DELIVER, "ngo-3", 1_002.0, owner="ngo-1", objects=listed(b)),
+            Event(Action.DELIVER, "plat-1", 1_003.0, owner="", objects=listed(c)),
+        ]
+    )
+
+    async def indexes(query: AuditQuery, only_of: str = "") -> list[int]:
+        return [e.index for e in await store.audit_entries(query, only_of=only_of)]
+
+    assert await indexes(AuditQuery(object_id=a)) == [0, 1]
+    assert await indexes(AuditQuery(object_id=b)) == [1, 2]
+    assert await indexes(AuditQuery(object_id=c)) == [3]
+    assert await indexes(AuditQuery(object_id="indicator--d")) == []
+    assert await indexes(AuditQuery(object_id=b, action="deliver", limit=1)) == [1]
+    assert await indexes(AuditQuery(object_id=b, after_index=1)) == [2]
+    # The owner sees who received its objects; a recipient only its own entries; an
+    # entry without an owner (an implied recipient) only its recipient.
+    assert await indexes(AuditQuery(object_id=b), only_of="ngo-1") == [1, 2]
+    assert await indexes(AuditQuery(object_id=b), only_of="ngo-3") == [2]
+    assert await indexes(AuditQuery(object_id=c), only_of="ngo-1") == []
+    assert await indexes(AuditQuery(object_id=c), only_of="plat-1") == [3]
+    (entry,) = await store.audit_entries(AuditQuery(object_id=c))
+    assert entry.event.objects == listed(c)
+    report = await verify_log(store, None)
+    assert report.intact, report.summary
+
+
 async def test_the_mirror_position(store: Store) -> None:
     assert await store.audit_mirror_position() == 0
     await store.set_audit_mirror_position(42)

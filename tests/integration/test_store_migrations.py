@@ -335,10 +335,10 @@ async def test_a_version_4_data_directory_migrates_with_its_data_intact(tmp_path
     await store.open()
     try:
         version, _, after = dump(path)
-        assert version == SCHEMA_VERSION == 5
+        assert version == SCHEMA_VERSION == 6
         # Every row of every table is kept as it was (objects with their seqs).
         assert {name: rows for name, rows in after.items() if name in before} == before
-        assert after["set_aside"] == after["store_probe"] == []
+        assert after["set_aside"] == after["store_probe"] == after["audit_objects"] == []
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("PRAGMA foreign_key_check").fetchall() == []

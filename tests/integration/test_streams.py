@@ -217,6 +217,11 @@ def _subscribe(
             call.cancel()  # type: ignore[no-untyped-call]
 
 
+def _delivered(server: ServerThread) -> list[str]:
+    """The object ids the DELIVER entries list, once per delivery recorded."""
+    return [listed[0] for e in _entries(server, action="deliver") for listed in e.event.objects]
+
+
 def _entries(server: ServerThread, **query: Any) -> list[AuditEntry]:
     assert server.server is not None
     server.run(server.server.recorder.flush())
@@ -261,11 +266,8 @@ def test_batches_are_capped_in_bytes_and_a_larger_object_goes_alone(tmp_path: Pa
         assert [len(m) for m in messages if len(m[0].object) > 150_000] == [1]
         # Each object was recorded as delivered once (the last one once its write
         # completed, which the subscriber leaving right after receiving it can delay).
-        wait_until(
-            lambda: len(_entries(srv, action="deliver")) >= len(objs), 30, "the last entries"
-        )
-        delivered = [e.event.object_id for e in _entries(srv, action="deliver")]
-        assert sorted(delivered) == sorted(o["id"] for o in objs)
+        wait_until(lambda: len(_delivered(srv)) >= len(objs), 30, "the last entries")
+        assert sorted(_delivered(srv)) == sorted(o["id"] for o in objs)
     finally:
         srv.stop()
 
@@ -439,7 +441,7 @@ def test_a_stalled_subscriber_is_cut_off_and_nothing_unsent_is_recorded(tmp_path
         got = [d.object_id for r in stalled.responses() for d in r.deliveries]
         assert got and got == [o["id"] for o in objs[: len(got)]]
         wait_until(lambda: subs.open_of(ngo.partner_id) == 0, 30, "the slot to be freed")
-        assert sorted(e.event.object_id for e in _entries(srv, action="deliver")) == sorted(got)
+        assert sorted(_delivered(srv)) == sorted(got)
         (end,) = _entries(srv, action="subscribe.end")
         assert "subscriptions.stall_timeout_s" in str(end.event.detail["reason"])
         assert end.event.detail["deliveries"] == len(got)
@@ -496,7 +498,7 @@ def test_a_stalled_stream_keeps_its_slot_until_its_connection_closes(
         # before the connection closed was not, and the failed write is the
         # subscriber's doing, not a fault of the exchange.
         received = {d.object_id for r in stalled.responses() for d in r.deliveries}
-        assert {e.event.object_id for e in _entries(srv, action="deliver")} == received
+        assert set(_delivered(srv)) == received
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
         def opens() -> bool:
@@ -557,9 +559,9 @@ def test_a_subscriber_gone_during_a_write_is_recorded_as_perhaps_delivered(
 
         sent = srv.run(cut_off_while_sending())
         assert sorted(sent) == sorted(o["id"] for o in objs)
+        assert sorted(_delivered(srv)) == sorted(sent)
         delivers = _entries(srv, action="deliver")
-        assert sorted(e.event.object_id for e in delivers) == sorted(sent)
-        assert all(e.event.detail == {"channel": "subscribe", "confirmed": False} for e in delivers)
+        assert all(e.event.detail["confirmed"] is False for e in delivers)
         (end,) = _entries(srv, action="subscribe.end")
         assert end.event.detail["deliveries"] == len(sent)
     finally:

@@ -5,6 +5,7 @@ deterministic, and an entry read back from its bytes is the entry that was writt
 from __future__ import annotations
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from exchange.audit._bounds import (
     MAX_LIST_ITEMS,
     MAX_TEXT_CHARS,
 )
-from exchange.audit.entries import Action, Detail, Event
+from exchange.audit.entries import MAX_LISTED, Action, Detail, Event
 
 PREVIOUS = bytes(32)
 # Six string fields of MAX_TEXT_CHARS, each character escaped in the worst case
@@ -122,3 +123,42 @@ def test_any_event_is_bounded_and_reads_back_as_written(
     data = roundtrip(event)
     assert len(data) <= WORST_ENTRY_BYTES
     assert len(orjson.dumps(dict(event.detail))) <= MAX_DETAIL_BYTES + MAX_DETAIL_KEYS * 400
+
+
+# -- entries that list object versions (DELIVER) -------------------------------------------
+
+_LISTED = ("indicator--x", "2026-01-01T00:00:00.000Z", "ab" * 32)
+
+
+def test_an_entry_without_objects_keeps_the_bytes_of_earlier_releases() -> None:
+    # Logs written before entries could list objects must still verify: no new key.
+    event = Event(Action.DELIVER, "p", 1.0, object_id="indicator--x", detail={"channel": "s"})
+    assert b'"objects"' not in event.encode(0, PREVIOUS)
+    assert Event.decode(event.encode(0, PREVIOUS))[2].objects == ()
+
+
+def test_listed_objects_read_back_as_written() -> None:
+    listed = (_LISTED, ("identity--y", "2026-02-02T00:00:00Z", "cd" * 32))
+    data = roundtrip(Event(Action.DELIVER, "p", 1.0, owner="o", objects=listed))
+    assert orjson.loads(data)["objects"] == [list(t) for t in listed]
+
+
+def test_listed_objects_are_bounded_too() -> None:
+    # The net holds for what an entry lists as for every other field.
+    event = Event(Action.DELIVER, "p", 1.0, objects=(("x" * 5_000, "\x00", "d"),))
+    object_id, version, _ = event.objects[0]
+    assert len(object_id) <= MAX_TEXT_CHARS and "\x00" not in version
+    roundtrip(event)
+    with pytest.raises(ValueError, match="at most 256"):
+        Event(Action.DELIVER, "p", 1.0, objects=(_LISTED,) * (MAX_LISTED + 1))
+    with pytest.raises(ValueError, match="id, version, digest"):
+        Event(Action.DELIVER, "p", 1.0, objects=(("x", "y"),))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("objects", ['[["x","y"]]', '["xyz"]', '[["x","y",3]]', '{"a":1}'])
+def test_malformed_listed_objects_are_not_an_entry(objects: str) -> None:
+    data = Event(Action.DELIVER, "p", 1.0, objects=(_LISTED,)).encode(0, PREVIOUS)
+    doc = orjson.loads(data)
+    doc["objects"] = orjson.loads(objects)
+    with pytest.raises(ValueError, match="an object an audit entry lists"):
+        Event.decode(orjson.dumps(doc))

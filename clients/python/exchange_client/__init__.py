@@ -53,6 +53,7 @@ from exchange_client._errors import (
     ValidationError,
 )
 from exchange_client._models import (
+    AuditedVersion,
     AuditEntry,
     BatchError,
     Delivery,
@@ -79,6 +80,7 @@ __all__ = [
     "AsyncExchangeClient",
     "AsyncSubscription",
     "AuditEntry",
+    "AuditedVersion",
     "AuthenticationError",
     "BatchError",
     "BundleInput",

@@ -19,6 +19,7 @@ from exchange_client._rejections import Problem, RejectedObject
 
 __all__ = [
     "AuditEntry",
+    "AuditedVersion",
     "BatchError",
     "Delivery",
     "InclusionProof",
@@ -350,6 +351,16 @@ def _checkpoint(message: audit_pb.Checkpoint) -> Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditedVersion:
+    """One object version an audit entry lists."""
+
+    object_id: str
+    version: str
+    digest: str
+    """SHA-256 (hex) of the stored object body."""
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One entry of the exchange's audit log: who did what, when, to which object.
 
@@ -383,6 +394,10 @@ class AuditEntry:
     """SHA-256(0x00 || data)."""
     inclusion_proof: list[bytes] = field(default_factory=list, repr=False)
     """With ``with_proofs_at=N``: the audit path of this entry in the tree of size N."""
+    objects: list[AuditedVersion] = field(default_factory=list)
+    """The object versions a ``"deliver"`` entry lists: what ``actor`` received of
+    ``owner``'s objects between ``at`` and ``detail["last_at"]`` (``object_id``,
+    ``version`` and ``digest`` are then empty)."""
 
     @property
     def receipt(self) -> Receipt:
@@ -411,6 +426,7 @@ class AuditEntry:
             data=message.data,
             leaf_hash=message.leaf_hash,
             inclusion_proof=list(message.inclusion_proof),
+            objects=[AuditedVersion(o.object_id, o.version, o.digest) for o in message.objects],
         )
 
 

@@ -15,6 +15,7 @@ from exchange.store._common import (
     audit_row,
     chain,
     checkpoint_of,
+    listed_rows,
 )
 from exchange.store.postgres._connection import _Connections
 from exchange.store.postgres._sql import (
@@ -71,6 +72,14 @@ async def _append_audit(
         return entries
     rows = [audit_row(entry) for entry in entries]
     await conn.execute(_INSERT_AUDIT, *(list(column) for column in zip(*rows, strict=True)))
+    if listed := listed_rows(entries):
+        object_ids, indexes = zip(*listed, strict=True)
+        await conn.execute(
+            "INSERT INTO audit_objects (object_id, idx)"
+            " SELECT * FROM unnest($1::text[], $2::bigint[])",
+            list(object_ids),
+            list(indexes),
+        )
     last = entries[-1]
     await conn.execute(
         "UPDATE audit_head SET size = $1, leaf_hash = $2 WHERE id = 1",
@@ -131,7 +140,10 @@ class _AuditRows(_Connections):
             p = arg(query.partner)
             where.append(f"(actor = {p} OR (partner = {p} AND partner <> ''))")
         if query.object_id:
-            where.append(f"object_id = {arg(query.object_id)}")
+            # Entries naming the object, and entries listing it (DELIVER).
+            o = arg(query.object_id)
+            listing = f"SELECT idx FROM audit_objects WHERE object_id = {o}"  # noqa: S608
+            where.append(f"(object_id = {o} OR idx IN ({listing}))")
         if query.action:
             where.append(f"action = {arg(query.action)}")
         if query.since is not None:

@@ -29,6 +29,7 @@ _STEPS = (
     " position and signing key",
     "observables held per submitter (a version is unique per creator); set-aside"
     " outbox rows; the disk-full probe",
+    "the index of the objects a delivery entry lists",
 )
 _SCHEMA = resources.files(__package__) / "schema"
 MIGRATIONS: tuple[Migration, ...] = tuple(

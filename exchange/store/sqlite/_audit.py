@@ -15,6 +15,7 @@ from exchange.store._common import (
     audit_row,
     chain,
     checkpoint_of,
+    listed_rows,
     submit_entries,
 )
 from exchange.store.sqlite._connection import _Connections
@@ -47,6 +48,8 @@ def append_audit_rows(conn: sqlite3.Connection, events: Sequence[Event]) -> list
     """Append ``events`` after the last stored entry, hashing them in this transaction."""
     entries = chain(events, *_audit_head(conn))
     conn.executemany(_INSERT_AUDIT, [audit_row(entry) for entry in entries])
+    if listed := listed_rows(entries):
+        conn.executemany("INSERT INTO audit_objects (object_id, idx) VALUES (?, ?)", listed)
     return entries
 
 
@@ -102,8 +105,11 @@ class _AuditRows(_Connections):
             where.append("(actor = ? OR (partner = ? AND partner != ''))")
             args += [query.partner, query.partner]
         if query.object_id:
-            where.append("object_id = ?")
-            args.append(query.object_id)
+            # Entries naming the object, and entries listing it (DELIVER).
+            where.append(
+                "(object_id = ? OR idx IN (SELECT idx FROM audit_objects WHERE object_id = ?))"
+            )
+            args += [query.object_id, query.object_id]
         if query.action:
             where.append("action = ?")
             args.append(query.action)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xchange/v1/audit.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x0f\n\x07partner\x18\x07 \x01(\t\x12\x11\n\tobject_id\x18\x08 \x01(\t\x12\x0f\n\x07version\x18\t \x01(\t\x12\x0e\n\x06\x64igest\x18\n \x01(\t\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x0c \x01(\t\x12\x17\n\x0finclusion_proof\x18\r \x03(\x0c\"\xdf\x01\n\x13QueryEntriesRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x17\n\x0fproof_tree_size\x18\x08 \x01(\x04\"Y\n\x14QueryEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06origin\x18\x03 \x01(\t\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\"\x16\n\x14GetCheckpointRequest\"D\n\x15GetCheckpointResponse\x12+\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x17.exchange.v1.Checkpoint\"@\n\x18GetInclusionProofRequest\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"~\n\x19GetInclusionProofResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x17.exchange.v1.Checkpoint\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\".\n\x10VerifyLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"\x94\x01\n\x11VerifyLogResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12\x17\n\x0f\x66irst_bad_index\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\"\x15\n\x13GetPublicKeyRequest\">\n\x14GetPublicKeyResponse\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t2\xac\x04\n\x0c\x41uditService\x12U\n\x0cQueryEntries\x12 .exchange.v1.QueryEntriesRequest\x1a!.exchange.v1.QueryEntriesResponse0\x01\x12V\n\rGetCheckpoint\x12!.exchange.v1.GetCheckpointRequest\x1a\".exchange.v1.GetCheckpointResponse\x12\x62\n\x11GetInclusionProof\x12%.exchange.v1.GetInclusionProofRequest\x1a&.exchange.v1.GetInclusionProofResponse\x12h\n\x13GetConsistencyProof\x12\'.exchange.v1.GetConsistencyProofRequest\x1a(.exchange.v1.GetConsistencyProofResponse\x12J\n\tVerifyLog\x12\x1d.exchange.v1.VerifyLogRequest\x1a\x1e.exchange.v1.VerifyLogResponse\x12S\n\x0cGetPublicKey\x12 .exchange.v1.GetPublicKeyRequest\x1a!.exchange.v1.GetPublicKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65xchange/v1/audit.proto\x12\x0b\x65xchange.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x02\n\nAuditEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x0f\n\x07partner\x18\x07 \x01(\t\x12\x11\n\tobject_id\x18\x08 \x01(\t\x12\x0f\n\x07version\x18\t \x01(\t\x12\x0e\n\x06\x64igest\x18\n \x01(\t\x12\r\n\x05owner\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x0c \x01(\t\x12\x17\n\x0finclusion_proof\x18\r \x03(\x0c\x12,\n\x07objects\x18\x0e \x03(\x0b\x32\x1b.exchange.v1.AuditedVersion\"D\n\x0e\x41uditedVersion\x12\x11\n\tobject_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\"\xdf\x01\n\x13QueryEntriesRequest\x12\x0f\n\x07partner\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x17\n\x0fproof_tree_size\x18\x08 \x01(\x04\"Y\n\x14QueryEntriesResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.exchange.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9b\x01\n\nCheckpoint\x12\x0c\n\x04note\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06origin\x18\x03 \x01(\t\x12\x11\n\ttree_size\x18\x04 \x01(\x04\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06key_id\x18\x07 \x01(\t\"\x16\n\x14GetCheckpointRequest\"D\n\x15GetCheckpointResponse\x12+\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x17.exchange.v1.Checkpoint\"@\n\x18GetInclusionProofRequest\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\"~\n\x19GetInclusionProofResponse\x12\x11\n\tlog_index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12+\n\ncheckpoint\x18\x04 \x01(\x0b\x32\x17.exchange.v1.Checkpoint\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x04\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x04\"-\n\x1bGetConsistencyProofResponse\x12\x0e\n\x06hashes\x18\x01 \x03(\x0c\".\n\x10VerifyLogRequest\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\"\x94\x01\n\x11VerifyLogResponse\x12\x0e\n\x06intact\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12\x17\n\x0f\x66irst_bad_index\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\"\x15\n\x13GetPublicKeyRequest\">\n\x14GetPublicKeyResponse\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t2\xac\x04\n\x0c\x41uditService\x12U\n\x0cQueryEntries\x12 .exchange.v1.QueryEntriesRequest\x1a!.exchange.v1.QueryEntriesResponse0\x01\x12V\n\rGetCheckpoint\x12!.exchange.v1.GetCheckpointRequest\x1a\".exchange.v1.GetCheckpointResponse\x12\x62\n\x11GetInclusionProof\x12%.exchange.v1.GetInclusionProofRequest\x1a&.exchange.v1.GetInclusionProofResponse\x12h\n\x13GetConsistencyProof\x12\'.exchange.v1.GetConsistencyProofRequest\x1a(.exchange.v1.GetConsistencyProofResponse\x12J\n\tVerifyLog\x12\x1d.exchange.v1.VerifyLogRequest\x1a\x1e.exchange.v1.VerifyLogResponse\x12S\n\x0cGetPublicKey\x12 .exchange.v1.GetPublicKeyRequest\x1a!.exchange.v1.GetPublicKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,33 +34,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exchange.v1.audit_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITENTRY']._serialized_start=74
-  _globals['_AUDITENTRY']._serialized_end=335
-  _globals['_QUERYENTRIESREQUEST']._serialized_start=338
-  _globals['_QUERYENTRIESREQUEST']._serialized_end=561
-  _globals['_QUERYENTRIESRESPONSE']._serialized_start=563
-  _globals['_QUERYENTRIESRESPONSE']._serialized_end=652
-  _globals['_CHECKPOINT']._serialized_start=655
-  _globals['_CHECKPOINT']._serialized_end=810
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=812
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=834
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=836
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=904
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=906
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=970
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=972
-  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1098
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1100
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1179
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1181
-  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1226
-  _globals['_VERIFYLOGREQUEST']._serialized_start=1228
-  _globals['_VERIFYLOGREQUEST']._serialized_end=1274
-  _globals['_VERIFYLOGRESPONSE']._serialized_start=1277
-  _globals['_VERIFYLOGRESPONSE']._serialized_end=1425
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=1427
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=1448
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=1450
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=1512
-  _globals['_AUDITSERVICE']._serialized_start=1515
-  _globals['_AUDITSERVICE']._serialized_end=2071
+  _globals['_AUDITENTRY']._serialized_end=381
+  _globals['_AUDITEDVERSION']._serialized_start=383
+  _globals['_AUDITEDVERSION']._serialized_end=451
+  _globals['_QUERYENTRIESREQUEST']._serialized_start=454
+  _globals['_QUERYENTRIESREQUEST']._serialized_end=677
+  _globals['_QUERYENTRIESRESPONSE']._serialized_start=679
+  _globals['_QUERYENTRIESRESPONSE']._serialized_end=768
+  _globals['_CHECKPOINT']._serialized_start=771
+  _globals['_CHECKPOINT']._serialized_end=926
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=928
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=950
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=952
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1020
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1022
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1086
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_start=1088
+  _globals['_GETINCLUSIONPROOFRESPONSE']._serialized_end=1214
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1216
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1295
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1297
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1342
+  _globals['_VERIFYLOGREQUEST']._serialized_start=1344
+  _globals['_VERIFYLOGREQUEST']._serialized_end=1390
+  _globals['_VERIFYLOGRESPONSE']._serialized_start=1393
+  _globals['_VERIFYLOGRESPONSE']._serialized_end=1541
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=1543
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=1564
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=1566
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=1628
+  _globals['_AUDITSERVICE']._serialized_start=1631
+  _globals['_AUDITSERVICE']._serialized_end=2187
 # @@protoc_insertion_point(module_scope)

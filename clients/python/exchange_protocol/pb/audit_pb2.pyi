@@ -48,6 +48,7 @@ class AuditEntry(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     DETAIL_JSON_FIELD_NUMBER: _builtins.int
     INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    OBJECTS_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Position in the log (0-based)."""
     data: _builtins.bytes
@@ -78,6 +79,14 @@ class AuditEntry(_message.Message):
         in the tree of that size.
         """
 
+    @_builtins.property
+    def objects(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditedVersion]:
+        """A `deliver` entry records the object versions one partner received over a short
+        span (`at` to the detail's `last_at`), all of one owner: here they are, each with
+        its stored body's SHA-256. `object_id`, `version` and `digest` above are then
+        empty. Entries of earlier releases name one version in those fields instead.
+        """
+
     def __init__(
         self,
         *,
@@ -94,14 +103,43 @@ class AuditEntry(_message.Message):
         owner: _builtins.str = ...,
         detail_json: _builtins.str = ...,
         inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        objects: _abc.Iterable[Global___AuditedVersion] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data", b"data", "detail_json", b"detail_json", "digest", b"digest", "inclusion_proof", b"inclusion_proof", "index", b"index", "leaf_hash", b"leaf_hash", "object_id", b"object_id", "owner", b"owner", "partner", b"partner", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "data", b"data", "detail_json", b"detail_json", "digest", b"digest", "inclusion_proof", b"inclusion_proof", "index", b"index", "leaf_hash", b"leaf_hash", "object_id", b"object_id", "objects", b"objects", "owner", b"owner", "partner", b"partner", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class AuditedVersion(_message.Message):
+    """One object version an audit entry lists."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    object_id: _builtins.str
+    version: _builtins.str
+    digest: _builtins.str
+    """SHA-256 (hex) of the stored object body."""
+    def __init__(
+        self,
+        *,
+        object_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "object_id", b"object_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditedVersion: _TypeAlias = AuditedVersion  # noqa: Y015
 
 @_typing.final
 class QueryEntriesRequest(_message.Message):

@@ -1,0 +1,9 @@
+-- Version 6: a DELIVER entry lists the object versions one partner received over a short
+-- span (one entry per recipient, owner and span instead of one per delivery); this
+-- index names, for each object id, the entries that list it, so that look-ups by
+-- object find them. Entries naming one object keep it in audit.object_id.
+CREATE TABLE audit_objects (
+    object_id TEXT NOT NULL,
+    idx       INTEGER NOT NULL REFERENCES audit(idx),
+    PRIMARY KEY (object_id, idx)
+) WITHOUT ROWID;
