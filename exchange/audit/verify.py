@@ -173,10 +173,28 @@ async def _check_entries(
             missing = checker.next_index
             return _Problem(missing, f"entry {missing:,}", "missing (deleted)")
         problem = await asyncio.to_thread(checker.check, rows)
+        if problem is None:
+            problem = await _check_index(store, checker)
         if problem is not None:
             return problem
         position = rows[-1].log_index + 1
     return None
+
+
+async def _check_index(store: AuditStore, checker: _Checker) -> _Problem | None:
+    """The objects the entries just checked list are in the index that queries by
+    object use: an index row deleted would hide a delivery from "who received it"."""
+    listed, checker.listed = checker.listed, []
+    unindexed = await store.audit_unindexed(listed)
+    if not unindexed:
+        return None
+    object_id, index = min(unindexed, key=lambda pair: pair[1])
+    return _Problem(
+        index,
+        f"entry {index:,} (deliver)",
+        f"the index of listed objects lacks its {object_id} (deleted: a query by that"
+        " object would not find this entry)",
+    )
 
 
 class _Checker:
@@ -195,6 +213,9 @@ class _Checker:
         self.previous = bytes(32)
         # Left to right; their sizes are the set bits of next_index, largest first.
         self.peaks: list[bytes] = []
+        # (object id, index) of what the entries checked since the last look list:
+        # each must be in the index of listed objects (_check_index).
+        self.listed: list[tuple[str, int]] = []
         self.checked = 0  # stored checkpoints whose root was compared
         self.kept_checked = 0  # kept checkpoints whose root was compared
         self.kept_largest = -1  # the largest of those
@@ -284,7 +305,7 @@ class _Checker:
                     return problem
         return None
 
-    def check(self, rows: Sequence[AuditRow]) -> _Problem | None:  # noqa: PLR0911
+    def check(self, rows: Sequence[AuditRow]) -> _Problem | None:  # noqa: PLR0911, PLR0912 (the hot loop, inlined)
         """Check ``rows`` (the next ones, by index); the first problem, or None."""
         sha256 = hashlib.sha256
         loads = orjson.loads
@@ -315,10 +336,12 @@ class _Checker:
                         doc["owner"],
                     )
                     said_index, said_previous = doc["index"], doc["prev"]
+                    objects = doc.get("objects", ())
                     if (
                         doc["v"] != 1
                         or said[1] not in _ACTIONS
                         or not isinstance(doc["detail"], dict)
+                        or not (objects == () or _listing(objects))
                     ):
                         raise ValueError
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -337,6 +360,8 @@ class _Checker:
                     )
                 if said != (at, action, actor, partner, object_id, owner):
                     return _entry(row, _column_mismatch(row, said))
+                if objects:
+                    self.listed += [(i, index) for i in dict.fromkeys(o[0] for o in objects)]
                 # The leaf joins the perfect subtrees (RootBuilder.add, inlined).
                 n, node = expected, leaf
                 while n & 1:
@@ -354,6 +379,13 @@ class _Checker:
             return None
         finally:
             self.next_index, self.previous = expected, previous
+
+
+def _listing(objects: object) -> bool:
+    """``objects`` is what an entry's bytes may list: [id, version, digest] triples."""
+    return isinstance(objects, list) and all(
+        isinstance(o, list) and len(o) == 3 and all(isinstance(t, str) for t in o) for o in objects
+    )
 
 
 def _entry(row: AuditRow, what: str) -> _Problem:

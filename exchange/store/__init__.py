@@ -326,6 +326,11 @@ class AuditStore(Protocol):
         """Stored leaf hashes of indexes ``start`` to ``end - 1``."""
         ...
 
+    async def audit_unindexed(self, listed: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Which of ``listed`` (object id, index of an entry listing it) the index of
+        listed objects lacks (for verification)."""
+        ...
+
     async def add_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
         """Keep a signed checkpoint (one per tree size; a second one is ignored)."""
         ...

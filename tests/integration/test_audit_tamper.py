@@ -32,17 +32,27 @@ CHECKPOINTS = (40, SIZE)
 SIGNER = Signer.generate()
 
 
+def object_id(n: int) -> str:
+    return f"indicator--00000000-0000-4000-8000-{n:012d}"
+
+
 def event(n: int) -> Event:
     kind = (Action.SUBMIT, Action.DELIVER, Action.LOOKUP)[n % 3]
+    if kind is Action.DELIVER:
+        # What one partner received over a span: listed, not named.
+        listed = tuple((object_id(n - k), "2026-01-01T00:00:00.000Z", f"{k:064x}") for k in (1, 0))
+        return Event(
+            kind, f"partner-{n % 4}", 1_700_000_000.0 + n / 7, owner="partner-0", objects=listed
+        )
     return Event(
         kind,
         f"partner-{n % 4}",
         1_700_000_000.0 + n / 7,
-        object_id=f"indicator--00000000-0000-4000-8000-{n:012d}",
+        object_id=object_id(n),
         version="2026-01-01T00:00:00.000Z",
         digest=f"{n:064x}",
         owner="partner-0",
-        detail={"outcome": "accepted"} if kind is Action.SUBMIT else {"channel": "subscribe"},
+        detail={"outcome": "accepted"} if kind is Action.SUBMIT else {"found": True},
     )
 
 
@@ -144,6 +154,30 @@ async def test_a_changed_query_column(store: SqliteStore) -> None:
     # Stored with another type: still read, and found wrong.
     tamper(store, "UPDATE audit SET at = CAST(at AS TEXT) WHERE idx = 41")
     not_intact(await verify(store), 41, "query column at")
+
+
+async def test_a_deleted_row_of_the_index_of_listed_objects(both: tuple[Store, Intruder]) -> None:
+    # Entry 160 lists objects 159 and 160; without the index row for 159, a query by
+    # that object would not find who received it, while every hash still holds.
+    store, intruder = both
+    await intruder.run(("DELETE FROM audit_objects WHERE object_id = ?", (object_id(159),)))
+    report = await verify_log(store, SIGNER.public_key_pem)
+    not_intact(report, 160, f"the index of listed objects lacks its {object_id(159)}")
+    assert "entry 160 (deliver)" in report.summary
+
+
+async def test_listed_objects_that_are_not_triples(store: SqliteStore) -> None:
+    data, _ = row(store, 40)
+    edited = data.replace(b'"objects":[[', b'"objects":[[1,', 1)
+    assert edited != data
+    tamper(
+        store,
+        (
+            "UPDATE audit SET data = ?, leaf_hash = ? WHERE idx = 40",
+            (edited, merkle.leaf_hash(edited)),
+        ),
+    )
+    not_intact(await verify(store), 40, "its bytes are not an audit entry")
 
 
 async def test_bytes_stored_as_text(store: SqliteStore) -> None:

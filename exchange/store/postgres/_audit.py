@@ -192,6 +192,21 @@ class _AuditRows(_Connections):
         )
         return [bytes(leaf) for (leaf,) in rows]
 
+    async def audit_unindexed(self, listed: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        if not listed:
+            return []
+        object_ids, indexes = zip(*listed, strict=True)
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                "SELECT l.object_id, l.idx FROM unnest($1::text[], $2::bigint[])"
+                " AS l(object_id, idx) WHERE NOT EXISTS (SELECT 1 FROM audit_objects a"
+                " WHERE a.object_id = l.object_id AND a.idx = l.idx)",
+                list(object_ids),
+                list(indexes),
+            )
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     async def add_checkpoint(self, checkpoint: SignedCheckpoint) -> None:
         async def run(conn: Any) -> None:
             await conn.execute(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+import orjson
+
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
 from exchange.errors import Unavailable
 from exchange.model import Audience, Rejection, ValidObject
@@ -160,6 +162,23 @@ class _AuditRows(_Connections):
                 (start, end),
             )
             return [leaf for (leaf,) in cur]
+
+        return await self._read(run)
+
+    async def audit_unindexed(self, listed: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        if not listed:
+            return []
+        pairs = orjson.dumps(listed)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = conn.execute(
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                " FROM json_each(?) WHERE NOT EXISTS (SELECT 1 FROM audit_objects"
+                " WHERE object_id = json_extract(value, '$[0]')"
+                " AND idx = json_extract(value, '$[1]'))",
+                (pairs,),
+            )
+            return [(str(object_id), int(idx)) for object_id, idx in rows]
 
         return await self._read(run)
 
