@@ -182,7 +182,13 @@ def _short_detail(detail: dict[str, Any]) -> str:
     for key, value in detail.items():
         if key == "outcome":
             continue
-        shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        if key == "last_at" and isinstance(value, int | float):
+            # A deliver entry's span ends then: a time, as the TIME column shows it.
+            shown = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        elif isinstance(value, list):
+            shown = ",".join(map(str, value))
+        else:
+            shown = str(value)
         parts.append(f"{key}={shown}")
     text = " ".join(" ".join(parts).split())
     return text if len(text) <= _DETAIL_WIDTH else text[: _DETAIL_WIDTH - 3] + "..."

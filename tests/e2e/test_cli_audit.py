@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import sqlite3
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -122,6 +123,11 @@ def test_review_verify_export_and_tamper(tmp_path: Path) -> None:
         wait_until(delivered, 15, "the delivery to show in `exchange audit log`")
         delivery = next(e for e in seen if e["action"] == "deliver")
         assert (delivery["actor"], delivery["owner"]) == (platform["partner_id"], ngo["partner_id"])
+        # An entry lists what the platform received of the NGO's objects over a span:
+        # JSON has it whole.
+        listed = [o["object_id"] for o in delivery["objects"]]
+        assert first in listed and set(listed) <= {o["id"] for o in objects}
+        assert delivery["object_id"] == ""
 
         # On the data directory while the server runs: the operator's table.
         table = run("audit", "log", "--object", first, "--data-dir", str(data)).stdout.splitlines()
@@ -130,7 +136,10 @@ def test_review_verify_export_and_tamper(tmp_path: Path) -> None:
         submit_row = next(line for line in table[1:] if " submit " in line)
         assert first in submit_row and ngo["partner_id"] in submit_row
         assert "accepted" in submit_row and objects[0]["modified"] in submit_row
-        assert any(" deliver " in line and platform["partner_id"] in line for line in table)
+        # The table shows the listed version asked about, not the others of its entry.
+        (deliver_row,) = [line for line in table if " deliver " in line]
+        assert platform["partner_id"] in deliver_row and first in deliver_row
+        assert objects[0]["modified"] in deliver_row
         column = table[0].index("ACTION")
         assert all(line[column - 2 : column] == "  " for line in table)
 
@@ -143,6 +152,13 @@ def test_review_verify_export_and_tamper(tmp_path: Path) -> None:
         ).stdout.splitlines()
         assert within[0].startswith("index,at,action,actor")
         assert len(within) == 1 + 3
+        # One CSV row per version a deliver entry lists, each with its own digest.
+        rows = run(
+            "audit", "log", "--action", "deliver", "--format", "csv", "--data-dir", str(data)
+        ).stdout.splitlines()  # fmt: skip
+        received = list(csv.DictReader(rows))
+        assert sorted(r["object_id"] for r in received) == sorted(o["id"] for o in objects)
+        assert len({r["digest"] for r in received}) == 3
         later = run("audit", "log", "--since", tomorrow, "--data-dir", str(data))
         assert later.stdout == "" and "no matching entries" in later.stderr
 
