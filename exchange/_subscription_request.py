@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -59,6 +60,14 @@ _HEAD = _b64(_aligned(b'{"v":%d,"p":[' % _CURSOR_VERSION))
 _TAIL = _b64(b"]}").rstrip("=")
 
 
+@functools.lru_cache(maxsize=4096)
+def _piece(prefix: bytes, offset: int, seq: int) -> str:
+    """One topic-partition's part of a cursor text. Every stream that delivers a record
+    from the live tail puts the same one in its cursor (the record's offset and seq):
+    encoded by the first, looked up (a fifth of the cost) by the others."""
+    return _b64(_aligned(b"%b%d,%d]" % (prefix, offset, seq)))
+
+
 class _CursorText:
     """The cursor text of a fixed set of topic-partitions, re-encoding only the one
     that moved: it runs once per delivery of every stream."""
@@ -76,8 +85,7 @@ class _CursorText:
         self._parts = [_HEAD, *([""] * len(order)), _TAIL]
 
     def set(self, tp: TopicPartition, offset: int, seq: int) -> None:
-        piece = b"%b%d,%d]" % (self._prefixes[tp], offset, seq)
-        self._parts[self._index[tp]] = _b64(_aligned(piece))
+        self._parts[self._index[tp]] = _piece(self._prefixes[tp], offset, seq)
 
     def text(self) -> str:
         return "".join(self._parts)

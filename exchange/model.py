@@ -297,6 +297,17 @@ class StoredObject:
     # The bus topics it was routed to, in routing order (set when read from the bus).
     topics: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    # Its delivery's protobuf bytes but the body and the per-stream cursor (key and length
+    # of the body, the other fields, the length of all: exchange.services._deliveries):
+    # built on its first delivery and shared by every stream that sends it. A cache, not
+    # part of its value.
+    delivery_fields: tuple[bytes, bytes, int] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def keep_delivery_fields(self, encoded: tuple[bytes, bytes, int]) -> None:
+        # Frozen for its value; the cache is filled once, by whichever stream comes first.
+        object.__setattr__(self, "delivery_fields", encoded)
 
 
 def version_key(version: str) -> str:

@@ -13,7 +13,6 @@ from exchange_protocol.pb import admin_pb2_grpc as admin_grpc
 from exchange_protocol.pb import audit_pb2 as audit_pb
 from exchange_protocol.pb import audit_pb2_grpc as audit_grpc
 from exchange_protocol.pb import exchange_pb2 as pb
-from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -40,7 +39,7 @@ from exchange.services._admission import Admission, CallKind
 from exchange.services._logging import CallLog
 from exchange.services.admin import AdminService
 from exchange.services.audit import AuditService
-from exchange.services.exchange import ExchangeService
+from exchange.services.exchange import ExchangeService, add_exchange_service
 from exchange.store import open_store
 from exchange.subscriptions import Subscriptions
 from exchange.validation import Validator
@@ -248,7 +247,7 @@ class ExchangeServer:
         service = ExchangeService(
             self.auth, self.ingest, self.subscriptions, self.store, self.recorder
         )
-        pb_grpc.add_ExchangeServiceServicer_to_server(service, server)
+        add_exchange_service(service, server)
         admin_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.auth, self.registry), server
         )

@@ -45,6 +45,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from exchange_protocol.subscribe import TOPICS_CHANGED
 
@@ -87,8 +88,9 @@ __all__ = [
 _SHUTTING_DOWN = "the exchange is shutting down; resume from your last cursor"
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
+    # A tuple: built for every delivery of every stream, at two thirds of the cost of
+    # a frozen dataclass.
     stored: StoredObject
     cursor: str
 

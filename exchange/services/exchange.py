@@ -20,14 +20,14 @@ from exchange.model import (
     ObjectResult,
     PartnerKind,
     Role,
-    StoredObject,
 )
-from exchange.services._convert import TLP_TO_PB, kind_from_pb
+from exchange.services._convert import kind_from_pb
+from exchange.services._deliveries import fill_delivery, subscribe_response_bytes
 from exchange.services._status import guard_stream, guard_unary
 from exchange.store import Store
 from exchange.subscriptions import Batch, Subscriptions, subscription_request
 
-__all__ = ["ExchangeService"]
+__all__ = ["ExchangeService", "add_exchange_service", "subscribe_response"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -93,7 +93,7 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
 
     # It writes its messages itself (context.write: a delivery is recorded once its
     # message was written, and a stalled write is noticed), so it is guarded like a
-    # unary handler.
+    # unary handler. The messages are written encoded (add_exchange_service).
     @guard_unary
     async def Subscribe(  # type: ignore[override]
         self, request: pb.SubscribeRequest, context: Context
@@ -109,7 +109,7 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         )
 
         async def send(batch: Batch) -> None:
-            message = subscribe_response(batch)
+            message = subscribe_response_bytes(batch)
             try:
                 await context.write(message)
             except Exception as exc:
@@ -142,8 +142,42 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
             self._store, self._recorder, caller.partner, request.object_id, request.version or None
         )
         response = pb.GetObjectResponse()
-        _fill(response.delivery, stored, "")
+        fill_delivery(response.delivery, stored, "")
         return response
+
+
+def add_exchange_service(service: ExchangeService, server: grpc.aio.Server) -> None:
+    """Serve ``service``, as the generated ``add_ExchangeServiceServicer_to_server`` does,
+    except that Subscribe writes its messages already encoded (bytes: each record's
+    delivery is encoded once for every stream, exchange.services._deliveries), so its
+    response serializer passes them through."""
+    handlers = {
+        "Submit": grpc.unary_unary_rpc_method_handler(
+            service.Submit,
+            request_deserializer=pb.SubmitRequest.FromString,
+            response_serializer=pb.SubmitResponse.SerializeToString,
+        ),
+        "SubmitStream": grpc.stream_stream_rpc_method_handler(
+            service.SubmitStream,
+            request_deserializer=pb.SubmitStreamRequest.FromString,
+            response_serializer=pb.SubmitStreamResponse.SerializeToString,
+        ),
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            service.Subscribe,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=None,
+        ),
+        "GetObject": grpc.unary_unary_rpc_method_handler(
+            service.GetObject,
+            request_deserializer=pb.GetObjectRequest.FromString,
+            response_serializer=pb.GetObjectResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    # As the generated code does (gRPC matches registered methods first); grpc-stubs
+    # does not know the method yet.
+    server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
 
 
 def audience_request(audience: pb.Audience) -> AudienceRequest:
@@ -192,20 +226,9 @@ def submit_response(results: list[ObjectResult]) -> pb.SubmitResponse:
 
 
 def subscribe_response(batch: Batch) -> pb.SubscribeResponse:
+    """The message of ``batch``: what ``subscribe_response_bytes`` encodes (held equal by
+    tests/unit/test_deliveries.py; bench/delivery.py compares their costs)."""
     response = pb.SubscribeResponse(cursor=batch.cursor)
     for d in batch.deliveries:
-        _fill(response.deliveries.add(), d.stored, d.cursor)
+        fill_delivery(response.deliveries.add(), d.stored, d.cursor)
     return response
-
-
-def _fill(delivery: pb.Delivery, stored: StoredObject, cursor: str) -> None:
-    obj = stored.obj
-    delivery.object = obj.body
-    delivery.object_id = obj.object_id
-    delivery.object_type = obj.object_type
-    delivery.version = obj.version
-    delivery.submitter = stored.submitter
-    delivery.submitter_identity = obj.created_by_ref
-    delivery.tlp = TLP_TO_PB[obj.tlp]
-    delivery.accepted_at.FromNanoseconds(int(stored.accepted_at * 1e9))
-    delivery.cursor = cursor
