@@ -332,14 +332,19 @@ class Metrics:
         self.submissions.labels(outcome).inc()
 
     def delivered(self, objects: Iterable[StoredObject], now: float | None = None) -> None:
-        """Count objects handed to a stream and how long after acceptance."""
+        """Count the objects of one message handed to a stream, and how long after
+        acceptance its oldest one went: one observation per message, not per object
+        (with 100 streams at 1,000 objects/s, a histogram update per delivery cost
+        ~8% of the event loop)."""
         now = time.time() if now is None else now
         count = 0
+        oldest = now
         for stored in objects:
-            self.delivery_latency.observe(max(0.0, now - stored.accepted_at))
+            oldest = min(oldest, stored.accepted_at)
             count += 1
         if count:
             self.deliveries.inc(count)
+            self.delivery_latency.observe(now - oldest)
 
     def relay_pass(self, pending: Sequence[StoredObject], now: float | None = None) -> None:
         """What one relay pass found waiting (oldest first, at most one batch)."""

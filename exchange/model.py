@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import hashlib
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -305,9 +306,21 @@ class StoredObject:
         default=None, init=False, repr=False, compare=False
     )
 
+    # SHA-256 (hex) of its body, for the audit entries of its deliveries: computed on its
+    # first delivery, shared like delivery_fields.
+    body_sha256: str | None = field(default=None, init=False, repr=False, compare=False)
+
     def keep_delivery_fields(self, encoded: tuple[bytes, bytes, int]) -> None:
         # Frozen for its value; the cache is filled once, by whichever stream comes first.
         object.__setattr__(self, "delivery_fields", encoded)
+
+    def body_digest(self) -> str:
+        """SHA-256 (hex) of the body, computed once per record."""
+        digest = self.body_sha256
+        if digest is None:
+            digest = hashlib.sha256(self.obj.body).hexdigest()
+            object.__setattr__(self, "body_sha256", digest)
+        return digest
 
 
 def version_key(version: str) -> str:

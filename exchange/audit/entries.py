@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -252,39 +250,10 @@ class AuditQuery:
     limit: int = 1000
 
 
-class _DigestCache:
-    """The digests of the bodies hashed last, holding at most ``budget`` bytes of
-    bodies (a cache that counted entries would keep 4,096 bodies of up to 1 MB alive)."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._held = 0
-        self._digests: OrderedDict[bytes, str] = OrderedDict()
-        # The stores' writer threads hash submitted bodies; the event loop delivered ones.
-        self._lock = threading.Lock()
-
-    def __call__(self, body: bytes) -> str:
-        with self._lock:
-            digest = self._digests.get(body)
-            if digest is not None:
-                self._digests.move_to_end(body)
-                return digest
-        digest = hashlib.sha256(body).hexdigest()
-        if len(body) <= self._budget:
-            with self._lock:
-                if body not in self._digests:
-                    self._digests[body] = digest
-                    self._held += len(body)
-                while self._held > self._budget:
-                    oldest, _ = self._digests.popitem(last=False)
-                    self._held -= len(oldest)
-        return digest
-
-
-# SHA-256 (hex) of a stored object body. Cached: every stream delivering one record
-# shares its decoded body (the live tail's), so 100 subscribers hash it once (a bytes
-# object keeps its own hash, so a hit costs a dict look-up).
-body_digest = _DigestCache(budget=16 * 1024 * 1024)
+def body_digest(body: bytes) -> str:
+    """SHA-256 (hex) of a stored object body. (A delivered record keeps its own:
+    ``StoredObject.body_digest``, computed once for every stream that sends it.)"""
+    return hashlib.sha256(body).hexdigest()
 
 
 def submitted(
@@ -329,7 +298,7 @@ def delivery_of(recipient: str, stored: StoredObject) -> tuple[str, Listed]:
     audience = stored.audience
     implied = recipient in audience.implied and recipient not in audience.recipients
     owner = "" if implied else stored.submitter
-    return owner, (obj.object_id, obj.version, body_digest(obj.body))
+    return owner, (obj.object_id, obj.version, stored.body_digest())
 
 
 def deliveries(

@@ -272,7 +272,8 @@ def test_metrics_logs_and_probes_follow_real_traffic(
     assert moved("exchange_relay_lag_seconds_count") == 4
     assert got[("exchange_relay_pending_rows", ())] == 0
     assert moved("exchange_deliveries_total") == 4
-    assert moved("exchange_delivery_latency_seconds_count") == 4
+    # Once per message sent (for its oldest object), not per object.
+    assert 1 <= moved("exchange_delivery_latency_seconds_count") <= 4
     assert moved("exchange_grpc_calls_total", method=SUBMIT, code="OK") == 2
     assert moved("exchange_grpc_calls_total", method=SUBMIT, code="INVALID_ARGUMENT") == 1
     assert moved("exchange_grpc_calls_total", method=SUBSCRIBE, code="CANCELLED") == 1
