@@ -38,6 +38,7 @@ class Feed:
         self._tps = sorted(start)
         self._turn = 0
         self._event = asyncio.Event()
+        self._woken = False  # wake() was called since the last read
         self._reader: BusReader | None = None
         tail.watch(self._tps, self._event)
 
@@ -62,6 +63,12 @@ class Feed:
         records = await self._reader.read(max_records, timeout_s, self._max_bytes)
         return self._advance([decode(r) for r in records])
 
+    def wake(self) -> None:
+        """End a wait for records from the tail now (it returns what it has: maybe
+        none); woken between two reads, the next one does not wait."""
+        self._woken = True
+        self._event.set()
+
     async def close(self) -> None:
         self._tail.unwatch(self._tps, self._event)
         await self._close_reader()
@@ -71,12 +78,13 @@ class Feed:
         # Clear before looking: records appended after the look set it again.
         self._event.clear()
         entries = self._take(max_records)
-        if entries == []:
+        if entries == [] and not self._woken:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     await self._event.wait()
             self._tail.check()
             entries = self._take(max_records)
+        self._woken = False
         return entries
 
     def _take(self, max_records: int) -> list[Entry] | None:

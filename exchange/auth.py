@@ -162,6 +162,17 @@ class RegistryWatch:
         self._version: int | None = None
         self.generation = 0
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the generation moves (idle streams wake up to
+        re-check their caller instead of polling for it)."""
+        self._listeners.append(listener)
+
+    def _moved(self) -> None:
+        self.generation += 1
+        for listener in self._listeners:
+            listener()
 
     def start(self) -> None:
         if self._task is None:
@@ -173,7 +184,7 @@ class RegistryWatch:
 
     def bump(self) -> None:
         """A change made in this process: re-check at once."""
-        self.generation += 1
+        self._moved()
 
     async def _run(self) -> None:
         failing = False
@@ -182,7 +193,7 @@ class RegistryWatch:
                 version = await self._store.registry_version()
                 if version != self._version:
                     self._version = version
-                    self.generation += 1
+                    self._moved()
                 if failing:
                     log.info("registry watch: the registry version can be read again")
                 failing = False

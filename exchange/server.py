@@ -143,6 +143,7 @@ class ExchangeServer:
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, metrics=self.metrics)
         self.registry_watch = RegistryWatch(self.store)
+        self.registry_watch.on_change(self.subscriptions.wake_all)
         # A partner's calls in progress, counted before their requests are read.
         self.admission = Admission(
             self.store,

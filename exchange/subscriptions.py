@@ -31,7 +31,8 @@ against its bound before anything records it (``SubscriptionRequest``).
 
 A record on several of the partner's topics (a community and a named recipient) is
 delivered from one of them (policy.delivers_from). Between reads the stream asks its
-``Access`` for the partner as the registry says now: a revoked credential or a
+``Access`` for the partner as the registry says now (an idle stream is woken for it when
+the registry changes, and looks at least every ``heartbeat_s``): a revoked credential or a
 disabled partner ends the stream, and when the partner's topics change (it joined or
 left a community) the stream ends with Unavailable carrying the trailing metadata
 ``exchange-resume`` (ResumeRequested, exchange_protocol.subscribe), so that the client
@@ -126,7 +127,7 @@ class Subscriptions:
         max_open_per_partner: int = 16,
         max_batch: int = 500,
         max_batch_bytes: int = 2 * 1024 * 1024,
-        idle_wait_s: float = 1.0,
+        idle_wait_s: float | None = None,
         heartbeat_s: float = 5.0,
         stall_timeout_s: float = 60.0,
         tail_window: int = 50_000,
@@ -142,7 +143,11 @@ class Subscriptions:
         self._max_open_per_partner = max_open_per_partner
         self._max_batch = max_batch
         self._max_batch_bytes = max_batch_bytes
-        self._idle_wait_s = idle_wait_s
+        # An idle stream sleeps until records arrive, its heartbeat is due, or it is
+        # woken (``wake_all``: shutdown, a registry change): 1,000 idle streams woke
+        # 1,000 times a second when each looked every second.
+        self._idle_wait_s = heartbeat_s if idle_wait_s is None else idle_wait_s
+        self._feeds: set[Feed] = set()
         self._heartbeat_s = heartbeat_s
         self._stall_timeout_s = stall_timeout_s
         self.tail = LiveTail(
@@ -161,9 +166,18 @@ class Subscriptions:
         self._shutting_down = False
 
     def begin_shutdown(self) -> None:
-        """Open streams end with Unavailable at their next read (within ``idle_wait_s``),
-        so that their clients resume from their last cursor elsewhere; new ones are refused."""
+        """Open streams end with Unavailable now (an idle one is woken; one writing, once
+        its write is done), so that their clients resume from their last cursor
+        elsewhere; new ones are refused."""
         self._shutting_down = True
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        """Wake every idle stream to look again: at its caller (the registry changed: a
+        revoked credential, a partner disabled or moved between communities) and at
+        whether the exchange is shutting down."""
+        for feed in self._feeds:
+            feed.wake()
 
     async def close(self) -> None:
         """Stop the live tail; streams still open end with Unavailable."""
@@ -318,6 +332,7 @@ class Subscriptions:
         await self.tail.ensure(partitions)
         position = await self._start(names, partitions, request, given)
         feed = Feed(self.tail, self._bus, position.offsets, self._max_batch_bytes)
+        self._feeds.add(feed)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
         wanted = _wanted(partner, frozenset(names), request)
         try:
@@ -364,6 +379,7 @@ class Subscriptions:
                         deliveries.append(Delivery(stored, position.cursor()))
                 yield Batch(deliveries, position.cursor())
         finally:
+            self._feeds.discard(feed)
             await feed.close()
 
     async def _start(
