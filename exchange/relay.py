@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 
 from exchange import policy
 from exchange._tasks import supervise
@@ -54,6 +55,12 @@ class Relay:
         self.published = 0
         # Whether this process held the relay lease at its last look (logged on change).
         self.leading: bool | None = None
+        self._published: list[Callable[[Mapping[TopicPartition, int]], None]] = []
+
+    def on_published(self, listener: Callable[[Mapping[TopicPartition, int]], None]) -> None:
+        """Call ``listener`` with the positions (next offsets) the relay recorded after
+        each batch it published (the live tail reads the quiet topics on this cue)."""
+        self._published.append(listener)
 
     def wake(self) -> None:
         """Called after a commit: there is something to publish."""
@@ -134,6 +141,8 @@ class Relay:
         # operator): retried, it would stand in front of everyone else's forever.
         done = [r for r in rows if r.seq not in set_aside]
         await self._store.mark_published([r.seq for r in done], positions, set_aside)
+        for listener in self._published:
+            listener(positions)
         for row in rows:
             if (reason := set_aside.get(row.seq)) is not None:
                 log.error(

@@ -142,6 +142,10 @@ class ExchangeServer:
             metrics=self.metrics,
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, metrics=self.metrics)
+        # The live tail reads the quiet topics when this process's relay publishes to them
+        # (and polls for another replica's relay only while this one does not lead).
+        self.relay.on_published(self.subscriptions.tail.relayed)
+        self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
         self.registry_watch = RegistryWatch(self.store)
         self.registry_watch.on_change(self.subscriptions.wake_all)
         # A partner's calls in progress, counted before their requests are read.

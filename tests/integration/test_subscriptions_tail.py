@@ -418,7 +418,10 @@ class _Store:
     def __init__(self, positions: Mapping[TopicPartition, int] | None = None) -> None:
         self.positions = dict(positions or {})
 
+        self.asked = 0  # relay_positions calls
+
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
+        self.asked += 1
         wanted = set(topics)
         return {tp: off for tp, off in self.positions.items() if tp[0] in wanted}
 
@@ -581,3 +584,46 @@ async def test_a_tail_that_cannot_read_retries_then_reports_unavailable() -> Non
     with pytest.raises(Unavailable):
         tail.check()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("live-tail")]
+
+
+async def test_quiet_topics_are_read_on_the_local_relays_word(tmp_path: Path) -> None:
+    """While this process's relay leads, the tail asks the store about the quiet
+    (partner) topics only when that relay says it published there, or once in
+    ``cold_poll_idle_s`` (long here): its word is what brings the records in."""
+    bus = LocalBus(tmp_path / "bus.sqlite3")
+    await bus.start()
+    await bus.ensure_topics(["partner.p-1"])
+    tp = ("partner.p-1", 0)
+    store = _Store({tp: 0})
+    tail = LiveTail(
+        store,  # type: ignore[arg-type]
+        bus,
+        hot_topics=policy.SHARED_TOPICS,
+        cold_poll_idle_s=3600.0,
+    )
+    tail.follow_local_relay(lambda: True)
+    try:
+        await tail.ensure([tp])
+
+        async def held() -> int:
+            return len(tail.take({tp: 0}, [tp], 100) or [])
+
+        # ensure()'s look, the cold reader's first (nothing to read), then its hour-long
+        # pause.
+        async with asyncio.timeout(10):
+            while store.asked < 2:  # noqa: ASYNC110 (polling a counter)
+                await asyncio.sleep(0.01)
+        await bus.publish(_records("partner.p-1", 0, 3))
+        store.positions[tp] = 3
+        await asyncio.sleep(0.5)
+        assert await held() == 0  # nobody said so: not read yet
+        tail.relayed({("clear", 0): 9, tp: 3})
+        async with asyncio.timeout(10):
+            while await held() < 3:  # noqa: ASYNC110 (polling the tail)
+                await asyncio.sleep(0.01)
+        assert store.asked == 3
+        # Positions it already holds wake nothing.
+        tail.relayed({tp: 3})
+    finally:
+        await tail.close()
+        await bus.close()
