@@ -153,14 +153,18 @@ class AuditRecorder:
         connections, two appends at once could commit either way)."""
         async with self._flushing:
             while self._queue:
-                batch = self._queue[: self._max_batch]
-                self._queue = self._queue[self._max_batch :]
-                try:
-                    await self._store.append_audit(batch)
-                except BaseException:
-                    self._queue[:0] = batch  # keep them for the next try
-                    raise
-                self.recorded += len(batch)
+                # Taken whole, then appended in batches: slicing the queue per batch
+                # copied the whole backlog each time (quadratic once it fell behind).
+                queued, self._queue = self._queue, []
+                for start in range(0, len(queued), self._max_batch):
+                    batch = queued[start : start + self._max_batch]
+                    try:
+                        await self._store.append_audit(batch)
+                    except BaseException:
+                        # Kept for the next try, before what was noted meanwhile.
+                        self._queue[:0] = queued[start:]
+                        raise
+                    self.recorded += len(batch)
 
     async def _run(self) -> None:
         # Why appends fail now ("" while they work): said once, not at every retry.
