@@ -143,6 +143,17 @@ def settings_for(data_dir: Path, kafka_bootstrap: str | None = None, **overrides
     return load_settings(None, environ={}, overrides=base)
 
 
+async def _end_leftover_tasks() -> None:
+    """What ``asyncio.run`` does as ``exchange serve`` ends: cancel the tasks still
+    pending and wait for them, so none is destroyed with the loop."""
+    me = asyncio.current_task()
+    left = [t for t in asyncio.all_tasks() if t is not me]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
 class ServerThread:
     """An ExchangeServer on its own event loop in a thread, so that tests can use
     the blocking SDK against it."""
@@ -237,6 +248,7 @@ class ServerThread:
         if self.server is not None:
             self.run(self.server.stop(grace_s=1.0))
             self.server = None
+        self.run(_end_leftover_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

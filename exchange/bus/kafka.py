@@ -153,6 +153,12 @@ class KafkaBus:
         # topic in a metadata request (that would create it on Tansu).
         self._partitions: dict[str, list[int]] = {}
         self._readers: set[KafkaReader] = set()
+        # Every consumer from creation until its stop() has finished, and the stops in
+        # flight: close() ends them all, so none outlives the bus (and its event loop),
+        # not even one whose reader was being opened as its stream was cancelled.
+        self._consumers: set[Any] = set()
+        self._stopping: dict[Any, asyncio.Task[None]] = {}
+        self._closed = False
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
@@ -175,8 +181,13 @@ class KafkaBus:
             raise Unavailable(f"cannot connect to Kafka at {self._bootstrap}: {exc}") from exc
 
     async def close(self) -> None:
+        self._closed = True
         for reader in list(self._readers):
-            await reader.close()
+            reader.discard()
+        for consumer in list(self._consumers):
+            self._stop_consumer(consumer)
+        if self._stopping:
+            await asyncio.wait(list(self._stopping.values()))
         producer, admin = self._producer, self._admin
         self._producer = self._admin = None
         if producer is not None:
@@ -296,6 +307,8 @@ class KafkaBus:
                     share, self._settings.max_record_bytes + _RECORD_BATCH_ROOM
                 ),
             }
+        if self._closed:
+            raise Unavailable("the Kafka bus is closed")
         consumer = AIOKafkaConsumer(
             **self._options,
             **fetch,
@@ -307,6 +320,7 @@ class KafkaBus:
             # reader's own next-offset guard drops the records it must not see again.
             auto_offset_reset="earliest",
         )
+        self._consumers.add(consumer)
         try:
             await consumer.start()
             tps = {KafkaTp(self.kafka_topic(t), p): off for (t, p), off in start.items()}
@@ -316,16 +330,34 @@ class KafkaBus:
                     await consumer.seek_to_beginning(tp)
                 else:
                     consumer.seek(tp, offset)
+            if self._closed:
+                raise Unavailable("the Kafka bus was closed while a reader was opened")
         except BaseException as exc:
             # Failed, or cancelled (the stream went away): the consumer must not outlive
             # this call, its connections would stay open with no one to close them.
-            await asyncio.shield(consumer.stop())
+            await asyncio.shield(self._stop_consumer(consumer))
             if isinstance(exc, KafkaError | OSError):
                 raise self._failure("opening a reader", exc) from exc
             raise
         reader = KafkaReader(self, consumer, {tp: off or 0 for tp, off in tps.items()})
         self._readers.add(reader)
         return reader
+
+    def _stop_consumer(self, consumer: Any) -> asyncio.Task[None]:
+        """Stop ``consumer`` once, in a task of its own that close() waits for: a
+        cancelled caller cannot leave the stop half done."""
+        task = self._stopping.get(consumer)
+        if task is not None:
+            return task
+        task = asyncio.get_running_loop().create_task(consumer.stop())
+        self._stopping[consumer] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            del self._stopping[consumer]
+            self._consumers.discard(consumer)
+
+        task.add_done_callback(done)
+        return task
 
     # -- names -----------------------------------------------------------------------
 
@@ -460,10 +492,14 @@ class KafkaReader:
 
     async def close(self) -> None:
         if not self._closed:
-            self._closed = True
-            self._bus._forget(self)
-            self._pending.clear()
-            await self._consumer.stop()
+            self.discard()
+            await asyncio.shield(self._bus._stop_consumer(self._consumer))
+
+    def discard(self) -> None:
+        """Refuse further reads; the bus stops the consumer."""
+        self._closed = True
+        self._bus._forget(self)
+        self._pending.clear()
 
     def _accept(self, batches: Mapping[Any, Sequence[Any]]) -> list[ReadRecord]:
         out: list[ReadRecord] = []

@@ -500,6 +500,32 @@ async def test_kafka_reader_drops_records_replayed_below_its_position(tansu: str
         await bus.close()
 
 
+async def test_kafka_bus_close_leaves_no_consumer_running(tansu: str) -> None:
+    """Readers opened, some cancelled part-way (a stream that went away) and one
+    never closed by its caller: after close() no aiokafka task is left on the loop
+    (a task left there is destroyed with the loop, mid-fetch), and no reader opens."""
+    bus = KafkaBus(kafka_settings(tansu), f"closing{uuid.uuid4().hex[:8]}")
+    before = asyncio.all_tasks()
+    await bus.start()
+    await bus.ensure_topics(["c"])
+    start = await all_from_start(bus, ["c"])
+    kept = await bus.open_reader(start)
+    opening = [asyncio.create_task(bus.open_reader(start)) for _ in range(6)]
+    for n, task in enumerate(opening):
+        # Cancelled at different points of opening: before, during and after start().
+        for _ in range(n * 3):
+            await asyncio.sleep(0)
+        task.cancel()
+    await asyncio.gather(*opening, return_exceptions=True)
+    await bus.close()
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()]
+    assert not left, left
+    with pytest.raises(Unavailable):
+        await kept.read(1, 0.1)
+    with pytest.raises(Unavailable):
+        await bus.open_reader(start)
+
+
 async def test_kafka_security_settings_reach_all_clients() -> None:
     """Tansu cannot do TLS or SASL; check the options are built and accepted by aiokafka."""
     cafile = "/etc/ssl/certs/ca-certificates.crt"  # any PEM bundle will do
