@@ -85,6 +85,7 @@ from bench.ingest import (  # noqa: E402
     tansu_version,
     versions,
 )
+from exchange._memory import collect_less_often  # noqa: E402
 from exchange._subscription_request import Cursor  # noqa: E402
 from tests.helpers import ServerThread, bundle, indicator, settings_for  # noqa: E402
 
@@ -279,6 +280,7 @@ def fanout_server(bus: BusSetup) -> Iterator[ServerThread]:
         server = ServerThread(settings)
         try:
             server.start()
+            collect_less_often()  # as `exchange serve` does once started
             yield server
         except BaseException:
             _stop_soon(server)

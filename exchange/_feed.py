@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import Mapping
 
-from exchange._tail import Entry, LiveTail, decode
+from exchange._tail import Entry, LiveTail
 from exchange.bus import Bus, BusReader, TopicPartition
 
 __all__ = ["Feed"]
@@ -60,8 +60,10 @@ class Feed:
                 {tp: (None if off < 0 else off) for tp, off in self._next.items()},
                 prefetch_bytes=self._max_bytes,
             )
+            self._tail.decoded.opened()
         records = await self._reader.read(max_records, timeout_s, self._max_bytes)
-        return self._advance([decode(r) for r in records])
+        # Decoded once for every stream reading this history at about the same time.
+        return self._advance(self._tail.decoded.decode(records))
 
     def wake(self) -> None:
         """End a wait for records from the tail now (it returns what it has: maybe
@@ -106,4 +108,5 @@ class Feed:
     async def _close_reader(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
+            self._tail.decoded.closed()
             await reader.close()

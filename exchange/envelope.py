@@ -82,39 +82,120 @@ def _routing_headers(
     return ("audience", shown.to_json()), ("topics", orjson.dumps(routed))
 
 
+_TLPS = {tlp.value.encode(): tlp for tlp in Tlp}
+# The headers of a record as to_records writes them (labels short enough), in order.
+_WRITTEN = (
+    "stix-type",
+    "stix-version",
+    "spec-version",
+    "tlp",
+    "submitter",
+    "submitter-identity",
+    "accepted-at",
+    "revoked",
+    "exchange-seq",
+    "labels",
+    "audience",
+    "topics",
+)
+
+
 def from_record(record: ReadRecord) -> StoredObject:
-    """Raises ValueError (or KeyError) for a record this exchange did not write."""
-    h = {name: value for name, value in record.headers}
-    tlp = Tlp(h["tlp"].decode())
+    """Raises ValueError (or KeyError) for a record this exchange did not write.
+
+    It runs once per record a stream reads (a catch-up reads every record ever
+    published): the headers whose values repeat from record to record (the
+    audience, the topics, the labels) are parsed once per distinct value, and the
+    body stays the bytes it is."""
+    headers = record.headers
+    if len(headers) == len(_WRITTEN):
+        stored = _as_written(record)
+        if stored is not None:
+            return stored
+    h = dict(headers)
+    tlp = _TLPS[h["tlp"]]
     submitter = h["submitter"].decode()
     # Records from before audiences existed carry neither header: their audience
     # was the TLP alone, and they went to the one topic they are on.
     audience = (
-        Audience.from_json(h["audience"])
-        if "audience" in h
-        else Audience(tlp=tlp, submitter=submitter)
+        _audience(h["audience"]) if "audience" in h else Audience(tlp=tlp, submitter=submitter)
     )
-    topics = tuple(orjson.loads(h["topics"])) if "topics" in h else (record.topic,)
+    topics = _strings(h["topics"]) if "topics" in h else (record.topic,)
     # Labels too long for a header are read from the object itself.
-    labels = orjson.loads(h["labels"]) if "labels" in h else _labels_of(record.value)
+    labels = _strings(h["labels"]) if "labels" in h else tuple(_labels_of(record.value))
     return StoredObject(
-        seq=int(h["exchange-seq"]),
-        submitter=submitter,
-        accepted_at=float(h["accepted-at"]),
-        obj=ValidObject(
+        int(h["exchange-seq"]),
+        submitter,
+        float(h["accepted-at"]),
+        ValidObject(
             object_id=record.key.decode(),
             object_type=h["stix-type"].decode(),
             version=h["stix-version"].decode(),
             created_by_ref=h["submitter-identity"].decode(),
             tlp=tlp,
             body=record.value,
-            labels=tuple(labels),
+            labels=labels,
             revoked=h["revoked"] == b"true",
             spec_version=h["spec-version"].decode(),
         ),
-        audience=audience,
-        topics=topics,
+        audience,
+        topics,
     )
+
+
+def _as_written(record: ReadRecord) -> StoredObject | None:
+    """``from_record`` of a record whose headers are in to_records' order (None if
+    they are not): taken by place, names compared, instead of through a dict, which
+    hashes every header name of every record (fresh strings): 4.7 -> 3.6 us."""
+    (
+        (n0, stix_type),
+        (n1, version),
+        (n2, spec),
+        (n3, tlp),
+        (n4, submitter),
+        (n5, identity),
+        (n6, accepted),
+        (n7, revoked),
+        (n8, seq),
+        (n9, labels),
+        (n10, audience),
+        (n11, topics),
+    ) = record.headers
+    if (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11) != _WRITTEN:
+        return None
+    return StoredObject(
+        int(seq),
+        submitter.decode(),
+        float(accepted),
+        ValidObject(
+            record.key.decode(),
+            stix_type.decode(),
+            version.decode(),
+            identity.decode(),
+            _TLPS[tlp],
+            record.value,
+            0,
+            _strings(labels),
+            revoked == b"true",
+            spec.decode(),
+        ),
+        _audience(audience),
+        _strings(topics),
+    )
+
+
+# Bounded: a header value is at most a few KiB (audiences name few communities and
+# recipients; labels are left out when long), and the values seen are few.
+@functools.lru_cache(maxsize=1024)
+def _audience(raw: bytes) -> Audience:
+    # Audience is immutable: records with the same header share one.
+    return Audience.from_json(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _strings(raw: bytes) -> tuple[str, ...]:
+    """A header holding a JSON list of strings (topics, labels)."""
+    return tuple(orjson.loads(raw))
 
 
 def _labels_of(value: bytes) -> list[str]:

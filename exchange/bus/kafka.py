@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -81,6 +82,7 @@ _OPERATIONS = {
     "reading": "read",
 }
 _SIZE_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError)
+_VALUE = itemgetter(1)  # of a (name, value) header
 
 
 def client_options(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
@@ -511,7 +513,11 @@ class KafkaReader:
                     log.debug("dropping replayed record %s@%d < %d", tp, m.offset, expected)
                     continue
                 expected = m.offset + 1
-                headers = tuple((k, v if v is not None else b"") for k, v in m.headers or ())
+                # aiokafka hands a tuple of (name, value) pairs: kept as it is unless a
+                # value is null (never in the exchange's records), read as b"".
+                headers = m.headers or ()
+                if None in map(_VALUE, headers):
+                    headers = tuple((k, b"" if v is None else v) for k, v in headers)
                 out.append(
                     ReadRecord(topic, tp.partition, m.offset, m.key or b"", m.value or b"", headers)
                 )

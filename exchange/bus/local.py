@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import msgspec
 
-from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition, record_bytes
+from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition
 from exchange.errors import InvalidArgument, NotFound, Unavailable
 
 __all__ = ["LocalBus", "LocalReader"]
@@ -301,8 +301,14 @@ def _select_records(
 ) -> list[ReadRecord]:
     """Up to ``max_records`` records (and ``max_bytes``, the first one whatever its
     size), the topics in the order given. Rows are taken one at a time, so a byte
-    bound also bounds what this read holds in memory."""
+    bound also bounds what this read holds in memory.
+
+    A catch-up reads every row ever published through here, so the work per row is
+    kept to building the record: SQLite computes the row's weight, counting the
+    headers as stored (their msgpack blob, a few bytes per header more than
+    ``record_bytes`` counts: a read never weighs more than its bound)."""
     out: list[ReadRecord] = []
+    append, _headers = out.append, _decode_headers
     budget = max_bytes
     # One read transaction: every topic is read from the same snapshot.
     conn.execute("BEGIN")
@@ -311,20 +317,22 @@ def _select_records(
             if len(out) >= max_records or (budget is not None and budget <= 0):
                 break
             rows = conn.execute(
-                "SELECT log_offset, key, value, headers FROM records"
-                " WHERE topic_id = ? AND log_offset >= ? ORDER BY log_offset LIMIT ?",
+                "SELECT log_offset, key, value, headers,"
+                " length(key) + length(value) + coalesce(length(headers), 0)"
+                " FROM records WHERE topic_id = ? AND log_offset >= ? ORDER BY log_offset LIMIT ?",
                 (topic_id, offset, max_records - len(out)),
             )
             try:
-                for off, key, value, headers in rows:
-                    record = ReadRecord(topic, PARTITION, off, key, value, _decode_headers(headers))
-                    if budget is not None:
-                        size = record_bytes(record)
-                        if out and size > budget:
-                            budget = 0
-                            break
-                        budget -= size
-                    out.append(record)
+                if budget is None:
+                    for off, key, value, headers, _ in rows:
+                        append(ReadRecord(topic, PARTITION, off, key, value, _headers(headers)))
+                    continue
+                for off, key, value, headers, size in rows:
+                    if out and size > budget:
+                        budget = 0
+                        break
+                    budget -= size
+                    append(ReadRecord(topic, PARTITION, off, key, value, _headers(headers)))
             finally:
                 rows.close()
     finally:

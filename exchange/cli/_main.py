@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from exchange._memory import return_large_blocks
+from exchange._memory import collect_less_often, return_large_blocks
 from exchange.cli._options import config_option as _config_option
 from exchange.cli._options import data_dir_option as _data_dir_option
 from exchange.cli._options import database_option as _database_option
@@ -192,6 +192,8 @@ async def _serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await server.start()
+        # Once started: what start-up made is never collected again (exchange._memory).
+        collect_less_often()
         host = settings.listen.rsplit(":", 1)[0]
         bus = f"kafka {settings.kafka.bootstrap}" if settings.kafka.bootstrap else "embedded"
         data = (

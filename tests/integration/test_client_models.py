@@ -3,8 +3,11 @@ responses become SubmitResult and Delivery values."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from exchange_client import (
     SubmitResult,
     ValidationError,
 )
+from exchange_client import _models as client_models
 from exchange_client._bundle import encode_bundle
 from exchange_protocol.pb import exchange_pb2 as pb
 
@@ -374,6 +378,60 @@ def test_delivery_object_is_decoded_lazily() -> None:
     assert delivery.object_json == b"{not json"  # building it did not decode
     with pytest.raises(ValueError, match="Expecting"):
         _ = delivery.object
+
+
+def test_a_delivery_from_the_wire_is_the_delivery_its_fields_make() -> None:
+    """Built without its __init__ and with ``accepted_at`` made on first use, it is
+    still the dataclass it was: equal, hashable, copyable, picklable, replaceable."""
+    message = _delivery()
+    lazy = Delivery._from_pb(message)
+    made = Delivery(
+        object_json=message.object,
+        object_id=message.object_id,
+        object_type=message.object_type,
+        version=message.version,
+        submitter=message.submitter,
+        submitter_identity=message.submitter_identity,
+        tlp="amber+strict",
+        accepted_at=datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC),
+        cursor=message.cursor,
+    )
+    assert Delivery._from_pb(message) == made and hash(Delivery._from_pb(message)) == hash(made)
+    assert repr(Delivery._from_pb(message)) == repr(made)
+    assert pickle.loads(pickle.dumps(lazy)) == made  # noqa: S301 - our own bytes
+    assert copy.copy(lazy) == made
+    assert dataclasses.replace(lazy, cursor="c-1") == dataclasses.replace(made, cursor="c-1")
+    assert dataclasses.asdict(lazy) == dataclasses.asdict(made)
+    assert lazy.accepted_at is lazy.accepted_at  # made once
+    with pytest.raises(AttributeError, match="no attribute 'objct'"):
+        _ = lazy.objct  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        lazy.cursor = "c-2"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        json.dumps(INDICATOR).encode(),
+        json.dumps(INDICATOR, ensure_ascii=False).encode(),
+        # What orjson refuses and json takes: the result is json's all the same.
+        b'{"n": 123456789012345678901234567890}',
+        b'{"n": [-9223372036854775809, 18446744073709551616, 18446744073709551615]}',
+        b'{"s": "\\ud800 lone surrogate"}',
+        json.dumps(INDICATOR).encode("utf-16"),
+        b'{"x": NaN, "y": 1e400}',
+        b'{"a": 1, "a": 2}',
+    ],
+)
+@pytest.mark.parametrize("with_orjson", [True, False])
+def test_delivery_object_is_what_json_reads(
+    raw: bytes, with_orjson: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not with_orjson:  # the SDK without its "fast" extra
+        monkeypatch.setattr(client_models, "_orjson_loads", lambda: None)
+    delivery = Delivery._from_pb(_delivery(object=raw))
+    assert delivery.object_json == raw  # the bytes as received, untouched
+    assert repr(delivery.object) == repr(json.loads(raw))
 
 
 @pytest.mark.parametrize(
