@@ -160,6 +160,7 @@ class KafkaBus:
         # not even one whose reader was being opened as its stream was cancelled.
         self._consumers: set[Any] = set()
         self._stopping: dict[Any, asyncio.Task[None]] = {}
+        self._starting: dict[Any, asyncio.Task[None]] = {}
         self._closed = False
 
     async def start(self) -> None:
@@ -323,15 +324,15 @@ class KafkaBus:
             auto_offset_reset="earliest",
         )
         self._consumers.add(consumer)
+        tps = {KafkaTp(self.kafka_topic(t), p): off for (t, p), off in start.items()}
+        # aiokafka's start() interrupted part-way can leave a connection of its own
+        # open that stop() does not know: it runs to its end in a task of its own, and
+        # a caller cancelled meanwhile has the consumer stopped after it.
+        starting = asyncio.get_running_loop().create_task(_started_at(consumer, tps))
+        starting.add_done_callback(_retrieved)
+        self._starting[consumer] = starting
         try:
-            await consumer.start()
-            tps = {KafkaTp(self.kafka_topic(t), p): off for (t, p), off in start.items()}
-            consumer.assign(list(tps))
-            for tp, offset in tps.items():
-                if offset is None:
-                    await consumer.seek_to_beginning(tp)
-                else:
-                    consumer.seek(tp, offset)
+            await asyncio.shield(starting)
             if self._closed:
                 raise Unavailable("the Kafka bus was closed while a reader was opened")
         except BaseException as exc:
@@ -341,6 +342,8 @@ class KafkaBus:
             if isinstance(exc, KafkaError | OSError):
                 raise self._failure("opening a reader", exc) from exc
             raise
+        finally:
+            self._starting.pop(consumer, None)
         reader = KafkaReader(self, consumer, {tp: off or 0 for tp, off in tps.items()})
         self._readers.add(reader)
         return reader
@@ -351,7 +354,9 @@ class KafkaBus:
         task = self._stopping.get(consumer)
         if task is not None:
             return task
-        task = asyncio.get_running_loop().create_task(consumer.stop())
+        task = asyncio.get_running_loop().create_task(
+            _stopped_after(consumer, self._starting.get(consumer))
+        )
         self._stopping[consumer] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -432,6 +437,29 @@ class KafkaBus:
 
     def _forget(self, reader: KafkaReader) -> None:
         self._readers.discard(reader)
+
+
+async def _started_at(consumer: Any, positions: Mapping[Any, int | None]) -> None:
+    """Start ``consumer`` and place it at ``positions`` (None: the beginning)."""
+    await consumer.start()
+    consumer.assign(list(positions))
+    for tp, offset in positions.items():
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+
+async def _stopped_after(consumer: Any, starting: asyncio.Task[None] | None) -> None:
+    if starting is not None:
+        await asyncio.wait([starting])
+    await consumer.stop()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    # The opening caller raises the failure; one cancelled meanwhile does not wait for it.
+    if not task.cancelled():
+        task.exception()
 
 
 def _too_large(detail: str) -> Refused:

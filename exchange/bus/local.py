@@ -350,6 +350,11 @@ class LocalReader:
         self._event = asyncio.Event()
         self._turn = 0
         self._closed = False
+        # The next read, started as a full one returns: a reader catching up has its
+        # next rows read from SQLite (C, off the event loop) while the caller handles
+        # these. It holds one more read's worth of records (the same bounds).
+        self._ahead: asyncio.Task[list[ReadRecord]] | None = None
+        self._ahead_bounds: tuple[int, int | None] = (0, None)
         bus._register(self._next, self._event)
 
     async def read(
@@ -361,14 +366,23 @@ class LocalReader:
             raise Unavailable("this bus reader is closed")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        ahead, self._ahead = self._ahead, None
         while True:
-            # Clear before querying: a publish that commits after the query has
-            # started sets the event again, so no wake-up is lost.
-            self._event.clear()
-            records = await self._bus._fetch(self._rotation(), max_records, max_bytes)
+            if ahead is not None and self._ahead_bounds == (max_records, max_bytes):
+                records = await ahead
+            else:
+                if ahead is not None:
+                    ahead.cancel()
+                # Clear before querying: a publish that commits after the query has
+                # started sets the event again, so no wake-up is lost.
+                self._event.clear()
+                records = await self._bus._fetch(self._rotation(), max_records, max_bytes)
+            ahead = None
             if records:
                 for r in records:
                     self._next[r.topic] = r.offset + 1
+                if len(records) > 1 or len(records) >= max_records:  # a backlog, likely
+                    self._read_ahead(max_records, max_bytes)
                 return records
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closed:
@@ -382,11 +396,31 @@ class LocalReader:
     async def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._ahead is not None:
+                self._ahead.cancel()
+                self._ahead = None
             self._bus._unregister(self, self._next, self._event)
             self._event.set()
+
+    def _read_ahead(self, max_records: int, max_bytes: int | None) -> None:
+        """Start the read that follows (from the positions just returned)."""
+        # Cleared before the query, as in read(): a publish after it sets it again.
+        self._event.clear()
+        ahead = asyncio.get_running_loop().create_task(
+            self._bus._fetch(self._rotation(), max_records, max_bytes)
+        )
+        # A failure is raised by the read that awaits it; one never awaited (the
+        # reader closed, or read with other bounds) is dropped without a complaint.
+        ahead.add_done_callback(_retrieved)
+        self._ahead, self._ahead_bounds = ahead, (max_records, max_bytes)
 
     def _rotation(self) -> list[tuple[int, str, int]]:
         # Start each read at the next topic, so one busy topic cannot starve the others.
         items = [(self._ids[topic], topic, off) for topic, off in self._next.items()]
         self._turn = (self._turn + 1) % len(items) if items else 0
         return items[self._turn :] + items[: self._turn]
+
+
+def _retrieved(task: asyncio.Task[list[ReadRecord]]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -428,6 +428,35 @@ async def test_local_publish_wakes_readers_without_waiting_for_the_poll(tmp_path
         await bus.close()
 
 
+async def test_local_reads_ahead_without_skipping_or_repeating(tmp_path: Path) -> None:
+    """A local reader starts its next read as a full one returns: records published
+    meanwhile, reads with other bounds and a close in between lose or repeat nothing."""
+    bus = LocalBus(tmp_path / "bus.sqlite3")
+    await bus.start()
+    try:
+        await bus.ensure_topics(["a", "b"])
+        await publish(bus, [record(t, i) for i in range(20) for t in ("a", "b")])
+        reader = await bus.open_reader(await all_from_start(bus, ["a", "b"]))
+        got = await reader.read(5, 1.0)
+        assert len(got) == 5 and reader._ahead is not None
+        await publish(bus, [record("a", 20 + i) for i in range(5)])
+        got += await reader.read(3, 1.0)  # other bounds: the read ahead is dropped
+        got += await reader.read(3, 1.0)
+        got += await read_n(reader, 45 - len(got))
+        assert await reader.read(10, 0.1) == []
+        assert_each_partition_ordered(got)
+        assert sorted((r.topic, r.offset) for r in got) == sorted(
+            [("b", i) for i in range(20)] + [("a", i) for i in range(25)]
+        )
+        await reader.close()
+        again = await bus.open_reader({("a", 0): 23})
+        first = await again.read(2, 1.0)  # a read ahead is started, then closed under it
+        await again.close()
+        assert [r.offset for r in first] == [23, 24]
+    finally:
+        await bus.close()
+
+
 async def test_local_records_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "bus.sqlite3"
     bus = LocalBus(path)
