@@ -23,6 +23,7 @@ __all__ = ["HEADERS", "MAX_LABELS_HEADER_BYTES", "from_record", "to_records"]
 # The labels header is left out when the labels' JSON is longer (read them from the value).
 MAX_LABELS_HEADER_BYTES = 1024
 
+# In the order to_records writes them ("labels" left out when too long).
 HEADERS = (
     "stix-type",
     "stix-version",
@@ -31,9 +32,9 @@ HEADERS = (
     "submitter",
     "submitter-identity",
     "accepted-at",
-    "labels",
     "revoked",
     "exchange-seq",
+    "labels",
     "audience",
     "topics",
 )
@@ -83,21 +84,6 @@ def _routing_headers(
 
 
 _TLPS = {tlp.value.encode(): tlp for tlp in Tlp}
-# The headers of a record as to_records writes them (labels short enough), in order.
-_WRITTEN = (
-    "stix-type",
-    "stix-version",
-    "spec-version",
-    "tlp",
-    "submitter",
-    "submitter-identity",
-    "accepted-at",
-    "revoked",
-    "exchange-seq",
-    "labels",
-    "audience",
-    "topics",
-)
 
 
 def from_record(record: ReadRecord) -> StoredObject:
@@ -108,7 +94,7 @@ def from_record(record: ReadRecord) -> StoredObject:
     audience, the topics, the labels) are parsed once per distinct value, and the
     body stays the bytes it is."""
     headers = record.headers
-    if len(headers) == len(_WRITTEN):
+    if len(headers) == len(HEADERS):
         stored = _as_written(record)
         if stored is not None:
             return stored
@@ -161,7 +147,7 @@ def _as_written(record: ReadRecord) -> StoredObject | None:
         (n10, audience),
         (n11, topics),
     ) = record.headers
-    if (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11) != _WRITTEN:
+    if (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11) != HEADERS:
         return None
     return StoredObject(
         int(seq),
