@@ -138,6 +138,8 @@ def settings_for(data_dir: Path, kafka_bootstrap: str | None = None, **overrides
         "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
         "relay": {"poll_interval_s": 0.2},
         "kafka": kafka,
+        # Off unless a test asks: the embedded default's fixed port would be shared.
+        "taxii": {"listen": ""},
     }
     base.update(overrides)
     return load_settings(None, environ={}, overrides=base)
