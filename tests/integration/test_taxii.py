@@ -17,6 +17,7 @@ from exchange_client import ExchangeClient
 from stix2validator import ValidationOptions, validate_instance
 from taxii2client.v21 import ApiRoot, Collection, Server, as_pages
 
+from exchange.audit.entries import Action, AuditQuery
 from exchange.model import PartnerKind, Role, Tlp
 from exchange.taxii._collections import INBOX_ID, RECEIVED_ID
 from tests.helpers import (
@@ -347,3 +348,31 @@ def test_bad_input_gets_taxii_errors(server: ServerThread) -> None:
     assert big_header.status_code in (400, 431)
     # Nothing was stored, and the server still answers.
     assert requests.get(objects, headers=accept, auth=auth, timeout=10).json()["objects"] == []
+
+
+def test_reads_are_audited_like_their_grpc_twins(server: ServerThread) -> None:
+    ngo = server.add_partner("harbor-light", kind=PartnerKind.NGO)
+    social = server.add_partner("kestrel-social", kind=PartnerKind.TECH)
+    shared = indicator(ngo.identity, n=1)
+    submit(server, ngo, [shared])
+    server.wait_published()
+    received = reader(server, social, RECEIVED_ID)
+    assert [o["id"] for o in received.get_objects()["objects"]] == [shared["id"]]
+    received.get_object(shared["id"])
+    missing = f"indicator--{uuid.uuid4()}"
+    with pytest.raises(requests.HTTPError):
+        received.get_object(missing)
+    assert server.server is not None
+    store, recorder = server.server.store, server.server.recorder
+    server.run(recorder.flush())
+
+    def entries(action: Action) -> list[Any]:
+        query = AuditQuery(partner=social.partner_id, action=str(action))
+        return [e.event for e in server.run(store.audit_entries(query))]
+
+    delivered = entries(Action.DELIVER)
+    assert delivered and all(e.detail.get("channel") == "taxii" for e in delivered)
+    assert any(shared["id"] in (listed[0] for listed in e.objects) for e in delivered)
+    lookups = {(e.object_id, e.detail["found"]) for e in entries(Action.LOOKUP)}
+    assert (shared["id"], True) in lookups
+    assert (missing, False) in lookups
