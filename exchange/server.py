@@ -156,32 +156,34 @@ class ExchangeServer:
         self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
         self.registry_watch = RegistryWatch(self.store)
         self.registry_watch.on_change(self.subscriptions.wake_all)
-        # A partner's calls in progress, counted before their requests are read.
+        # A partner's calls in progress, counted before their requests are read; TAXII
+        # requests count against the same quotas.
+        self.quotas = {
+            CallKind.SUBMISSION: PartnerQuota(
+                settings.limits.max_submissions_per_partner,
+                setting="limits.max_submissions_per_partner",
+                what="submissions",
+                metrics=self.metrics,
+                at_once=settings.limits.submissions_at_once_per_partner,
+            ),
+            CallKind.STREAM: PartnerQuota(
+                settings.subscriptions.max_open_per_partner,
+                setting="subscriptions.max_open_per_partner",
+                what="open subscriptions",
+                metrics=self.metrics,
+                hint="close one before opening another (a stream whose messages you do"
+                " not read stays open until you read them or close its connection)",
+            ),
+            CallKind.CALL: PartnerQuota(
+                settings.limits.max_calls_per_partner,
+                setting="limits.max_calls_per_partner",
+                what="calls (look-ups, audit and admin calls)",
+                metrics=self.metrics,
+            ),
+        }
         self.admission = Admission(
             self.store,
-            {
-                CallKind.SUBMISSION: PartnerQuota(
-                    settings.limits.max_submissions_per_partner,
-                    setting="limits.max_submissions_per_partner",
-                    what="submissions",
-                    metrics=self.metrics,
-                    at_once=settings.limits.submissions_at_once_per_partner,
-                ),
-                CallKind.STREAM: PartnerQuota(
-                    settings.subscriptions.max_open_per_partner,
-                    setting="subscriptions.max_open_per_partner",
-                    what="open subscriptions",
-                    metrics=self.metrics,
-                    hint="close one before opening another (a stream whose messages you do"
-                    " not read stays open until you read them or close its connection)",
-                ),
-                CallKind.CALL: PartnerQuota(
-                    settings.limits.max_calls_per_partner,
-                    setting="limits.max_calls_per_partner",
-                    what="calls (look-ups, audit and admin calls)",
-                    metrics=self.metrics,
-                ),
-            },
+            self.quotas,
             self.registry_watch,
             certificates=bool(settings.tls.client_ca_file),
         )
@@ -204,8 +206,11 @@ class ExchangeServer:
                 ingest=self.ingest,
                 store=self.store,
                 recorder=self.recorder,
+                calls=self.quotas[CallKind.CALL],
+                submissions=self.quotas[CallKind.SUBMISSION],
                 tls=settings.tls,
                 max_bundle_bytes=settings.limits.max_bundle_bytes,
+                shutdown_grace_s=settings.shutdown_grace_s,
             )
             if settings.taxii_listen
             else None

@@ -18,6 +18,7 @@ from exchange.config import TlsSettings, parse_listen
 from exchange.errors import ExchangeError, Unavailable
 from exchange.ingest import Ingest
 from exchange.logs import PARTNER_ID, REQUEST_ID
+from exchange.quota import PartnerQuota
 from exchange.store import ObjectStore
 from exchange.taxii._errors import AUTHENTICATE, TaxiiError, error_body, taxii_error_of, title_of
 from exchange.taxii._media import check_accept
@@ -106,15 +107,19 @@ class TaxiiServer:
         ingest: Ingest,
         store: ObjectStore,
         recorder: AuditRecorder,
+        calls: PartnerQuota,
+        submissions: PartnerQuota,
         tls: TlsSettings,
         max_bundle_bytes: int,
+        shutdown_grace_s: float = 10.0,
     ) -> None:
         self.listen = listen
+        self._grace_s = shutdown_grace_s
         self._tls = tls
         max_body = max_bundle_bytes + _BODY_SLACK
         self.app = web.Application(middlewares=[_guard], client_max_size=max_body)
         self.app[_MAX_BODY] = max_body
-        handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body)
+        handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
         self.app.add_routes(handlers.routes())
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -125,6 +130,8 @@ class TaxiiServer:
             self.app,
             access_log=None,  # the middleware logs each request, as the gRPC call log does
             handle_signals=False,
+            # In-flight requests get the grace gRPC calls get on shutdown.
+            shutdown_timeout=self._grace_s,
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
         )

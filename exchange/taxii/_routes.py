@@ -16,6 +16,7 @@ from exchange.auth import Authenticator, Caller
 from exchange.errors import InvalidBundle
 from exchange.ingest import Ingest
 from exchange.model import Partner
+from exchange.quota import PartnerQuota
 from exchange.store import ObjectStore
 from exchange.taxii._auth import authenticate
 from exchange.taxii._collections import TaxiiCollection, collection_of, collections_of
@@ -61,6 +62,10 @@ class Handlers:
     recorder: AuditRecorder
     statuses: Statuses
     max_content_length: int
+    # The partner quotas gRPC admission uses (limits.max_calls_per_partner,
+    # limits.max_submissions_per_partner): one budget whichever protocol a partner uses.
+    calls: PartnerQuota
+    submissions: PartnerQuota
 
     def routes(self) -> list[web.RouteDef]:
         root = f"/{API_ROOT}"
@@ -143,7 +148,8 @@ class Handlers:
     # -- reads ---------------------------------------------------------------------------
     async def objects(self, request: web.Request) -> web.Response:
         partner, collection = await self._collection(request)
-        page = await read_page(self.store, partner, collection, requested(request.query))
+        with self.calls.hold(partner.partner_id):
+            page = await read_page(self.store, partner, collection, requested(request.query))
         # What a Subscribe stream records for the same versions (a DELIVER entry).
         self.recorder.note_deliveries(partner.partner_id, page.items, time.time(), "taxii")
         body = _paged(page, "objects", b",".join(s.obj.body for s in page.items))
@@ -153,7 +159,8 @@ class Handlers:
         partner, collection = await self._collection(request)
         object_id = request.match_info["object"]
         query = requested(request.query, object_id=object_id)
-        page = await read_page(self.store, partner, collection, query)
+        with self.calls.hold(partner.partner_id):
+            page = await read_page(self.store, partner, collection, query)
         await lookup_recorded(self.recorder, partner, object_id, page.items)
         if not page.items and query.after_seq == 0:
             raise self._no_object(partner, object_id)
@@ -165,7 +172,8 @@ class Handlers:
         partner, collection = await self._collection(request)
         object_id = request.match_info["object"]
         query = requested(request.query, object_id=object_id, default_version="all")
-        page = await read_page(self.store, partner, collection, query)
+        with self.calls.hold(partner.partner_id):
+            page = await read_page(self.store, partner, collection, query)
         await lookup_recorded(self.recorder, partner, object_id, page.items)
         if not page.items and query.after_seq == 0:
             raise self._no_object(partner, object_id)
@@ -174,7 +182,8 @@ class Handlers:
 
     async def manifest(self, request: web.Request) -> web.Response:
         partner, collection = await self._collection(request)
-        page = await read_page(self.store, partner, collection, requested(request.query))
+        with self.calls.hold(partner.partner_id):
+            page = await read_page(self.store, partner, collection, requested(request.query))
         # Ids and versions, no content: one LOOKUP entry saying how many were listed.
         self.recorder.note(
             [
@@ -213,8 +222,13 @@ class Handlers:
     async def add_objects(self, request: web.Request) -> web.Response:
         partner, collection = await self._collection(request, write=True)
         check_content_type(request.headers.get("Content-Type"))
-        raw = await request.read()
-        results = await self.ingest.submit(partner, _bundle_of(raw), collection.audience())
+        # Counted before the body is read, as gRPC admission counts a Submit.
+        await self.submissions.enter(partner.partner_id)
+        try:
+            raw = await request.read()
+            results = await self.ingest.submit(partner, _bundle_of(raw), collection.audience())
+        finally:
+            self.submissions.leave(partner.partner_id)
         status = status_resource(results)
         self.statuses.keep(partner.partner_id, status)
         return taxii_response(status, status=202)
