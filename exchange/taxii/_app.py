@@ -19,7 +19,7 @@ from exchange.errors import ExchangeError, Unavailable
 from exchange.ingest import Ingest
 from exchange.logs import PARTNER_ID, REQUEST_ID
 from exchange.quota import PartnerQuota
-from exchange.store import ObjectStore
+from exchange.store import Store
 from exchange.taxii._errors import AUTHENTICATE, TaxiiError, error_body, taxii_error_of, title_of
 from exchange.taxii._media import check_accept
 from exchange.taxii._routes import Handlers, taxii_response
@@ -105,7 +105,7 @@ class TaxiiServer:
         *,
         auth: Authenticator,
         ingest: Ingest,
-        store: ObjectStore,
+        store: Store,
         recorder: AuditRecorder,
         calls: PartnerQuota,
         submissions: PartnerQuota,

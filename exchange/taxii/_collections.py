@@ -44,12 +44,25 @@ class TaxiiCollection:
     def can_write(self, partner: Partner) -> bool:
         return self.writable and Role.SUBMIT in partner.roles and not partner.disabled
 
-    def holds(self, partner: Partner, stored: StoredObject) -> bool:
-        """Whether ``stored`` is in this collection for ``partner``: always through
-        policy.may_receive, the one decision every delivery path takes."""
-        if not policy.may_receive(partner, stored.audience):
+    def holds(self, partner: Partner, stored: StoredObject, registered_at: float) -> bool:
+        """Whether ``stored`` is in this collection for ``partner`` (registered at
+        ``registered_at``): always through policy.may_receive, the one decision every
+        delivery path takes, and the rule Subscribe follows for audiences that exclude
+        kinds of partner: they are resolved to the partners registered when the object
+        was published (policy.topics_for), so a partner registered after it was
+        accepted does not receive it unless named."""
+        audience = stored.audience
+        if not policy.may_receive(partner, audience):
             return False
-        return self.community is None or self.community in stored.audience.communities
+        if (
+            audience.excluded_kinds
+            and stored.accepted_at < registered_at
+            and partner.partner_id != audience.submitter
+            and partner.partner_id not in audience.recipients
+            and partner.partner_id not in audience.implied
+        ):
+            return False
+        return self.community is None or self.community in audience.communities
 
     def audience(self) -> AudienceRequest:
         """What a POST here submits to."""

@@ -33,6 +33,17 @@ _TITLES = {
 }
 
 
+# The exchange's error tree as HTTP statuses, most specific first.
+_STATUSES: tuple[tuple[type[ExchangeError], int], ...] = (
+    (InvalidArgument, 400),
+    (Unauthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (ResourceExhausted, 429),
+    (Unavailable, 503),
+)
+
+
 class TaxiiError(Exception):
     """An HTTP error the TAXII front-end answers with an error resource."""
 
@@ -45,19 +56,7 @@ class TaxiiError(Exception):
 
 def taxii_error_of(exc: ExchangeError) -> TaxiiError:
     """The exchange's error tree, as TAXII statuses (as services/_status does for gRPC)."""
-    status = 500
-    if isinstance(exc, InvalidArgument):
-        status = 400
-    elif isinstance(exc, Unauthenticated):
-        status = 401
-    elif isinstance(exc, PermissionDenied):
-        status = 403
-    elif isinstance(exc, NotFound):
-        status = 404
-    elif isinstance(exc, ResourceExhausted):
-        status = 429
-    elif isinstance(exc, Unavailable):
-        status = 503
+    status = next((code for kind, code in _STATUSES if isinstance(exc, kind)), 500)
     return TaxiiError(status, _TITLES[status], exc.message)
 
 

@@ -12,7 +12,7 @@ from exchange._subscription_request import MAX_FILTER_VALUES
 from exchange.audit.entries import Action, Event, body_digest
 from exchange.audit.recorder import AuditRecorder
 from exchange.model import Partner, StoredObject
-from exchange.store import ObjectStore, PublishedQuery
+from exchange.store import PublishedQuery, Store
 from exchange.taxii._collections import TaxiiCollection
 from exchange.taxii._errors import TaxiiError
 from exchange.taxii._paging import accepted_from, date_added, decode_next, parse_limit
@@ -99,17 +99,21 @@ class Page:
 
 
 async def read_page(
-    store: ObjectStore, partner: Partner, collection: TaxiiCollection, query: PublishedQuery
+    store: Store, partner: Partner, collection: TaxiiCollection, query: PublishedQuery
 ) -> Page:
     """One page: at most ``query.limit`` versions ``partner`` may see in ``collection``,
-    in acceptance order; usually one store query."""
+    in acceptance order; usually one store query (and one for the partner's
+    registration time)."""
+    # A partner is registered with its first credential (RegistryStore.add_partner).
+    credentials = await store.list_credentials(partner.partner_id)
+    registered_at = min((c.created_at for c in credentials), default=0.0)
     items: list[StoredObject] = []
     after = query.after_seq
     for _ in range(_MAX_SCANS):
         rows = await store.published_objects(replace(query, after_seq=after))
         for stored in rows:
             after = stored.seq
-            if collection.holds(partner, stored):
+            if collection.holds(partner, stored, registered_at):
                 items.append(stored)
                 if len(items) == query.limit:
                     return _trimmed(items, after)

@@ -17,7 +17,7 @@ from exchange.errors import InvalidBundle
 from exchange.ingest import Ingest
 from exchange.model import Partner
 from exchange.quota import PartnerQuota
-from exchange.store import ObjectStore
+from exchange.store import Store
 from exchange.taxii._auth import authenticate
 from exchange.taxii._collections import TaxiiCollection, collection_of, collections_of
 from exchange.taxii._errors import TaxiiError
@@ -58,7 +58,7 @@ def _paged(page: Page, key: str, listed: bytes) -> bytes:
 class Handlers:
     auth: Authenticator
     ingest: Ingest
-    store: ObjectStore
+    store: Store
     recorder: AuditRecorder
     statuses: Statuses
     max_content_length: int
@@ -146,44 +146,40 @@ class Handlers:
         return taxii_response(_found(partner, request).resource(partner))
 
     # -- reads ---------------------------------------------------------------------------
-    async def objects(self, request: web.Request) -> web.Response:
+    async def _page(
+        self, request: web.Request, object_id: str | None = None, default_version: str = "last"
+    ) -> tuple[Partner, Page]:
+        """A page of the collection the request names, within the partner's call quota;
+        for one object (``object_id``) a LOOKUP entry, and 404 when it is not there."""
         partner, collection = await self._collection(request)
+        query = requested(request.query, object_id=object_id, default_version=default_version)
         with self.calls.hold(partner.partner_id):
-            page = await read_page(self.store, partner, collection, requested(request.query))
+            page = await read_page(self.store, partner, collection, query)
+        if object_id is not None:
+            await lookup_recorded(self.recorder, partner, object_id, page.items)
+            if not page.items and query.after_seq == 0:
+                raise self._no_object(partner, object_id)
+        return partner, page
+
+    async def objects(self, request: web.Request) -> web.Response:
+        return self._objects_answer(*await self._page(request))
+
+    async def object(self, request: web.Request) -> web.Response:
+        return self._objects_answer(*await self._page(request, request.match_info["object"]))
+
+    def _objects_answer(self, partner: Partner, page: Page) -> web.Response:
         # What a Subscribe stream records for the same versions (a DELIVER entry).
         self.recorder.note_deliveries(partner.partner_id, page.items, time.time(), "taxii")
         body = _paged(page, "objects", b",".join(s.obj.body for s in page.items))
         return taxii_bytes(body, headers=page.headers())
 
-    async def object(self, request: web.Request) -> web.Response:
-        partner, collection = await self._collection(request)
-        object_id = request.match_info["object"]
-        query = requested(request.query, object_id=object_id)
-        with self.calls.hold(partner.partner_id):
-            page = await read_page(self.store, partner, collection, query)
-        await lookup_recorded(self.recorder, partner, object_id, page.items)
-        if not page.items and query.after_seq == 0:
-            raise self._no_object(partner, object_id)
-        self.recorder.note_deliveries(partner.partner_id, page.items, time.time(), "taxii")
-        body = _paged(page, "objects", b",".join(s.obj.body for s in page.items))
-        return taxii_bytes(body, headers=page.headers())
-
     async def versions(self, request: web.Request) -> web.Response:
-        partner, collection = await self._collection(request)
-        object_id = request.match_info["object"]
-        query = requested(request.query, object_id=object_id, default_version="all")
-        with self.calls.hold(partner.partner_id):
-            page = await read_page(self.store, partner, collection, query)
-        await lookup_recorded(self.recorder, partner, object_id, page.items)
-        if not page.items and query.after_seq == 0:
-            raise self._no_object(partner, object_id)
+        _, page = await self._page(request, request.match_info["object"], "all")
         listed = b",".join(orjson.dumps(s.obj.version) for s in page.items)
         return taxii_bytes(_paged(page, "versions", listed), headers=page.headers())
 
     async def manifest(self, request: web.Request) -> web.Response:
-        partner, collection = await self._collection(request)
-        with self.calls.hold(partner.partner_id):
-            page = await read_page(self.store, partner, collection, requested(request.query))
+        partner, page = await self._page(request)
         # Ids and versions, no content: one LOOKUP entry saying how many were listed.
         self.recorder.note(
             [

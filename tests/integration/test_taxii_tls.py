@@ -23,12 +23,7 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 
 @pytest.fixture
 def server(tmp_path: Path, ca: CertificateAuthority) -> Iterator[ServerThread]:
-    issued = ca.issue("exchange-server", server=True)
-    tls = {
-        "cert_file": str(issued.cert),
-        "key_file": str(issued.key),
-        "client_ca_file": str(ca.cert),
-    }
+    tls = ca.mutual_tls()
     settings = settings_for(tmp_path / "data", tls=tls, taxii={"listen": "127.0.0.1:0"})
     srv = ServerThread(settings).start()
     yield srv
