@@ -211,6 +211,12 @@ async def _serve(settings: Settings) -> None:
             else f"data: {settings.data_path.resolve()}"
         )
         click.echo(f"exchange listening on {host}:{port} ({data}, bus: {bus})", err=True)
+        if server.taxii is not None:
+            scheme = "https" if settings.tls.cert_file else "http"
+            taxii_host = settings.taxii_listen.rsplit(":", 1)[0]
+            click.echo(
+                f"TAXII 2.1 on {scheme}://{taxii_host}:{server.taxii.port}/taxii2/", err=True
+            )
         await stop.wait()
         click.echo("exchange: shutting down", err=True)
     finally:

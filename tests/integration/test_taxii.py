@@ -182,6 +182,11 @@ def test_taxii_read_equals_subscribe_from_beginning(server: ServerThread) -> Non
         assert sorted(read) == sorted(streamed), who.partner_id
         assert len(set(read)) == len(read)
         assert streamed  # every partner receives something here
+    # A revoked version is listed among the versions, and is the latest.
+    versions = reader(server, social, RECEIVED_ID).object_versions(revised["id"])["versions"]
+    assert versions == [ngo_amber[0]["modified"], revised["modified"]]
+    [latest] = reader(server, social, RECEIVED_ID).get_object(revised["id"])["objects"]
+    assert latest["revoked"] is True
 
 
 def test_paging_while_objects_are_added(server: ServerThread) -> None:
