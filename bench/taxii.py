@@ -6,6 +6,9 @@
    that each object came exactly once.
 2. POSTs M envelopes of 1,000 objects to the inbox, and submits M bundles of the same
    objects (new ids) with gRPC Submit: objects/s of each.
+3. With ``--medallion`` (the ``bench`` extra installed): the same M envelopes POSTed to
+   medallion, the OASIS TAXII 2.1 reference server (memory backend, bench/peers.py), and
+   read back from it with the same ``limit`` (medallion caps pages at 100).
 
 The server runs in this process (tests.helpers.ServerThread, embedded store and bus).
 It prints numbers and never fails on a timing. Run ``python bench/taxii.py --help``.
@@ -14,6 +17,7 @@ It prints numbers and never fails on a timing. Run ``python bench/taxii.py --hel
 from __future__ import annotations
 
 import argparse
+import http.client
 import statistics
 import sys
 import tempfile
@@ -80,6 +84,41 @@ def _read_process(conn: Connection, url: str, user: str, token: str, limit: int)
         conn.send(("error", repr(exc)))
 
 
+def _medallion(envelopes: list[bytes], limit: int) -> str:
+    """POST the envelopes to a fresh medallion, then page through them: its rates."""
+    from bench.peers import _request, medallion_server  # noqa: PLC0415 (the bench extra)
+
+    with medallion_server() as peer:
+        conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=600)
+        try:
+            path = peer.objects_path(peer.collection)
+            began = time.perf_counter()
+            for body in envelopes:
+                status, answer = _request(conn, "POST", path, peer.authorization, body)
+                if status != 202:
+                    raise RuntimeError(f"medallion answered {status}: {answer[:300]!r}")
+            post_s = time.perf_counter() - began
+            got, query = 0, f"?limit={limit}"
+            began = time.perf_counter()
+            while True:
+                status, answer = _request(conn, "GET", path + query, peer.authorization)
+                if status != 200:
+                    raise RuntimeError(f"medallion answered {status}: {answer[:300]!r}")
+                page = orjson.loads(answer)
+                got += len(page.get("objects", []))
+                if not page.get("more"):
+                    break
+                query = f"?limit={limit}&next={page['next']}"
+            read_s = time.perf_counter() - began
+        finally:
+            conn.close()
+    total = len(envelopes) * BUNDLE
+    return (
+        f"medallion {peer.version} (memory backend): POST {total / post_s:,.0f} objects/s;"
+        f" paged read of {got:,} objects {got / read_s:,.0f} objects/s"
+    )
+
+
 def _quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q * 100) - 1] if len(values) > 1 else values[0]
 
@@ -90,6 +129,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000, help="TAXII page size")
     parser.add_argument(
         "--envelopes", type=int, default=10, help="1,000-object POSTs (and Submits)"
+    )
+    parser.add_argument(
+        "--medallion", action="store_true", help="the same POSTs and reads on medallion"
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-taxii-") as tmp:
@@ -148,6 +190,8 @@ def main() -> None:
                 f" {total / taxii_s:,.0f} objects/s, gRPC Submit {total / grpc_s:,.0f} objects/s"
                 f" (TAXII/gRPC {grpc_s / taxii_s:.2f})"
             )
+            if args.medallion:
+                print(_medallion(envelopes, args.limit))
         finally:
             server.stop()
 
