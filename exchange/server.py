@@ -208,6 +208,7 @@ class ExchangeServer:
                 recorder=self.recorder,
                 calls=self.quotas[CallKind.CALL],
                 submissions=self.quotas[CallKind.SUBMISSION],
+                metrics=self.metrics,
                 tls=settings.tls,
                 max_bundle_bytes=settings.limits.max_bundle_bytes,
                 shutdown_grace_s=settings.shutdown_grace_s,

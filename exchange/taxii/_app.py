@@ -18,6 +18,7 @@ from exchange.config import TlsSettings, parse_listen
 from exchange.errors import ExchangeError, Unavailable
 from exchange.ingest import Ingest
 from exchange.logs import PARTNER_ID, REQUEST_ID
+from exchange.metrics import Metrics
 from exchange.quota import PartnerQuota
 from exchange.store import Store
 from exchange.taxii._errors import AUTHENTICATE, TaxiiError, error_body, taxii_error_of, title_of
@@ -36,6 +37,7 @@ MAX_HEADER_BYTES = 16 * 1024
 _BODY_SLACK = 64 * 1024
 
 _MAX_BODY = web.AppKey("max_body", int)
+_METRICS = web.AppKey("metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,12 +73,15 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _error_response(
             TaxiiError(500, title_of(500), "the exchange failed to answer; the error is logged")
         )
+    seconds = time.perf_counter() - started
+    # The route's pattern, never the path: ids in paths would make labels unbounded.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[_METRICS]
+    metrics.taxii_requests.labels(request.method, route, str(response.status)).inc()
+    metrics.taxii_duration.labels(request.method, route).observe(seconds)
     log.info(
-        "taxii %s %s %d %.1f ms",
-        request.method,
-        request.path,
-        response.status,
-        (time.perf_counter() - started) * 1000,
+        "taxii %s %s %d %.1f ms", request.method, request.path, response.status, seconds * 1000
     )
     return response
 
@@ -109,6 +114,7 @@ class TaxiiServer:
         recorder: AuditRecorder,
         calls: PartnerQuota,
         submissions: PartnerQuota,
+        metrics: Metrics,
         tls: TlsSettings,
         max_bundle_bytes: int,
         shutdown_grace_s: float = 10.0,
@@ -119,6 +125,7 @@ class TaxiiServer:
         max_body = max_bundle_bytes + _BODY_SLACK
         self.app = web.Application(middlewares=[_guard], client_max_size=max_body)
         self.app[_MAX_BODY] = max_body
+        self.app[_METRICS] = metrics
         handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
         self.app.add_routes(handlers.routes())
         self._runner: web.AppRunner | None = None

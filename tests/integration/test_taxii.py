@@ -94,6 +94,11 @@ def test_discovery_api_root_and_collections(server: ServerThread) -> None:
         by_title["Community sea-taskforce"].can_read
         and by_title["Community sea-taskforce"].can_write
     )
+    # Metrics by route pattern, as the gRPC calls are counted by method.
+    assert server.server is not None
+    registry = server.server.metrics.registry
+    labels = {"method": "GET", "route": "/exchange/collections/", "status": "200"}
+    assert registry.get_sample_value("exchange_taxii_requests_total", labels) == 1
 
 
 def test_read_write_versions_manifest_and_status(server: ServerThread) -> None:
