@@ -126,9 +126,10 @@ def _trimmed(items: list[StoredObject], after: int) -> Page:
     """A full page ends before the last run of versions sharing one ``date_added`` (when
     it is not the whole page), so that a client paging by ``added_after`` with the
     X-TAXII-Date-Added-Last header skips nothing; ``next`` is exact either way."""
-    last = date_added(items[-1].accepted_at)
+    # date_added's microseconds, compared as numbers (formatting each cost a third of a page).
+    last = int(items[-1].accepted_at * 1_000_000)
     keep = len(items)
-    while keep > 0 and date_added(items[keep - 1].accepted_at) == last:
+    while keep > 0 and int(items[keep - 1].accepted_at * 1_000_000) == last:
         keep -= 1
     if keep == 0:
         return Page(items, after)
