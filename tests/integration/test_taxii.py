@@ -149,10 +149,11 @@ def test_read_write_versions_manifest_and_status(server: ServerThread) -> None:
     assert theirs.status_code == 404
 
 
-def test_stix2_taxii_collection_source(server: ServerThread) -> None:
+def test_stix2_taxii_collection_sink_and_source(server: ServerThread) -> None:
     ngo = server.add_partner("harbor-light", kind=PartnerKind.NGO)
     objects = [indicator(ngo.identity, n=i) for i in range(3)]
-    submit(server, ngo, objects)
+    sink = stix2.TAXIICollectionSink(reader(server, ngo, INBOX_ID))
+    sink.add([stix2.parse(o, allow_custom=False) for o in objects])
     server.wait_published()
     source = stix2.TAXIICollectionSource(reader(server, ngo, RECEIVED_ID))
     got = source.get(objects[1]["id"])
