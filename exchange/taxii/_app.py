@@ -86,6 +86,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and its version; the exchange says nothing about its stack.
+    response.headers.popall("Server", None)
+
+
 def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
     """TLS and mutual TLS from the settings gRPC uses."""
     if not tls.cert_file:
@@ -126,6 +131,7 @@ class TaxiiServer:
         self.app = web.Application(middlewares=[_guard], client_max_size=max_body)
         self.app[_MAX_BODY] = max_body
         self.app[_METRICS] = metrics
+        self.app.on_response_prepare.append(_no_server_header)
         handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
         self.app.add_routes(handlers.routes())
         self._runner: web.AppRunner | None = None

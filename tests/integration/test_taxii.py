@@ -230,6 +230,7 @@ def test_unauthenticated_forbidden_and_not_found(server: ServerThread) -> None:
     assert response.status_code == 401
     assert "Basic" in response.headers["WWW-Authenticate"]
     assert response.headers["Content-Type"] == MEDIA
+    assert "Server" not in response.headers  # nothing about the stack behind it
     assert response.json()["http_status"] == "401"
     assert (
         requests.get(
