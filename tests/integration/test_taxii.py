@@ -29,6 +29,8 @@ from tests.helpers import (
 )
 
 MEDIA = "application/taxii+json;version=2.1"
+# taxii2-client endpoints a test opened (they hold connections).
+OPENED: list[Any] = []
 
 
 @pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
@@ -37,6 +39,9 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerThr
     settings = settings_for(tmp_path / "data", bootstrap, taxii={"listen": "127.0.0.1:0"})
     srv = ServerThread(settings).start()
     yield srv
+    # taxii2-client keeps a connection per endpoint object: closed here, not by the GC.
+    while OPENED:
+        OPENED.pop().close()
     srv.stop()
 
 
@@ -50,9 +55,11 @@ def collection_url(server: ServerThread, collection_id: str) -> str:
 
 
 def reader(server: ServerThread, who: PartnerCredentials, collection_id: str) -> Collection:
-    return Collection(
+    collection = Collection(
         collection_url(server, collection_id), user=who.partner_id, password=who.token
     )
+    OPENED.append(collection)
+    return collection
 
 
 def submit(
@@ -82,6 +89,7 @@ def test_discovery_api_root_and_collections(server: ServerThread) -> None:
     ngo = server.add_partner("harbor-light", kind=PartnerKind.NGO)
     server.add_community("sea-taskforce", ngo)
     found = Server(f"{base(server)}/taxii2/", user=ngo.partner_id, password=ngo.token)
+    OPENED.append(found)
     assert found.title
     assert len(found.api_roots) == 1
     root: ApiRoot = found.api_roots[0]
@@ -104,7 +112,7 @@ def test_discovery_api_root_and_collections(server: ServerThread) -> None:
 def test_read_write_versions_manifest_and_status(server: ServerThread) -> None:
     ngo = server.add_partner("harbor-light", kind=PartnerKind.NGO)
     social = server.add_partner("kestrel-social", kind=PartnerKind.TECH)
-    inbox = Collection(collection_url(server, INBOX_ID), user=ngo.partner_id, password=ngo.token)
+    inbox = reader(server, ngo, INBOX_ID)
     first = indicator(ngo.identity, n=1, tlp=Tlp.GREEN)
     later = dict(first, modified="2026-06-01T00:00:00.000Z")
     bad = indicator(ngo.identity, n=2, pattern="[not a pattern")
