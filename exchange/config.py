@@ -31,6 +31,7 @@ __all__ = [
     "PostgresSettings",
     "Settings",
     "SubscriptionSettings",
+    "TaxiiSettings",
     "TlsSettings",
     "effective_settings",
     "load_settings",
@@ -173,6 +174,22 @@ class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str = ""
 
 
+# The embedded default's TAXII address (taxii.listen = "default" on the embedded store
+# and bus); see TaxiiSettings.
+EMBEDDED_TAXII_LISTEN = "127.0.0.1:6000"
+
+
+class TaxiiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """TAXII 2.1 over HTTP(S), beside gRPC, with the same credentials and TLS settings
+    (docs/taxii.md)."""
+
+    # HOST:PORT, or "" (off), or "default": 127.0.0.1:6000 on the embedded default (no
+    # database URL and no Kafka: a laptop), off otherwise (production turns it on by
+    # naming an address). An address other machines can reach needs TLS or insecure,
+    # as gRPC's listen does.
+    listen: str = "default"
+
+
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "text" for people, "json" (one object per line) for log collectors.
     format: str = "text"
@@ -208,11 +225,20 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     postgres: PostgresSettings = msgspec.field(default_factory=PostgresSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    taxii: TaxiiSettings = msgspec.field(default_factory=TaxiiSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def taxii_listen(self) -> str:
+        """Where TAXII listens ("" when off), taxii.listen's "default" resolved."""
+        if self.taxii.listen != "default":
+            return self.taxii.listen
+        embedded = not self.database and not self.kafka.bootstrap
+        return EMBEDDED_TAXII_LISTEN if embedded else ""
 
     @property
     def sqlite_path(self) -> Path:
@@ -457,6 +483,8 @@ def _check_operations(s: Settings) -> None:
     parse_listen(s.listen)
     if s.metrics.listen:
         parse_listen(s.metrics.listen, "metrics.listen")
+    if s.taxii_listen:
+        parse_listen(s.taxii_listen, "taxii.listen")
     if s.postgres.pool_size < 2:
         raise InvalidArgument("postgres.pool_size must be 2 or more")
     if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:

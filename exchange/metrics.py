@@ -292,6 +292,19 @@ class Metrics:
             buckets=_CALL_BUCKETS,
             registry=r,
         )
+        self.taxii_requests = Counter(
+            "exchange_taxii_requests",
+            "Answered TAXII requests, by method, route (its pattern) and HTTP status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.taxii_duration = Histogram(
+            "exchange_taxii_request_duration_seconds",
+            "Duration of answered TAXII requests, by method and route (its pattern)",
+            ["method", "route"],
+            buckets=_CALL_BUCKETS,
+            registry=r,
+        )
         # Known label values appear at 0 from the start, so rate() sees the first one.
         for outcome in SUBMISSION_OUTCOMES:
             self.submissions.labels(outcome)

@@ -42,6 +42,7 @@ from exchange.services.audit import AuditService
 from exchange.services.exchange import ExchangeService, add_exchange_service
 from exchange.store import open_store
 from exchange.subscriptions import Subscriptions
+from exchange.taxii import TaxiiServer
 from exchange.validation import Validator
 
 __all__ = ["SHUTDOWN_SLACK_S", "ExchangeServer", "check_listen", "is_loopback"]
@@ -75,8 +76,15 @@ def is_loopback(listen: str) -> bool:
 
 
 def check_listen(settings: Settings) -> None:
-    """Refuse plain gRPC on an address other machines can reach, unless asked for."""
-    if settings.tls.cert_file or settings.insecure or is_loopback(settings.listen):
+    """Refuse plain gRPC (or TAXII) on an address other machines can reach, unless asked for."""
+    if settings.tls.cert_file or settings.insecure:
+        return
+    if settings.taxii_listen and not is_loopback(settings.taxii_listen):
+        raise InvalidArgument(
+            f"refusing to serve TAXII on {settings.taxii_listen} without TLS: set"
+            " tls.cert_file and tls.key_file, or insecure = true behind a TLS-terminating proxy"
+        )
+    if is_loopback(settings.listen):
         return
     raise InvalidArgument(
         f"refusing to listen on {settings.listen} without TLS: tokens and indicators would"
@@ -148,32 +156,34 @@ class ExchangeServer:
         self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
         self.registry_watch = RegistryWatch(self.store)
         self.registry_watch.on_change(self.subscriptions.wake_all)
-        # A partner's calls in progress, counted before their requests are read.
+        # A partner's calls in progress, counted before their requests are read; TAXII
+        # requests count against the same quotas.
+        self.quotas = {
+            CallKind.SUBMISSION: PartnerQuota(
+                settings.limits.max_submissions_per_partner,
+                setting="limits.max_submissions_per_partner",
+                what="submissions",
+                metrics=self.metrics,
+                at_once=settings.limits.submissions_at_once_per_partner,
+            ),
+            CallKind.STREAM: PartnerQuota(
+                settings.subscriptions.max_open_per_partner,
+                setting="subscriptions.max_open_per_partner",
+                what="open subscriptions",
+                metrics=self.metrics,
+                hint="close one before opening another (a stream whose messages you do"
+                " not read stays open until you read them or close its connection)",
+            ),
+            CallKind.CALL: PartnerQuota(
+                settings.limits.max_calls_per_partner,
+                setting="limits.max_calls_per_partner",
+                what="calls (look-ups, audit and admin calls)",
+                metrics=self.metrics,
+            ),
+        }
         self.admission = Admission(
             self.store,
-            {
-                CallKind.SUBMISSION: PartnerQuota(
-                    settings.limits.max_submissions_per_partner,
-                    setting="limits.max_submissions_per_partner",
-                    what="submissions",
-                    metrics=self.metrics,
-                    at_once=settings.limits.submissions_at_once_per_partner,
-                ),
-                CallKind.STREAM: PartnerQuota(
-                    settings.subscriptions.max_open_per_partner,
-                    setting="subscriptions.max_open_per_partner",
-                    what="open subscriptions",
-                    metrics=self.metrics,
-                    hint="close one before opening another (a stream whose messages you do"
-                    " not read stays open until you read them or close its connection)",
-                ),
-                CallKind.CALL: PartnerQuota(
-                    settings.limits.max_calls_per_partner,
-                    setting="limits.max_calls_per_partner",
-                    what="calls (look-ups, audit and admin calls)",
-                    metrics=self.metrics,
-                ),
-            },
+            self.quotas,
             self.registry_watch,
             certificates=bool(settings.tls.client_ca_file),
         )
@@ -187,6 +197,23 @@ class ExchangeServer:
         self.metrics_server = (
             MetricsServer(self.metrics, settings.metrics.listen, self.monitor.readiness)
             if settings.metrics.listen
+            else None
+        )
+        self.taxii = (
+            TaxiiServer(
+                settings.taxii_listen,
+                auth=self.auth,
+                ingest=self.ingest,
+                store=self.store,
+                recorder=self.recorder,
+                calls=self.quotas[CallKind.CALL],
+                submissions=self.quotas[CallKind.SUBMISSION],
+                metrics=self.metrics,
+                tls=settings.tls,
+                max_bundle_bytes=settings.limits.max_bundle_bytes,
+                shutdown_grace_s=settings.shutdown_grace_s,
+            )
+            if settings.taxii_listen
             else None
         )
         self.port = 0
@@ -292,7 +319,23 @@ class ExchangeServer:
         self.monitor.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
+        await self._start_taxii()
         return self.port
+
+    async def _start_taxii(self) -> None:
+        if self.taxii is None:
+            return
+        try:
+            port = await self.taxii.start()
+        except Unavailable as exc:
+            if self.settings.taxii.listen != "default":
+                raise
+            # The laptop default is a convenience: a second exchange on this machine
+            # still starts, without TAXII.
+            log.warning("%s; serving gRPC only", exc.message)
+            self.taxii = None
+            return
+        log.info("TAXII 2.1 listening on %s (port %d)", self.settings.taxii_listen, port)
 
     async def _check_signing_key(self, signer: Signer) -> None:
         """Every process that signs this log's checkpoints must use the same key:
@@ -337,6 +380,8 @@ class ExchangeServer:
         self.subscriptions.begin_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.taxii is not None:
+            await self.taxii.stop()
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
         await self.registry_watch.close()

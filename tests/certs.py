@@ -83,3 +83,13 @@ class CertificateAuthority:
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, issued.key)
         return issued
+
+    def mutual_tls(self) -> dict[str, str]:
+        """The server's [tls] settings for mutual TLS with this CA (a certificate issued
+        for 127.0.0.1 and localhost; clients must present one this CA signed)."""
+        issued = self.issue("exchange-server", server=True)
+        return {
+            "cert_file": str(issued.cert),
+            "key_file": str(issued.key),
+            "client_ca_file": str(self.cert),
+        }

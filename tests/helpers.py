@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import requests
 from exchange_protocol.pb import exchange_pb2, exchange_pb2_grpc
 
 from exchange import policy
@@ -25,6 +26,7 @@ from exchange.model import Community, Partner, Tlp
 from exchange.server import ExchangeServer
 from exchange.stix.tlp import TLP_BY_MARKING_ID, marking_id
 from exchange.subscriptions import Cursor
+from exchange.taxii._collections import RECEIVED_ID as TAXII_RECEIVED
 
 T = TypeVar("T")
 
@@ -138,6 +140,8 @@ def settings_for(data_dir: Path, kafka_bootstrap: str | None = None, **overrides
         "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
         "relay": {"poll_interval_s": 0.2},
         "kafka": kafka,
+        # Off unless a test asks: the embedded default's fixed port would be shared.
+        "taxii": {"listen": ""},
     }
     base.update(overrides)
     return load_settings(None, environ={}, overrides=base)
@@ -241,6 +245,32 @@ class ServerThread:
                     break
             call.cancel()  # type: ignore[no-untyped-call]
         return got
+
+    def taxii_received(self, who: PartnerCredentials, limit: int = 50) -> list[tuple[str, str]]:
+        """(id, version) of every version in ``who``'s TAXII "Received" collection, paging
+        with ``next`` (the server must have been started with taxii.listen)."""
+        assert self.server is not None and self.server.taxii is not None
+        url = (
+            f"http://127.0.0.1:{self.server.taxii.port}/exchange/collections/"
+            f"{TAXII_RECEIVED}/objects/"
+        )
+        params = {"limit": str(limit), "match[version]": "all"}
+        got: list[tuple[str, str]] = []
+        with requests.Session() as session:
+            while True:
+                response = session.get(
+                    url,
+                    params=params,
+                    auth=(who.partner_id, who.token),
+                    headers={"Accept": "application/taxii+json;version=2.1"},
+                    timeout=30,
+                )
+                response.raise_for_status()
+                page = response.json()
+                got += [(o["id"], o.get("modified", "")) for o in page.get("objects", [])]
+                if not page.get("more"):
+                    return got
+                params["next"] = page["next"]
 
     def stop(self) -> None:
         if self.loop.is_closed():

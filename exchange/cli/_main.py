@@ -85,6 +85,13 @@ def main() -> None:
     " (env: EXCHANGE_METRICS_LISTEN; default: off).",
 )
 @click.option(
+    "--taxii-listen",
+    metavar="HOST:PORT",
+    help="Serve TAXII 2.1 over HTTP here, with the gRPC TLS settings (env:"
+    " EXCHANGE_TAXII_LISTEN; default: 127.0.0.1:6000 on the embedded store and bus, off"
+    " with --database or --kafka-bootstrap; '' turns it off).",
+)
+@click.option(
     "--kafka-bootstrap",
     metavar="HOST:PORT[,HOST:PORT]",
     help="Use Kafka as the bus (env: EXCHANGE_KAFKA_BOOTSTRAP). Without it the embedded"
@@ -107,6 +114,7 @@ def serve(
     tls_key: str | None,
     tls_client_ca: str | None,
     metrics_listen: str | None,
+    taxii_listen: str | None,
     kafka_bootstrap: str | None,
     topic_prefix: str | None,
     no_kafka_idempotence: bool | None,
@@ -141,6 +149,7 @@ def serve(
         kafka=kafka or None,
         tls={k: v for k, v in tls.items() if v} or None,
         metrics={"listen": metrics_listen} if metrics_listen else None,
+        taxii={"listen": taxii_listen} if taxii_listen is not None else None,
     )
     # Before anything is created (the data directory, the signing key): a server that
     # cannot listen must leave nothing behind.
@@ -202,6 +211,12 @@ async def _serve(settings: Settings) -> None:
             else f"data: {settings.data_path.resolve()}"
         )
         click.echo(f"exchange listening on {host}:{port} ({data}, bus: {bus})", err=True)
+        if server.taxii is not None:
+            scheme = "https" if settings.tls.cert_file else "http"
+            taxii_host = settings.taxii_listen.rsplit(":", 1)[0]
+            click.echo(
+                f"TAXII 2.1 on {scheme}://{taxii_host}:{server.taxii.port}/taxii2/", err=True
+            )
         await stop.wait()
         click.echo("exchange: shutting down", err=True)
     finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from exchange.audit.entries import AuditEntry, AuditQuery, Event
@@ -49,6 +50,7 @@ __all__ = [
     "CommitOutcome",
     "Committed",
     "ObjectStore",
+    "PublishedQuery",
     "Receipt",
     "RegistryStore",
     "SetAsideRow",
@@ -133,6 +135,23 @@ class SignedCheckpoint(NamedTuple):
     tree_size: int
     note: bytes
     signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedQuery:
+    """A page of published object versions in acceptance order (the store's sequence),
+    for readers that page (TAXII). Values are checked by the caller; the store only
+    filters. ``versions`` holds "first", "last" (of each copy), "all", or versions
+    (STIX timestamps); several are OR-ed."""
+
+    after_seq: int
+    limit: int
+    object_ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    spec_versions: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("last",)
+    # Accepted at or after this time (epoch seconds).
+    accepted_from: float | None = None
 
 
 class StoreLifecycle(Protocol):
@@ -292,6 +311,14 @@ class ObjectStore(Protocol):
         ...
 
     async def relay_positions(self, topics: Iterable[str]) -> dict[TopicPartition, int]: ...
+
+    async def published_objects(self, query: PublishedQuery) -> list[StoredObject]:
+        """Object versions after ``query.after_seq`` that match it, by sequence, at most
+        ``query.limit``: only what the relay published (below the oldest outbox row,
+        and not set aside), so that what a pager saw once stays the same and every later
+        version has a higher sequence. Each with the audience it was stored with; the
+        caller (policy) decides who may see it."""
+        ...
 
 
 class AuditStore(Protocol):

@@ -31,10 +31,18 @@ from exchange.model import (
     StoredObject,
     Tlp,
     ValidObject,
+    version_key,
 )
 from exchange.stix._explain import printable, short
 from exchange.stix.vocab import is_observable
-from exchange.store import CommitOutcome, Committed, SetAsideRow, SignedCheckpoint, refusal
+from exchange.store import (
+    CommitOutcome,
+    Committed,
+    PublishedQuery,
+    SetAsideRow,
+    SignedCheckpoint,
+    refusal,
+)
 
 __all__ = [
     "NO_PREVIOUS",
@@ -58,6 +66,7 @@ __all__ = [
     "nothing_to_commit",
     "nul_in_bundle",
     "partner_of",
+    "published_where",
     "set_aside_of",
     "set_aside_reason",
     "stored_of",
@@ -498,3 +507,48 @@ def nothing_to_commit(
     if _may_hold_nul(objects, rejected) and (nul := nul_in_bundle(objects, rejected)):
         raise InvalidArgument(unstorable_text(nul))
     return False
+
+
+def _latest_of_copy(order: str) -> str:
+    return (
+        "o.seq = (SELECT l.seq FROM objects l WHERE l.object_id = o.object_id"  # noqa: S608 (order is ASC or DESC)
+        f" AND l.created_by_ref = o.created_by_ref ORDER BY l.version_key {order},"
+        f" l.seq {order} LIMIT 1)"
+    )
+
+
+def published_where(query: PublishedQuery, mark: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The WHERE clause (after ``FROM objects o``) and parameters of ``query``, the same
+    for both backends but for the parameter marks (``mark(n)``: "?" or "$n")."""
+    params: list[Any] = []
+
+    def add(value: Any) -> str:
+        params.append(value)
+        return mark(len(params))
+
+    def one_of(column: str, values: Iterable[Any]) -> str:
+        return f"{column} IN ({', '.join(add(v) for v in values)})"
+
+    # Published: below the oldest row still in the outbox, and never set aside.
+    clauses = [
+        f"o.seq > {add(query.after_seq)}",
+        "o.seq < COALESCE((SELECT MIN(b.seq) FROM outbox b), 9223372036854775807)",
+        "NOT EXISTS (SELECT 1 FROM set_aside s WHERE s.seq = o.seq)",
+    ]
+    if query.object_ids:
+        clauses.append(one_of("o.object_id", query.object_ids))
+    if query.types:
+        clauses.append(one_of("o.object_type", query.types))
+    if query.spec_versions:
+        clauses.append(one_of("o.spec_version", query.spec_versions))
+    if query.accepted_from is not None:
+        clauses.append(f"o.accepted_at >= {add(query.accepted_from)}")
+    if "all" not in query.versions:
+        which = [_latest_of_copy("DESC")] if "last" in query.versions else []
+        if "first" in query.versions:
+            which.append(_latest_of_copy("ASC"))
+        exact = [version_key(v) for v in query.versions if v not in ("first", "last")]
+        if exact:
+            which.append(one_of("o.version_key", exact))
+        clauses.append("(" + " OR ".join(which) + ")")
+    return " AND ".join(clauses) + f" ORDER BY o.seq LIMIT {add(query.limit)}", params

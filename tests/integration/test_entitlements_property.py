@@ -91,7 +91,9 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ServerThread, Model]]:
     bootstrap = request.getfixturevalue("tansu") if request.param == "kafka" else None
-    srv = ServerThread(settings_for(tmp_path_factory.mktemp("data"), bootstrap)).start()
+    taxii = {"listen": "127.0.0.1:0"}
+    srv = ServerThread(settings_for(tmp_path_factory.mktemp("data"), bootstrap, taxii=taxii))
+    srv.start()
     yield srv, Model()
     srv.stop()
 
@@ -156,8 +158,12 @@ def test_every_partner_receives_exactly_what_the_rules_allow(
     for member in members:
         if Role.SUBSCRIBE not in member.roles:
             continue  # it cannot subscribe at all (test_entitlements checks the refusal)
-        got = [d.object_id for d in server.drain(member.creds)]
+        delivered = server.drain(member.creds)
+        got = [d.object_id for d in delivered]
         assert len(got) == len(set(got)), f"{member.creds.partner_id} received an object twice"
+        # TAXII's read collection holds the same versions as the Subscribe stream.
+        streamed = sorted((d.object_id, d.version) for d in delivered)
+        assert sorted(server.taxii_received(member.creds)) == streamed, member
         expected = {s.object_id for s in model.shared if model.entitled(member, s)}
         leaked, lost = set(got) - expected, expected - set(got)
         assert not leaked and not lost, (member, leaked, lost)

@@ -21,12 +21,7 @@ def ca(tmp_path: Path) -> CertificateAuthority:
 
 @pytest.fixture
 def server(tmp_path: Path, ca: CertificateAuthority) -> Iterator[ServerThread]:
-    issued = ca.issue("exchange-server", server=True)
-    tls = {
-        "cert_file": str(issued.cert),
-        "key_file": str(issued.key),
-        "client_ca_file": str(ca.cert),
-    }
+    tls = ca.mutual_tls()
     srv = ServerThread(settings_for(tmp_path / "data", tls=tls)).start()
     yield srv
     srv.stop()

@@ -30,7 +30,7 @@ from exchange.model import (
     Tlp,
     ValidObject,
 )
-from exchange.store import CommitOutcome, Committed, SetAsideRow, Store
+from exchange.store import CommitOutcome, Committed, PublishedQuery, SetAsideRow, Store
 from exchange.store._common import SET_ASIDE_REASON_CHARS
 from exchange.store.sqlite import SqliteStore
 from tests.diskspace import MIB, SmallDisk, database_on_small_disk, small_disk
@@ -791,3 +791,42 @@ async def test_a_full_disk_refuses_writes_until_there_is_room(
         assert stored == {*acknowledged, *(o.object_id for o in bundle)}
     finally:
         await store.close()
+
+
+# -- published objects (TAXII pages) -----------------------------------------------------
+
+
+async def test_published_objects_page_by_sequence_with_filters(store: Store) -> None:
+    first, second = obj(), obj(version="2026-02-01T00:00:00.000Z")
+    other = obj(OTHER_INDICATOR)
+    await commit(store, NGO, first, other)
+    await commit(store, NGO, second)
+    # Nothing is listed before the relay published it.
+    assert await store.published_objects(PublishedQuery(after_seq=0, limit=10)) == []
+    pending = await store.pending_outbox(10)
+    await store.mark_published([p.seq for p in pending[:2]], {})
+    listed = await store.published_objects(PublishedQuery(0, 10, versions=("all",)))
+    assert [(s.obj.object_id, s.obj.version) for s in listed] == [
+        (INDICATOR, first.version),
+        (OTHER_INDICATOR, other.version),
+    ]
+    await store.mark_published([pending[2].seq], {})
+    everything = await store.published_objects(PublishedQuery(0, 10, versions=("all",)))
+    seqs = [s.seq for s in everything]
+    assert seqs == sorted(seqs) and len(seqs) == 3
+    # "last" (the default) and "first" of each copy; pages after a sequence; filters.
+    latest = await store.published_objects(PublishedQuery(0, 10))
+    assert [(s.obj.object_id, s.obj.version) for s in latest] == [
+        (OTHER_INDICATOR, other.version),
+        (INDICATOR, second.version),
+    ]
+    firsts = await store.published_objects(PublishedQuery(0, 10, versions=("first",)))
+    assert {s.obj.version for s in firsts} == {first.version, other.version}
+    after = await store.published_objects(PublishedQuery(seqs[0], 1, versions=("all",)))
+    assert [s.seq for s in after] == [seqs[1]]
+    by_id = PublishedQuery(0, 10, object_ids=(INDICATOR,), versions=(second.version,))
+    assert [s.obj.version for s in await store.published_objects(by_id)] == [second.version]
+    by_type = PublishedQuery(0, 10, types=("malware",), versions=("all",))
+    assert await store.published_objects(by_type) == []
+    later = PublishedQuery(0, 10, versions=("all",), accepted_from=2.0)
+    assert await store.published_objects(later) == []

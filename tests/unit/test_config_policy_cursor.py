@@ -72,3 +72,19 @@ def test_a_cursor_over_its_bound_is_refused_before_it_is_decoded() -> None:
     assert Cursor.decode(wide.encode()) == wide
     with pytest.raises(InvalidArgument, match=f"over the {MAX_CURSOR_CHARS:,}"):
         Cursor.decode("A" * (MAX_CURSOR_CHARS + 1))
+
+
+def test_taxii_listens_by_default_only_on_the_embedded_default() -> None:
+    assert load_settings(None, environ={}).taxii_listen == "127.0.0.1:6000"
+    kafka = load_settings(None, environ={"EXCHANGE_KAFKA_BOOTSTRAP": "kafka:9092"})
+    assert kafka.taxii_listen == ""
+    postgres = load_settings(None, environ={"EXCHANGE_DATABASE": "postgresql://x@db:5432/x"})
+    assert postgres.taxii_listen == ""
+    named = load_settings(
+        None,
+        environ={"EXCHANGE_DATABASE": "postgresql://x@db:5432/x"},
+        overrides={"taxii": {"listen": "127.0.0.1:6001"}},
+    )
+    assert named.taxii_listen == "127.0.0.1:6001"
+    off = load_settings(None, environ={"EXCHANGE_TAXII_LISTEN": ""})
+    assert off.taxii_listen == ""

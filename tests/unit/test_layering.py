@@ -45,7 +45,7 @@ CORE = [
     "exchange.errors",
     "exchange.config",
 ]
-UPPER = ["exchange.services", "exchange.server", "exchange.cli"]
+UPPER = ["exchange.services", "exchange.taxii", "exchange.server", "exchange.cli"]
 
 # (modules, what none of them may load, why)
 RULES: list[tuple[list[str], list[str], str]] = [

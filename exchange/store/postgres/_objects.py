@@ -20,13 +20,14 @@ from exchange.model import (
     ValidObject,
     version_key,
 )
-from exchange.store import CommitOutcome, Committed, SetAsideRow
+from exchange.store import CommitOutcome, Committed, PublishedQuery, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
     copy_key,
     nothing_to_commit,
     nul_in_bundle,
+    published_where,
     set_aside_of,
     set_aside_reason,
     stored_of,
@@ -301,6 +302,18 @@ class _ObjectRows(_Connections):
         # Each version under the audience it was stored (and delivered) with; copies in
         # the order they were accepted, as the SQLite store returns them.
         return sorted((stored_of(row, _as_is) for row in rows), key=lambda s: s.seq)
+
+    async def published_objects(self, query: PublishedQuery) -> list[StoredObject]:
+        if any(map(_has_nul, (*query.object_ids, *query.types, *query.versions))):
+            return []  # nothing the database holds has one
+        where, params = published_where(query, lambda n: f"${n}")
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE {where}",  # noqa: S608
+                *params,
+            )
+        )
+        return [stored_of(row, _as_is) for row in rows]
 
     # -- relay --------------------------------------------------------------------
     async def pending_outbox(self, limit: int, max_bytes: int | None = None) -> list[StoredObject]:

@@ -19,12 +19,13 @@ from exchange.model import (
     ValidObject,
     version_key,
 )
-from exchange.store import CommitOutcome, Committed, SetAsideRow
+from exchange.store import CommitOutcome, Committed, PublishedQuery, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
     copy_key,
     nothing_to_commit,
+    published_where,
     set_aside_of,
     set_aside_reason,
     stored_of,
@@ -274,6 +275,18 @@ class _ObjectRows(_Connections):
                     (object_id, version_key(version)),
                 ).fetchall()
             # Each version under the audience it was stored (and delivered) with.
+            return [stored_of(row, orjson.loads) for row in rows]
+
+        return await self._read(run)
+
+    async def published_objects(self, query: PublishedQuery) -> list[StoredObject]:
+        where, params = published_where(query, lambda _: "?")
+
+        def run(conn: sqlite3.Connection) -> list[StoredObject]:
+            rows = conn.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE {where}",  # noqa: S608
+                params,
+            ).fetchall()
             return [stored_of(row, orjson.loads) for row in rows]
 
         return await self._read(run)

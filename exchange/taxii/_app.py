@@ -1,0 +1,169 @@
+"""The TAXII 2.1 HTTP server: an aiohttp application on the exchange's own event loop,
+with one middleware that negotiates media types, maps every error to a TAXII error
+resource and logs one line per request (as the gRPC call log does)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from exchange.audit.recorder import AuditRecorder
+from exchange.auth import Authenticator
+from exchange.config import TlsSettings, parse_listen
+from exchange.errors import ExchangeError, Unavailable
+from exchange.ingest import Ingest
+from exchange.logs import PARTNER_ID, REQUEST_ID
+from exchange.metrics import Metrics
+from exchange.quota import PartnerQuota
+from exchange.store import Store
+from exchange.taxii._errors import AUTHENTICATE, TaxiiError, error_body, taxii_error_of, title_of
+from exchange.taxii._media import check_accept
+from exchange.taxii._routes import Handlers, taxii_response
+from exchange.taxii._status import Statuses
+
+__all__ = ["MAX_HEADER_BYTES", "TaxiiServer"]
+
+log = logging.getLogger("exchange.taxii")
+
+# A request line or one header field longer than this is refused by the HTTP parser
+# (far above any TAXII URL with its match[] filters, or a Basic credential).
+MAX_HEADER_BYTES = 16 * 1024
+# Room for the envelope around the largest bundle the exchange takes.
+_BODY_SLACK = 64 * 1024
+
+_MAX_BODY = web.AppKey("max_body", int)
+_METRICS = web.AppKey("metrics", Metrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error_response(error: TaxiiError) -> web.Response:
+    headers = {"WWW-Authenticate": AUTHENTICATE} if error.status == 401 else None
+    return taxii_response(error_body(error), error.status, headers)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    REQUEST_ID.set(uuid.uuid4().hex[:16])
+    PARTNER_ID.set(None)
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        check_accept(request.headers.get("Accept"))
+        response = await handler(request)
+    except TaxiiError as exc:
+        response = _error_response(exc)
+    except ExchangeError as exc:
+        response = _error_response(taxii_error_of(exc))
+    except web.HTTPException as exc:
+        # aiohttp's own refusals (no such route or method, a body over the limit).
+        text = exc.text or exc.reason
+        if exc.status == 413:
+            text = (
+                f"the request body is over the {request.app[_MAX_BODY]:,} bytes this server takes"
+            )
+        response = _error_response(TaxiiError(exc.status, title_of(exc.status), text))
+    except Exception:
+        log.exception("taxii: %s %s failed", request.method, request.path)
+        response = _error_response(
+            TaxiiError(500, title_of(500), "the exchange failed to answer; the error is logged")
+        )
+    seconds = time.perf_counter() - started
+    # The route's pattern, never the path: ids in paths would make labels unbounded.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    metrics = request.app[_METRICS]
+    metrics.taxii_requests.labels(request.method, route, str(response.status)).inc()
+    metrics.taxii_duration.labels(request.method, route).observe(seconds)
+    log.info(
+        "taxii %s %s %d %.1f ms", request.method, request.path, response.status, seconds * 1000
+    )
+    return response
+
+
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp names itself and its version; the exchange says nothing about its stack.
+    response.headers.popall("Server", None)
+
+
+def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
+    """TLS and mutual TLS from the settings gRPC uses."""
+    if not tls.cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file:
+            context.load_verify_locations(tls.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except OSError as exc:
+        raise Unavailable(f"TAXII cannot read its TLS files: {exc}") from exc
+    return context
+
+
+class TaxiiServer:
+    """TAXII 2.1 beside gRPC, in the same process and on the same event loop."""
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        auth: Authenticator,
+        ingest: Ingest,
+        store: Store,
+        recorder: AuditRecorder,
+        calls: PartnerQuota,
+        submissions: PartnerQuota,
+        metrics: Metrics,
+        tls: TlsSettings,
+        max_bundle_bytes: int,
+        shutdown_grace_s: float = 10.0,
+    ) -> None:
+        self.listen = listen
+        self._grace_s = shutdown_grace_s
+        self._tls = tls
+        max_body = max_bundle_bytes + _BODY_SLACK
+        self.app = web.Application(middlewares=[_guard], client_max_size=max_body)
+        self.app[_MAX_BODY] = max_body
+        self.app[_METRICS] = metrics
+        self.app.on_response_prepare.append(_no_server_header)
+        handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
+        self.app.add_routes(handlers.routes())
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        host, port = parse_listen(self.listen, "taxii.listen")
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,  # the middleware logs each request, as the gRPC call log does
+            handle_signals=False,
+            # In-flight requests get the grace gRPC calls get on shutdown.
+            shutdown_timeout=self._grace_s,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(self._tls))
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise Unavailable(
+                f"TAXII cannot listen on {self.listen}: {exc.strerror}; choose another with"
+                " --taxii-listen HOST:PORT (or EXCHANGE_TAXII_LISTEN)"
+            ) from exc
+        self._runner = runner
+        # Port 0 picks a free one: the bound address says which.
+        self.port = int(runner.addresses[0][1]) if runner.addresses else port
+        return self.port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
