@@ -91,6 +91,48 @@ async def _no_server_header(request: web.Request, response: web.StreamResponse) 
     response.headers.popall("Server", None)
 
 
+class _TaxiiRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (a header
+    or request line over MAX_HEADER_BYTES, a malformed request) with a TAXII error
+    resource instead of its plain text: those never reach the middleware."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # Part of an answer went out already: aiohttp closes the connection.
+            return super().handle_error(request, status, exc, message)
+        if status == 500:
+            log.error("taxii: a request from %s failed", request.remote, exc_info=exc)
+            text = "the exchange failed to answer; the error is logged"
+        elif status == 400 and "bytes when reading" in str(exc or message):
+            status, text = (
+                431,
+                f"a request line or header field is over the {MAX_HEADER_BYTES:,} bytes"
+                " this server takes",
+            )
+        else:
+            # Not aiohttp's words: they quote the request, credentials included.
+            text = "the request is not valid HTTP/1.1 (its request line or a header is malformed)"
+        if status != 500:
+            # A client's mistake (or probe): one line, not a traceback per request.
+            log.info("taxii: refused a request from %s: %d %s", request.remote, status, text)
+        response = _error_response(TaxiiError(status, title_of(status), text))
+        # Outside the application, no on_response_prepare: aiohttp would name itself.
+        response.headers["Server"] = "exchange"
+        response.force_close()  # the connection's state is unknown after a parse error
+        return response
+
+
+class _TaxiiHttpServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _TaxiiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
     """TLS and mutual TLS from the settings gRPC uses."""
     if not tls.cert_file:
@@ -149,6 +191,9 @@ class TaxiiServer:
             max_field_size=MAX_HEADER_BYTES,
         )
         await runner.setup()
+        # Its connections answer parse errors as TAXII does (_TaxiiRequestHandler).
+        assert runner.server is not None
+        runner.server.__class__ = _TaxiiHttpServer
         site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(self._tls))
         try:
             await site.start()
