@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.ingest import _expect, child_process  # noqa: E402
+from exchange._memory import collect_less_often  # noqa: E402
 from exchange.taxii._collections import INBOX_ID, RECEIVED_ID  # noqa: E402
 from tests.helpers import ServerThread, bundle, indicator, settings_for  # noqa: E402
 
@@ -137,6 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-taxii-") as tmp:
         settings = settings_for(Path(tmp), validation_workers=0, taxii={"listen": "127.0.0.1:0"})
         server = ServerThread(settings).start()
+        collect_less_often()  # as `exchange serve` does once started
         try:
             assert server.server is not None and server.server.taxii is not None
             base = f"http://127.0.0.1:{server.server.taxii.port}/exchange/collections"
@@ -158,6 +160,10 @@ def main() -> None:
                 f" in {seconds:.2f} s = {got / seconds:,.0f} objects/s;"
                 f" {len(pages)} pages, p50 {_quantile(pages, 0.5) * 1000:.1f} ms,"
                 f" p99 {_quantile(pages, 0.99) * 1000:.1f} ms"
+            )
+            print(
+                "  slowest pages (index, ms):",
+                sorted(((round(t * 1000), i) for i, t in enumerate(pages)), reverse=True)[:6],
             )
 
             session = requests.Session()
