@@ -188,6 +188,10 @@ class TaxiiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # naming an address). An address other machines can reach needs TLS or insecure,
     # as gRPC's listen does.
     listen: str = "default"
+    # Connections held open at once, from anyone (before any credential is checked);
+    # one more is closed as soon as it is accepted, so that sockets opened and left idle
+    # cannot use up the process's file descriptors, which gRPC needs too.
+    max_connections: int = 1000
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -485,6 +489,8 @@ def _check_operations(s: Settings) -> None:
         parse_listen(s.metrics.listen, "metrics.listen")
     if s.taxii_listen:
         parse_listen(s.taxii_listen, "taxii.listen")
+    if s.taxii.max_connections < 1:
+        raise InvalidArgument("taxii.max_connections must be 1 or more")
     if s.postgres.pool_size < 2:
         raise InvalidArgument("postgres.pool_size must be 2 or more")
     if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:

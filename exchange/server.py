@@ -211,6 +211,7 @@ class ExchangeServer:
                 metrics=self.metrics,
                 tls=settings.tls,
                 max_bundle_bytes=settings.limits.max_bundle_bytes,
+                max_connections=settings.taxii.max_connections,
                 shutdown_grace_s=settings.shutdown_grace_s,
             )
             if settings.taxii_listen

@@ -4,6 +4,7 @@ resource and logs one line per request (as the gRPC call log does)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -96,6 +97,25 @@ class _TaxiiRequestHandler(web.RequestHandler):
     or request line over MAX_HEADER_BYTES, a malformed request) with a TAXII error
     resource instead of its plain text: those never reach the middleware."""
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        manager = self._manager
+        if (
+            isinstance(manager, _TaxiiHttpServer)
+            and len(manager.connections) > manager.max_connections
+        ):
+            # Over taxii.max_connections: closed before anything is read from it (said
+            # once a minute at most: a flood must not flood the log too).
+            now = time.monotonic()
+            if now - manager.warned_at >= 60.0:
+                manager.warned_at = now
+                log.warning(
+                    "taxii: %d connections open (taxii.max_connections); closing new ones",
+                    manager.max_connections,
+                )
+            self.force_close()
+            transport.close()
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -129,6 +149,9 @@ class _TaxiiRequestHandler(web.RequestHandler):
 
 
 class _TaxiiHttpServer(web.Server):
+    max_connections = 1000  # taxii.max_connections, set by TaxiiServer.start
+    warned_at = -60.0  # when it last said it closed a connection over the limit
+
     def __call__(self) -> web.RequestHandler:
         return _TaxiiRequestHandler(self, loop=self._loop, **self._kwargs)
 
@@ -164,6 +187,7 @@ class TaxiiServer:
         metrics: Metrics,
         tls: TlsSettings,
         max_bundle_bytes: int,
+        max_connections: int = 1000,
         shutdown_grace_s: float = 10.0,
     ) -> None:
         self.listen = listen
@@ -176,6 +200,7 @@ class TaxiiServer:
         self.app.on_response_prepare.append(_no_server_header)
         handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
         self.app.add_routes(handlers.routes())
+        self._max_connections = max_connections
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -194,6 +219,7 @@ class TaxiiServer:
         # Its connections answer parse errors as TAXII does (_TaxiiRequestHandler).
         assert runner.server is not None
         runner.server.__class__ = _TaxiiHttpServer
+        runner.server.max_connections = self._max_connections  # type: ignore[attr-defined]
         site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(self._tls))
         try:
             await site.start()

@@ -4,6 +4,9 @@ and that a partner's TAXII read collection equals its Subscribe(from_beginning) 
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -397,3 +400,45 @@ def test_reads_are_audited_like_their_grpc_twins(server: ServerThread) -> None:
     lookups = {(e.object_id, e.detail["found"]) for e in entries(Action.LOOKUP)}
     assert (shared["id"], True) in lookups
     assert (missing, False) in lookups
+
+
+def test_connections_over_the_limit_are_closed_and_others_still_served(tmp_path: Path) -> None:
+    """Sockets opened and left idle, from anyone, hold at most taxii.max_connections:
+    one more is closed at once, without an answer, and once one of them goes a new
+    connection is served again."""
+    settings = settings_for(
+        tmp_path / "data", taxii={"listen": "127.0.0.1:0", "max_connections": 3}
+    )
+    srv = ServerThread(settings).start()
+    held: list[socket.socket] = []
+    try:
+        ngo = srv.add_partner("ngo")
+        port = srv.server.taxii.port  # type: ignore[union-attr]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        # The server has registered them once one of them is answered.
+        held[0].sendall(
+            b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nAccept: " + MEDIA.encode() + b"\r\n\r\n"
+        )
+        assert held[0].recv(100).startswith(b"HTTP/1.1 401")
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        extra.sendall(b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # closed, nothing answered
+            assert extra.recv(100) == b""
+        extra.close()
+        held.pop().close()
+        url = f"http://127.0.0.1:{port}/taxii2/"
+        deadline = time.monotonic() + 10
+        while True:  # the freed slot is seen once the server notices the close
+            try:
+                answer = requests.get(
+                    url, headers={"Accept": MEDIA}, auth=(ngo.partner_id, ngo.token), timeout=10
+                )
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "no connection was served again"
+                time.sleep(0.05)
+        assert answer.status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
