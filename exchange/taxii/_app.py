@@ -34,6 +34,8 @@ log = logging.getLogger("exchange.taxii")
 # A request line or one header field longer than this is refused by the HTTP parser
 # (far above any TAXII URL with its match[] filters, or a Basic credential).
 MAX_HEADER_BYTES = 16 * 1024
+# An idle connection (no request in progress) is closed after this long.
+_IDLE_CLOSE_S = 75.0
 # Room for the envelope around the largest bundle the exchange takes.
 _BODY_SLACK = 64 * 1024
 
@@ -214,6 +216,9 @@ class TaxiiServer:
             shutdown_timeout=self._grace_s,
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
+            # A connection with no request in progress is closed after this long (aiohttp's
+            # own default is an hour: idle sockets would hold taxii.max_connections).
+            keepalive_timeout=_IDLE_CLOSE_S,
         )
         await runner.setup()
         # Its connections answer parse errors as TAXII does (_TaxiiRequestHandler).
