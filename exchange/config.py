@@ -192,6 +192,9 @@ class TaxiiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # one more is closed as soon as it is accepted, so that sockets opened and left idle
     # cannot use up the process's file descriptors, which gRPC needs too.
     max_connections: int = 1000
+    # Of those, from one address at most (0: no such limit, e.g. behind a proxy that
+    # limits connections itself: every connection then comes from the proxy).
+    max_connections_per_address: int = 100
 
 
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -491,6 +494,8 @@ def _check_operations(s: Settings) -> None:
         parse_listen(s.taxii_listen, "taxii.listen")
     if s.taxii.max_connections < 1:
         raise InvalidArgument("taxii.max_connections must be 1 or more")
+    if s.taxii.max_connections_per_address < 0:
+        raise InvalidArgument("taxii.max_connections_per_address must be 0 (no limit) or more")
     if s.postgres.pool_size < 2:
         raise InvalidArgument("postgres.pool_size must be 2 or more")
     if s.postgres.timeout_s <= 0 or s.shutdown_grace_s < 0:

@@ -212,6 +212,7 @@ class ExchangeServer:
                 tls=settings.tls,
                 max_bundle_bytes=settings.limits.max_bundle_bytes,
                 max_connections=settings.taxii.max_connections,
+                max_connections_per_address=settings.taxii.max_connections_per_address,
                 shutdown_grace_s=settings.shutdown_grace_s,
             )
             if settings.taxii_listen

@@ -35,7 +35,7 @@ log = logging.getLogger("exchange.taxii")
 # (far above any TAXII URL with its match[] filters, or a Basic credential).
 MAX_HEADER_BYTES = 16 * 1024
 # An idle connection (no request in progress) is closed after this long.
-_IDLE_CLOSE_S = 75.0
+_IDLE_CLOSE_S = 15.0
 # Room for the envelope around the largest bundle the exchange takes.
 _BODY_SLACK = 64 * 1024
 
@@ -102,19 +102,16 @@ class _TaxiiRequestHandler(web.RequestHandler):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         manager = self._manager
-        if (
-            isinstance(manager, _TaxiiHttpServer)
-            and len(manager.connections) > manager.max_connections
-        ):
-            # Over taxii.max_connections: closed before anything is read from it (said
-            # once a minute at most: a flood must not flood the log too).
+        if not isinstance(manager, _TaxiiHttpServer):
+            return
+        over = manager.over_limit(transport)
+        if over:
+            # Closed before anything is read from it (said once a minute at most: a
+            # flood must not flood the log too).
             now = time.monotonic()
             if now - manager.warned_at >= 60.0:
                 manager.warned_at = now
-                log.warning(
-                    "taxii: %d connections open (taxii.max_connections); closing new ones",
-                    manager.max_connections,
-                )
+                log.warning("taxii: %s; closing new connections", over)
             self.force_close()
             transport.close()
 
@@ -151,11 +148,33 @@ class _TaxiiRequestHandler(web.RequestHandler):
 
 
 class _TaxiiHttpServer(web.Server):
-    max_connections = 1000  # taxii.max_connections, set by TaxiiServer.start
-    warned_at = -60.0  # when it last said it closed a connection over the limit
+    # taxii.max_connections and max_connections_per_address, set by TaxiiServer.start.
+    max_connections = 1000
+    per_address = 100
+    warned_at = -60.0  # when it last said it closed a connection over a limit
+
+    def over_limit(self, transport: asyncio.BaseTransport) -> str:
+        """Which limit a connection just made is over ("" when none)."""
+        connections = self.connections
+        if len(connections) > self.max_connections:
+            return f"{self.max_connections} connections open (taxii.max_connections)"
+        if self.per_address > 0:
+            peer = _address(transport)
+            mine = sum(1 for c in connections if _address(c.transport) == peer)
+            if mine > self.per_address:
+                return (
+                    f"{self.per_address} connections open from {peer}"
+                    " (taxii.max_connections_per_address)"
+                )
+        return ""
 
     def __call__(self) -> web.RequestHandler:
         return _TaxiiRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+def _address(transport: asyncio.BaseTransport | None) -> str:
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def _ssl_context(tls: TlsSettings) -> ssl.SSLContext | None:
@@ -190,6 +209,7 @@ class TaxiiServer:
         tls: TlsSettings,
         max_bundle_bytes: int,
         max_connections: int = 1000,
+        max_connections_per_address: int = 100,
         shutdown_grace_s: float = 10.0,
     ) -> None:
         self.listen = listen
@@ -203,6 +223,7 @@ class TaxiiServer:
         handlers = Handlers(auth, ingest, store, recorder, Statuses(), max_body, calls, submissions)
         self.app.add_routes(handlers.routes())
         self._max_connections = max_connections
+        self._per_address = max_connections_per_address
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -216,8 +237,8 @@ class TaxiiServer:
             shutdown_timeout=self._grace_s,
             max_line_size=MAX_HEADER_BYTES,
             max_field_size=MAX_HEADER_BYTES,
-            # A connection with no request in progress is closed after this long (aiohttp's
-            # own default is an hour: idle sockets would hold taxii.max_connections).
+            # A connection with no request in progress (idle, or still sending its
+            # headers) is closed after this long; aiohttp's own default is an hour.
             keepalive_timeout=_IDLE_CLOSE_S,
         )
         await runner.setup()
@@ -225,6 +246,7 @@ class TaxiiServer:
         assert runner.server is not None
         runner.server.__class__ = _TaxiiHttpServer
         runner.server.max_connections = self._max_connections  # type: ignore[attr-defined]
+        runner.server.per_address = self._per_address  # type: ignore[attr-defined]
         site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(self._tls))
         try:
             await site.start()

@@ -58,7 +58,8 @@ def parse_limit(value: str | None) -> int:
     the spec lets a server do); 400 for anything but a positive integer."""
     if value is None:
         return DEFAULT_LIMIT
-    if not value.isdigit() or int(value[:12]) < 1:
+    # ASCII only: str.isdigit() also takes digits int() refuses ("²").
+    if not (value.isascii() and value.isdigit()) or int(value[:12]) < 1:
         raise TaxiiError(
             400,
             "Bad Request",

@@ -23,9 +23,10 @@ _MATCHES = ("id", "type", "version", "spec_version")
 _ID = re.compile(r"[a-z0-9-]{3,250}--[0-9a-fA-F-]{36}", re.ASCII)
 _TYPE = re.compile(r"[a-z0-9-]{3,250}", re.ASCII)
 _VERSION = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z", re.ASCII)
-# Store queries one page may take when the policy hides most rows of the first ones; the
-# page then ends early (with more = true), which TAXII allows.
-_MAX_SCANS = 4
+# Rows one store query reads, and the queries one page may take when the policy hides
+# most of them; the page then ends early (with more = true), which TAXII allows.
+_SCAN_ROWS = 1000
+_MAX_SCANS = 8
 
 
 def _bad(description: str) -> TaxiiError:
@@ -109,17 +110,24 @@ async def read_page(
     registered_at = min((c.created_at for c in credentials), default=0.0)
     items: list[StoredObject] = []
     after = query.after_seq
+    # Rows are read in chunks of _SCAN_ROWS whatever the limit, and a full page says
+    # `more` only once one more version the partner may see was found: `more` and
+    # `next` must not tell a version the policy hid exists (a limit=1 page over
+    # match[id] of someone else's object would).
+    scan = replace(query, limit=max(query.limit, _SCAN_ROWS))
     for _ in range(_MAX_SCANS):
-        rows = await store.published_objects(replace(query, after_seq=after))
+        rows = await store.published_objects(replace(scan, after_seq=after))
         for stored in rows:
-            after = stored.seq
             if collection.holds(partner, stored, registered_at):
-                items.append(stored)
                 if len(items) == query.limit:
-                    return _trimmed(items, after)
-        if len(rows) < query.limit:
+                    return _trimmed(items, items[-1].seq)
+                items.append(stored)
+            after = stored.seq
+        if len(rows) < scan.limit:
             return Page(items, None)
-    return Page(items, after)
+    # _MAX_SCANS chunks read, mostly hidden: the page ends here, maybe shorter (as TAXII
+    # allows), and the next one goes on after what was read.
+    return _trimmed(items, after) if len(items) == query.limit else Page(items, after)
 
 
 def _trimmed(items: list[StoredObject], after: int) -> Page:

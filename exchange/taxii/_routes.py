@@ -265,4 +265,11 @@ def _bundle_of(raw: bytes) -> bytes:
             'the request body is not a TAXII envelope: expected {"objects": [STIX objects]}'
         )
     bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": envelope["objects"]}
-    return orjson.dumps(bundle)
+    try:
+        return orjson.dumps(bundle)
+    except orjson.JSONEncodeError:
+        # orjson writes at most 254 levels (it reads 1,024): no STIX object needs either.
+        raise InvalidBundle(
+            "an object in the envelope is nested more than 250 levels deep (arrays and"
+            " objects inside one another); no STIX object needs that many"
+        ) from None

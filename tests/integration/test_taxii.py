@@ -365,6 +365,14 @@ def test_bad_input_gets_taxii_errors(server: ServerThread) -> None:
         requests.post(inbox, data=b" " * (20 * 1024 * 1024), headers=post, auth=auth, timeout=30),
         413,
     )
+    assert "limit" in error(
+        requests.get(objects, params={"limit": "\u00b2"}, headers=accept, auth=auth, timeout=10),
+        400,
+    )
+    deep = b'{"objects":[{"type":"indicator","x_deep":' + b"[" * 400 + b"]" * 400 + b"}]}"
+    assert "nested" in error(
+        requests.post(inbox, data=deep, headers=post, auth=auth, timeout=10), 400
+    )
     big_header = requests.get(
         objects, headers={**accept, "X-Filler": "x" * (10 * 1024 * 1024)}, auth=auth, timeout=30
     )
@@ -438,6 +446,81 @@ def test_connections_over_the_limit_are_closed_and_others_still_served(tmp_path:
                 assert time.monotonic() < deadline, "no connection was served again"
                 time.sleep(0.05)
         assert answer.status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()
+
+
+def test_pages_do_not_tell_that_a_hidden_version_exists(server: ServerThread) -> None:
+    """`more` and `next` of a page depend only on what the caller may see: asking for
+    someone else's RED object by id, one version a page, answers as for an id nobody
+    used; as do a limit=1 page over one's own objects followed by hidden ones."""
+    ngo = server.add_partner("harbor-light")
+    bank = server.add_partner("meridian-pay")
+    prober = server.add_partner("curious-member")
+    secret = indicator(ngo.identity, n=1, tlp=Tlp.RED)
+    versions = [secret] + [
+        dict(secret, modified=f"2026-06-0{day}T00:00:00.000Z") for day in range(2, 6)
+    ]
+    for version in versions:
+        submit(server, ngo, [version], recipients=[bank.partner_id])
+    mine = indicator(prober.identity, n=2)
+    submit(server, prober, [mine])
+    for version in versions:  # hidden versions after the prober's own object
+        submit(
+            server,
+            ngo,
+            [dict(version, id=f"indicator--{uuid.uuid4()}")],
+            recipients=[bank.partner_id],
+        )
+    server.wait_published()
+    auth = (prober.partner_id, prober.token)
+    url = collection_url(server, RECEIVED_ID)
+    for endpoint in ("objects/", "manifest/"):
+        answers = []
+        for wanted in (secret["id"], f"indicator--{uuid.uuid4()}"):
+            response = requests.get(
+                url + endpoint,
+                params={"match[id]": wanted, "match[version]": "all", "limit": "1"},
+                headers={"Accept": MEDIA},
+                auth=auth,
+                timeout=10,
+            )
+            assert response.status_code == 200
+            answers.append(response.json())
+        assert answers[0] == answers[1], endpoint
+        assert answers[0]["more"] is False and "next" not in answers[0]
+    own = requests.get(
+        url + "objects/", params={"limit": "1"}, headers={"Accept": MEDIA}, auth=auth, timeout=10
+    ).json()
+    assert [o["id"] for o in own["objects"]] == [mine["id"]]
+    assert own["more"] is False and "next" not in own
+
+
+def test_one_address_holds_at_most_its_share_of_connections(tmp_path: Path) -> None:
+    """taxii.max_connections_per_address: sockets from one address over it are closed
+    at once; another address is still served."""
+    taxii = {"listen": "127.0.0.1:0", "max_connections": 10, "max_connections_per_address": 2}
+    srv = ServerThread(settings_for(tmp_path / "data", taxii=taxii)).start()
+    held: list[socket.socket] = []
+    request = b"GET /taxii2/ HTTP/1.1\r\nHost: x\r\nAccept: " + MEDIA.encode() + b"\r\n\r\n"
+    try:
+        port = srv.server.taxii.port  # type: ignore[union-attr]
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        held[1].sendall(request)
+        assert held[1].recv(100).startswith(b"HTTP/1.1 401")  # both are registered now
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        extra.sendall(request)
+        with contextlib.suppress(ConnectionResetError):  # closed, nothing answered
+            assert extra.recv(100) == b""
+        extra.close()
+        other = socket.create_connection(
+            ("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)
+        )
+        held.append(other)
+        other.sendall(request)
+        assert other.recv(100).startswith(b"HTTP/1.1 401")
     finally:
         for s in held:
             s.close()
