@@ -71,6 +71,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 f"the request body is over the {request.app[_MAX_BODY]:,} bytes this server takes"
             )
         response = _error_response(TaxiiError(exc.status, title_of(exc.status), text))
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         log.exception("taxii: %s %s failed", request.method, request.path)
         response = _error_response(

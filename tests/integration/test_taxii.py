@@ -369,6 +369,10 @@ def test_bad_input_gets_taxii_errors(server: ServerThread) -> None:
         requests.get(objects, params={"limit": "\u00b2"}, headers=accept, auth=auth, timeout=10),
         400,
     )
+    refused = requests.delete(objects, headers=accept, auth=auth, timeout=10)
+    error(refused, 405)
+    assert refused.json()["title"] == "Method Not Allowed"
+    assert "GET" in refused.headers["Allow"]
     deep = b'{"objects":[{"type":"indicator","x_deep":' + b"[" * 400 + b"]" * 400 + b"}]}"
     assert "nested" in error(
         requests.post(inbox, data=deep, headers=post, auth=auth, timeout=10), 400
