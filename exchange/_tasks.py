@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
-__all__ = ["cancel_and_wait", "supervise"]
+__all__ = ["cancel_and_wait", "retrieve_failure", "supervise"]
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[None] | None) -> None:
@@ -18,6 +18,14 @@ async def cancel_and_wait(*tasks: asyncio.Task[None] | None) -> None:
     for task in running:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def retrieve_failure(task: asyncio.Task[Any]) -> None:
+    """A done callback for a task whose caller may stop waiting for it: its failure is
+    raised to whoever awaits it, and one nobody awaits is dropped without asyncio's
+    "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _always(exc: Exception) -> bool:

@@ -41,6 +41,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
+from exchange._tasks import retrieve_failure
 from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition, record_bytes
 from exchange.bus.local import check_topic_name
 from exchange.config import KafkaSettings
@@ -329,7 +330,7 @@ class KafkaBus:
         # open that stop() does not know: it runs to its end in a task of its own, and
         # a caller cancelled meanwhile has the consumer stopped after it.
         starting = asyncio.get_running_loop().create_task(_started_at(consumer, tps))
-        starting.add_done_callback(_retrieved)
+        starting.add_done_callback(retrieve_failure)
         self._starting[consumer] = starting
         try:
             await asyncio.shield(starting)
@@ -454,12 +455,6 @@ async def _stopped_after(consumer: Any, starting: asyncio.Task[None] | None) -> 
     if starting is not None:
         await asyncio.wait([starting])
     await consumer.stop()
-
-
-def _retrieved(task: asyncio.Task[None]) -> None:
-    # The opening caller raises the failure; one cancelled meanwhile does not wait for it.
-    if not task.cancelled():
-        task.exception()
 
 
 def _too_large(detail: str) -> Refused:

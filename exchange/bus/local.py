@@ -27,6 +27,7 @@ from typing import TypeVar
 
 import msgspec
 
+from exchange._tasks import retrieve_failure
 from exchange.bus import BusRecord, Placed, ReadRecord, Refused, TopicPartition
 from exchange.errors import InvalidArgument, NotFound, Unavailable
 
@@ -411,7 +412,7 @@ class LocalReader:
         )
         # A failure is raised by the read that awaits it; one never awaited (the
         # reader closed, or read with other bounds) is dropped without a complaint.
-        ahead.add_done_callback(_retrieved)
+        ahead.add_done_callback(retrieve_failure)
         self._ahead, self._ahead_bounds = ahead, (max_records, max_bytes)
 
     def _rotation(self) -> list[tuple[int, str, int]]:
@@ -419,8 +420,3 @@ class LocalReader:
         items = [(self._ids[topic], topic, off) for topic, off in self._next.items()]
         self._turn = (self._turn + 1) % len(items) if items else 0
         return items[self._turn :] + items[: self._turn]
-
-
-def _retrieved(task: asyncio.Task[list[ReadRecord]]) -> None:
-    if not task.cancelled():
-        task.exception()
