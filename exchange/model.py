@@ -18,6 +18,9 @@ __all__ = [
     "Community",
     "Credential",
     "CredentialKind",
+    "EraseReason",
+    "ErasedVersion",
+    "Erasure",
     "ObjectOutcome",
     "ObjectResult",
     "Partner",
@@ -321,6 +324,58 @@ class StoredObject:
             digest = hashlib.sha256(self.obj.body).hexdigest()
             object.__setattr__(self, "body_sha256", digest)
         return digest
+
+
+class EraseReason(enum.StrEnum):
+    """Why an object was erased: a code, never free text (it is kept in the audit log
+    and sent to every recipient, so it must not be able to carry what was erased)."""
+
+    # The object describes a victim (a number that turned out to be one's, say).
+    VICTIM_DATA = "victim-data"
+    # It could identify an informant or a witness.
+    INFORMANT_DATA = "informant-data"
+    # It was wrong (a false lead).
+    INACCURATE = "inaccurate"
+    # A court or a prosecutor ordered it.
+    COURT_ORDER = "court-order"
+    # A data subject asked for it (GDPR art. 17).
+    DATA_SUBJECT_REQUEST = "data-subject-request"
+    # It reached the maximum age the settings keep (retention).
+    RETENTION = "retention"
+    # Its ``valid_until`` passed (retention).
+    EXPIRED = "expired"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedVersion:
+    """One erased version: which, who it was for, and the SHA-256 of the erased body
+    (what its audit entries named: they still verify, the body is gone)."""
+
+    version: str
+    audience: Audience
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """The erasure of one copy of an object: every version of an SDO or SRO (its one
+    copy, its creator's), or of one partner's copy of an observable. What the relay
+    publishes as tombstones and subscribers receive as a notice; holds no content."""
+
+    erasure_id: int  # in erasure order, per store
+    object_id: str
+    object_type: str
+    submitter: str  # the partner whose copy was erased
+    created_by_ref: str
+    versions: tuple[ErasedVersion, ...]  # oldest first
+    reason: EraseReason
+    erased_by: str  # the partner id, or "operator"
+    erased_at: float
+    # Objects (their latest versions, with their audiences) that referred to it when it
+    # was erased: sightings of it, relationships to or from it. Each recipient is told
+    # of those it may see.
+    referenced_by: tuple[tuple[str, Audience], ...] = ()
 
 
 def version_key(version: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from exchange.audit._bounds import MAX_TEXT_CHARS, bounded_detail, bounded_text
-from exchange.model import ObjectOutcome, Rejection, StoredObject, ValidObject
+from exchange.model import Erasure, ObjectOutcome, Rejection, StoredObject, ValidObject
 
 __all__ = [
     "MAX_LISTED",
@@ -31,6 +31,7 @@ __all__ = [
     "deliveries",
     "delivery_of",
     "encode_submit",
+    "erased",
     "submitted",
 ]
 
@@ -62,6 +63,14 @@ class Action(enum.StrEnum):
     SUBSCRIBE_END = "subscribe.end"
     # A GetObject look-up; detail: found (bool).
     LOOKUP = "lookup"
+    # Every version of one copy of an object was erased (actor: its creator, or the
+    # operator); owner: the copy's partner; objects: the versions erased with the
+    # digests of their bodies (the bodies are gone; the entries that named them still
+    # verify); detail: reason (a code), and more_versions when over MAX_LISTED.
+    ERASE = "erase"
+    # An erasure notice was sent to the actor (a subscriber); owner: the erased copy's
+    # partner; detail: channel, erasure (its id), versions (how many it named).
+    ERASE_NOTICE = "erase.notice"
     # An audit query, a checkpoint or proof request; detail: the filters.
     AUDIT_QUERY = "audit.query"
     # Registry changes; ``partner`` is the partner changed (or joining / leaving),
@@ -320,4 +329,26 @@ def deliveries(
         detail["confirmed"] = False
     return Event(
         Action.DELIVER, recipient, first_at, owner=owner, detail=detail, objects=tuple(listed)
+    )
+
+
+def erased(erasure: Erasure) -> Event:
+    """The ERASE entry of ``erasure``: which versions (ids, versions, digests), why, who;
+    never a word of what they said."""
+    listed = tuple((erasure.object_id, v.version, v.digest) for v in erasure.versions)
+    detail: dict[str, str | int] = {"reason": erasure.reason.value}
+    if len(listed) > MAX_LISTED:
+        # The newest are listed: the older ones are named by their own SUBMIT entries.
+        detail["more_versions"] = len(listed) - MAX_LISTED
+        listed = listed[-MAX_LISTED:]
+    return Event(
+        Action.ERASE,
+        erasure.erased_by,
+        erasure.erased_at,
+        partner=erasure.submitter if erasure.submitter != erasure.erased_by else "",
+        object_id=erasure.object_id,
+        version=erasure.versions[-1].version if erasure.versions else "",
+        owner=erasure.submitter,
+        detail=detail,
+        objects=listed,
     )

@@ -33,6 +33,8 @@ from exchange.model import (
     Community,
     Credential,
     CredentialKind,
+    EraseReason,
+    Erasure,
     Partner,
     Receipt,
     Rejection,
@@ -70,10 +72,13 @@ class CommitOutcome(enum.StrEnum):
     NOT_CREATOR = "not-creator"
     # The object was revoked; STIX allows no new version after that.
     REVOKED = "revoked"
+    # This copy was erased, and the version is not newer than the erased ones: an
+    # erased object does not come back by replay (its creator may publish a new version).
+    ERASED = "erased"
 
 
 def refusal(obj: ValidObject, outcome: CommitOutcome) -> Rejection:
-    """Why the store refused ``obj`` (NOT_CREATOR or REVOKED): the reason the
+    """Why the store refused ``obj`` (NOT_CREATOR, REVOKED or ERASED): the reason the
     submitter gets and its SUBMIT audit entry keeps."""
     if outcome is CommitOutcome.NOT_CREATOR:
         # Do not name the owner: the submitter may not be entitled to know it.
@@ -82,6 +87,15 @@ def refusal(obj: ValidObject, outcome: CommitOutcome) -> Rejection:
             "id",
             "an id this partner created; another partner holds this object, and only its"
             " creator may publish new versions of it",
+            obj.index,
+            obj.version,
+        )
+    if outcome is CommitOutcome.ERASED:
+        return Rejection(
+            obj.object_id,
+            "modified",
+            "a version newer than the erased ones: this object was erased, and an erased"
+            " version is not taken again",
             obj.index,
             obj.version,
         )
@@ -318,6 +332,42 @@ class ObjectStore(Protocol):
         and not set aside), so that what a pager saw once stays the same and every later
         version has a higher sequence. Each with the audience it was stored with; the
         caller (policy) decides who may see it."""
+        ...
+
+    async def erase_object(
+        self, object_id: str, *, by: str, reason: EraseReason, at: float, copy_of: str | None
+    ) -> list[Erasure]:
+        """Erase copies of ``object_id`` in ONE transaction: ``copy_of`` a partner id,
+        that partner's copy (its object, or its copy of an observable); None (the
+        operator), every copy. Each version's body is removed (its row stays, without
+        the body, so that the version is not taken again: ``CommitOutcome.ERASED``), its
+        outbox row dropped, an erasure queued for the relay (``pending_erasures``), and
+        an ERASE audit entry appended per copy (``by``: the partner id or "operator").
+        Returns one Erasure per copy erased now; ``[]`` when there was nothing left to
+        erase (see ``erasures_of``)."""
+        ...
+
+    async def erasures_of(self, object_id: str, copy_of: str | None = None) -> list[Erasure]:
+        """Erasures of ``object_id`` made so far (of ``copy_of``'s copy only), oldest first."""
+        ...
+
+    async def erasure(self, erasure_id: int) -> Erasure | None: ...
+
+    async def pending_erasures(self, limit: int) -> list[Erasure]:
+        """Erasures the relay has not published yet, oldest first."""
+        ...
+
+    async def mark_erasures_published(
+        self, erasure_ids: Sequence[int], positions: Mapping[TopicPartition, int]
+    ) -> None:
+        """These erasures' tombstones are on the bus; record the positions after them
+        (as ``mark_published``)."""
+        ...
+
+    async def erased_copies(self, after_id: int) -> list[tuple[int, str, str, str]]:
+        """Erasures after ``after_id``, as (erasure id, object id, the copy's partner id,
+        the version key of its newest erased version): what a process needs to hold
+        back records of erased versions still on the bus (before compaction)."""
         ...
 
 

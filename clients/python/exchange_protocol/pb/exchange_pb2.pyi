@@ -510,6 +510,7 @@ class Delivery(_message.Message):
     TLP_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
     object: _builtins.bytes
     """The STIX object as UTF-8 JSON, exactly as the exchange stored it."""
     object_id: _builtins.str
@@ -527,6 +528,13 @@ class Delivery(_message.Message):
     def accepted_at(self) -> _timestamp_pb2.Timestamp:
         """When the exchange accepted the object."""
 
+    @_builtins.property
+    def erased(self) -> Global___ErasureNotice:
+        """Set instead of `object` when this delivery is an erasure notice: the object
+        (object_id, object_type, submitter, submitter_identity above) was erased, and
+        the copy the subscriber holds should be deleted.
+        """
+
     def __init__(
         self,
         *,
@@ -539,14 +547,130 @@ class Delivery(_message.Message):
         tlp: Global___Tlp.ValueType = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         cursor: _builtins.str = ...,
+        erased: Global___ErasureNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "erased", b"erased"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "cursor", b"cursor", "object", b"object", "object_id", b"object_id", "object_type", b"object_type", "submitter", b"submitter", "submitter_identity", b"submitter_identity", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "cursor", b"cursor", "erased", b"erased", "object", b"object", "object_id", b"object_id", "object_type", b"object_type", "submitter", b"submitter", "submitter_identity", b"submitter_identity", "tlp", b"tlp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class ErasureNotice(_message.Message):
+    """What an erasure notice says (never the object's content)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    REFERENCED_BY_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why (one of the reason codes of EraseRequest.reason)."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The erased versions the subscriber may have received."""
+
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def referenced_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Objects the subscriber may see that refer to the erased one (sightings of it,
+        relationships to or from it): the subscriber may want to review them.
+        """
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+        referenced_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at", "reason", b"reason", "referenced_by", b"referenced_by", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasureNotice: _TypeAlias = ErasureNotice  # noqa: Y015
+
+@_typing.final
+class EraseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    object_id: _builtins.str
+    """The STIX id of the object to erase (every version of it)."""
+    reason: _builtins.str
+    """Why, as a code (never free text: it is kept in the audit log and sent to every
+    recipient): victim-data, informant-data, inaccurate, court-order,
+    data-subject-request, retention, expired or other.
+    """
+    def __init__(
+        self,
+        *,
+        object_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_id", b"object_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseRequest: _TypeAlias = EraseRequest  # noqa: Y015
+
+@_typing.final
+class EraseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    ALREADY_ERASED_FIELD_NUMBER: _builtins.int
+    REFERENCED_BY_FIELD_NUMBER: _builtins.int
+    object_id: _builtins.str
+    reason: _builtins.str
+    already_erased: _builtins.bool
+    """True when the object had been erased before: the answer is that erasure's."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The versions erased, oldest first."""
+
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def receipt(self) -> Global___Receipt:
+        """The erasure's audit entry."""
+
+    @_builtins.property
+    def referenced_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Objects the caller may see that refer to the erased one."""
+
+    def __init__(
+        self,
+        *,
+        object_id: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+        receipt: Global___Receipt | None = ...,
+        already_erased: _builtins.bool = ...,
+        referenced_by: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at", "receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_erased", b"already_erased", "erased_at", b"erased_at", "object_id", b"object_id", "reason", b"reason", "receipt", b"receipt", "referenced_by", b"referenced_by", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseResponse: _TypeAlias = EraseResponse  # noqa: Y015
 
 @_typing.final
 class GetObjectRequest(_message.Message):

@@ -56,6 +56,11 @@ class ExchangeServiceStub:
                 request_serializer=exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.SerializeToString,
                 response_deserializer=exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.FromString,
                 _registered_method=True)
+        self.Erase = channel.unary_unary(
+                '/exchange.v1.ExchangeService/Erase',
+                request_serializer=exchange_dot_v1_dot_exchange__pb2.EraseRequest.SerializeToString,
+                response_deserializer=exchange_dot_v1_dot_exchange__pb2.EraseResponse.FromString,
+                _registered_method=True)
 
 
 class ExchangeServiceServicer:
@@ -102,6 +107,19 @@ class ExchangeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Erase(self, request, context):
+        """Erase removes every version of an object the caller created (its own copy of an
+        observable) from the exchange: the store, the outbox and the bus topics
+        (tombstones), and sends an erasure notice to every subscriber that may have
+        received a version. The audit log keeps that it was shared and erased, never
+        what it said. Erasing an object the caller may see but did not create is
+        PERMISSION_DENIED; one it may not see is NOT_FOUND, like one that does not
+        exist. Erasing it again answers what the first erasure did (already_erased).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExchangeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +142,11 @@ def add_ExchangeServiceServicer_to_server(servicer, server):
                     servicer.GetObject,
                     request_deserializer=exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.FromString,
                     response_serializer=exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.SerializeToString,
+            ),
+            'Erase': grpc.unary_unary_rpc_method_handler(
+                    servicer.Erase,
+                    request_deserializer=exchange_dot_v1_dot_exchange__pb2.EraseRequest.FromString,
+                    response_serializer=exchange_dot_v1_dot_exchange__pb2.EraseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -235,6 +258,33 @@ class ExchangeService:
             '/exchange.v1.ExchangeService/GetObject',
             exchange_dot_v1_dot_exchange__pb2.GetObjectRequest.SerializeToString,
             exchange_dot_v1_dot_exchange__pb2.GetObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Erase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exchange.v1.ExchangeService/Erase',
+            exchange_dot_v1_dot_exchange__pb2.EraseRequest.SerializeToString,
+            exchange_dot_v1_dot_exchange__pb2.EraseResponse.FromString,
             options,
             channel_credentials,
             insecure,

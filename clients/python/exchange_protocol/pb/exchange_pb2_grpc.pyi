@@ -62,6 +62,15 @@ class ExchangeServiceStub:
     when no version is given). An object the caller may not see is NOT_FOUND,
     exactly like one that does not exist.
     """
+    Erase: _grpc.UnaryUnaryMultiCallable[_exchange_pb2.EraseRequest, _exchange_pb2.EraseResponse]
+    """Erase removes every version of an object the caller created (its own copy of an
+    observable) from the exchange: the store, the outbox and the bus topics
+    (tombstones), and sends an erasure notice to every subscriber that may have
+    received a version. The audit log keeps that it was shared and erased, never
+    what it said. Erasing an object the caller may see but did not create is
+    PERMISSION_DENIED; one it may not see is NOT_FOUND, like one that does not
+    exist. Erasing it again answers what the first erasure did (already_erased).
+    """
 
 @_typing.type_check_only
 class ExchangeServiceAsyncStub(ExchangeServiceStub):
@@ -91,6 +100,15 @@ class ExchangeServiceAsyncStub(ExchangeServiceStub):
     """GetObject returns one version of an object the caller may see (the latest
     when no version is given). An object the caller may not see is NOT_FOUND,
     exactly like one that does not exist.
+    """
+    Erase: _aio.UnaryUnaryMultiCallable[_exchange_pb2.EraseRequest, _exchange_pb2.EraseResponse]  # type: ignore[assignment]
+    """Erase removes every version of an object the caller created (its own copy of an
+    observable) from the exchange: the store, the outbox and the bus topics
+    (tombstones), and sends an erasure notice to every subscriber that may have
+    received a version. The audit log keeps that it was shared and erased, never
+    what it said. Erasing an object the caller may see but did not create is
+    PERMISSION_DENIED; one it may not see is NOT_FOUND, like one that does not
+    exist. Erasing it again answers what the first erasure did (already_erased).
     """
 
 class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -142,6 +160,21 @@ class ExchangeServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetObject returns one version of an object the caller may see (the latest
         when no version is given). An object the caller may not see is NOT_FOUND,
         exactly like one that does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def Erase(
+        self,
+        request: _exchange_pb2.EraseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exchange_pb2.EraseResponse, _abc.Awaitable[_exchange_pb2.EraseResponse]]:
+        """Erase removes every version of an object the caller created (its own copy of an
+        observable) from the exchange: the store, the outbox and the bus topics
+        (tombstones), and sends an erasure notice to every subscriber that may have
+        received a version. The audit log keeps that it was shared and erased, never
+        what it said. Erasing an object the caller may see but did not create is
+        PERMISSION_DENIED; one it may not see is NOT_FOUND, like one that does not
+        exist. Erasing it again answers what the first erasure did (already_erased).
         """
 
 def add_ExchangeServiceServicer_to_server(servicer: ExchangeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
