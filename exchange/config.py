@@ -93,6 +93,14 @@ class KafkaSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # max_request_size. Keep it at or below the brokers' message.max.bytes (and the topics'
     # max.message.bytes); it must exceed limits.max_object_bytes by the headers' room.
     max_record_bytes: int = 1024 * 1024
+    # Object topics are created with cleanup.policy=compact, so that an erasure's
+    # tombstones remove the erased copy from the topics (and a replay from the
+    # beginning gets only the latest version of each copy); the audit topic keeps
+    # the delete policy. Topics that exist already are left as they are.
+    compact_topics: bool = True
+    # How long a tombstone stays after compaction (delete.retention.ms): a partner's
+    # own consumer offline longer than this misses the erasure notice. 30 days.
+    delete_retention_ms: int = 30 * 24 * 3600 * 1000
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""

@@ -1,24 +1,44 @@
 """How an accepted object travels on the bus.
 
 The record value is the STIX object itself (so a partner's own Kafka consumer
-reads plain STIX); the key is its STIX id (versions of one object stay ordered
-on one partition); headers carry what routing and filtering need without
-parsing the body. This is a public contract for Kafka consumers: see
-docs/kafka.md.
+reads plain STIX); the key names the copy: the STIX id of an SDO or SRO (it has one
+copy, its creator's), ``<STIX id>#<submitter partner id>`` for an observable (SCO:
+its id derives from its value, so several partners may each hold a copy, and on a
+compacted topic a tombstone for one partner's copy must not delete another's).
+Versions of one copy stay ordered on one partition. Headers carry what routing and
+filtering need without parsing the body.
+
+An erasure travels as a tombstone per topic any erased version was routed to: the
+copy's key, no value, and headers saying what was erased (never what it said):
+``to_erasure_records``. ``from_record`` returns an ``ErasureRecord`` for it.
+This is a public contract for Kafka consumers: see docs/kafka.md.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import orjson
 
 from exchange import policy
 from exchange.bus import BusRecord, ReadRecord
-from exchange.model import Audience, StoredObject, Tlp, ValidObject
+from exchange.model import Audience, Erasure, Partner, StoredObject, Tlp, ValidObject
+from exchange.stix.vocab import is_observable
 
-__all__ = ["HEADERS", "MAX_LABELS_HEADER_BYTES", "from_record", "to_records"]
+__all__ = [
+    "ERASURE_HEADERS",
+    "HEADERS",
+    "MAX_LABELS_HEADER_BYTES",
+    "ErasureRecord",
+    "ErasureVersion",
+    "copy_key",
+    "from_record",
+    "object_id_of",
+    "to_erasure_records",
+    "to_records",
+]
 
 # The labels header is left out when the labels' JSON is longer (read them from the value).
 MAX_LABELS_HEADER_BYTES = 1024
@@ -38,6 +58,115 @@ HEADERS = (
     "audience",
     "topics",
 )
+
+
+# In the order to_erasure_records writes them.
+ERASURE_HEADERS = (
+    "erasure-id",
+    "stix-type",
+    "submitter",
+    "submitter-identity",
+    "erased-at",
+    "erasure-reason",
+    "erased-versions",
+    "topics",
+)
+
+_COPY_SEPARATOR = "#"
+
+
+def copy_key(object_id: str, object_type: str, submitter: str) -> bytes:
+    """The record key of one copy: the STIX id of an SDO/SRO, ``<id>#<partner id>`` for
+    a partner's copy of an observable. Partner ids hold no ``#`` and STIX ids none."""
+    if is_observable(object_type):
+        return f"{object_id}{_COPY_SEPARATOR}{submitter}".encode()
+    return object_id.encode()
+
+
+def object_id_of(key: bytes) -> str:
+    """The STIX id a record key names (``copy_key`` undone)."""
+    return key.decode().partition(_COPY_SEPARATOR)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureVersion:
+    """An erased version as a tombstone on one topic shows it: its audience as the
+    readers of that topic may see it (``policy.seen_on``)."""
+
+    version: str
+    audience: Audience
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """A tombstone as read back: which copy was erased, why, when; the versions routed
+    to the topic it was read from; and the routing (the topics any erased version went
+    to that the topic's readers may know of: ``policy.delivers_from``)."""
+
+    erasure_id: int
+    object_id: str
+    object_type: str
+    submitter: str
+    submitter_identity: str
+    erased_at: float
+    reason: str
+    versions: tuple[ErasureVersion, ...]
+    topics: tuple[str, ...]
+
+
+def _topic_rank(topic: str) -> tuple[int, str]:
+    # Most shared first, as policy.topics_for orders one version's topics.
+    if topic in policy.SHARED_TOPICS:
+        return 0, str(policy.SHARED_TOPICS.index(topic))
+    if topic.startswith("community."):
+        return 1, topic
+    return 2, topic
+
+
+def to_erasure_records(erasure: Erasure, partners: Sequence[Partner]) -> list[BusRecord]:
+    """One tombstone per topic any erased version was routed to
+    (``policy.topics_for(version.audience, partners)``, their union), each keyed as the
+    copy's records (``copy_key``), after which compaction keeps nothing of the copy.
+
+    Every header is readable by every reader of its topic: a record names only the
+    versions routed to that topic, each with its audience as ``policy.seen_on`` shows
+    it there, and the routing as seen there. The reason is a code and the rest are ids
+    and times: nothing of what the object said."""
+    routed: dict[str, list[tuple[str, Audience]]] = {}
+    for version in erasure.versions:
+        for topic in policy.topics_for(version.audience, partners):
+            routed.setdefault(topic, []).append((version.version, version.audience))
+    routing = tuple(sorted(routed, key=_topic_rank))
+    key = copy_key(erasure.object_id, erasure.object_type, erasure.submitter)
+    common = (
+        ("erasure-id", str(erasure.erasure_id).encode()),
+        ("stix-type", erasure.object_type.encode()),
+        ("submitter", erasure.submitter.encode()),
+        ("submitter-identity", erasure.created_by_ref.encode()),
+        ("erased-at", repr(erasure.erased_at).encode()),
+        ("erasure-reason", erasure.reason.value.encode()),
+    )
+    records = []
+    for topic in routing:
+        versions = []
+        for version, audience in routed[topic]:
+            shown, _ = policy.seen_on(topic, audience, ())
+            versions.append({"version": version, "audience": orjson.loads(shown.to_json())})
+        _, topics = policy.seen_on(topic, erasure.versions[0].audience, routing)
+        records.append(
+            BusRecord(
+                topic=topic,
+                key=key,
+                value=b"",
+                headers=(
+                    *common,
+                    ("erased-versions", orjson.dumps(versions)),
+                    ("topics", orjson.dumps(topics)),
+                ),
+                tombstone=True,
+            )
+        )
+    return records
 
 
 def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
@@ -60,7 +189,7 @@ def to_records(stored: StoredObject, topics: Sequence[str]) -> list[BusRecord]:
     labels = orjson.dumps(obj.labels)
     if len(labels) <= MAX_LABELS_HEADER_BYTES:
         common.append(("labels", labels))
-    key = obj.object_id.encode()
+    key = copy_key(obj.object_id, obj.object_type, stored.submitter)
     routing = tuple(topics)
     return [
         BusRecord(
@@ -86,8 +215,9 @@ def _routing_headers(
 _TLPS = {tlp.value.encode(): tlp for tlp in Tlp}
 
 
-def from_record(record: ReadRecord) -> StoredObject:
+def from_record(record: ReadRecord) -> StoredObject | ErasureRecord:
     """Raises ValueError (or KeyError) for a record this exchange did not write.
+    A tombstone (an erasure) gives an ErasureRecord.
 
     It runs once per record a stream reads (a catch-up reads every record ever
     published): the headers whose values repeat from record to record (the
@@ -99,6 +229,8 @@ def from_record(record: ReadRecord) -> StoredObject:
         if stored is not None:
             return stored
     h = dict(headers)
+    if "erasure-id" in h:
+        return _erasure_of(record, h)
     tlp = _TLPS[h["tlp"]]
     submitter = h["submitter"].decode()
     # Records from before audiences existed carry neither header: their audience
@@ -114,7 +246,7 @@ def from_record(record: ReadRecord) -> StoredObject:
         submitter,
         float(h["accepted-at"]),
         ValidObject(
-            object_id=record.key.decode(),
+            object_id=object_id_of(record.key),
             object_type=h["stix-type"].decode(),
             version=h["stix-version"].decode(),
             created_by_ref=h["submitter-identity"].decode(),
@@ -154,7 +286,7 @@ def _as_written(record: ReadRecord) -> StoredObject | None:
         submitter.decode(),
         float(accepted),
         ValidObject(
-            record.key.decode(),
+            object_id_of(record.key),
             stix_type.decode(),
             version.decode(),
             identity.decode(),
@@ -167,6 +299,29 @@ def _as_written(record: ReadRecord) -> StoredObject | None:
         ),
         _audience(audience),
         _strings(topics),
+    )
+
+
+def _erasure_of(record: ReadRecord, h: dict[str, bytes]) -> ErasureRecord:
+    if record.value:
+        raise ValueError("an erasure record holds no value")
+    listed = orjson.loads(h["erased-versions"])
+    if not isinstance(listed, list):
+        raise ValueError("erased-versions is not a list")
+    versions = tuple(
+        ErasureVersion(str(v["version"]), _audience(orjson.dumps(v["audience"])))
+        for v in listed
+    )
+    return ErasureRecord(
+        erasure_id=int(h["erasure-id"]),
+        object_id=object_id_of(record.key),
+        object_type=h["stix-type"].decode(),
+        submitter=h["submitter"].decode(),
+        submitter_identity=h["submitter-identity"].decode(),
+        erased_at=float(h["erased-at"]),
+        reason=h["erasure-reason"].decode(),
+        versions=versions,
+        topics=_strings(h["topics"]),
     )
 
 

@@ -30,12 +30,18 @@ Headers = tuple[tuple[str, bytes], ...]
 
 @dataclass(frozen=True, slots=True)
 class BusRecord:
-    """A record to publish. Records with the same key keep their order."""
+    """A record to publish. Records with the same key keep their order.
+
+    ``tombstone``: an erasure (value empty). Kafka gets a null value (a real tombstone:
+    compaction deletes every earlier record with its key, then, after
+    ``delete.retention.ms``, the tombstone itself); the embedded bus deletes the earlier
+    records with its key at once. Read back, its value is ``b""``."""
 
     topic: str
     key: bytes
     value: bytes
     headers: Headers = ()
+    tombstone: bool = False
 
 
 @dataclass(frozen=True, slots=True)

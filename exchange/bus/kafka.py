@@ -69,6 +69,9 @@ _MIN_FETCH_BYTES = 64 * 1024
 
 # A topic the exchange always has (policy.SHARED_TOPICS), asked about by ping().
 _PING_TOPIC = "clear"
+# Topics created with the delete policy, not compacted: the audit mirror's
+# (exchange.audit.mirror.AUDIT_TOPIC; the bus does not import the audit package).
+_DELETE_POLICY_TOPICS = frozenset({"audit"})
 _SECURITY_PROTOCOLS = {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}
 _SASL_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
 _CONFIG_ERRORS = (InvalidTopicError, InvalidPartitionsError, InvalidReplicationFactorError)
@@ -206,7 +209,12 @@ class KafkaBus:
         if not missing:
             return
         new = [
-            NewTopic(name, self._settings.partitions, self._settings.replication_factor)
+            NewTopic(
+                name,
+                self._settings.partitions,
+                self._settings.replication_factor,
+                topic_configs=self.topic_configs(wanted[name]),
+            )
             for name in missing
         ]
         try:
@@ -222,6 +230,20 @@ class KafkaBus:
             text = f"cannot create topic {name}: {detail}"
             raise InvalidArgument(text) if issubclass(cls, _CONFIG_ERRORS) else Unavailable(text)
         await self._wait_visible([wanted[name] for name in missing])
+
+    def topic_configs(self, topic: str) -> dict[str, str]:
+        """The configs a topic is created with. Object topics are compacted
+        (``kafka.compact_topics``): an erasure's tombstone then removes every record of
+        the erased copy, and keeps only the latest record of every other copy; the
+        tombstones themselves (the erasure notices of partners' own consumers) stay
+        ``kafka.delete_retention_ms``. The audit mirror keeps the delete policy (its
+        records hold no content, and each one is an entry, not a version of a key)."""
+        if topic in _DELETE_POLICY_TOPICS or not self._settings.compact_topics:
+            return {}
+        return {
+            "cleanup.policy": "compact",
+            "delete.retention.ms": str(self._settings.delete_retention_ms),
+        }
 
     async def partitions(self, topic: str) -> list[int]:
         return list(await self._known(topic))
@@ -244,7 +266,10 @@ class KafkaBus:
                     continue
                 try:
                     fut = await producer.send(
-                        names[r.topic], r.value, r.key, headers=list(r.headers)
+                        names[r.topic],
+                        None if r.tombstone else r.value,
+                        r.key,
+                        headers=list(r.headers),
                     )
                 except _SIZE_ERRORS as exc:
                     pending.append(_too_large(str(exc)))

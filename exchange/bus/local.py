@@ -9,6 +9,14 @@ SQLite calls run on two single-thread executors, one per connection: the writer
 lets the two run at the same time, so a large publish never stalls live readers,
 and the event loop never waits on a disk write.
 
+A tombstone (``BusRecord.tombstone``: an erasure) compacts at once: in the
+transaction that appends it, every earlier record with its key on its topic is
+deleted (offsets stay: readers skip the holes), and the tombstone stays (it holds
+no content). The file runs with ``secure_delete`` (deleted bytes are zeroed, not left
+in free pages), and a tombstone publish is followed by a WAL checkpoint that
+truncates the WAL (the erased bytes are in its older frames until then); a
+checkpoint that readers block is retried until it succeeds.
+
 A publish wakes this process's readers of the touched topics at once. Records
 written by another process on the same file (a CLI, a second server) are found
 by each reader re-checking every ``poll_interval_s``.
@@ -57,7 +65,12 @@ CREATE TABLE IF NOT EXISTS records (
     headers    BLOB,
     PRIMARY KEY (topic_id, log_offset)
 );
+-- For tombstones: the earlier records of a key are found without a scan of the topic.
+CREATE INDEX IF NOT EXISTS records_by_key ON records(topic_id, key);
 """
+
+# How often a checkpoint that readers blocked is tried again.
+_CHECKPOINT_RETRY_S = 1.0
 
 _headers_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, bytes], ...])
 
@@ -88,7 +101,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     # Another process may hold the write lock for a moment (a CLI on the same file).
     conn.execute("PRAGMA busy_timeout=5000")
+    # Erasure: deleted records are overwritten with zeros, not left in free pages.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
+
+
+def _checkpoint(conn: sqlite3.Connection) -> bool:
+    """Copy the WAL into the file and truncate it (the erased bytes live in its older
+    frames until then); False when a reader kept it from completing."""
+    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return not busy
 
 
 class LocalBus:
@@ -105,6 +127,8 @@ class LocalBus:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._readers: set[LocalReader] = set()
         self._closed = False
+        # A checkpoint after tombstones, until it succeeds (readers may block it).
+        self._checkpointing: asyncio.Task[None] | None = None
 
     @property
     def poll_interval_s(self) -> float:
@@ -124,6 +148,10 @@ class LocalBus:
         if self._closed:
             return
         self._closed = True
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._checkpointing
         for reader in list(self._readers):
             await reader.close()
         for conn, pool in ((self._writer, self._write_pool), (self._reader, self._read_pool)):
@@ -148,7 +176,37 @@ class LocalBus:
             return []
         offsets = await self._write(self._insert_records, records)
         self._wake({r.topic for r in records})
+        if any(r.tombstone for r in records):
+            await self.checkpoint()
         return [((r.topic, PARTITION), off) for r, off in zip(records, offsets, strict=True)]
+
+    async def checkpoint(self) -> bool:
+        """Checkpoint and truncate the WAL now (after tombstones: the erased bytes are
+        in it); when readers block it, retried in the background until it succeeds.
+        True if it completed now."""
+        conn = self._writer
+        if conn is None:
+            return False
+        try:
+            done = await self._on(self._write_pool, _checkpoint, conn)
+        except sqlite3.Error:
+            done = False
+        if not done and (self._checkpointing is None or self._checkpointing.done()):
+            self._checkpointing = asyncio.get_running_loop().create_task(self._retry_checkpoint())
+            self._checkpointing.add_done_callback(retrieve_failure)
+        return done
+
+    async def _retry_checkpoint(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(_CHECKPOINT_RETRY_S)
+            conn = self._writer
+            if conn is None:
+                return
+            try:
+                if await self._on(self._write_pool, _checkpoint, conn):
+                    return
+            except sqlite3.Error:
+                continue
 
     async def ping(self) -> None:
         """One read on the file: Unavailable if the bus is closed or the file unreadable."""
@@ -164,7 +222,7 @@ class LocalBus:
             if partition != PARTITION:
                 raise NotFound(f"topic {topic!r} has no partition {partition} (only 0)")
         ids = await self._topic_ids([topic for topic, _ in start])
-        # None: the earliest record held; nothing is ever deleted, so offset 0.
+        # None: the earliest record held; offset 0 (tombstones leave holes, skipped).
         positions = {topic: (0 if off is None else off) for (topic, _), off in start.items()}
         reader = LocalReader(self, ids, positions)
         self._readers.add(reader)
@@ -241,15 +299,25 @@ class LocalBus:
         next_offset = {name: nxt for name, (_, nxt) in topics.items()}
         offsets: list[int] = []
         rows: list[tuple[int, int, bytes, bytes, bytes | None]] = []
+        insert = (
+            "INSERT INTO records(topic_id, log_offset, key, value, headers) VALUES (?,?,?,?,?)"
+        )
         for r in records:
             off = next_offset[r.topic]
             next_offset[r.topic] = off + 1
             offsets.append(off)
-            rows.append((topics[r.topic][0], off, r.key, r.value, _encode_headers(r.headers)))
-        conn.executemany(
-            "INSERT INTO records(topic_id, log_offset, key, value, headers) VALUES (?,?,?,?,?)",
-            rows,
-        )
+            row = (topics[r.topic][0], off, r.key, b"" if r.tombstone else r.value)
+            rows.append((*row, _encode_headers(r.headers)))
+            if r.tombstone:
+                # Compacted at once: the records before it, then it (in order, so that
+                # a record of the key earlier in this batch goes too).
+                conn.executemany(insert, rows)
+                rows.clear()
+                conn.execute(
+                    "DELETE FROM records WHERE topic_id = ? AND key = ? AND log_offset < ?",
+                    (row[0], r.key, off),
+                )
+        conn.executemany(insert, rows)
         conn.executemany(
             "UPDATE topics SET next_offset = ? WHERE id = ?",
             [(nxt, topics[name][0]) for name, nxt in next_offset.items()],
