@@ -138,6 +138,12 @@ _OBJECT_COLUMNS = (
     " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience::text"
 )
 _AUDIT_COLUMNS = "idx, data, leaf_hash, at, action, actor, partner, object_id, owner"
+# Where the relay's last publish landed on a topic-partition (offsets only grow).
+_RECORD_POSITION = (
+    "INSERT INTO relay_positions (topic, partition, next_offset)"
+    " VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO UPDATE"
+    " SET next_offset = GREATEST(relay_positions.next_offset, excluded.next_offset)"
+)
 # The oldest outbox rows, up to $1 of them and $2 bytes of bodies (at least one).
 _PENDING_WITHIN = (
     "WITH head AS (SELECT b.seq, {length}(o.body) AS size FROM outbox b JOIN objects o"

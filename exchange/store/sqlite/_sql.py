@@ -37,6 +37,12 @@ _PENDING_WITHIN = (
     " WHERE b.seq IN (SELECT seq FROM upto WHERE total <= ?2"
     " OR seq = (SELECT min(seq) FROM upto)) ORDER BY b.seq"
 )
+# Where the relay's last publish landed on a topic-partition (offsets only grow).
+_RECORD_POSITION = (
+    "INSERT INTO relay_positions VALUES (?, ?, ?)"
+    " ON CONFLICT (topic, partition) DO UPDATE"
+    " SET next_offset = max(next_offset, excluded.next_offset)"
+)
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _CHUNK = 500
 
@@ -57,6 +63,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    # Deleted content is overwritten, not left in free pages: an erased body must not
+    # stay readable in the file (exchange erase; docs/erasure.md).
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
