@@ -335,10 +335,14 @@ async def test_a_version_4_data_directory_migrates_with_its_data_intact(tmp_path
     await store.open()
     try:
         version, _, after = dump(path)
-        assert version == SCHEMA_VERSION == 6
-        # Every row of every table is kept as it was (objects with their seqs).
+        assert version == SCHEMA_VERSION == 7
+        # Every row of every table is kept as it was (objects with their seqs; version 7
+        # adds erased_at, last, NULL: none was erased).
+        assert all(row[-1] is None for row in after["objects"])
+        after["objects"] = [row[:-1] for row in after["objects"]]
         assert {name: rows for name, rows in after.items() if name in before} == before
         assert after["set_aside"] == after["store_probe"] == after["audit_objects"] == []
+        assert after["erasures"] == []
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
