@@ -15,7 +15,6 @@ from exchange_client import ExchangeClient, NotFound, PermissionDenied, verify_r
 
 from exchange.model import Tlp
 from tests.helpers import (
-    PartnerCredentials,
     ServerThread,
     bundle,
     indicator,
@@ -106,9 +105,11 @@ def test_others_may_not_erase_and_learn_nothing(server: ServerThread) -> None:
         ).replace(missing, "X")
         with pytest.raises(ValueError, match="reason must be one of"):
             c.erase(str(seen["id"]), reason="because I said so")
-    with ExchangeClient(server.target, token=platform.token) as c:
-        with pytest.raises(PermissionDenied):
-            c.erase(str(hidden["id"]), reason="inaccurate")
+    with (
+        ExchangeClient(server.target, token=platform.token) as c,
+        pytest.raises(PermissionDenied),
+    ):
+        c.erase(str(hidden["id"]), reason="inaccurate")
     with ExchangeClient(server.target, token=ngo.token) as c:
         assert c.get(str(seen["id"])).object_id == seen["id"]
         assert c.get(str(hidden["id"])).object_id == hidden["id"]
