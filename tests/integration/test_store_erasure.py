@@ -49,6 +49,25 @@ def sighting() -> ValidObject:
     )
 
 
+RELATIONSHIP = "relationship--7d2a4c1e-0f3b-4e8a-9c61-5b1d2e3f4a50"
+REPORT = "report--1e9c7b3a-6d2f-4a8e-b5c4-0a9f8e7d6c51"
+
+
+def referring() -> list[ValidObject]:
+    """A relationship from the indicator, and a report listing it among others."""
+    rel = (
+        f'{{"id":"{RELATIONSHIP}","modified":"{V1}","source_ref":"{INDICATOR}",'
+        f'"target_ref":"{SIGHTING}"}}'
+    )
+    report = f'{{"id":"{REPORT}","modified":"{V1}","object_refs":["{SIGHTING}","{INDICATOR}"]}}'
+    return [
+        ValidObject(
+            RELATIONSHIP, "relationship", V1, PLATFORM.identity_id, Tlp.AMBER, rel.encode()
+        ),
+        ValidObject(REPORT, "report", V1, PLATFORM.identity_id, Tlp.AMBER, report.encode()),
+    ]
+
+
 def observable(submitter: Partner) -> ValidObject:
     body = f'{{"id":"{PHONE}","value":"{SECRET}"}}'.encode()
     return ValidObject(PHONE, "email-addr", "", submitter.identity_id, Tlp.GREEN, body)
@@ -80,6 +99,7 @@ async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
 async def test_erasure_removes_every_version_and_keeps_the_proofs(store: Store) -> None:
     assert await commit(store, NGO, indicator(V1), indicator(V2)) == [CommitOutcome.INSERTED] * 2
     assert await commit(store, PLATFORM, sighting()) == [CommitOutcome.INSERTED]
+    assert await commit(store, PLATFORM, *referring()) == [CommitOutcome.INSERTED] * 2
     wakes: list[int] = []
     store.on_outbox(lambda: wakes.append(1))
 
@@ -95,7 +115,8 @@ async def test_erasure_removes_every_version_and_keeps_the_proofs(store: Store) 
     )
     assert [v.version for v in erasure.versions] == [V1, V2]
     assert erasure.reason is EraseReason.VICTIM_DATA
-    assert [oid for oid, _ in erasure.referenced_by] == [SIGHTING]
+    # Newest first: what refers to it by sighting_of_ref, source_ref or object_refs.
+    assert [oid for oid, _ in erasure.referenced_by] == [REPORT, RELATIONSHIP, SIGHTING]
     # Gone from every read: look-ups, pages, the outbox.
     assert await store.object_copies(INDICATOR) == []
     assert await store.object_copies(INDICATOR, V1) == []

@@ -13,7 +13,6 @@ from exchange.bus import TopicPartition
 from exchange.model import EraseReason, Erasure
 from exchange.store._erasure import (
     ERASURE_COLUMNS,
-    REFERRING_TYPES,
     ErasableRow,
     ReferrerRow,
     by_copy,
@@ -55,10 +54,9 @@ async def _erase(
         (
             ReferrerRow(int(r[0]), str(r[1]), str(r[2]))
             for r in await conn.fetch(
-                "SELECT seq, object_id, audience::text FROM objects"
-                " WHERE object_type = ANY($1::text[]) AND erased_at IS NULL"
-                " AND position(convert_to($2, 'UTF8') IN body) > 0 ORDER BY seq",
-                list(REFERRING_TYPES),
+                "SELECT o.seq, o.object_id, o.audience::text FROM object_refs f"
+                " JOIN objects o USING (seq) WHERE f.ref_id = $1 AND o.erased_at IS NULL"
+                " ORDER BY o.seq",
                 object_id,
             )
         ),

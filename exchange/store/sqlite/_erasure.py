@@ -13,7 +13,6 @@ from exchange.bus import TopicPartition
 from exchange.model import EraseReason, Erasure
 from exchange.store._erasure import (
     ERASURE_COLUMNS,
-    REFERRING_TYPES,
     ErasableRow,
     ReferrerRow,
     by_copy,
@@ -55,15 +54,13 @@ def _erase(
     rows = [ErasableRow(*row) for row in conn.execute(query + " ORDER BY version_key, seq", params)]
     if not rows:
         return []
-    marks = ",".join("?" * len(REFERRING_TYPES))
     referring = referrers(
         (
             ReferrerRow(*row)
             for row in conn.execute(
-                "SELECT seq, object_id, audience FROM objects"  # noqa: S608 (marks only)
-                f" WHERE object_type IN ({marks}) AND erased_at IS NULL"
-                " AND instr(body, CAST(? AS BLOB)) > 0 ORDER BY seq",
-                (*REFERRING_TYPES, object_id),
+                "SELECT o.seq, o.object_id, o.audience FROM object_refs r JOIN objects o"
+                " USING (seq) WHERE r.ref_id = ? AND o.erased_at IS NULL ORDER BY o.seq",
+                (object_id,),
             )
         ),
         object_id,

@@ -30,10 +30,17 @@ from exchange.store._common import (
     set_aside_reason,
     stored_of,
 )
+from exchange.store._erasure import REFERRING_TYPES
 from exchange.store._group import GroupCommits, Outcome, Submission
 from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
 from exchange.store.sqlite._connection import _Connections
-from exchange.store.sqlite._sql import _OBJECT_COLUMNS, _PENDING_WITHIN, _RECORD_POSITION, _chunks
+from exchange.store.sqlite._sql import (
+    _INSERT_REFS,
+    _OBJECT_COLUMNS,
+    _PENDING_WITHIN,
+    _RECORD_POSITION,
+    _chunks,
+)
 
 # -- objects (inside a write transaction) -------------------------------------------------
 
@@ -116,6 +123,8 @@ def _insert_objects(
             "INSERT INTO outbox (seq) SELECT seq FROM objects WHERE seq > ? ORDER BY seq",
             (0 if last is None else last[0],),
         )
+        if any(row[3] in REFERRING_TYPES for row in rows):
+            conn.execute(_INSERT_REFS, (0 if last is None else last[0],))
     return results
 
 
