@@ -17,12 +17,14 @@ the store full (``_room.Room``): ``ping`` then fails until the data directory ha
 
 One module per concern: ``_connection`` (connections, threads, lifecycle, leases),
 ``_registry`` (partners, communities, credentials), ``_objects`` (objects, outbox),
-``_audit`` (audit log, checkpoints), over ``_sql`` (plumbing) and ``_schema``.
+``_erasure`` (erased bodies, erasures for the relay), ``_audit`` (audit log,
+checkpoints), over ``_sql`` (plumbing) and ``_schema``.
 """
 
 from __future__ import annotations
 
 from exchange.store.sqlite._audit import _AuditRows
+from exchange.store.sqlite._erasure import _ErasureRows
 from exchange.store.sqlite._objects import _ObjectRows
 from exchange.store.sqlite._registry import _RegistryRows
 from exchange.store.sqlite._schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
@@ -39,6 +41,6 @@ __all__ = [
 ]
 
 
-class SqliteStore(_RegistryRows, _ObjectRows, _AuditRows):
+class SqliteStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows):
     """``Store`` on a SQLite file (created, or migrated to the current schema, on open).
     ``metrics``: where to show that the disk is full (``exchange_store_full``)."""
