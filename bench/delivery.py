@@ -103,7 +103,7 @@ def records(how_many: int, start: int = 0) -> list[Entry]:
 
 
 def stored_of(entries: Iterable[Entry]) -> list[StoredObject]:
-    return [s for _, _, s in entries if s is not None]
+    return [s for _, _, s in entries if isinstance(s, StoredObject)]
 
 
 def partner(n: int) -> Partner:
@@ -242,7 +242,7 @@ def select(
     for tp, offset, stored in entries:
         offsets[tp] = offset + 1
         moved.add(tp)
-        if stored is None or stored.seq <= seqs.get(tp, -1):
+        if not isinstance(stored, StoredObject) or stored.seq <= seqs.get(tp, -1):
             continue
         seqs[tp] = stored.seq
         if wanted(tp[0], stored):

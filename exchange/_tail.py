@@ -6,7 +6,7 @@ decodes per record, which saturated the server's event loop. Here the live part 
 every stream comes from one place.
 
 ``LiveTail`` reads every topic-partition (tp) some stream has asked for, decodes
-each record once (``envelope.from_record``) and keeps the most recent records (over
+each record once (``envelope.read_record``) and keeps the most recent records (over
 all tps together) in memory: at most ``window`` of them, weighing at most
 ``window_bytes`` (``bus.record_bytes``: so that large objects cannot make the tail
 hold gigabytes). Per tp it knows:
@@ -87,7 +87,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 
 from exchange._tasks import cancel_and_wait, supervise
 from exchange.bus import Bus, BusReader, ReadRecord, TopicPartition, record_bytes
-from exchange.envelope import from_record
+from exchange.envelope import ErasureRecord, read_record
 from exchange.errors import ExchangeError, Unavailable
 from exchange.model import StoredObject
 from exchange.store import ObjectStore
@@ -96,9 +96,9 @@ __all__ = ["Decoded", "Entry", "LiveTail", "decode"]
 
 log = logging.getLogger(__name__)
 
-# A record as a stream sees it: where it is, and its decoded object (None: a record
-# this exchange did not write; the stream moves past it).
-Entry = tuple[TopicPartition, int, StoredObject | None]
+# A record as a stream sees it: where it is, and its decoded object, or erasure (a
+# tombstone), or None (a record this exchange did not write; the stream moves past it).
+Entry = tuple[TopicPartition, int, StoredObject | ErasureRecord | None]
 
 _FIRST_BACKOFF_S = 0.1
 _MAX_BACKOFF_S = 5.0
@@ -111,7 +111,7 @@ _COMPACT_AFTER = 1024
 def decode(record: ReadRecord) -> Entry:
     tp = (record.topic, record.partition)
     try:
-        stored: StoredObject | None = from_record(record)
+        stored: StoredObject | ErasureRecord | None = read_record(record)
     except (KeyError, ValueError):
         log.warning("skipping a record not written by the exchange at %s@%d", tp, record.offset)
         stored = None

@@ -34,8 +34,10 @@ __all__ = [
     "ErasureRecord",
     "ErasureVersion",
     "copy_key",
+    "erasure_from_record",
     "from_record",
     "object_id_of",
+    "read_record",
     "to_erasure_records",
     "to_records",
 ]
@@ -133,9 +135,9 @@ def to_erasure_records(erasure: Erasure, partners: Sequence[Partner]) -> list[Bu
     it there, and the routing as seen there. The reason is a code and the rest are ids
     and times: nothing of what the object said."""
     routed: dict[str, list[tuple[str, Audience]]] = {}
-    for version in erasure.versions:
-        for topic in policy.topics_for(version.audience, partners):
-            routed.setdefault(topic, []).append((version.version, version.audience))
+    for erased in erasure.versions:
+        for topic in policy.topics_for(erased.audience, partners):
+            routed.setdefault(topic, []).append((erased.version, erased.audience))
     routing = tuple(sorted(routed, key=_topic_rank))
     key = copy_key(erasure.object_id, erasure.object_type, erasure.submitter)
     common = (
@@ -146,12 +148,12 @@ def to_erasure_records(erasure: Erasure, partners: Sequence[Partner]) -> list[Bu
         ("erased-at", repr(erasure.erased_at).encode()),
         ("erasure-reason", erasure.reason.value.encode()),
     )
-    records = []
+    records: list[BusRecord] = []
     for topic in routing:
-        versions = []
-        for version, audience in routed[topic]:
+        versions: list[dict[str, object]] = []
+        for name, audience in routed[topic]:
             shown, _ = policy.seen_on(topic, audience, ())
-            versions.append({"version": version, "audience": orjson.loads(shown.to_json())})
+            versions.append({"version": name, "audience": orjson.loads(shown.to_json())})
         _, topics = policy.seen_on(topic, erasure.versions[0].audience, routing)
         records.append(
             BusRecord(
@@ -215,9 +217,22 @@ def _routing_headers(
 _TLPS = {tlp.value.encode(): tlp for tlp in Tlp}
 
 
-def from_record(record: ReadRecord) -> StoredObject | ErasureRecord:
-    """Raises ValueError (or KeyError) for a record this exchange did not write.
-    A tombstone (an erasure) gives an ErasureRecord.
+def read_record(record: ReadRecord) -> StoredObject | ErasureRecord:
+    """``from_record``, or ``erasure_from_record`` for a tombstone (an empty value: an
+    object's never is)."""
+    if not record.value:
+        return erasure_from_record(record)
+    return from_record(record)
+
+
+def erasure_from_record(record: ReadRecord) -> ErasureRecord:
+    """The erasure a tombstone says; ValueError (or KeyError) for any other record."""
+    return _erasure_of(record, dict(record.headers))
+
+
+def from_record(record: ReadRecord) -> StoredObject:
+    """Raises ValueError (or KeyError) for a record this exchange did not write
+    (a tombstone included: ``read_record`` takes both).
 
     It runs once per record a stream reads (a catch-up reads every record ever
     published): the headers whose values repeat from record to record (the
@@ -229,8 +244,6 @@ def from_record(record: ReadRecord) -> StoredObject | ErasureRecord:
         if stored is not None:
             return stored
     h = dict(headers)
-    if "erasure-id" in h:
-        return _erasure_of(record, h)
     tlp = _TLPS[h["tlp"]]
     submitter = h["submitter"].decode()
     # Records from before audiences existed carry neither header: their audience
@@ -309,8 +322,7 @@ def _erasure_of(record: ReadRecord, h: dict[str, bytes]) -> ErasureRecord:
     if not isinstance(listed, list):
         raise ValueError("erased-versions is not a list")
     versions = tuple(
-        ErasureVersion(str(v["version"]), _audience(orjson.dumps(v["audience"])))
-        for v in listed
+        ErasureVersion(str(v["version"]), _audience(orjson.dumps(v["audience"]))) for v in listed
     )
     return ErasureRecord(
         erasure_id=int(h["erasure-id"]),

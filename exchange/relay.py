@@ -6,8 +6,13 @@ repeat by its exchange sequence number. A row whose record the bus will never
 take (larger than the broker accepts: ingest refuses such objects, so only a
 broker configured below ``kafka.max_record_bytes`` gets here) is set aside with
 its reason, logged and counted, and the rest of the outbox flows on. Woken right
-after each commit, and polling as a fallback for rows written while it was down or
-by another process.
+after each commit (and each erasure), and polling as a fallback for rows written
+while it was down or by another process.
+
+Erasures (``store.pending_erasures``) are published after the objects of the same
+flush, as tombstones (``envelope.to_erasure_records``): an erasure is committed after
+the versions it erases, so every record of the erased copy is on its partition
+before its tombstone, and compaction removes them all.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from collections.abc import Callable, Mapping
 from exchange import policy
 from exchange._tasks import supervise
 from exchange.bus import Bus, BusRecord, Refused, TopicPartition
-from exchange.envelope import to_records
+from exchange.envelope import to_erasure_records, to_records
 from exchange.errors import ExchangeError
 from exchange.metrics import Metrics
-from exchange.model import StoredObject
+from exchange.model import Erasure, StoredObject
 from exchange.store import Store
 
 __all__ = ["Relay"]
@@ -56,11 +61,17 @@ class Relay:
         # Whether this process held the relay lease at its last look (logged on change).
         self.leading: bool | None = None
         self._published: list[Callable[[Mapping[TopicPartition, int]], None]] = []
+        self._erasures_published: list[Callable[[list[Erasure]], None]] = []
+        self.published_erasures = 0
 
     def on_published(self, listener: Callable[[Mapping[TopicPartition, int]], None]) -> None:
         """Call ``listener`` with the positions (next offsets) the relay recorded after
         each batch it published (the live tail reads the quiet topics on this cue)."""
         self._published.append(listener)
+
+    def on_erasures_published(self, listener: Callable[[list[Erasure]], None]) -> None:
+        """Call ``listener`` with the erasures whose tombstones the relay published."""
+        self._erasures_published.append(listener)
 
     def wake(self) -> None:
         """Called after a commit: there is something to publish."""
@@ -91,7 +102,8 @@ class Relay:
             log.error("relay: publishing failed; retrying in %.1f s", delay, exc_info=exc)
 
     async def flush_once(self) -> int:
-        """Publish one batch of pending rows; returns how many rows it published.
+        """Publish one batch of pending rows, then of pending erasures; returns how many
+        rows and erasures it published.
 
         Replicas sharing the store: only the holder of the relay lease publishes, so
         that records reach each topic in sequence order (subscribers take a sequence
@@ -110,8 +122,44 @@ class Relay:
             return 0
         rows = await self._store.pending_outbox(self._batch_size, self._batch_bytes)
         self._metrics.relay_pass(rows)
-        if not rows:
+        published = await self._publish_rows(rows) if rows else 0
+        # After the objects: a tombstone follows every record of its copy.
+        return published + await self._publish_erasures()
+
+    async def _publish_erasures(self) -> int:
+        erasures = await self._store.pending_erasures(self._batch_size)
+        if not erasures:
             return 0
+        # Erasures are rare: the registry is read for each batch of them (fan-out of
+        # audiences that exclude kinds of partner, as for their versions).
+        partners = await self._store.list_partners()
+        records = [r for e in erasures for r in to_erasure_records(e, partners)]
+        await self._ensure(records)
+        landed = await self._bus.publish(records)
+        positions: dict[TopicPartition, int] = {}
+        for record, outcome in zip(records, landed, strict=True):
+            if isinstance(outcome, Refused):
+                # A tombstone is a few hundred bytes: only a broken broker refuses it.
+                log.error("relay: the bus refused a tombstone on %s: %s", record.topic, outcome)
+                continue
+            tp, offset = outcome
+            positions[tp] = max(positions.get(tp, 0), offset + 1)
+        await self._store.mark_erasures_published([e.erasure_id for e in erasures], positions)
+        for listener in self._published:
+            listener(positions)
+        for erased in self._erasures_published:
+            erased(erasures)
+        self.published_erasures += len(erasures)
+        log.info("relay: published the tombstones of %d erasure(s)", len(erasures))
+        return len(erasures)
+
+    async def _ensure(self, records: list[BusRecord]) -> None:
+        new_topics = {r.topic for r in records} - self._known_topics
+        if new_topics:
+            await self._bus.ensure_topics(sorted(new_topics))
+            self._known_topics |= new_topics
+
+    async def _publish_rows(self, rows: list[StoredObject]) -> int:
         # Audiences that exclude kinds of partner fan out to partner topics (policy.topics_for).
         partners = (
             await self._store.list_partners()
@@ -124,10 +172,7 @@ class Relay:
             for record in to_records(row, policy.topics_for(row.audience, partners)):
                 records.append(record)
                 row_of.append(row)
-        new_topics = {r.topic for r in records} - self._known_topics
-        if new_topics:
-            await self._bus.ensure_topics(sorted(new_topics))
-            self._known_topics |= new_topics
+        await self._ensure(records)
         landed = await self._bus.publish(records)
         positions: dict[TopicPartition, int] = {}
         set_aside: dict[int, str] = {}

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from exchange import policy
+from exchange._erased import ErasedCopies
 from exchange._tasks import cancel_and_wait
 from exchange.audit.log import AuditLog
 from exchange.audit.mirror import AuditMirror
@@ -32,6 +33,7 @@ from exchange.errors import InvalidArgument, Unavailable
 from exchange.health import HealthMonitor
 from exchange.ingest import Ingest
 from exchange.metrics import Metrics, MetricsServer
+from exchange.model import Erasure
 from exchange.quota import PartnerQuota
 from exchange.registry import Registry
 from exchange.relay import Relay
@@ -135,6 +137,8 @@ class ExchangeServer:
             poll_interval_s=settings.relay.poll_interval_s,
             metrics=self.metrics,
         )
+        # Which copies were erased: records of them still on the bus are held back.
+        self.erased = ErasedCopies(self.store)
         self.subscriptions = Subscriptions(
             self.store,
             self.bus,
@@ -148,11 +152,13 @@ class ExchangeServer:
             stall_timeout_s=settings.subscriptions.stall_timeout_s,
             recorder=self.recorder,
             metrics=self.metrics,
+            erased=self.erased,
         )
         self.ingest = Ingest(self.store, self.validator, settings.limits, metrics=self.metrics)
         # The live tail reads the quiet topics when this process's relay publishes to them
         # (and polls for another replica's relay only while this one does not lead).
         self.relay.on_published(self.subscriptions.tail.relayed)
+        self.relay.on_erasures_published(self._erased)
         self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
         self.registry_watch = RegistryWatch(self.store)
         self.registry_watch.on_change(self.subscriptions.wake_all)
@@ -236,6 +242,7 @@ class ExchangeServer:
         await self.bus.ensure_topics(policy.SHARED_TOPICS)
         await self.validator.warm_up()
         self.registry_watch.start()
+        await self.erased.start()
         self.recorder.start()
         self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
         self._tasks.append(asyncio.create_task(self._checkpoints(), name="audit-checkpoints"))
@@ -279,7 +286,12 @@ class ExchangeServer:
             ],
         )
         service = ExchangeService(
-            self.auth, self.ingest, self.subscriptions, self.store, self.recorder
+            self.auth,
+            self.ingest,
+            self.subscriptions,
+            self.store,
+            self.recorder,
+            on_erased=self._erased,
         )
         add_exchange_service(service, server)
         admin_grpc.add_AdminServiceServicer_to_server(
@@ -370,6 +382,14 @@ class ExchangeServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def _erased(self, erasures: list[Erasure]) -> None:
+        """This process erased (or its relay published the tombstones of) these: held
+        back at once, and the relay woken (the store's erase wakes it too, through
+        on_outbox: a no-op then)."""
+        for erasure in erasures:
+            self.erased.add(erasure)
+        self.relay.wake()
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown (SIGTERM): report NOT_SERVING, take no new calls, end open
         streams with Unavailable (clients resume from their last cursor, on another
@@ -386,6 +406,7 @@ class ExchangeServer:
             await self.taxii.stop()
         # The streams have ended with the calls; stop their shared bus reader.
         await self.subscriptions.close()
+        await self.erased.close()
         await self.registry_watch.close()
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()

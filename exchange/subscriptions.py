@@ -37,6 +37,16 @@ disabled partner ends the stream, and when the partner's topics change (it joine
 left a community) the stream ends with Unavailable carrying the trailing metadata
 ``exchange-resume`` (ResumeRequested, exchange_protocol.subscribe), so that the client
 resumes from its last cursor at once, quietly, with the new set of topics.
+
+Erasure. A tombstone read on one of the stream's topics (``envelope.ErasureRecord``)
+becomes an erasure notice when it is delivered from that topic (policy.delivers_from,
+as a record) and the partner ``policy.may_receive`` at least one erased version: the
+notice names those versions, and the objects referring to the erased one that the
+partner may receive (from the full erasure in the store, ``store.erasure``, cached).
+Records of erased versions still on the bus (Kafka before compaction, records the tail
+read before the erasure) are held back (``ErasedCopies``); a newer version its creator
+publishes after the erasure flows as usual. A notice is recorded (ERASE_NOTICE) once
+written to the stream, as deliveries are.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,6 +62,7 @@ from typing import NamedTuple
 from exchange_protocol.subscribe import TOPICS_CHANGED
 
 from exchange import policy
+from exchange._erased import ErasedCopies
 from exchange._feed import Feed
 from exchange._subscription_request import (
     MAX_CURSOR_CHARS,
@@ -68,9 +80,10 @@ from exchange.audit.entries import Action, Event
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Access, require
 from exchange.bus import Bus, TopicPartition
+from exchange.envelope import ErasureRecord
 from exchange.errors import ExchangeError, ResourceExhausted, ResumeRequested, Unavailable
 from exchange.metrics import Metrics
-from exchange.model import Partner, Role, StoredObject
+from exchange.model import Erasure, Partner, Role, StoredObject
 from exchange.store import ObjectStore
 
 __all__ = [
@@ -80,6 +93,7 @@ __all__ = [
     "Batch",
     "Cursor",
     "Delivery",
+    "Notice",
     "Send",
     "SubscriptionRequest",
     "Subscriptions",
@@ -89,10 +103,40 @@ __all__ = [
 _SHUTTING_DOWN = "the exchange is shutting down; resume from your last cursor"
 
 
+# Erasures whose full record (Erasure) this process keeps for the streams that read
+# their tombstones (each is read once per stream that may be told).
+_ERASURES_CACHED = 1024
+# Erasure ids a stream remembers having handled, to drop a relay's repeat of a
+# tombstone (at-least-once after a crash). Object records are deduplicated by their
+# exchange sequence per topic-partition (kept in the cursor); erasures have no place in
+# that sequence (the store numbers them apart, and a tombstone can follow records of
+# higher sequence), so a stream drops repeats by erasure id, in a bounded set: a repeat
+# lands right after the original (the relay republishes its last batch), well within
+# it. A stream resumed from a cursor taken between the two could give a second notice
+# for one erasure: harmless (deleting a copy already deleted), and documented.
+_NOTICES_REMEMBERED = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An erasure notice for one subscriber: what it may know was erased (never the
+    content)."""
+
+    erasure_id: int
+    object_id: str
+    object_type: str
+    submitter: str
+    submitter_identity: str
+    versions: tuple[str, ...]  # the erased versions the subscriber may have received
+    reason: str
+    erased_at: float
+    referenced_by: tuple[str, ...]  # referring objects the subscriber may receive
+
+
 class Delivery(NamedTuple):
     # A tuple: built for every delivery of every stream, at two thirds of the cost of
-    # a frozen dataclass.
-    stored: StoredObject
+    # a frozen dataclass. ``stored`` is a Notice for an erasure notice.
+    stored: StoredObject | Notice
     cursor: str
 
 
@@ -134,8 +178,12 @@ class Subscriptions:
         tail_window_bytes: int = 128 * 1024 * 1024,
         recorder: AuditRecorder | None = None,
         metrics: Metrics | None = None,
+        erased: ErasedCopies | None = None,
     ) -> None:
         self._store = store
+        # Not started when not given (tests): it then holds what streams read.
+        self.erased = erased if erased is not None else ErasedCopies(store)
+        self._erasures: OrderedDict[int, Erasure | None] = OrderedDict()
         self._recorder = recorder
         self._metrics = metrics or Metrics(process=False)
         self._bus = bus
@@ -259,11 +307,13 @@ class Subscriptions:
         this.count += len(batch.deliveries)
         self.delivered += len(batch.deliveries)
         now = time.time()
+        objects = [d.stored for d in batch.deliveries if not isinstance(d.stored, Notice)]
+        if len(objects) < len(batch.deliveries):
+            notices = [d.stored for d in batch.deliveries if isinstance(d.stored, Notice)]
+            self._record(*(_notice_event(this.partner_id, n, now) for n in notices))
         if self._recorder is not None:
-            self._recorder.note_deliveries(
-                this.partner_id, (d.stored for d in batch.deliveries), now, confirmed=confirmed
-            )
-        self._metrics.delivered((d.stored for d in batch.deliveries), now)
+            self._recorder.note_deliveries(this.partner_id, objects, now, confirmed=confirmed)
+        self._metrics.delivered(objects, now)
 
     def open_of(self, partner_id: str) -> int:
         """The streams ``partner_id`` has open in this process (stalled ones included)."""
@@ -317,7 +367,7 @@ class Subscriptions:
         if self._recorder is not None:
             self._recorder.note(events)
 
-    async def _stream(
+    async def _stream(  # noqa: PLR0915 (one loop: catch-up, live, notices, heartbeats)
         self,
         access: Access,
         request: SubscriptionRequest,
@@ -334,7 +384,10 @@ class Subscriptions:
         feed = Feed(self.tail, self._bus, position.offsets, self._max_batch_bytes)
         self._feeds.add(feed)
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
-        wanted = _wanted(partner, frozenset(names), request)
+        subscribed = frozenset(names)
+        wanted = _wanted(partner, subscribed, request)
+        hides = self.erased.hides
+        notified: OrderedDict[int, None] = OrderedDict()
         try:
             # Tell the subscriber where it starts: from here on nothing is missed.
             yield Batch([], position.cursor())
@@ -369,18 +422,103 @@ class Subscriptions:
                 for tp, offset, stored in entries:
                     offsets[tp] = offset + 1
                     moved.add(tp)
+                    if isinstance(stored, ErasureRecord):
+                        notice = await self._notice(
+                            partner,
+                            request,
+                            tp[0],
+                            stored,
+                            subscribed=subscribed,
+                            notified=notified,
+                        )
+                        if notice is not None:
+                            deliveries.append(Delivery(notice, position.cursor()))
+                        continue
                     # None: a record not written by the exchange (the feed logged it).
                     # A seq not above the last one: a relay repeat after a crash,
                     # already delivered (or filtered) once.
                     if stored is None or stored.seq <= seqs.get(tp, -1):
                         continue
                     seqs[tp] = stored.seq
-                    if wanted(tp[0], stored):
+                    # A record of an erased version, still on the bus: held back.
+                    if wanted(tp[0], stored) and not hides(stored):
                         deliveries.append(Delivery(stored, position.cursor()))
                 yield Batch(deliveries, position.cursor())
         finally:
             self._feeds.discard(feed)
             await feed.close()
+
+    async def _notice(
+        self,
+        partner: Partner,
+        request: SubscriptionRequest,
+        topic: str,
+        record: ErasureRecord,
+        *,
+        subscribed: frozenset[str],
+        notified: OrderedDict[int, None],
+    ) -> Notice | None:
+        """The notice ``partner`` gets for the tombstone ``record`` read on ``topic``, or
+        None: not from this topic (it has it from another one), a repeat, or nothing
+        erased it may have received."""
+        if record.erasure_id in notified:
+            return None  # a relay repeat (see _NOTICES_REMEMBERED)
+        if not policy.delivers_from(topic, record.topics, subscribed):
+            return None
+        if request.types and record.object_type not in request.types:
+            return None
+        erasure = await self._erasure(record.erasure_id)
+        if erasure is not None:
+            # Held back from here on in every stream of this process, whatever topic
+            # they read the copy's records from next.
+            self.erased.add(erasure)
+            versions = tuple(
+                v.version for v in erasure.versions if policy.may_receive(partner, v.audience)
+            )
+            referenced_by = tuple(
+                sorted(
+                    {
+                        oid
+                        for oid, audience in erasure.referenced_by
+                        if policy.may_receive(partner, audience)
+                    }
+                )
+            )
+        else:
+            # Not in this store (a bus shared with another store): what the topic says.
+            versions = tuple(
+                v.version for v in record.versions if policy.may_receive(partner, v.audience)
+            )
+            referenced_by = ()
+        if not versions:
+            return None
+        notified[record.erasure_id] = None
+        if len(notified) > _NOTICES_REMEMBERED:
+            notified.popitem(last=False)
+        return Notice(
+            erasure_id=record.erasure_id,
+            object_id=record.object_id,
+            object_type=record.object_type,
+            submitter=record.submitter,
+            submitter_identity=record.submitter_identity,
+            versions=versions,
+            reason=record.reason,
+            erased_at=record.erased_at,
+            referenced_by=referenced_by,
+        )
+
+    async def _erasure(self, erasure_id: int) -> Erasure | None:
+        """The erasure ``erasure_id`` from the store, through a small LRU cache: every
+        stream that reads its tombstone asks."""
+        cache = self._erasures
+        if erasure_id in cache:
+            cache.move_to_end(erasure_id)
+            return cache[erasure_id]
+        erasure = await self._store.erasure(erasure_id)
+        cache[erasure_id] = erasure
+        if len(cache) > _ERASURES_CACHED:
+            cache.popitem(last=False)
+        return erasure
 
     async def _start(
         self,
@@ -402,6 +540,21 @@ class Subscriptions:
         # "Now" is what the relay recorded, never the broker's idea of the end.
         recorded = await self._store.relay_positions(names)
         return StreamPosition({tp: recorded.get(tp, -1) for tp in partitions}, {})
+
+
+def _notice_event(recipient: str, notice: Notice, at: float) -> Event:
+    return Event(
+        Action.ERASE_NOTICE,
+        recipient,
+        at,
+        object_id=notice.object_id,
+        owner=notice.submitter,
+        detail={
+            "channel": "subscribe",
+            "erasure": notice.erasure_id,
+            "versions": len(notice.versions),
+        },
+    )
 
 
 def _wanted(

@@ -299,9 +299,7 @@ class LocalBus:
         next_offset = {name: nxt for name, (_, nxt) in topics.items()}
         offsets: list[int] = []
         rows: list[tuple[int, int, bytes, bytes, bytes | None]] = []
-        insert = (
-            "INSERT INTO records(topic_id, log_offset, key, value, headers) VALUES (?,?,?,?,?)"
-        )
+        insert = "INSERT INTO records(topic_id, log_offset, key, value, headers) VALUES (?,?,?,?,?)"
         for r in records:
             off = next_offset[r.topic]
             next_offset[r.topic] = off + 1

@@ -15,6 +15,9 @@ Fields 2 to 8 are encoded by protobuf itself, once per record, on its first deli
 and kept with the record (``StoredObject.delivery_fields``); the object's body is not
 copied into that cache (so a record held by the live tail weighs what the tail counts),
 only into each message. A stream's work per delivery is its cursor and a join.
+
+An erasure notice (``Delivery.erased``, field 10, no ``object``) is rare: it is built
+and encoded by protobuf itself, its bytes joined with the others.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange.model import StoredObject
 from exchange.services._convert import TLP_TO_PB
-from exchange.subscriptions import Batch
+from exchange.subscriptions import Batch, Notice
 
-__all__ = ["fill_delivery", "subscribe_response_bytes"]
+__all__ = ["fill_delivery", "fill_notice", "subscribe_response_bytes"]
 
 # Keys: field number << 3 | wire type 2 (length-delimited).
 _DELIVERIES = b"\x0a"  # SubscribeResponse.deliveries = 1
@@ -58,6 +61,21 @@ def fill_delivery(delivery: pb.Delivery, stored: StoredObject, cursor: str) -> N
     obj = stored.obj
     delivery.object = obj.body
     _fill_shared(delivery, stored)
+    delivery.cursor = cursor
+
+
+def fill_notice(delivery: pb.Delivery, notice: Notice, cursor: str) -> None:
+    """Set every field of ``delivery`` for an erasure notice: the copy's ids and
+    submitter, ``erased``; no object, version, TLP or acceptance time."""
+    delivery.object_id = notice.object_id
+    delivery.object_type = notice.object_type
+    delivery.submitter = notice.submitter
+    delivery.submitter_identity = notice.submitter_identity
+    erased = delivery.erased
+    erased.versions.extend(notice.versions)
+    erased.reason = notice.reason
+    erased.erased_at.FromNanoseconds(int(notice.erased_at * 1e9))
+    erased.referenced_by.extend(notice.referenced_by)
     delivery.cursor = cursor
 
 
@@ -95,6 +113,12 @@ def subscribe_response_bytes(batch: Batch) -> bytes:
     add = parts.extend
     for delivery in batch.deliveries:
         stored = delivery.stored
+        if isinstance(stored, Notice):
+            message = pb.Delivery()
+            fill_notice(message, stored, delivery.cursor)
+            encoded = message.SerializeToString()
+            add((_DELIVERIES, _length(len(encoded)), encoded))
+            continue
         head, rest, size = stored.delivery_fields or _shared(stored)
         cursor = delivery.cursor.encode()
         if cursor:

@@ -25,10 +25,10 @@ from exchange.model import (
     Role,
 )
 from exchange.services._convert import kind_from_pb
-from exchange.services._deliveries import fill_delivery, subscribe_response_bytes
+from exchange.services._deliveries import fill_delivery, fill_notice, subscribe_response_bytes
 from exchange.services._status import guard_stream, guard_unary
 from exchange.store import Store
-from exchange.subscriptions import Batch, Subscriptions, subscription_request
+from exchange.subscriptions import Batch, Notice, Subscriptions, subscription_request
 
 __all__ = ["ExchangeService", "add_exchange_service", "subscribe_response"]
 
@@ -271,5 +271,8 @@ def subscribe_response(batch: Batch) -> pb.SubscribeResponse:
     tests/unit/test_deliveries.py; bench/delivery.py compares their costs)."""
     response = pb.SubscribeResponse(cursor=batch.cursor)
     for d in batch.deliveries:
-        fill_delivery(response.deliveries.add(), d.stored, d.cursor)
+        if isinstance(d.stored, Notice):
+            fill_notice(response.deliveries.add(), d.stored, d.cursor)
+        else:
+            fill_delivery(response.deliveries.add(), d.stored, d.cursor)
     return response

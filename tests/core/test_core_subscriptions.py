@@ -22,7 +22,7 @@ from exchange.ingest import Ingest
 from exchange.model import Partner, Tlp
 from exchange.relay import Relay
 from exchange.store.sqlite import SqliteStore
-from exchange.subscriptions import Batch, SubscriptionRequest, Subscriptions
+from exchange.subscriptions import Batch, Notice, SubscriptionRequest, Subscriptions
 from tests.core.edges import CREDENTIALS, NGO, PLATFORM, FlakyBus, eventually, raw
 from tests.helpers import indicator
 
@@ -35,7 +35,11 @@ class Stream:
     batches: list[Batch] = field(default_factory=list)
 
     def ids(self) -> list[str]:
-        return [d.stored.obj.object_id for b in self.batches for d in b.deliveries]
+        return [
+            d.stored.object_id if isinstance(d.stored, Notice) else d.stored.obj.object_id
+            for b in self.batches
+            for d in b.deliveries
+        ]
 
     def cursors(self) -> list[str]:
         return [d.cursor for b in self.batches for d in b.deliveries]

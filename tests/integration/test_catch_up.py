@@ -142,7 +142,14 @@ async def test_catch_up_across_reads_and_evictions_neither_repeats_nor_skips(
                     entries = await feed.read(n, 0.2)
                     assert len(entries) <= n
                     if max_bytes is not None and len(entries) > 1:
-                        assert sum(len(e[2].obj.body) for e in entries if e[2]) <= max_bytes
+                        assert (
+                            sum(
+                                len(e[2].obj.body)
+                                for e in entries
+                                if isinstance(e[2], StoredObject)
+                            )
+                            <= max_bytes
+                        )
                     g.extend(entries)
         for g in got:
             assert [e[1] for e in g] == list(range(400))
@@ -176,7 +183,7 @@ def test_decoded_holds_at_most_its_bytes_and_checks_the_record() -> None:
     again = ReadRecord(TP[0], TP[1], 9, other.key, other.value, other.headers)
     (entry,) = decoded.decode([again])
     assert decoded.hits == 3
-    assert entry[2] is not None and entry[2].obj.object_id == "indicator--42"
+    assert isinstance(entry[2], StoredObject) and entry[2].obj.object_id == "indicator--42"
     # A record the exchange did not write is skipped as before (None), and kept so.
     foreign = ReadRecord(TP[0], TP[1], 11, b"k", b"{}", ())
     assert decoded.decode([foreign, foreign]) == [(TP, 11, None), (TP, 11, None)]

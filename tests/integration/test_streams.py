@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from exchange.audit.entries import AuditEntry, AuditQuery
 from exchange.auth import new_certificate_binding
 from exchange.model import Tlp
-from exchange.subscriptions import Batch, subscription_request
+from exchange.subscriptions import Batch, Notice, subscription_request
 from tests.certs import CertificateAuthority
 from tests.helpers import (
     PartnerCredentials,
@@ -544,7 +544,14 @@ def test_a_subscriber_gone_during_a_write_is_recorded_as_perhaps_delivered(
                 if not batch.deliveries:
                     return  # where the stream starts
                 # The message goes out; the cancellation lands before the write returns.
-                sent.extend(d.stored.obj.object_id for d in batch.deliveries)
+                sent.extend(
+                    d.stored.object_id for d in batch.deliveries if isinstance(d.stored, Notice)
+                )
+                sent.extend(
+                    d.stored.obj.object_id
+                    for d in batch.deliveries
+                    if not isinstance(d.stored, Notice)
+                )
                 handed.set()
                 await asyncio.Event().wait()
 

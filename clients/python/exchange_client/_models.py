@@ -370,14 +370,51 @@ class SubmitSummary:
         return not self.rejected and not self.errors
 
 
+@dataclass(frozen=True, slots=True)
+class ErasureNotice:
+    """An object you may have received was erased by its creator or the operator:
+    delete your copy of the versions named (``Delivery.erased``). It says what was
+    erased, why and when, never what it said."""
+
+    object_id: str
+    versions: tuple[str, ...]
+    """The erased versions you may have received (an observable's is ``""``)."""
+    reason: str
+    """A code: one of :data:`ERASE_REASONS`."""
+    erased_at: datetime
+    referenced_by: tuple[str, ...]
+    """Objects you may receive that refer to the erased one (sightings of it,
+    relationships to or from it): you may want to review them."""
+    submitter: str
+    """The partner id whose copy was erased."""
+
+    @classmethod
+    def _from_pb(cls, message: pb.Delivery) -> ErasureNotice:
+        erased = message.erased
+        stamp = erased.erased_at
+        return cls(
+            object_id=message.object_id,
+            versions=tuple(erased.versions),
+            reason=erased.reason,
+            erased_at=_datetime(stamp.seconds, stamp.nanos),
+            referenced_by=tuple(erased.referenced_by),
+            submitter=message.submitter,
+        )
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """One STIX object delivered by a subscription.
+    """One STIX object delivered by a subscription, or an erasure notice.
 
     ``object_json`` is the object exactly as the exchange stored it (the raw bytes:
     nothing decoded them); ``object`` is the same, decoded on first access into a
     dict (~1.5x faster with orjson installed: ``pip install exchange-client[fast]``).
     A subscriber that only stores or forwards objects need never decode them.
+
+    ``erased`` is None for an object, and an :class:`ErasureNotice` when this delivery
+    tells that ``object_id`` was erased: then ``object_json`` is ``b""``, ``version``
+    ``""``, ``tlp`` ``"unspecified"``, and ``object`` raises ValueError (there is no
+    object: delete the copy you hold of the versions the notice names).
     """
 
     object_json: bytes = field(repr=False)
@@ -395,6 +432,8 @@ class Delivery:
     """When the exchange accepted the object (timezone-aware, UTC)."""
     cursor: str
     """Resume position right after this delivery."""
+    erased: ErasureNotice | None = None
+    """Set for an erasure notice (see the class docstring); None for an object."""
 
     @classmethod
     def _from_pb(cls, message: pb.Delivery) -> Delivery:
@@ -415,6 +454,8 @@ class Delivery:
             tlp=_TLPS.get(message.tlp, "unspecified"),
             cursor=message.cursor,
             _accepted=(stamp.seconds, stamp.nanos),
+            # One check per delivery: an object's message has no ``erased``.
+            erased=ErasureNotice._from_pb(message) if message.HasField("erased") else None,
         )
         return delivery
 
@@ -432,7 +473,13 @@ class Delivery:
     # Defined last: inside the class body the name shadows the builtin ``object``.
     @cached_property
     def object(self) -> dict[str, Any]:
-        """The STIX object as a dict (decoded from ``object_json`` on first access)."""
+        """The STIX object as a dict (decoded from ``object_json`` on first access).
+        ValueError for an erasure notice: it holds no object."""
+        if self.erased is not None:
+            raise ValueError(
+                f"this delivery is an erasure notice for {self.object_id}: it holds no"
+                " object (delete your copy of the versions delivery.erased names)"
+            )
         return cast(dict[str, Any], _loads(self.object_json))
 
 
