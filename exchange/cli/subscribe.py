@@ -15,6 +15,7 @@ import click
 import orjson
 from exchange_client import (
     Delivery,
+    ErasureNotice,
     ExchangeError,
     Subscription,
     Unavailable,
@@ -33,6 +34,40 @@ from exchange.cli._partner import _connect, _connection_options
 from exchange.cli._time import parse_time
 
 __all__ = ["subscribe"]
+
+
+def _notice_record(delivery: Delivery, notice: ErasureNotice) -> dict[str, Any]:
+    return {
+        "cursor": delivery.cursor,
+        "submitter": delivery.submitter,
+        "submitter_identity": delivery.submitter_identity,
+        "object_id": delivery.object_id,
+        "object_type": delivery.object_type,
+        "erased": {
+            "versions": list(notice.versions),
+            "reason": notice.reason,
+            "erased_at": notice.erased_at.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "referenced_by": list(notice.referenced_by),
+        },
+    }
+
+
+def _notice_line(delivery: Delivery, notice: ErasureNotice) -> str:
+    """One readable line: when, ERASED, type, id, submitter, reason, versions."""
+    when = notice.erased_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    parts = [
+        when,
+        click.style(f"{'ERASED':<16}", fg="red", bold=True),
+        f"{delivery.object_type:<9}",
+        delivery.object_id,
+        f"by {delivery.submitter}",
+        f"reason {notice.reason}",
+        f"versions {', '.join(v or '(observable)' for v in notice.versions)}",
+        "delete your copy",
+    ]
+    if notice.referenced_by:
+        parts.append(f"referred to by {', '.join(notice.referenced_by)}")
+    return "  ".join(parts)
 
 
 def _delivery_record(delivery: Delivery) -> dict[str, Any]:
@@ -136,6 +171,12 @@ def _start(
 
 
 def _print_delivery(ctx: click.Context, delivery: Delivery, output_format: str) -> None:
+    if (notice := delivery.erased) is not None:
+        if output_format == "text":
+            click.echo(_notice_line(delivery, notice))
+        else:
+            write_json_line(_notice_record(delivery, notice))
+        return
     try:
         if output_format == "text":
             click.echo(_pretty_line(delivery))
@@ -147,7 +188,8 @@ def _print_delivery(ctx: click.Context, delivery: Delivery, output_format: str) 
 
 def _deliveries(subscription: Iterable[Delivery], since: datetime | None) -> Iterator[Delivery]:
     for delivery in subscription:
-        if since is None or delivery.accepted_at >= since:
+        # A notice has no acceptance time: it is about something received earlier.
+        if since is None or delivery.erased is not None or delivery.accepted_at >= since:
             yield delivery
 
 
@@ -256,6 +298,12 @@ def subscribe(
     object_id, object_type, version and the STIX object itself. --format text
     (the default on a terminal) writes one readable line: time, TLP, type, id,
     submitter and, for an indicator, its pattern.
+
+    An erasure notice (an object you may have received was erased: delete your
+    copy) is one line too: in json, cursor, submitter, submitter_identity,
+    object_id, object_type and "erased": {versions, reason, erased_at,
+    referenced_by}, with no "object"; in text, the time, ERASED, the id, the
+    reason and the versions.
 
     The first connection is tried for --connect-timeout seconds, then the
     command exits (1) with one line on stderr. Once the stream was open, a lost

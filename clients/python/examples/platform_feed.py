@@ -7,7 +7,9 @@ and appends a JSON line to a matches file for each indicator whose pattern
 names one of those values. The subscription reconnects by itself when the
 exchange restarts or the network drops; where it stopped is kept in a cursor
 file, so running the script again continues without missing or repeating
-anything.
+anything. When an indicator is erased (its creator took it back: it named a victim,
+say), the exchange sends an erasure notice, and the script deletes the matches it
+wrote for the versions named: the platform keeps no copy of an erased lead.
 
 Run it against a running exchange::
 
@@ -28,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from exchange_client import Delivery, ExchangeClient, ExchangeError
+from exchange_client import Delivery, ErasureNotice, ExchangeClient, ExchangeError
 
 # The quoted strings of a STIX pattern: "[x-phone-number:value = '+1555...']".
 QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'")
@@ -68,6 +70,26 @@ def match(delivery: Delivery, values: set[str]) -> list[str]:
     return sorted(values & pattern_values(str(obj.get("pattern", ""))))
 
 
+def forget(path: Path, notice: ErasureNotice) -> int:
+    """Delete the matches of the erased versions from the matches file (rewritten in
+    place: the append handle keeps writing at its end); how many were deleted."""
+    erased = set(notice.versions)
+    with path.open("r+", encoding="utf-8") as file:
+        lines = file.readlines()
+        kept = [
+            line
+            for line in lines
+            if not (
+                (record := json.loads(line))["indicator_id"] == notice.object_id
+                and record["version"] in erased
+            )
+        ]
+        file.seek(0)
+        file.writelines(kept)
+        file.truncate()
+    return len(lines) - len(kept)
+
+
 def on_reconnect(attempt: int, error: BaseException) -> None:
     print(f"feed: reconnecting (attempt {attempt}): {error}", file=sys.stderr)
 
@@ -97,7 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 on_reconnect=on_reconnect,  # reconnects with backoff, from the last cursor
             )
             for delivery in feed:
-                for value in match(delivery, values):
+                if delivery.erased is not None:
+                    # Erased by its creator or the operator: delete the local copy.
+                    matches.flush()
+                    gone = forget(args.matches, delivery.erased)
+                    print(
+                        f"erased: {delivery.object_id} ({delivery.erased.reason}),"
+                        f" {gone} match(es) deleted",
+                        file=sys.stderr,
+                    )
+                for value in match(delivery, values) if delivery.erased is None else []:
                     record = {
                         "value": value,
                         "indicator_id": delivery.object_id,
