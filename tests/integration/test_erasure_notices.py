@@ -8,7 +8,7 @@ would) hold none; a newer version its creator publishes afterwards flows as usua
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class Stream:
         self, server: ServerThread, who: PartnerCredentials, *, from_beginning: bool = False
     ) -> None:
         self.deliveries: list[exchange_pb2.Delivery] = []
-        self.at: dict[TopicPartition, tuple[int, int]] | None = None
+        self.at: Mapping[TopicPartition, tuple[int, int]] | None = None
         self._lock = threading.Lock()
         self._channel = grpc.insecure_channel(server.target)
         request = (
@@ -129,12 +129,13 @@ def test_every_recipient_gets_one_notice_and_no_copy_is_left(
         first = indicator(ngo.identity, tlp=Tlp.AMBER, object_id=LEAD, description=f"call {SECRET}")
         with ExchangeClient(server.target, token=ngo.token) as c:
             assert c.submit(make_bundle([first]), communities=["shelter-net"]).ok
-            for p in (platform, ministry):
-                wait_until(
-                    lambda p=p: len(streams[p.partner_id].objects()) == 1,
-                    30,
-                    "the lead",  # type: ignore[misc]
-                )
+            wait_until(
+                lambda: all(
+                    len(streams[p.partner_id].objects()) == 1 for p in (platform, ministry)
+                ),
+                30,
+                "the lead",
+            )
             done = c.erase(LEAD, reason="victim-data")
             assert done.versions == [first["modified"]]
         for p in (platform, ministry, outsider):
