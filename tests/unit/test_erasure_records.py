@@ -5,9 +5,15 @@ encoding (the pre-encoded path equals protobuf's)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from datetime import UTC, datetime
 from pathlib import Path
 
+import click
 import orjson
+import pytest
+from exchange_client import Delivery as SdkDelivery
+from exchange_client import ErasureNotice
 from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange import policy
@@ -203,3 +209,76 @@ def test_a_notice_is_encoded_as_protobuf_encodes_it() -> None:
     assert list(sent.erased.versions) == ["2026-01-01T00:00:00.000Z"]
     assert list(sent.erased.referenced_by) == ["sighting--1"]
     assert sent.erased.erased_at.ToNanoseconds() == 1767225600_500000000
+
+
+def notice_message() -> pb.Delivery:
+    message = pb.Delivery(
+        object_id=LEAD,
+        object_type="indicator",
+        submitter="ngo-1",
+        submitter_identity="identity--ngo",
+        cursor="c9",
+    )
+    message.erased.versions.extend(["2026-01-01T00:00:00.000Z"])
+    message.erased.reason = "victim-data"
+    message.erased.erased_at.FromNanoseconds(1767225600_500000000)
+    message.erased.referenced_by.extend(["sighting--1"])
+    return message
+
+
+def test_the_sdk_tells_a_notice_from_an_object() -> None:
+    notice = SdkDelivery._from_pb(notice_message())
+    assert notice.erased == ErasureNotice(
+        object_id=LEAD,
+        versions=("2026-01-01T00:00:00.000Z",),
+        reason="victim-data",
+        erased_at=datetime(2026, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
+        referenced_by=("sighting--1",),
+        submitter="ngo-1",
+    )
+    assert notice.object_json == b""
+    with pytest.raises(ValueError, match="erasure notice"):
+        _ = notice.object
+    obj = SdkDelivery._from_pb(pb.Delivery(object=b'{"id": "x"}', object_id="x", cursor="c"))
+    assert obj.erased is None and obj.object == {"id": "x"}
+
+
+def test_exchange_subscribe_prints_a_notice() -> None:
+    from exchange.cli.subscribe import _notice_line, _notice_record  # noqa: PLC0415
+
+    delivery = SdkDelivery._from_pb(notice_message())
+    assert delivery.erased is not None
+    line = click.unstyle(_notice_line(delivery, delivery.erased))
+    assert "ERASED" in line and LEAD in line and "victim-data" in line
+    assert "2026-01-01T00:00:00.000Z" in line and "sighting--1" in line and "\n" not in line
+    record = _notice_record(delivery, delivery.erased)
+    assert "object" not in record
+    assert record["erased"] == {
+        "versions": ["2026-01-01T00:00:00.000Z"],
+        "reason": "victim-data",
+        "erased_at": "2026-01-01T00:00:00.500000Z",
+        "referenced_by": ["sighting--1"],
+    }
+    assert (record["object_id"], record["cursor"]) == (LEAD, "c9")
+
+
+def test_the_platform_feed_example_forgets_an_erased_lead(tmp_path: Path) -> None:
+    path = Path(__file__).parents[2] / "clients" / "python" / "examples" / "platform_feed.py"
+    spec = importlib.util.spec_from_file_location("platform_feed", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    forget = example.forget
+
+    matches = tmp_path / "matches.jsonl"
+    kept = {"indicator_id": "indicator--other", "version": "v"}
+    rows = [
+        {"indicator_id": LEAD, "version": "2026-01-01T00:00:00.000Z"},
+        kept,
+        {"indicator_id": LEAD, "version": "2026-01-05T00:00:00.000Z"},  # not erased
+    ]
+    matches.write_text("".join(orjson.dumps(r).decode() + "\n" for r in rows))
+    notice = SdkDelivery._from_pb(notice_message()).erased
+    assert notice is not None
+    assert forget(matches, notice) == 1
+    assert [orjson.loads(line) for line in matches.read_text().splitlines()] == rows[1:]
