@@ -21,6 +21,7 @@ from exchange.cli.audit import audit
 from exchange.cli.objects import get, revoke, sighting
 from exchange.cli.ops import config, db, health
 from exchange.cli.partners import community, partner
+from exchange.cli.retention import retention
 from exchange.cli.submit import submit
 from exchange.cli.subscribe import subscribe
 from exchange.cli.tokens import token
@@ -39,7 +40,8 @@ def main() -> None:
 
     \b
     Operators:  exchange serve, exchange partner|community|token ...,
-                exchange db migrate, exchange config check, exchange health
+                exchange db migrate, exchange config check, exchange health,
+                exchange retention plan|run
     Auditors:   exchange audit log|verify|export
     Partners:   exchange submit FILE|DIR..., exchange subscribe, exchange get ID,
                 exchange sighting ID, exchange revoke ID
@@ -241,6 +243,7 @@ main.add_command(get)
 main.add_command(sighting)
 main.add_command(revoke)
 main.add_command(audit)
+main.add_command(retention)
 main.add_command(db)
 main.add_command(config)
 main.add_command(health)
