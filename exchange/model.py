@@ -376,6 +376,8 @@ class Erasure:
     # was erased: sightings of it, relationships to or from it. Each recipient is told
     # of those it may see.
     referenced_by: tuple[tuple[str, Audience], ...] = ()
+    # Where its ERASE entry sits in the audit log (-1: not recorded yet).
+    audit_index: int = -1
 
 
 def version_key(version: str) -> str:

@@ -18,6 +18,7 @@ from exchange.cli._options import database_option as _database_option
 from exchange.cli._options import load_cli_settings as _settings
 from exchange.cli._output import fail
 from exchange.cli.audit import audit
+from exchange.cli.erase import erase
 from exchange.cli.objects import get, revoke, sighting
 from exchange.cli.ops import config, db, health
 from exchange.cli.partners import community, partner
@@ -41,10 +42,11 @@ def main() -> None:
     \b
     Operators:  exchange serve, exchange partner|community|token ...,
                 exchange db migrate, exchange config check, exchange health,
+                exchange erase ID --data-dir (a court order, a data subject's request),
                 exchange retention plan|run
     Auditors:   exchange audit log|verify|export
     Partners:   exchange submit FILE|DIR..., exchange subscribe, exchange get ID,
-                exchange sighting ID, exchange revoke ID
+                exchange sighting ID, exchange revoke ID, exchange erase ID
     """
 
 
@@ -242,6 +244,7 @@ main.add_command(subscribe)
 main.add_command(get)
 main.add_command(sighting)
 main.add_command(revoke)
+main.add_command(erase)
 main.add_command(audit)
 main.add_command(retention)
 main.add_command(db)

@@ -1,21 +1,24 @@
-"""ExchangeService: Submit, SubmitStream, Subscribe, GetObject."""
+"""ExchangeService: Submit, SubmitStream, Subscribe, GetObject, Erase."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_protocol.pb import exchange_pb2_grpc as pb_grpc
 
+from exchange import policy
 from exchange.audit.recorder import AuditRecorder
 from exchange.auth import Authenticator, Caller, require
+from exchange.erasure import erase, erase_reason
 from exchange.errors import InvalidArgument, ResourceExhausted, Unavailable
 from exchange.ingest import Ingest
 from exchange.lookup import get_object
 from exchange.model import (
     AudienceRequest,
+    Erasure,
     ObjectOutcome,
     ObjectResult,
     PartnerKind,
@@ -50,12 +53,15 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         subscriptions: Subscriptions,
         store: Store,
         recorder: AuditRecorder,
+        *,
+        on_erased: Callable[[list[Erasure]], None] | None = None,
     ) -> None:
         self._auth = auth
         self._ingest = ingest
         self._subscriptions = subscriptions
         self._store = store
         self._recorder = recorder
+        self._on_erased = on_erased
 
     async def _caller(self, context: Context, role: Role, action: str) -> Caller:
         caller = await self._auth.authenticate(
@@ -145,6 +151,36 @@ class ExchangeService(pb_grpc.ExchangeServiceServicer):
         fill_delivery(response.delivery, stored, "")
         return response
 
+    @guard_unary
+    async def Erase(self, request: pb.EraseRequest, context: Context) -> pb.EraseResponse:
+        # Creators erase: the role that lets a partner share is the one that takes back.
+        caller = await self._caller(context, Role.SUBMIT, "erase")
+        reason = erase_reason(request.reason)
+        outcome = await erase(
+            self._store, caller.partner, request.object_id, reason, on_erased=self._on_erased
+        )
+        first = outcome.erasures[0]
+        response = pb.EraseResponse(
+            object_id=first.object_id,
+            versions=outcome.versions,
+            reason=first.reason.value,
+            already_erased=outcome.already_erased,
+            referenced_by=sorted(
+                {
+                    oid
+                    for e in outcome.erasures
+                    for oid, audience in e.referenced_by
+                    if policy.may_receive(caller.partner, audience)
+                }
+            ),
+        )
+        response.erased_at.FromNanoseconds(int(first.erased_at * 1e9))
+        [row] = await self._store.audit_rows(first.audit_index, 1)
+        response.receipt.log_index = row.log_index
+        response.receipt.leaf_hash = row.leaf_hash
+        response.receipt.entry = row.data
+        return response
+
 
 def add_exchange_service(service: ExchangeService, server: grpc.aio.Server) -> None:
     """Serve ``service``, as the generated ``add_ExchangeServiceServicer_to_server`` does,
@@ -171,6 +207,11 @@ def add_exchange_service(service: ExchangeService, server: grpc.aio.Server) -> N
             service.GetObject,
             request_deserializer=pb.GetObjectRequest.FromString,
             response_serializer=pb.GetObjectResponse.SerializeToString,
+        ),
+        "Erase": grpc.unary_unary_rpc_method_handler(
+            service.Erase,
+            request_deserializer=pb.EraseRequest.FromString,
+            response_serializer=pb.EraseResponse.SerializeToString,
         ),
     }
     name = pb.DESCRIPTOR.services_by_name["ExchangeService"].full_name

@@ -98,7 +98,7 @@ class Held:
     version keys, whether it was revoked, and the audience of its latest version
     (by acceptance)."""
 
-    __slots__ = ("audience", "creator", "keys", "revoked")
+    __slots__ = ("audience", "creator", "erased", "keys", "revoked")
 
     def __init__(self) -> None:
         self.creator: str | None = None
@@ -106,11 +106,17 @@ class Held:
         self.revoked = False
         # The audience of the latest version (by acceptance), None if none is held.
         self.audience: Audience | None = None
+        # The version key of the newest erased version, None if none was erased.
+        self.erased: str | None = None
 
     def refuses(self, obj: ValidObject, key: str) -> CommitOutcome | None:
         """Why ``obj`` (version key ``key``) is not stored, or None: store it."""
         if self.creator is not None and self.creator != obj.created_by_ref:
             return CommitOutcome.NOT_CREATOR
+        # Before DUPLICATE: a replay of an erased version must be told it is refused,
+        # not that it is held (it is not, and will not be).
+        if self.erased is not None and key <= self.erased:
+            return CommitOutcome.ERASED
         if key in self.keys:
             return CommitOutcome.DUPLICATE
         if self.revoked:
@@ -512,7 +518,8 @@ def nothing_to_commit(
 def _latest_of_copy(order: str) -> str:
     return (
         "o.seq = (SELECT l.seq FROM objects l WHERE l.object_id = o.object_id"  # noqa: S608 (order is ASC or DESC)
-        f" AND l.created_by_ref = o.created_by_ref ORDER BY l.version_key {order},"
+        " AND l.created_by_ref = o.created_by_ref AND l.erased_at IS NULL"
+        f" ORDER BY l.version_key {order},"
         f" l.seq {order} LIMIT 1)"
     )
 
@@ -534,6 +541,7 @@ def published_where(query: PublishedQuery, mark: Callable[[int], str]) -> tuple[
         f"o.seq > {add(query.after_seq)}",
         "o.seq < COALESCE((SELECT MIN(b.seq) FROM outbox b), 9223372036854775807)",
         "NOT EXISTS (SELECT 1 FROM set_aside s WHERE s.seq = o.seq)",
+        "o.erased_at IS NULL",
     ]
     if query.object_ids:
         clauses.append(one_of("o.object_id", query.object_ids))

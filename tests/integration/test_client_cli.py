@@ -107,6 +107,11 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
                 request_id=request.request_id, result=self._answer(request.bundle)
             )
 
+    def Erase(self, request: Any, context: Any) -> pb.EraseResponse:
+        # Not what these tests exercise (tests/e2e/test_erasure.py runs the real one).
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        raise AssertionError("abort raises")
+
     def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
         self._authenticate(context)
         self.requests.append(request)

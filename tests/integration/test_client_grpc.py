@@ -97,6 +97,11 @@ class FakeExchange(pb_grpc.ExchangeServiceServicer):
             responses.reverse()
         yield from responses
 
+    def Erase(self, request: Any, context: Any) -> pb.EraseResponse:
+        # Not what these tests exercise (tests/e2e/test_erasure.py runs the real one).
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        raise AssertionError("abort raises")
+
     def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
         self._record(context, request)
         found = self.objects.get((request.object_id, request.version))

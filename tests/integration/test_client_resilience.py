@@ -103,6 +103,11 @@ class FlakyExchange(pb_grpc.ExchangeServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
         yield from ()
 
+    def Erase(self, request: Any, context: Any) -> pb.EraseResponse:
+        # Not what these tests exercise (tests/e2e/test_erasure.py runs the real one).
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        raise AssertionError("abort raises")
+
     def GetObject(self, request: Any, context: Any) -> pb.GetObjectResponse:
         self.requests.append(request)
         self._fail_maybe(context)

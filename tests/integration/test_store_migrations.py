@@ -275,6 +275,7 @@ async def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
 # -- version 4 to 5: observables held per submitter -------------------------------------------
 
 EMAIL = "email-addr--5c6c0e3a-8a0c-5f8b-9d5c-4b2f7d1c2e10"
+SIGHTING = "sighting--50b13f1c-307d-5db3-83b1-125a1e79b9ea"
 
 
 def version_4_file(path: Path) -> None:
@@ -311,6 +312,10 @@ def version_4_file(path: Path) -> None:
                  "indicator", IDENTITY, "ngo-1", 7.0, BODY, audience % "ngo-1"),
                 (3, EMAIL, "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000000000Z",
                  "email-addr", PLATFORM_IDENTITY, "plat-1", 8.0, b"{}", audience % "plat-1"),
+                (4, SIGHTING, "2026-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000000000Z",
+                 "sighting", PLATFORM_IDENTITY, "plat-1", 8.5,
+                 b'{"id":"%s","sighting_of_ref":"%s"}' % (SIGHTING.encode(), INDICATOR.encode()),
+                 audience % "plat-1"),
             ],
         )  # fmt: skip
         conn.execute("UPDATE sqlite_sequence SET seq = 10 WHERE name = 'objects'")
@@ -335,10 +340,16 @@ async def test_a_version_4_data_directory_migrates_with_its_data_intact(tmp_path
     await store.open()
     try:
         version, _, after = dump(path)
-        assert version == SCHEMA_VERSION == 6
-        # Every row of every table is kept as it was (objects with their seqs).
+        assert version == SCHEMA_VERSION == 7
+        # Every row of every table is kept as it was (objects with their seqs; version 7
+        # adds erased_at, last, NULL: none was erased).
+        assert all(row[-1] is None for row in after["objects"])
+        after["objects"] = [row[:-1] for row in after["objects"]]
         assert {name: rows for name, rows in after.items() if name in before} == before
         assert after["set_aside"] == after["store_probe"] == after["audit_objects"] == []
+        assert after["erasures"] == []
+        # Version 7 found what refers to what among the objects held.
+        assert after["object_refs"] == [(INDICATOR, 4)]
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("PRAGMA foreign_key_check").fetchall() == []

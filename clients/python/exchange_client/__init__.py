@@ -53,10 +53,12 @@ from exchange_client._errors import (
     ValidationError,
 )
 from exchange_client._models import (
+    ERASE_REASONS,
     AuditedVersion,
     AuditEntry,
     BatchError,
     Delivery,
+    EraseResult,
     InclusionProof,
     ObjectResult,
     PartnerKind,
@@ -72,6 +74,7 @@ from exchange_client._objects import TLP_AMBER, TLP_AMBER_STRICT, TLP_CLEAR, TLP
 from exchange_client._receipts import ReceiptError, verify_receipt
 
 __all__ = [
+    "ERASE_REASONS",
     "TLP_AMBER",
     "TLP_AMBER_STRICT",
     "TLP_CLEAR",
@@ -88,6 +91,7 @@ __all__ = [
     "CheckpointError",
     "ConsistencyError",
     "Delivery",
+    "EraseResult",
     "ExchangeClient",
     "ExchangeError",
     "InclusionProof",

@@ -38,6 +38,7 @@ from exchange_client._feed import FeedState, Reconnect, ReconnectCallback
 from exchange_client._models import (
     AuditEntry,
     Delivery,
+    EraseResult,
     InclusionProof,
     PartnerKind,
     SubmitResult,
@@ -397,6 +398,14 @@ class AsyncExchangeClient:
         current = await self.get(object_id, timeout=timeout)
         bundle = make_bundle([revoked_version(current.object)])
         return await self.submit(bundle, timeout=timeout)
+
+    async def erase(
+        self, object_id: str, *, reason: str, timeout: float | None = None
+    ) -> EraseResult:
+        """See :meth:`ExchangeClient.erase`."""
+        self._check_open()
+        request = _calls.erase_request(object_id, reason)
+        return EraseResult._from_pb(await self._unary(self._stub.Erase, request, timeout))
 
     async def report_sighting(
         self,

@@ -15,7 +15,14 @@ from exchange_protocol.pb import exchange_pb2 as pb
 from exchange_client._bundle import BundleInput, encode_bundle
 from exchange_client._config import MAX_MESSAGE_BYTES
 from exchange_client._errors import ExchangeError, ValidationError
-from exchange_client._models import Delivery, PartnerKind, SubmitResult, _audience, _checkpoint
+from exchange_client._models import (
+    ERASE_REASONS,
+    Delivery,
+    PartnerKind,
+    SubmitResult,
+    _audience,
+    _checkpoint,
+)
 
 __all__ = [
     "BundleRequests",
@@ -166,6 +173,14 @@ def get_request(object_id: str, version: str | None) -> pb.GetObjectRequest:
     if not isinstance(object_id, str) or not object_id.strip():
         raise ValueError("object_id must be a STIX id such as 'indicator--<uuid>'")
     return pb.GetObjectRequest(object_id=object_id.strip(), version=(version or "").strip())
+
+
+def erase_request(object_id: str, reason: str) -> pb.EraseRequest:
+    if not isinstance(object_id, str) or not object_id.strip():
+        raise ValueError("object_id must be a STIX id such as 'indicator--<uuid>'")
+    if reason not in ERASE_REASONS:
+        raise ValueError(f"reason must be one of {', '.join(ERASE_REASONS)}, not {reason!r}")
+    return pb.EraseRequest(object_id=object_id.strip(), reason=reason)
 
 
 def delivery_of(response: pb.GetObjectResponse, request: pb.GetObjectRequest) -> Delivery:

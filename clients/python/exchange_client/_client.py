@@ -31,6 +31,7 @@ from exchange_client._feed import FeedState, Reconnect, ReconnectCallback
 from exchange_client._models import (
     AuditEntry,
     Delivery,
+    EraseResult,
     InclusionProof,
     PartnerKind,
     SubmitResult,
@@ -440,6 +441,29 @@ class ExchangeClient:
         current = self.get(object_id, timeout=timeout)
         bundle = make_bundle([revoked_version(current.object)])
         return self.submit(bundle, timeout=timeout)
+
+    def erase(self, object_id: str, *, reason: str, timeout: float | None = None) -> EraseResult:
+        """Erase one of your objects from the exchange, every version of it: the
+        exchange removes it from its store and its Kafka topics, stops serving it
+        (look-ups, replays, TAXII), and sends every subscriber that may have received
+        it an erasure notice (``delivery.erased``) so that it deletes its copy.
+
+        Use it when what you shared must not stay shared: it turned out to describe a
+        victim (``reason="victim-data"``), an informant, or was wrong. ``reason`` is one
+        of :data:`ERASE_REASONS` (a code, never free text: it travels to every
+        recipient and stays in the audit log, which keeps that the object was shared
+        and erased, never what it said). You may publish a new version later; the
+        erased versions are never taken again.
+
+        Only the object's creator may erase it (for an observable: your own copy):
+        erasing another partner's object raises :class:`PermissionDenied`, and one
+        you cannot see :class:`NotFound`. Erasing again returns the earlier erasure
+        (``already_erased``). See docs/erasure.md for what erasure can and cannot
+        reach (copies partners already made).
+        """
+        self._check_open()
+        request = _calls.erase_request(object_id, reason)
+        return EraseResult._from_pb(self._unary(self._stub.Erase, request, timeout))
 
     def report_sighting(
         self,

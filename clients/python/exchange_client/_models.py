@@ -194,6 +194,52 @@ class Receipt:
         return cls(log_index=message.log_index, leaf_hash=message.leaf_hash, entry=message.entry)
 
 
+ERASE_REASONS = (
+    "victim-data",
+    "informant-data",
+    "inaccurate",
+    "court-order",
+    "data-subject-request",
+    "retention",
+    "expired",
+    "other",
+)
+"""The reason codes :meth:`ExchangeClient.erase` takes (never free text: the reason
+travels to every recipient and stays in the audit log)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EraseResult:
+    """What :meth:`ExchangeClient.erase` did."""
+
+    object_id: str
+    versions: list[str]
+    """The versions erased, oldest first."""
+    reason: str
+    erased_at: datetime
+    receipt: Receipt
+    """The erasure's entry in the audit log (it names the versions and the digests of
+    what they held, never their content)."""
+    already_erased: bool
+    """True when the object had been erased before: the result is that erasure's."""
+    referenced_by: list[str]
+    """Objects you may see that refer to the erased one (sightings of it,
+    relationships to it): you may want to review, revoke or erase them too."""
+
+    @classmethod
+    def _from_pb(cls, message: pb.EraseResponse) -> EraseResult:
+        stamp = message.erased_at
+        return cls(
+            object_id=message.object_id,
+            versions=list(message.versions),
+            reason=message.reason,
+            erased_at=_datetime(stamp.seconds, stamp.nanos),
+            receipt=Receipt._from_pb(message.receipt),
+            already_erased=message.already_erased,
+            referenced_by=list(message.referenced_by),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectResult:
     """The outcome of one object of a submitted bundle."""

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from exchange.store.postgres._audit import _AuditRows
 from exchange.store.postgres._connection import PROBE_BYTES, lease_key
+from exchange.store.postgres._erasure import _ErasureRows
 from exchange.store.postgres._objects import _ObjectRows
 from exchange.store.postgres._registry import _RegistryRows
 from exchange.store.postgres._retention import _RetentionRows
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-class PostgresStore(_RegistryRows, _ObjectRows, _AuditRows, _RetentionRows):
+class PostgresStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows, _RetentionRows):
     """``Store`` on a PostgreSQL database (its schema created, or migrated to the
     current version, on open). ``url``: postgresql://USER@HOST:PORT/DATABASE (the
     password is best given as PGPASSWORD). Each process opens ``pool_size``

@@ -42,6 +42,7 @@ from exchange.store.postgres._sql import (
     _OBJECT_COLUMNS,
     _OUTBOX_CHANNEL,
     _PENDING_WITHIN,
+    _RECORD_POSITION,
     _as_is,
     _has_nul,
     _lost,
@@ -136,9 +137,9 @@ async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
     # (object_id, created_by_ref, version_key) index per id instead of scanning the
     # table, whatever its statistics say (a bundle of 1,000 was 3x slower on a freshly
     # filled table).
-    for oid, otype, key, creator, revoked, audience in await conn.fetch(
+    for oid, otype, key, creator, revoked, audience, erased_at in await conn.fetch(
         "SELECT o.object_id, o.object_type, o.version_key, o.created_by_ref, o.revoked,"
-        " o.audience::text FROM unnest($1::text[]) AS w(id)"
+        " o.audience::text, o.erased_at FROM unnest($1::text[]) AS w(id)"
         " JOIN objects o ON o.object_id = w.id ORDER BY o.seq",
         wanted,
     ):
@@ -147,6 +148,8 @@ async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
         entry.creator = str(creator)
         entry.keys.add(str(key))
         entry.revoked = entry.revoked or bool(revoked)
+        if erased_at is not None:
+            entry.erased = max(entry.erased or "", str(key))
         latest[copy] = str(audience)
     for copy, audience in latest.items():
         held[copy].audience = Audience.from_json(audience)
@@ -284,7 +287,7 @@ class _ObjectRows(_Connections):
             rows = await self._read(
                 lambda conn: conn.fetch(
                     f"SELECT DISTINCT ON (o.created_by_ref) {_OBJECT_COLUMNS}"  # noqa: S608
-                    " FROM objects o WHERE o.object_id = $1"
+                    " FROM objects o WHERE o.object_id = $1 AND o.erased_at IS NULL"
                     " ORDER BY o.created_by_ref, o.version_key DESC, o.seq DESC",
                     object_id,
                 )
@@ -294,7 +297,7 @@ class _ObjectRows(_Connections):
             rows = await self._read(
                 lambda conn: conn.fetch(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
-                    " WHERE o.object_id = $1 AND o.version_key = $2",
+                    " WHERE o.object_id = $1 AND o.version_key = $2 AND o.erased_at IS NULL",
                     object_id,
                     key,
                 )
@@ -365,13 +368,7 @@ class _ObjectRows(_Connections):
             # In one order in every process, so that two writers cannot deadlock.
             rows = sorted((t, p, o) for (t, p), o in positions.items())
             if rows:
-                await conn.executemany(
-                    "INSERT INTO relay_positions (topic, partition, next_offset)"
-                    " VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO UPDATE"
-                    " SET next_offset = GREATEST(relay_positions.next_offset,"
-                    " excluded.next_offset)",
-                    rows,
-                )
+                await conn.executemany(_RECORD_POSITION, rows)
 
         await self._write(run)
 

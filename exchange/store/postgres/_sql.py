@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from exchange.store import AuditRow
+from exchange.store._erasure import REFERRING_TYPES
 
 # On the connection that holds the leases: if its process's host vanishes (no FIN, no
 # RST), the database drops the connection, and with it the leases, after about 25 s
@@ -138,6 +139,12 @@ _OBJECT_COLUMNS = (
     " o.created_by_ref, o.tlp, o.body, o.labels, o.revoked, o.spec_version, o.audience::text"
 )
 _AUDIT_COLUMNS = "idx, data, leaf_hash, at, action, actor, partner, object_id, owner"
+# Where the relay's last publish landed on a topic-partition (offsets only grow).
+_RECORD_POSITION = (
+    "INSERT INTO relay_positions (topic, partition, next_offset)"
+    " VALUES ($1, $2, $3) ON CONFLICT (topic, partition) DO UPDATE"
+    " SET next_offset = GREATEST(relay_positions.next_offset, excluded.next_offset)"
+)
 # The oldest outbox rows, up to $1 of them and $2 bytes of bodies (at least one).
 _PENDING_WITHIN = (
     "WITH head AS (SELECT b.seq, {length}(o.body) AS size FROM outbox b JOIN objects o"
@@ -150,8 +157,9 @@ _PENDING_WITHIN = (
 _CHECKPOINT_COLUMNS = "tree_size, note, signature"
 # Each stored version with its outbox row; executemany runs it once per version, in
 # bundle order, so that sequence numbers follow the bundle.
-# Objects and their outbox rows in one statement, one array per column (a round trip
-# per bundle, not per object); seqs are assigned in bundle order.
+# Objects, their outbox rows and the ids they refer to (object_refs: REFERRING_TYPES of
+# exchange/store/_erasure.py) in one statement, one array per column (a round trip per
+# bundle, not per object); seqs are assigned in bundle order.
 _INSERT_OBJECTS = """
 WITH stored AS (
     INSERT INTO objects (object_id, version, version_key, object_type, created_by_ref,
@@ -164,10 +172,14 @@ WITH stored AS (
         WITH ORDINALITY AS o(object_id, version, version_key, object_type, created_by_ref,
                              tlp, labels, revoked, spec_version, body, audience, n)
     ORDER BY o.n
-    RETURNING seq
+    RETURNING seq, object_type, body
+), queued AS (
+    INSERT INTO outbox (seq) SELECT seq FROM stored
 )
-INSERT INTO outbox (seq) SELECT seq FROM stored
-"""
+INSERT INTO object_refs (ref_id, seq)
+    SELECT r, s.seq FROM stored s, object_refs_of(s.body) r
+    WHERE s.object_type IN ({types})
+""".format(types=", ".join(f"'{t}'" for t in REFERRING_TYPES))  # noqa: S608 (constants)
 _INSERT_AUDIT = """
 INSERT INTO audit (idx, at, action, actor, partner, object_id, owner, data, leaf_hash)
 SELECT * FROM unnest($1::bigint[], $2::float8[], $3::text[], $4::text[], $5::text[],

@@ -30,10 +30,17 @@ from exchange.store._common import (
     set_aside_reason,
     stored_of,
 )
+from exchange.store._erasure import REFERRING_TYPES
 from exchange.store._group import GroupCommits, Outcome, Submission
 from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
 from exchange.store.sqlite._connection import _Connections
-from exchange.store.sqlite._sql import _OBJECT_COLUMNS, _PENDING_WITHIN, _chunks
+from exchange.store.sqlite._sql import (
+    _INSERT_REFS,
+    _OBJECT_COLUMNS,
+    _PENDING_WITHIN,
+    _RECORD_POSITION,
+    _chunks,
+)
 
 # -- objects (inside a write transaction) -------------------------------------------------
 
@@ -116,6 +123,8 @@ def _insert_objects(
             "INSERT INTO outbox (seq) SELECT seq FROM objects WHERE seq > ? ORDER BY seq",
             (0 if last is None else last[0],),
         )
+        if any(row[3] in REFERRING_TYPES for row in rows):
+            conn.execute(_INSERT_REFS, (0 if last is None else last[0],))
     return results
 
 
@@ -161,9 +170,9 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Hel
             chunk,
         ):
             held.setdefault((str(identity), ""), Held()).creator = str(identity)
-        for oid, otype, key, creator, revoked, audience in conn.execute(
+        for oid, otype, key, creator, revoked, audience, erased_at in conn.execute(
             "SELECT object_id, object_type, version_key, created_by_ref, revoked,"  # noqa: S608
-            f" audience FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
+            f" audience, erased_at FROM objects WHERE object_id IN ({marks}) ORDER BY seq",
             chunk,
         ):
             copy = copy_key(str(oid), str(otype), str(creator))
@@ -171,6 +180,8 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Hel
             entry.creator = str(creator)
             entry.keys.add(str(key))
             entry.revoked = entry.revoked or bool(revoked)
+            if erased_at is not None:
+                entry.erased = max(entry.erased or "", str(key))
             latest[copy] = audience
     for copy, audience in latest.items():
         held[copy].audience = Audience.from_json(audience)
@@ -263,7 +274,7 @@ class _ObjectRows(_Connections):
                 rows = conn.execute(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.object_id = ?"  # noqa: S608
                     " AND o.seq = (SELECT l.seq FROM objects l WHERE l.object_id = o.object_id"
-                    " AND l.created_by_ref = o.created_by_ref"
+                    " AND l.created_by_ref = o.created_by_ref AND l.erased_at IS NULL"
                     " ORDER BY l.version_key DESC, l.seq DESC LIMIT 1)"
                     " ORDER BY o.seq",
                     (object_id,),
@@ -271,7 +282,8 @@ class _ObjectRows(_Connections):
             else:
                 rows = conn.execute(
                     f"SELECT {_OBJECT_COLUMNS} FROM objects o"  # noqa: S608
-                    " WHERE o.object_id = ? AND o.version_key = ? ORDER BY o.seq",
+                    " WHERE o.object_id = ? AND o.version_key = ? AND o.erased_at IS NULL"
+                    " ORDER BY o.seq",
                     (object_id, version_key(version)),
                 ).fetchall()
             # Each version under the audience it was stored (and delivered) with.
@@ -329,12 +341,7 @@ class _ObjectRows(_Connections):
                         " at = excluded.at",
                         (seq, reason, at),
                     )
-            conn.executemany(
-                "INSERT INTO relay_positions VALUES (?, ?, ?)"
-                " ON CONFLICT (topic, partition) DO UPDATE"
-                " SET next_offset = max(next_offset, excluded.next_offset)",
-                [(t, p, o) for (t, p), o in positions.items()],
-            )
+            conn.executemany(_RECORD_POSITION, [(t, p, o) for (t, p), o in positions.items()])
 
         await self._write(run)
 

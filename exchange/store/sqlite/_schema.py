@@ -49,6 +49,7 @@ _STEPS = (
     "observables held per submitter (a version is unique per creator); set-aside"
     " outbox rows; the disk-full probe",
     "the index of the objects a delivery entry lists",
+    "erasure: erased versions keep their rows without bodies; erasures for the relay",
 )
 _SCHEMA = resources.files(__package__) / "schema"
 MIGRATIONS: tuple[Migration, ...] = tuple(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 
+from exchange.store._erasure import REFERRING_TYPES
+
 # -- rows <-> domain types -------------------------------------------------------------
 
 _PARTNER_COLUMNS = (
@@ -37,6 +39,23 @@ _PENDING_WITHIN = (
     " WHERE b.seq IN (SELECT seq FROM upto WHERE total <= ?2"
     " OR seq = (SELECT min(seq) FROM upto)) ORDER BY b.seq"
 )
+# The ids that the versions stored after seq ?1 refer to (schema/v7.sql fills it alike
+# for what was stored before): REFERRING_TYPES of exchange/store/_erasure.py.
+_INSERT_REFS = (  # noqa: S608 (constants only)
+    "INSERT OR IGNORE INTO object_refs (ref_id, seq)"
+    " SELECT r.value, o.seq FROM objects o, json_each(CAST(o.body AS TEXT)) r"
+    " WHERE o.seq > ?1 AND o.object_type IN ({types})"
+    " AND r.key IN ('sighting_of_ref', 'source_ref', 'target_ref') AND r.type = 'text'"
+    " UNION"
+    " SELECT e.value, o.seq FROM objects o, json_each(CAST(o.body AS TEXT), '$.object_refs') e"
+    " WHERE o.seq > ?1 AND o.object_type IN ({types}) AND e.type = 'text'"
+).format(types=", ".join(f"'{t}'" for t in REFERRING_TYPES))
+# Where the relay's last publish landed on a topic-partition (offsets only grow).
+_RECORD_POSITION = (
+    "INSERT INTO relay_positions VALUES (?, ?, ?)"
+    " ON CONFLICT (topic, partition) DO UPDATE"
+    " SET next_offset = max(next_offset, excluded.next_offset)"
+)
 # SQLite allows 32,766 host parameters per statement; stay well below.
 _CHUNK = 500
 
@@ -57,6 +76,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    # Deleted content is overwritten, not left in free pages: an erased body must not
+    # stay readable in the file (exchange erase; docs/erasure.md).
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
