@@ -82,7 +82,7 @@ def test_from_toml_and_the_environment(tmp_path: Path) -> None:
 def test_bad_values_are_refused_with_the_setting_named(
     tmp_path: Path, text: str, environ: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(InvalidArgument, match="retention|RETENTION") as caught:
+    with pytest.raises(InvalidArgument, match=r"(?i)retention") as caught:
         load(tmp_path, text, **environ)
     assert message in caught.value.message
 
