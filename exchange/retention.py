@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -253,15 +253,22 @@ async def run(
     now: float,
     *,
     limit: int | None = None,
+    planned: Sequence[Due] | None = None,
     on_erased: Callable[[list[Erasure]], None] | None = None,
 ) -> RetentionRun:
     """Erase what ``plan`` says is due at ``now``, at most ``limit`` (default
     ``settings.batch``) copies, each in its own transaction, as the operator with the
-    rule's reason. ``on_erased`` is called once with every erasure made (also when
-    the run fails part-way: with those made until then)."""
+    rule's reason. ``planned``: a plan made earlier at ``now`` to carry out instead
+    (its first ``limit``); each copy is checked again right before it is erased, and
+    one given a new version (or erased) since is skipped. ``on_erased`` is called once
+    with every erasure made (also when the run fails part-way: with those made until
+    then)."""
     batch = settings.batch if limit is None else limit
     result = RetentionRun(now)
-    result.due = await plan(store, settings, now, batch + 1)
+    if planned is None:
+        result.due = await plan(store, settings, now, batch + 1)
+    else:
+        result.due = list(planned[: batch + 1])
     if len(result.due) > batch:
         result.due.pop()
         result.more = True

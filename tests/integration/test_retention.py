@@ -207,6 +207,30 @@ async def test_run_erases_exactly_the_plan_in_batches(store: Store) -> None:
     assert [c.obj.object_id for c in await store.object_copies(oid(7))] == [oid(7)]
 
 
+@pytest.mark.parametrize("make_store", STORES, indirect=True)
+async def test_a_copy_given_a_new_version_after_the_plan_is_skipped(store: Store) -> None:
+    await put(store, obj(1, Tlp.RED), NOW - 100 * DAY)
+    await put(store, obj(2, Tlp.RED), NOW - 100 * DAY)
+    await put(store, obj(3, Tlp.RED), NOW - 100 * DAY)
+    planned = await plan(store, SETTINGS, NOW)
+    assert [d.object_id for d in planned] == [oid(1), oid(2), oid(3)]
+    # Between the plan and its erasures, the submitter publishes a new version of 1,
+    # and 3 is erased by someone else.
+    await put(store, obj(1, Tlp.RED, version="2026-06-01T00:00:00.000Z"), NOW - DAY)
+    await store.erase_object(
+        oid(3), by=NGO.partner_id, reason=EraseReason.INACCURATE, at=NOW, copy_of=NGO.partner_id
+    )
+    done = await run(store, SETTINGS, NOW, planned=planned)
+    assert done.due == planned
+    assert [d.object_id for d in done.erased] == [oid(2)]
+    assert [e.object_id for e in done.erasures] == [oid(2)]
+    # 1 is kept, its new version the latest; 3 has its own erasure only.
+    assert [c.obj.version for c in await store.object_copies(oid(1))] == [
+        "2026-06-01T00:00:00.000Z"
+    ]
+    assert [e.reason for e in await store.erasures_of(oid(3))] == [EraseReason.INACCURATE]
+
+
 # -- the schedule in a served exchange ----------------------------------------------------
 
 
