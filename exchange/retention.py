@@ -346,8 +346,9 @@ class RetentionSchedule:
         self._metrics.retention_runs.labels("done").inc()
         counts = done.counts()
         log.info(
-            "retention: erased %d copies (%d past their maximum age, %d expired) in %.1f s%s",
+            "retention: erased %d %s (%d past their maximum age, %d expired) in %.1f s%s",
             len(done.erased),
+            "copy" if len(done.erased) == 1 else "copies",
             counts[EraseReason.RETENTION.value],
             counts[EraseReason.EXPIRED.value],
             time.monotonic() - started,

@@ -5,6 +5,7 @@ stored with the acceptance times the tests choose."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -234,7 +235,10 @@ async def test_a_copy_given_a_new_version_after_the_plan_is_skipped(store: Store
 # -- the schedule in a served exchange ----------------------------------------------------
 
 
-def test_a_served_exchange_erases_what_is_due_on_its_schedule(tmp_path: Path) -> None:
+def test_a_served_exchange_erases_what_is_due_on_its_schedule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="exchange.retention")
     settings = settings_for(
         tmp_path / "data",
         retention={"max_age_days": {"red": 90}, "interval_s": 0.05, "batch": 1},
@@ -266,5 +270,10 @@ def test_a_served_exchange_erases_what_is_due_on_its_schedule(tmp_path: Path) ->
         erasures = server.run(exchange.store.erasures_of(expired["id"]))
         assert [(e.reason, e.erased_by) for e in erasures] == [(EraseReason.EXPIRED, "operator")]
         assert server.run(exchange.store.erasures_of(fresh["id"])) == []
+        # One line per run, with counts: never an id.
+        lines = [r.getMessage() for r in caplog.records if r.name == "exchange.retention"]
+        assert "retention: erased 1 copy (0 past their maximum age, 1 expired)" in "\n".join(lines)
+        assert all(line.startswith("retention: erased ") for line in lines)
+        assert not any(o in line for line in lines for o in (expired["id"], old.object_id))
     finally:
         server.stop()
