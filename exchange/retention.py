@@ -339,7 +339,7 @@ class RetentionSchedule:
             done = await run(
                 self._store, self._settings, self._clock(), on_erased=self._erasures_made
             )
-        except BaseException:
+        except Exception:  # a cancellation (shutdown) is no failure
             self._metrics.retention_runs.labels("failed").inc()
             raise
         self.runs += 1
