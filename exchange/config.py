@@ -213,7 +213,8 @@ class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     # strictest rule that applies wins. EXCHANGE_RETENTION_COMMUNITIES="hotlines-eu=30".
     communities: dict[str, int] = msgspec.field(default_factory=dict)
     # Erase indicators whose latest version's valid_until has passed (reason expired).
-    expire_valid_until: bool = True
+    # Off by default, like the ages: an erasure cannot be undone (docs/retention.md).
+    expire_valid_until: bool = False
     # How often `exchange serve` erases what is due (one process among replicas).
     interval_s: float = 3600.0
     # Erasures per run at most (the next run goes on with the rest).

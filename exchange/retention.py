@@ -278,8 +278,14 @@ async def run(
             # Checked again right before: the plan may be a batch old.
             if not await _still_due(store, rules, due):
                 continue
+            # latest_seq: a version accepted since the check above keeps the copy.
             made = await store.erase_object(
-                due.object_id, by=ACTOR, reason=due.reason, at=now, copy_of=due.copy_of
+                due.object_id,
+                by=ACTOR,
+                reason=due.reason,
+                at=now,
+                copy_of=due.copy_of,
+                latest_seq=due.seq,
             )
             if made:
                 result.erased.append(due)

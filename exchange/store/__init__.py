@@ -339,7 +339,14 @@ class ObjectStore(Protocol):
         ...
 
     async def erase_object(
-        self, object_id: str, *, by: str, reason: EraseReason, at: float, copy_of: str | None
+        self,
+        object_id: str,
+        *,
+        by: str,
+        reason: EraseReason,
+        at: float,
+        copy_of: str | None,
+        latest_seq: int | None = None,
     ) -> list[Erasure]:
         """Erase copies of ``object_id`` in ONE transaction: ``copy_of`` a partner id,
         that partner's copy (its object, or its copy of an observable); None (the
@@ -348,7 +355,9 @@ class ObjectStore(Protocol):
         outbox row dropped, an erasure queued for the relay (``pending_erasures``), and
         an ERASE audit entry appended per copy (``by``: the partner id or "operator").
         Returns one Erasure per copy erased now; ``[]`` when there was nothing left to
-        erase (see ``erasures_of``)."""
+        erase (see ``erasures_of``). ``latest_seq`` (with ``copy_of``): erase only if the
+        copy's newest version (by acceptance) still has this sequence number, else
+        nothing (retention: a copy given a new version since it was found due is kept)."""
         ...
 
     async def erasures_of(self, object_id: str, copy_of: str | None = None) -> list[Erasure]:

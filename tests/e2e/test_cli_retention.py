@@ -62,7 +62,7 @@ def test_plan_then_run_on_a_data_directory(tmp_path: Path) -> None:
     data = tmp_path / "data"
     config = tmp_path / "exchange.toml"
     config.write_text(
-        f'data_dir = "{data}"\n[retention]\nbatch = 1\n'
+        f'data_dir = "{data}"\n[retention]\nbatch = 1\nexpire_valid_until = true\n'
         "[retention.max_age_days]\nred = 90\n"
         "[retention.communities]\nnobody-here = 5\n"
     )

@@ -80,6 +80,7 @@ async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
 SETTINGS = RetentionSettings(
     max_age_days={"red": 90, "amber+strict": 365},
     communities={"hotlines": 30},
+    expire_valid_until=True,
 )
 
 
@@ -178,7 +179,7 @@ async def test_run_erases_exactly_the_plan_in_batches(store: Store) -> None:
         await put(store, obj(n, Tlp.RED), NOW - (100 + n) * DAY)
     await put(store, obj(6, Tlp.GREEN, valid_until="2026-01-01T00:00:00Z"), NOW - DAY)
     await put(store, obj(7, Tlp.RED), NOW - DAY)  # not due
-    settings = RetentionSettings(max_age_days={"red": 90}, batch=4)
+    settings = RetentionSettings(max_age_days={"red": 90}, expire_valid_until=True, batch=4)
     planned = await plan(store, settings, NOW)
     assert len(planned) == 6
     told: list[list[str]] = []
@@ -241,7 +242,12 @@ def test_a_served_exchange_erases_what_is_due_on_its_schedule(
     caplog.set_level(logging.INFO, logger="exchange.retention")
     settings = settings_for(
         tmp_path / "data",
-        retention={"max_age_days": {"red": 90}, "interval_s": 0.05, "batch": 1},
+        retention={
+            "max_age_days": {"red": 90},
+            "expire_valid_until": True,
+            "interval_s": 0.05,
+            "batch": 1,
+        },
     )
     server = ServerThread(settings).start()
     try:

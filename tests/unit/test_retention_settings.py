@@ -21,10 +21,10 @@ def load(tmp_path: Path, text: str, **environ: str) -> RetentionSettings:
     return load_settings(path, environ=environ).retention
 
 
-def test_defaults_bound_nothing_but_expire_valid_until() -> None:
+def test_defaults_erase_nothing() -> None:
     r = RetentionSettings()
     assert r.max_ages() == {} and r.communities == {}
-    assert r.expire_valid_until is True
+    assert r.expire_valid_until is False
     assert (r.interval_s, r.batch) == (3600.0, 1000)
 
 
@@ -47,12 +47,12 @@ def test_from_toml_and_the_environment(tmp_path: Path) -> None:
         "[retention.max_age_days]\nred = 90\n",
         EXCHANGE_RETENTION_MAX_AGE_DAYS="red=30, amber+strict=60",
         EXCHANGE_RETENTION_COMMUNITIES="hotlines=10",
-        EXCHANGE_RETENTION_EXPIRE_VALID_UNTIL="false",
+        EXCHANGE_RETENTION_EXPIRE_VALID_UNTIL="true",
         EXCHANGE_RETENTION_INTERVAL_S="60",
     )
     assert r.max_ages() == {Tlp.RED: 30, Tlp.AMBER_STRICT: 60}
     assert r.communities == {"hotlines": 10}
-    assert (r.expire_valid_until, r.interval_s) == (False, 60.0)
+    assert (r.expire_valid_until, r.interval_s) == (True, 60.0)
     assert load(tmp_path, "", EXCHANGE_RETENTION_MAX_AGE_DAYS="").max_ages() == {}
 
 
