@@ -288,7 +288,12 @@ class ExchangeServer:
             ],
         )
         service = ExchangeService(
-            self.auth, self.ingest, self.subscriptions, self.store, self.recorder
+            self.auth,
+            self.ingest,
+            self.subscriptions,
+            self.store,
+            self.recorder,
+            on_erased=self._erased,
         )
         add_exchange_service(service, server)
         admin_grpc.add_AdminServiceServicer_to_server(
@@ -334,8 +339,8 @@ class ExchangeServer:
         return self.port
 
     def _erased(self, erasures: list[Erasure]) -> None:
-        """Erasures this process made (retention's): the relay publishes their
-        tombstones and notices now rather than at its next poll."""
+        """Erasures this process made (Erase calls, retention): the relay publishes
+        their tombstones and notices now rather than at its next poll."""
         if erasures:
             self.relay.wake()
 
