@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ __all__ = [
     "LoggingSettings",
     "MetricsSettings",
     "PostgresSettings",
+    "RetentionSettings",
     "Settings",
     "SubscriptionSettings",
     "TaxiiSettings",
@@ -205,6 +207,36 @@ class TaxiiSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections_per_address: int = 100
 
 
+class RetentionSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long objects are kept (docs/retention.md). A copy past its maximum age, or
+    an indicator past its ``valid_until``, is erased by the same path as an erasure
+    (notices, tombstones, an ERASE audit entry with reason retention or expired)."""
+
+    # Days a copy is kept after its latest version was accepted, per TLP (the latest
+    # version's marking): {"amber+strict" = 365, red = 90}. A level not named is kept
+    # for ever. EXCHANGE_RETENTION_MAX_AGE_DAYS="red=90,amber+strict=365".
+    # ("amber_strict" is read as "amber+strict": a bare TOML key cannot hold a '+'.)
+    max_age_days: dict[str, int] = msgspec.field(default_factory=dict)
+    # Days a copy shared with a community is kept at most: {"hotlines-eu" = 30}. The
+    # strictest rule that applies wins. EXCHANGE_RETENTION_COMMUNITIES="hotlines-eu=30".
+    communities: dict[str, int] = msgspec.field(default_factory=dict)
+    # Erase indicators whose latest version's valid_until has passed (reason expired).
+    # Off by default, like the ages: an erasure cannot be undone (docs/retention.md).
+    expire_valid_until: bool = False
+    # How often `exchange serve` erases what is due (one process among replicas).
+    interval_s: float = 3600.0
+    # Erasures per run at most (the next run goes on with the rest).
+    batch: int = 1000
+
+    def max_age_for(self, tlp: Tlp) -> int | None:
+        """The days ``tlp`` is kept at most; None: for ever."""
+        return self.max_ages().get(tlp)
+
+    def max_ages(self) -> dict[Tlp, int]:
+        """``max_age_days`` by level (the spellings resolved; checked on load)."""
+        return {Tlp(_tlp_key(name)): days for name, days in self.max_age_days.items()}
+
+
 class LoggingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "text" for people, "json" (one object per line) for log collectors.
     format: str = "text"
@@ -241,6 +273,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     postgres: PostgresSettings = msgspec.field(default_factory=PostgresSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     taxii: TaxiiSettings = msgspec.field(default_factory=TaxiiSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
 
     @property
@@ -270,15 +303,40 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, ftype in _fields(Settings):
         if isinstance(ftype, type) and issubclass(ftype, msgspec.Struct):
             section: dict[str, Any] = {}
+            maps = _map_fields(ftype)
             for sub, _ in _fields(ftype):
                 key = f"{ENV_PREFIX}{name}_{sub}".upper()
                 if key in environ:
-                    section[sub] = environ[key]
+                    value = environ[key]
+                    section[sub] = _env_map(key, value) if sub in maps else value
             if section:
                 out[name] = section
         elif (key := f"{ENV_PREFIX}{name}".upper()) in environ:
             out[name] = environ[key]
     return out
+
+
+def _map_fields(struct: type[msgspec.Struct]) -> frozenset[str]:
+    """The fields of ``struct`` that are tables (dicts), e.g. retention.communities."""
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return frozenset(f.name for f in info.fields if isinstance(f.type, msgspec.inspect.DictType))
+
+
+def _env_map(key: str, value: str) -> dict[str, str]:
+    """A table from the environment: ``name=value,name=value`` (empty: an empty table).
+    The values are converted and checked with the rest of the settings."""
+    table: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, entry = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidArgument(
+                f'{key}: {item.strip()!r} is not NAME=VALUE (e.g. {key}="red=90,amber+strict=365")'
+            )
+        table[name.strip()] = entry.strip()
+    return table
 
 
 def _fields(struct: type[msgspec.Struct]) -> list[tuple[str, Any]]:
@@ -403,6 +461,8 @@ def effective_settings(
             return "***"
         if dotted == "database" and value:
             return mask_url(str(value))
+        if isinstance(value, dict):
+            return dict(sorted(value.items()))
         return value.value if isinstance(value, enum.Enum) else value
 
     for name, struct in _fields(Settings):
@@ -454,7 +514,54 @@ def _check(s: Settings) -> None:
     _check_audit(s.audit)
     if s.validation_workers < 0:
         raise InvalidArgument("validation_workers must be 0 (one per core) or more")
+    _check_retention(s.retention)
     _check_operations(s)
+
+
+# A community's name, as the registry allows it (exchange.registry.COMMUNITY_NAME; a
+# test holds them equal: the registry's module is too heavy to import here).
+COMMUNITY_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# A century: beyond it a number of days is a typo (and past datetime's range).
+_MAX_RETENTION_DAYS = 100 * 366
+
+
+def _tlp_key(name: str) -> str:
+    return "amber+strict" if name == "amber_strict" else name
+
+
+def _check_retention(r: RetentionSettings) -> None:
+    levels = ", ".join(t.value for t in Tlp)
+    seen: set[str] = set()
+    for name, days in r.max_age_days.items():
+        level = _tlp_key(name)
+        if level not in {t.value for t in Tlp}:
+            raise InvalidArgument(
+                f"retention.max_age_days: {name!r} is not a TLP level (one of {levels};"
+                ' in TOML write "amber+strict" in quotes, or amber_strict)'
+            )
+        if level in seen:
+            raise InvalidArgument(f"retention.max_age_days names {level} twice")
+        seen.add(level)
+        if not 1 <= days <= _MAX_RETENTION_DAYS:
+            raise InvalidArgument(
+                f'retention.max_age_days."{name}" must be a whole number of days from 1 to'
+                f" {_MAX_RETENTION_DAYS:,} (leave a level out to keep it for ever)"
+            )
+    for name, days in r.communities.items():
+        if not COMMUNITY_NAME.match(name):
+            raise InvalidArgument(
+                f"retention.communities: {name!r} is not a community name (lower-case"
+                " letters, digits and '-', as `exchange community add` takes them)"
+            )
+        if not 1 <= days <= _MAX_RETENTION_DAYS:
+            raise InvalidArgument(
+                f'retention.communities."{name}" must be a whole number of days from 1 to'
+                f" {_MAX_RETENTION_DAYS:,} (leave a community out to keep by TLP alone)"
+            )
+    if not r.interval_s > 0:
+        raise InvalidArgument("retention.interval_s must be a positive number of seconds")
+    if r.batch < 1:
+        raise InvalidArgument("retention.batch must be 1 or more (erasures per run)")
 
 
 def _check_audit(audit: AuditSettings) -> None:

@@ -56,6 +56,7 @@ SUBMISSION_OUTCOMES = ("accepted", "partly", "rejected", "refused", "failed")
 KAFKA_OPERATIONS = ("connect", "metadata", "publish", "read")
 DEPENDENCIES = ("store", "bus")
 VALIDATION_PATHS = ("fast", "full")
+RETENTION_REASONS = ("retention", "expired")
 
 # Seconds: from milliseconds (a live delivery) to an hour (a backlog, a replay).
 _LATENCY_BUCKETS = (
@@ -255,6 +256,21 @@ class Metrics:
             " subscriptions.stall_timeout_s",
             registry=r,
         )
+        # -- retention -------------------------------------------------------------
+        self.retention_erased = Counter(
+            "exchange_retention_erased",
+            "Copies of objects erased by retention, by reason: retention (past the"
+            " maximum age its TLP or a community sets) or expired (an indicator past its"
+            " valid_until)",
+            ["reason"],
+            registry=r,
+        )
+        self.retention_runs = Counter(
+            "exchange_retention_runs",
+            "Retention runs of this process, by outcome (done, failed)",
+            ["outcome"],
+            registry=r,
+        )
         # -- Kafka, health, gRPC ---------------------------------------------------
         self.store_full = Gauge(
             "exchange_store_full",
@@ -312,6 +328,10 @@ class Metrics:
             self.validated_objects.labels(path)
         for operation in KAFKA_OPERATIONS:
             self.kafka_errors.labels(operation)
+        for reason in RETENTION_REASONS:
+            self.retention_erased.labels(reason)
+        for outcome in ("done", "failed"):
+            self.retention_runs.labels(outcome)
         for dependency in DEPENDENCIES:
             self.dependency_up.labels(dependency).set(1)
         self.serving.set(1)

@@ -37,6 +37,7 @@ from exchange.model import Erasure
 from exchange.quota import PartnerQuota
 from exchange.registry import Registry
 from exchange.relay import Relay
+from exchange.retention import RetentionSchedule
 from exchange.services._admission import Admission, CallKind
 from exchange.services._logging import CallLog
 from exchange.services.admin import AdminService
@@ -160,6 +161,11 @@ class ExchangeServer:
         self.relay.on_published(self.subscriptions.tail.relayed)
         self.relay.on_erasures_published(self._erased)
         self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
+        # Erases what retention says is due, every retention.interval_s, in one process
+        # among those sharing the store (the "retention" lease).
+        self.retention = RetentionSchedule(
+            self.store, settings.retention, metrics=self.metrics, on_erased=self._erased
+        )
         self.registry_watch = RegistryWatch(self.store)
         self.registry_watch.on_change(self.subscriptions.wake_all)
         # A partner's calls in progress, counted before their requests are read; TAXII
@@ -249,6 +255,8 @@ class ExchangeServer:
         if self.settings.kafka.bootstrap:
             mirror = AuditMirror(self.store, self.bus)
             self._tasks.append(asyncio.create_task(mirror.run(), name="audit-mirror"))
+        if self.retention.enabled:
+            self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
 
         # A request is read whole before any handler runs: what one call may make the
         # server hold. Bundles a little over max_bundle_bytes still reach the pipeline,
@@ -335,6 +343,12 @@ class ExchangeServer:
             self.metrics_server.start()
         await self._start_taxii()
         return self.port
+
+    def _erased(self, erasures: list[Erasure]) -> None:
+        """Erasures this process made (Erase calls, retention): the relay publishes
+        their tombstones and notices now rather than at its next poll."""
+        if erasures:
+            self.relay.wake()
 
     async def _start_taxii(self) -> None:
         if self.taxii is None:

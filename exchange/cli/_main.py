@@ -22,6 +22,7 @@ from exchange.cli.erase import erase
 from exchange.cli.objects import get, revoke, sighting
 from exchange.cli.ops import config, db, health
 from exchange.cli.partners import community, partner
+from exchange.cli.retention import retention
 from exchange.cli.submit import submit
 from exchange.cli.subscribe import subscribe
 from exchange.cli.tokens import token
@@ -41,7 +42,8 @@ def main() -> None:
     \b
     Operators:  exchange serve, exchange partner|community|token ...,
                 exchange db migrate, exchange config check, exchange health,
-                exchange erase ID --data-dir (a court order, a data subject's request)
+                exchange erase ID --data-dir (a court order, a data subject's request),
+                exchange retention plan|run
     Auditors:   exchange audit log|verify|export
     Partners:   exchange submit FILE|DIR..., exchange subscribe, exchange get ID,
                 exchange sighting ID, exchange revoke ID, exchange erase ID
@@ -244,6 +246,7 @@ main.add_command(sighting)
 main.add_command(revoke)
 main.add_command(erase)
 main.add_command(audit)
+main.add_command(retention)
 main.add_command(db)
 main.add_command(config)
 main.add_command(health)

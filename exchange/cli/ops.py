@@ -166,6 +166,10 @@ def _as_toml(rows: list[tuple[str, Any, str]]) -> str:
 def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict):
+        # A table (retention.max_age_days): an inline TOML table, keys quoted.
+        inner = ", ".join(f"{orjson.dumps(k).decode()} = {_scalar(v)}" for k, v in value.items())
+        return f"{{ {inner} }}" if inner else "{}"
     return str(value)
 
 

@@ -39,6 +39,7 @@ from exchange.model import (
     Receipt,
     Rejection,
     StoredObject,
+    Tlp,
     ValidObject,
 )
 
@@ -55,6 +56,9 @@ __all__ = [
     "PublishedQuery",
     "Receipt",
     "RegistryStore",
+    "RetentionCandidate",
+    "RetentionQuery",
+    "RetentionStore",
     "SetAsideRow",
     "SignedCheckpoint",
     "Store",
@@ -335,7 +339,14 @@ class ObjectStore(Protocol):
         ...
 
     async def erase_object(
-        self, object_id: str, *, by: str, reason: EraseReason, at: float, copy_of: str | None
+        self,
+        object_id: str,
+        *,
+        by: str,
+        reason: EraseReason,
+        at: float,
+        copy_of: str | None,
+        latest_seq: int | None = None,
     ) -> list[Erasure]:
         """Erase copies of ``object_id`` in ONE transaction: ``copy_of`` a partner id,
         that partner's copy (its object, or its copy of an observable); None (the
@@ -344,7 +355,9 @@ class ObjectStore(Protocol):
         outbox row dropped, an erasure queued for the relay (``pending_erasures``), and
         an ERASE audit entry appended per copy (``by``: the partner id or "operator").
         Returns one Erasure per copy erased now; ``[]`` when there was nothing left to
-        erase (see ``erasures_of``)."""
+        erase (see ``erasures_of``). ``latest_seq`` (with ``copy_of``): erase only if the
+        copy's newest version (by acceptance) still has this sequence number, else
+        nothing (retention: a copy given a new version since it was found due is kept)."""
         ...
 
     async def erasures_of(self, object_id: str, copy_of: str | None = None) -> list[Erasure]:
@@ -425,7 +438,50 @@ class AuditStore(Protocol):
     async def set_audit_mirror_position(self, index: int) -> None: ...
 
 
-class Store(StoreLifecycle, RegistryStore, ObjectStore, AuditStore, Protocol):
+@dataclass(frozen=True, slots=True)
+class RetentionQuery:
+    """Which copies ``retention_candidates`` returns: those whose latest version (by
+    acceptance) is not erased and matches one of the conditions, after ``after_seq``
+    (the latest version's sequence number), at most ``limit``, in that order.
+    Times are epoch seconds; a copy is matched when accepted at or before them."""
+
+    # The latest version's TLP (its own marking) -> accepted at or before.
+    tlp_accepted_before: Mapping[Tlp, float]
+    # A community of the latest version's audience -> accepted at or before.
+    community_accepted_before: Mapping[str, float]
+    # Indicators whose valid_until's first 19 characters (YYYY-MM-DDTHH:MM:SS) are at or
+    # before this: a superset of those expired (the fraction is for the caller to
+    # compare); None: none.
+    valid_until_before: str | None
+    after_seq: int = 0
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionCandidate:
+    """One copy of an object as retention sees it: its latest version (by acceptance),
+    which holds the copy's cumulative audience."""
+
+    seq: int  # of the latest version
+    object_id: str
+    submitter: str  # the copy's partner
+    object_type: str
+    accepted_at: float  # of the latest version
+    tlp: Tlp  # the latest version's marking
+    audience: Audience
+    valid_until: str | None  # an indicator's, as written; None otherwise
+
+
+class RetentionStore(Protocol):
+    """What retention (exchange/retention.py) reads; it erases with ``erase_object``."""
+
+    async def retention_candidates(self, query: RetentionQuery) -> list[RetentionCandidate]:
+        """Copies that still hold unerased versions and that ``query`` matches, by the
+        sequence number of their latest version."""
+        ...
+
+
+class Store(StoreLifecycle, RegistryStore, ObjectStore, AuditStore, RetentionStore, Protocol):
     """Everything a store does; a component that needs one concern takes that protocol."""
 
 

@@ -9,6 +9,7 @@ was shared, to whom, and when it was erased, without the number appearing anywhe
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import subprocess
 import threading
@@ -106,6 +107,10 @@ def subscriber(
     )  # fmt: skip
 
 
+def has_lines(path: Path, count: int) -> bool:
+    return len(lines(path)) >= count
+
+
 def lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
@@ -133,7 +138,7 @@ def test_a_hotline_erases_a_victims_number_from_everyone(
         auth = ["--target", server.target, "--token", hotline["token"]]
         run("submit", str(lead_file), *auth)
         for feed in feeds.values():
-            wait_until(lambda f=feed: len(lines(f)) >= 1, 30, f"the lead in {feed}")
+            wait_until(functools.partial(has_lines, feed, 1), 30, f"the lead in {feed}")
             assert NUMBER in lines(feed)[0]["object"]["pattern"]
 
         erased = orjson.loads(run("erase", LEAD, "--reason", "victim-data", "--json", *auth).stdout)

@@ -243,3 +243,31 @@ def holding(directory: Path, needle: bytes) -> list[str]:
     files = sorted(directory.glob("exchange.sqlite3*"))
     assert files
     return [f.name for f in files if needle in f.read_bytes()]
+
+
+async def test_a_guarded_erasure_keeps_a_copy_given_a_new_version(store: Store) -> None:
+    await commit(store, NGO, indicator(V1))
+    [seen] = await store.object_copies(INDICATOR)
+    await commit(store, NGO, indicator(V2))  # after the caller looked
+    assert (
+        await store.erase_object(
+            INDICATOR,
+            by=OPERATOR,
+            reason=EraseReason.RETENTION,
+            at=5.0,
+            copy_of=NGO.partner_id,
+            latest_seq=seen.seq,
+        )
+        == []
+    )
+    [latest] = await store.object_copies(INDICATOR)
+    assert latest.obj.version == V2
+    [erasure] = await store.erase_object(
+        INDICATOR,
+        by=OPERATOR,
+        reason=EraseReason.RETENTION,
+        at=6.0,
+        copy_of=NGO.partner_id,
+        latest_seq=latest.seq,
+    )
+    assert [v.version for v in erasure.versions] == [V1, V2]

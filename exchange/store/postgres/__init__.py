@@ -30,7 +30,8 @@ answers ``InvalidArgument`` naming what held it, never an internal error.
 
 One module per concern, as in the SQLite store: ``_connection`` (pool, leases,
 lifecycle, how statements run), ``_registry``, ``_objects`` (objects, outbox),
-``_audit`` (the chain, checkpoints), over ``_sql`` (errors, columns, rows) and
+``_audit`` (the chain, checkpoints), ``_retention`` (what retention may erase), over
+``_sql`` (errors, columns, rows) and
 ``_schema`` (``schema/v*.sql``).
 """
 
@@ -41,6 +42,7 @@ from exchange.store.postgres._connection import PROBE_BYTES, lease_key
 from exchange.store.postgres._erasure import _ErasureRows
 from exchange.store.postgres._objects import _ObjectRows
 from exchange.store.postgres._registry import _RegistryRows
+from exchange.store.postgres._retention import _RetentionRows
 from exchange.store.postgres._schema import MIGRATIONS, SCHEMA_VERSION, Migration
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
 ]
 
 
-class PostgresStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows):
+class PostgresStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows, _RetentionRows):
     """``Store`` on a PostgreSQL database (its schema created, or migrated to the
     current version, on open). ``url``: postgresql://USER@HOST:PORT/DATABASE (the
     password is best given as PGPASSWORD). Each process opens ``pool_size``

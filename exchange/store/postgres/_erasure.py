@@ -33,7 +33,14 @@ _INSERT_ERASURE = (
 
 
 async def _erase(
-    conn: Any, object_id: str, copy_of: str | None, *, by: str, reason: EraseReason, at: float
+    conn: Any,
+    object_id: str,
+    copy_of: str | None,
+    *,
+    by: str,
+    reason: EraseReason,
+    at: float,
+    latest_seq: int | None,
 ) -> list[Erasure]:
     size, previous = await _lock_audit_head(conn)
     query = (
@@ -48,7 +55,7 @@ async def _erase(
         ErasableRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), bytes(r[6]))
         for r in await conn.fetch(query + " ORDER BY version_key, seq", *args)
     ]
-    if not rows:
+    if not rows or (latest_seq is not None and max(r.seq for r in rows) != latest_seq):
         return []
     referring = referrers(
         (
@@ -95,12 +102,21 @@ class _ErasureRows(_Connections):
     """Erasure on PostgreSQL (``ObjectStore.erase_object`` and the relay's side of it)."""
 
     async def erase_object(
-        self, object_id: str, *, by: str, reason: EraseReason, at: float, copy_of: str | None
+        self,
+        object_id: str,
+        *,
+        by: str,
+        reason: EraseReason,
+        at: float,
+        copy_of: str | None,
+        latest_seq: int | None = None,
     ) -> list[Erasure]:
         if _has_nul(object_id) or _has_nul(copy_of or ""):
             return []  # nothing the database holds has one
         done = await self._write(
-            lambda conn: _erase(conn, object_id, copy_of, by=by, reason=reason, at=at)
+            lambda conn: _erase(
+                conn, object_id, copy_of, by=by, reason=reason, at=at, latest_seq=latest_seq
+            )
         )
         if done:
             self._outbox_added()

@@ -18,7 +18,8 @@ the store full (``_room.Room``): ``ping`` then fails until the data directory ha
 One module per concern: ``_connection`` (connections, threads, lifecycle, leases),
 ``_registry`` (partners, communities, credentials), ``_objects`` (objects, outbox),
 ``_erasure`` (erased bodies, erasures for the relay), ``_audit`` (audit log,
-checkpoints), over ``_sql`` (plumbing) and ``_schema``.
+checkpoints), ``_retention`` (what retention may erase), over ``_sql`` (plumbing) and
+``_schema``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from exchange.store.sqlite._audit import _AuditRows
 from exchange.store.sqlite._erasure import _ErasureRows
 from exchange.store.sqlite._objects import _ObjectRows
 from exchange.store.sqlite._registry import _RegistryRows
+from exchange.store.sqlite._retention import _RetentionRows
 from exchange.store.sqlite._schema import MIGRATIONS, SCHEMA_VERSION, Migration, migrate
 from exchange.store.sqlite._sql import PROBE_BYTES, RESUME_FREE_BYTES
 
@@ -41,6 +43,6 @@ __all__ = [
 ]
 
 
-class SqliteStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows):
+class SqliteStore(_RegistryRows, _ObjectRows, _ErasureRows, _AuditRows, _RetentionRows):
     """``Store`` on a SQLite file (created, or migrated to the current schema, on open).
     ``metrics``: where to show that the disk is full (``exchange_store_full``)."""

@@ -42,6 +42,7 @@ def _erase(
     by: str,
     reason: EraseReason,
     at: float,
+    latest_seq: int | None,
 ) -> list[Erasure]:
     query = (
         "SELECT seq, object_type, created_by_ref, submitter, version, audience, body"
@@ -52,7 +53,7 @@ def _erase(
         query += " AND submitter = ?"
         params += (copy_of,)
     rows = [ErasableRow(*row) for row in conn.execute(query + " ORDER BY version_key, seq", params)]
-    if not rows:
+    if not rows or (latest_seq is not None and max(r.seq for r in rows) != latest_seq):
         return []
     referring = referrers(
         (
@@ -112,10 +113,19 @@ class _ErasureRows(_Connections):
     """Erasure on SQLite (``ObjectStore.erase_object`` and the relay's side of it)."""
 
     async def erase_object(
-        self, object_id: str, *, by: str, reason: EraseReason, at: float, copy_of: str | None
+        self,
+        object_id: str,
+        *,
+        by: str,
+        reason: EraseReason,
+        at: float,
+        copy_of: str | None,
+        latest_seq: int | None = None,
     ) -> list[Erasure]:
         done = await self._write(
-            lambda conn: _erase(conn, object_id, copy_of, by=by, reason=reason, at=at)
+            lambda conn: _erase(
+                conn, object_id, copy_of, by=by, reason=reason, at=at, latest_seq=latest_seq
+            )
         )
         if done:
             await self._on(self._write_thread, lambda: _truncate_wal(self._w()))
