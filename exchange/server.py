@@ -159,7 +159,7 @@ class ExchangeServer:
         # The live tail reads the quiet topics when this process's relay publishes to them
         # (and polls for another replica's relay only while this one does not lead).
         self.relay.on_published(self.subscriptions.tail.relayed)
-        self.relay.on_erasures_published(self._erased)
+        self.relay.on_erasures_published(self._held_back)
         self.subscriptions.tail.follow_local_relay(lambda: self.relay.leading is True)
         # Erases what retention says is due, every retention.interval_s, in one process
         # among those sharing the store (the "retention" lease).
@@ -344,12 +344,6 @@ class ExchangeServer:
         await self._start_taxii()
         return self.port
 
-    def _erased(self, erasures: list[Erasure]) -> None:
-        """Erasures this process made (Erase calls, retention): the relay publishes
-        their tombstones and notices now rather than at its next poll."""
-        if erasures:
-            self.relay.wake()
-
     async def _start_taxii(self) -> None:
         if self.taxii is None:
             return
@@ -397,12 +391,18 @@ class ExchangeServer:
             await self._server.wait_for_termination()
 
     def _erased(self, erasures: list[Erasure]) -> None:
-        """This process erased (or its relay published the tombstones of) these: held
-        back at once, and the relay woken (the store's erase wakes it too, through
-        on_outbox: a no-op then)."""
+        """Erasures this process made (Erase calls, retention): records of them are held
+        back at once, and the relay publishes their tombstones and notices now rather
+        than at its next poll."""
+        if erasures:
+            self._held_back(erasures)
+            self.relay.wake()
+
+    def _held_back(self, erasures: list[Erasure]) -> None:
+        """Streams of this process deliver no record of these erased versions (still on
+        the bus before compaction, or held by the live tail)."""
         for erasure in erasures:
             self.erased.add(erasure)
-        self.relay.wake()
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful shutdown (SIGTERM): report NOT_SERVING, take no new calls, end open
