@@ -23,8 +23,10 @@ from exchange._subscription_request import Cursor
 from exchange.audit.entries import Action, AuditQuery
 from exchange.bus import TopicPartition
 from exchange.bus.kafka import KafkaBus
+from exchange.envelope import to_erasure_records
 from exchange.model import Tlp
 from tests.helpers import (
+    TLP_IDS,
     PartnerCredentials,
     ServerThread,
     indicator,
@@ -282,3 +284,94 @@ async def _topic_configs(bootstrap: str, topics: list[str]) -> dict[str, dict[st
             _, _, _, name, entries = resource[:5]
             out[name] = {e[0]: e[1] for e in entries}
     return out
+
+
+def test_erasing_one_partners_copy_of_an_observable_leaves_the_others(
+    server: ServerThread,
+) -> None:
+    """Two partners hold a copy of one observable (same id): the first erases its own;
+    the tombstone (keyed ``<id>#<partner>``) takes only that copy off the topics, and
+    subscribers are told of that copy only."""
+    ngo = server.add_partner("harbor-light")
+    platform = server.add_partner("kestrel-social", sector="technology")
+    ministry = server.add_partner("labour-ministry", sector="government")
+    address = {
+        "type": "email-addr",
+        "spec_version": "2.1",
+        "id": "email-addr--2d3e1c55-7b0a-4b7e-8c1d-3f9a6e5b4c21",
+        "value": "recruiter@example.org",
+        "object_marking_refs": [TLP_IDS[Tlp.GREEN]],
+    }
+    for who in (ngo, platform):
+        with ExchangeClient(server.target, token=who.token) as c:
+            assert c.submit(make_bundle([address])).ok
+    live = Stream(server, ministry)
+    try:
+        with ExchangeClient(server.target, token=ngo.token) as c:
+            c.erase(str(address["id"]), reason="inaccurate")
+        caught_up(server, ministry, live)
+        [notice] = live.notices()
+        assert (notice.object_id, notice.submitter) == (address["id"], ngo.partner_id)
+    finally:
+        live.close()
+    replay = Stream(server, ministry, from_beginning=True)
+    try:
+        caught_up(server, ministry, replay)
+        assert [(d.object_id, d.submitter) for d in replay.objects()] == [
+            (address["id"], platform.partner_id)
+        ]
+        assert [d.submitter for d in replay.notices()] == [ngo.partner_id]
+    finally:
+        replay.close()
+    assert server.server is not None
+    bus = server.server.bus
+    # The last record of each partition stays (a tombstone deletes only earlier ones).
+    ends = {tp: off for tp, off in relayed_positions(server, ministry).items() if tp[0] == "green"}
+    reader = server.run(bus.open_reader(dict.fromkeys(ends)))
+    records: list[Any] = []
+
+    def read_to_the_end() -> bool:
+        records.extend(server.run(reader.read(100, 0.1)))
+        held = {(r.partition, r.offset) for r in records}
+        return all((tp[1], end - 1) in held for tp, end in ends.items() if end)
+
+    wait_until(read_to_the_end, 30, "the green topic's records")
+    server.run(reader.close())
+    keys = {r.key for r in records}
+    assert keys == {
+        f"{address['id']}#{ngo.partner_id}".encode(),
+        f"{address['id']}#{platform.partner_id}".encode(),
+    }
+    # Compacted as Kafka's cleaner would (the embedded bus already did): the platform's
+    # copy stays, the NGO's is gone.
+    compacted: dict[bytes, bytes] = {}
+    for record in records:
+        compacted.pop(record.key, None)
+        if record.value:
+            compacted[record.key] = record.value
+    assert list(compacted) == [f"{address['id']}#{platform.partner_id}".encode()]
+
+
+def test_a_repeated_tombstone_gives_one_notice(server: ServerThread) -> None:
+    """The relay publishes at least once: a tombstone published again (after a crash
+    between publishing and recording) is not a second notice on a stream."""
+    ngo = server.add_partner("harbor-light")
+    platform = server.add_partner("kestrel-social", sector="technology")
+    live = Stream(server, platform)
+    assert server.server is not None
+    store, bus = server.server.store, server.server.bus
+    try:
+        lead = indicator(ngo.identity, tlp=Tlp.GREEN, description=SECRET)
+        with ExchangeClient(server.target, token=ngo.token) as c:
+            assert c.submit(make_bundle([lead])).ok
+            c.erase(str(lead["id"]), reason="other")
+        caught_up(server, platform, live)
+        [erasure] = server.run(store.erasures_of(str(lead["id"])))
+        records = to_erasure_records(erasure, server.run(store.list_partners()))
+        landed = server.run(bus.publish(records))
+        positions = {tp: offset + 1 for tp, offset in landed}  # type: ignore[misc]
+        server.run(store.mark_erasures_published([erasure.erasure_id], positions))
+        caught_up(server, platform, live)
+        assert len(live.notices()) == 1
+    finally:
+        live.close()
