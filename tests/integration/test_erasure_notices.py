@@ -40,10 +40,19 @@ SECRET = "+15550187-VICTIM-NUMBER-Zq"
 LEAD = "indicator--6a0c4b8e-2f1d-4c3b-8e7a-9d1c0b2a3f44"
 
 
-@pytest.fixture(params=["local", pytest.param("kafka", marks=pytest.mark.kafka)])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("kafka", marks=pytest.mark.kafka),
+        pytest.param("kafka-postgres", marks=[pytest.mark.kafka, pytest.mark.postgres]),
+    ]
+)
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerThread]:
-    bootstrap = request.getfixturevalue("tansu") if request.param == "kafka" else None
-    srv = ServerThread(settings_for(tmp_path / "data", bootstrap)).start()
+    bootstrap = request.getfixturevalue("tansu") if request.param != "local" else None
+    extra: dict[str, Any] = {}
+    if request.param == "kafka-postgres":
+        extra["database"] = request.getfixturevalue("postgres_url")
+    srv = ServerThread(settings_for(tmp_path / "data", bootstrap, **extra)).start()
     yield srv
     srv.stop()
 
