@@ -45,6 +45,13 @@ class ErasedCopies:
     def __len__(self) -> int:
         return len(self._newest)
 
+    @property
+    def copies(self) -> dict[tuple[str, str], str]:
+        """(object id, copy partner) -> the version key of its newest erased version:
+        the one dict, updated in place (a stream tests it for emptiness per record
+        without a call)."""
+        return self._newest
+
     async def start(self) -> None:
         """Load every erasure so far, then follow new ones every ``poll_s``."""
         await self.refresh()

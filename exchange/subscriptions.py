@@ -145,6 +145,9 @@ class Batch:
     deliveries: list[Delivery]
     # Position after everything this batch covers, filtered records included.
     cursor: str
+    # How many of the deliveries are erasure notices (Notice): they are rare, and a
+    # batch without any takes the paths made for objects alone (encoding, audit).
+    notices: int = 0
 
 
 # Sends one batch to the subscriber; returns once it was written to the stream.
@@ -307,10 +310,12 @@ class Subscriptions:
         this.count += len(batch.deliveries)
         self.delivered += len(batch.deliveries)
         now = time.time()
-        objects = [d.stored for d in batch.deliveries if not isinstance(d.stored, Notice)]
-        if len(objects) < len(batch.deliveries):
+        if batch.notices:
             notices = [d.stored for d in batch.deliveries if isinstance(d.stored, Notice)]
             self._record(*(_notice_event(this.partner_id, n, now) for n in notices))
+            objects = [d.stored for d in batch.deliveries if not isinstance(d.stored, Notice)]
+        else:
+            objects = [d.stored for d in batch.deliveries]  # type: ignore[misc]
         if self._recorder is not None:
             self._recorder.note_deliveries(this.partner_id, objects, now, confirmed=confirmed)
         self._metrics.delivered(objects, now)
@@ -386,7 +391,7 @@ class Subscriptions:
         max_batch = min(request.max_batch or self._max_batch, self._max_batch)
         subscribed = frozenset(names)
         wanted = _wanted(partner, subscribed, request)
-        hides = self.erased.hides
+        hides, erased = self.erased.hides, self.erased.copies
         notified: OrderedDict[int, None] = OrderedDict()
         try:
             # Tell the subscriber where it starts: from here on nothing is missed.
@@ -418,6 +423,7 @@ class Subscriptions:
                     continue
                 sent_at = time.monotonic()
                 deliveries: list[Delivery] = []
+                notices = 0
                 offsets, seqs, moved = position.offsets, position.seqs, position.moved
                 for tp, offset, stored in entries:
                     offsets[tp] = offset + 1
@@ -433,6 +439,7 @@ class Subscriptions:
                         )
                         if notice is not None:
                             deliveries.append(Delivery(notice, position.cursor()))
+                            notices += 1
                         continue
                     # None: a record not written by the exchange (the feed logged it).
                     # A seq not above the last one: a relay repeat after a crash,
@@ -441,9 +448,9 @@ class Subscriptions:
                         continue
                     seqs[tp] = stored.seq
                     # A record of an erased version, still on the bus: held back.
-                    if wanted(tp[0], stored) and not hides(stored):
+                    if wanted(tp[0], stored) and not (erased and hides(stored)):
                         deliveries.append(Delivery(stored, position.cursor()))
-                yield Batch(deliveries, position.cursor())
+                yield Batch(deliveries, position.cursor(), notices)
         finally:
             self._feeds.discard(feed)
             await feed.close()

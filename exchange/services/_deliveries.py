@@ -107,18 +107,32 @@ def _shared(stored: StoredObject) -> tuple[bytes, bytes, int]:
     return shared
 
 
+def _with_notices(batch: Batch) -> bytes:
+    """``subscribe_response_bytes`` of a batch holding notices: each object's delivery
+    as the fast path joins it, each notice encoded by protobuf."""
+    parts: list[bytes] = []
+    for delivery in batch.deliveries:
+        if isinstance(delivery.stored, Notice):
+            message = pb.Delivery()
+            fill_notice(message, delivery.stored, delivery.cursor)
+            encoded = message.SerializeToString()
+            parts += (_DELIVERIES, _length(len(encoded)), encoded)
+        else:
+            parts.append(subscribe_response_bytes(Batch([delivery], "")))
+    if batch.cursor:
+        cursor = batch.cursor.encode()
+        parts += (_BATCH_CURSOR, _length(len(cursor)), cursor)
+    return b"".join(parts)
+
+
 def subscribe_response_bytes(batch: Batch) -> bytes:
     """The ``SubscribeResponse`` of ``batch``, encoded."""
     parts: list[bytes] = []
     add = parts.extend
+    if batch.notices:
+        return _with_notices(batch)
     for delivery in batch.deliveries:
-        stored = delivery.stored
-        if isinstance(stored, Notice):
-            message = pb.Delivery()
-            fill_notice(message, stored, delivery.cursor)
-            encoded = message.SerializeToString()
-            add((_DELIVERIES, _length(len(encoded)), encoded))
-            continue
+        stored: StoredObject = delivery.stored  # type: ignore[assignment]
         head, rest, size = stored.delivery_fields or _shared(stored)
         cursor = delivery.cursor.encode()
         if cursor:

@@ -199,7 +199,7 @@ def test_a_notice_is_encoded_as_protobuf_encodes_it() -> None:
         LEAD, "indicator", "2026-01-03T00:00:00.000Z", "identity--ngo", Tlp.GREEN, b"{}"
     )
     stored = StoredObject(3, "ngo-1", 2.0, obj, Audience(Tlp.GREEN, "ngo-1"))
-    batch = Batch([Delivery(stored, "c1"), Delivery(notice, "c2")], "c3")
+    batch = Batch([Delivery(stored, "c1"), Delivery(notice, "c2")], "c3", notices=1)
     encoded = subscribe_response_bytes(batch)
     assert encoded == subscribe_response(batch).SerializeToString()
     message = pb.SubscribeResponse.FromString(encoded)
