@@ -503,6 +503,10 @@ def _check(s: Settings) -> None:
             f" {RECORD_HEADROOM_BYTES:,} bytes for the record's key and headers: every"
             " accepted object must be publishable"
         )
+    if s.kafka.delete_retention_ms < 0:
+        raise InvalidArgument(
+            "kafka.delete_retention_ms must be 0 or more (milliseconds a tombstone is kept)"
+        )
     if not s.topic_prefix or not all(c.isalnum() or c in "._-" for c in s.topic_prefix):
         raise InvalidArgument("topic_prefix may hold only letters, digits, '.', '_' and '-'")
     if bool(s.tls.cert_file) != bool(s.tls.key_file):

@@ -18,7 +18,9 @@ from exchange_protocol.pb import exchange_pb2 as pb
 
 from exchange import policy
 from exchange.bus import BusRecord, ReadRecord
+from exchange.bus.kafka import KafkaBus
 from exchange.bus.local import LocalBus
+from exchange.config import KafkaSettings, load_settings
 from exchange.envelope import (
     ErasureRecord,
     copy_key,
@@ -28,6 +30,7 @@ from exchange.envelope import (
     to_erasure_records,
     to_records,
 )
+from exchange.errors import InvalidArgument
 from exchange.model import (
     Audience,
     ErasedVersion,
@@ -282,3 +285,17 @@ def test_the_platform_feed_example_forgets_an_erased_lead(tmp_path: Path) -> Non
     assert notice is not None
     assert forget(matches, notice) == 1
     assert [orjson.loads(line) for line in matches.read_text().splitlines()] == rows[1:]
+
+
+def test_object_topics_are_created_compacted_and_the_audit_topic_not() -> None:
+    compacted = KafkaBus(KafkaSettings(bootstrap="127.0.0.1:1"), "tix")
+    assert compacted.topic_configs("green") == {
+        "cleanup.policy": "compact",
+        "delete.retention.ms": str(30 * 24 * 3600 * 1000),
+    }
+    assert compacted.topic_configs("partner.ngo-1")["cleanup.policy"] == "compact"
+    assert compacted.topic_configs("audit") == {}
+    plain = KafkaBus(KafkaSettings(bootstrap="127.0.0.1:1", compact_topics=False), "tix")
+    assert plain.topic_configs("green") == {}
+    with pytest.raises(InvalidArgument, match="delete_retention_ms"):
+        load_settings(None, environ={"EXCHANGE_KAFKA_DELETE_RETENTION_MS": "-1"})
