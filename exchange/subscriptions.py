@@ -466,8 +466,10 @@ class Subscriptions:
         notified: OrderedDict[int, None],
     ) -> Notice | None:
         """The notice ``partner`` gets for the tombstone ``record`` read on ``topic``, or
-        None: not from this topic (it has it from another one), a repeat, or nothing
-        erased it may have received."""
+        None: not from this topic (it has it from another one), a repeat, a type the
+        stream filters out, or nothing erased it may have received. A label filter
+        cannot apply (the labels were erased with the body): a stream filtering by label
+        is told of every erasure it may have received a version of."""
         if record.erasure_id in notified:
             return None  # a relay repeat (see _NOTICES_REMEMBERED)
         if not policy.delivers_from(topic, record.topics, subscribed):
