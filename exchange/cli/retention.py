@@ -149,6 +149,7 @@ def plan_command(
         return due, await _unknown_communities(store, settings)
 
     due, unknown = _with_store(settings, operation)
+    _say_if_no_rule(settings)
     for name in unknown:
         click.echo(
             f"exchange: retention.communities names {name!r}, which is not a community"
@@ -164,6 +165,17 @@ def plan_command(
             [_row(d) for d in due],
         )
     click.echo(_counts("due", due, now), err=True)
+
+
+def _say_if_no_rule(settings: Settings) -> None:
+    r = settings.retention
+    if not (r.max_age_days or r.communities or r.expire_valid_until):
+        click.echo(
+            "exchange: no retention rule is set, so nothing is ever due: set"
+            " [retention] max_age_days, communities or expire_valid_until"
+            " (docs/retention.md)",
+            err=True,
+        )
 
 
 def _counts(what: str, due: list[Due], now: float) -> str:
@@ -214,6 +226,7 @@ def run_command(config_file: str | None, data_dir: str | None, database: str | N
                 return runs
 
     runs = _with_store(settings, operation)
+    _say_if_no_rule(settings)
     erased = [d for r in runs for d in r.erased]
     click.echo(_counts("erased", erased, now))
     skipped = sum(len(r.due) - len(r.erased) for r in runs)
