@@ -267,7 +267,10 @@ class Subscriptions:
         loop = asyncio.get_running_loop()
         try:
             async with contextlib.aclosing(self._stream(access, request, given)) as batches:
-                async for batch in batches:
+                async for built in batches:
+                    # An erasure made since the batch was built holds its records back
+                    # too (what was handed to gRPC before it cannot be taken back).
+                    batch = self._without_erased(built) if self.erased.copies else built
                     this.writing_since = loop.time()
                     try:
                         await send(batch)
@@ -303,6 +306,13 @@ class Subscriptions:
                     detail={"deliveries": this.count, "reason": ending},
                 )
             )
+
+    def _without_erased(self, batch: Batch) -> Batch:
+        hides = self.erased.hides
+        kept = [d for d in batch.deliveries if isinstance(d.stored, Notice) or not hides(d.stored)]
+        if len(kept) == len(batch.deliveries):
+            return batch
+        return Batch(kept, batch.cursor, batch.notices)
 
     def _delivered(self, this: _Open, batch: Batch, *, confirmed: bool) -> None:
         if not batch.deliveries:

@@ -108,8 +108,15 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _checkpoint(conn: sqlite3.Connection) -> bool:
     """Copy the WAL into the file and truncate it (the erased bytes live in its older
-    frames until then); False when a reader kept it from completing."""
-    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    frames until then); False when a reader kept it from completing. Never waits for
+    a reader: the writer (every publish) would wait behind it (then: retried later)."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError:  # locked by another process's writer
+        return False
+    finally:
+        conn.execute("PRAGMA busy_timeout=5000")
     return not busy
 
 

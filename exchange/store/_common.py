@@ -49,6 +49,7 @@ __all__ = [
     "AuditValues",
     "CopyKey",
     "Held",
+    "HeldCopies",
     "OutboxListeners",
     "audit_row",
     "bundle_submits",
@@ -129,6 +130,29 @@ class Held:
         self.keys.add(key)
         self.revoked = self.revoked or obj.revoked
         self.audience = audience
+
+
+class HeldCopies(dict[CopyKey, Held]):
+    """What is held of a bundle's ids, per copy; and, per id, the newest version key
+    the operator erased from every copy (a court order, a data subject's request): no
+    partner's copy takes a version up to it again, a copy it did not hold included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.erased_everywhere: dict[str, str] = {}
+
+    def erased_from_every_copy(self, object_id: str, key: str) -> None:
+        self.erased_everywhere[object_id] = max(self.erased_everywhere.get(object_id, ""), key)
+
+    def of(self, obj: ValidObject) -> Held:
+        """The copy ``obj`` would be a version of."""
+        versions = self.setdefault(
+            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
+        )
+        floor = self.erased_everywhere.get(obj.object_id)
+        if floor is not None and (versions.erased is None or versions.erased < floor):
+            versions.erased = floor
+        return versions
 
 
 def submit_event(submitter_id: str, obj: ValidObject, outcome: CommitOutcome, at: float) -> Event:

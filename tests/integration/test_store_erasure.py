@@ -6,6 +6,8 @@ the erased content left anywhere in the database's files."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -205,6 +207,20 @@ async def test_a_partner_erases_its_own_copy_of_an_observable_only(store: Store)
         NGO.partner_id,
         PLATFORM.partner_id,
     ]
+    # Erased from every copy by the operator: nobody's copy comes back, not even that of
+    # a partner that never held one (a court order is about the value).
+    third = Partner("hotline-2", "Lantern", "identity--0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6")
+    await store.add_partner(third, new_token_credential(third.partner_id, now=1.0)[0])
+    assert await commit(store, third, observable(third)) == [CommitOutcome.ERASED]
+    assert await commit(store, PLATFORM, observable(PLATFORM)) == [CommitOutcome.ERASED]
+
+
+async def test_a_partners_erasure_of_its_copy_leaves_others_free_to_share(store: Store) -> None:
+    await commit(store, NGO, observable(NGO))
+    await store.erase_object(
+        PHONE, by=NGO.partner_id, reason=EraseReason.INACCURATE, at=5.0, copy_of=NGO.partner_id
+    )
+    assert await commit(store, PLATFORM, observable(PLATFORM)) == [CommitOutcome.INSERTED]
 
 
 async def test_no_copy_of_erased_content_stays_in_the_sqlite_files(tmp_path: Path) -> None:
@@ -271,3 +287,32 @@ async def test_a_guarded_erasure_keeps_a_copy_given_a_new_version(store: Store) 
         latest_seq=latest.seq,
     )
     assert [v.version for v in erasure.versions] == [V1, V2]
+
+
+async def test_a_reader_holding_the_log_delays_no_one_and_the_log_is_cleared_after(
+    tmp_path: Path,
+) -> None:
+    """An operator's sqlite3 shell or a backup holding an old snapshot keeps the WAL
+    from being truncated: erasures and submissions go on (the truncation does not wait
+    for it), and the erased bytes leave the WAL once the reader lets go."""
+    path = tmp_path / "exchange.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    reader = sqlite3.connect(path)
+    try:
+        await store.add_partner(NGO, new_token_credential(NGO.partner_id, now=1.0)[0])
+        await commit(store, NGO, *(indicator(f"2026-01-01T00:00:{n:02d}.000Z") for n in range(20)))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM objects").fetchone()
+        async with asyncio.timeout(10):  # a deadline, far above a normal erasure
+            await store.erase_object(
+                INDICATOR, by=OPERATOR, reason=EraseReason.COURT_ORDER, at=5.0, copy_of=None
+            )
+            assert await commit(store, NGO, sighting()) == [CommitOutcome.INSERTED]
+        reader.rollback()
+        async with asyncio.timeout(20):
+            while holding(tmp_path, SECRET.encode()):  # noqa: ASYNC110 (files: no event)
+                await asyncio.sleep(0.1)
+    finally:
+        reader.close()
+        await store.close()

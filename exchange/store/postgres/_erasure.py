@@ -27,8 +27,8 @@ from exchange.store.postgres._sql import _OUTBOX_CHANNEL, _RECORD_POSITION, _has
 
 _INSERT_ERASURE = (
     "INSERT INTO erasures (object_id, object_type, submitter, created_by_ref, versions,"
-    " reason, erased_by, erased_at, referenced_by, audit_index)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, -1) RETURNING erasure_id"
+    " reason, erased_by, erased_at, referenced_by, every_copy, audit_index)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, -1) RETURNING erasure_id"
 )
 
 
@@ -49,7 +49,10 @@ async def _erase(
     )
     args: list[str] = [object_id]
     if copy_of is not None:
-        query += " AND submitter = $2"
+        # By its identity, the second column of the (object_id, created_by_ref, ...)
+        # index: a partner asking for an id it holds no copy of costs one probe, however
+        # many versions others hold (what it may not see must not show in the time).
+        query += " AND created_by_ref = (SELECT identity_id FROM partners WHERE partner_id = $2)"
         args.append(copy_of)
     rows = [
         ErasableRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), bytes(r[6]))
@@ -82,7 +85,7 @@ async def _erase(
         erasure, values = erasure_values(
             object_id, copy_rows, by=by, reason=reason, at=at, referenced_by=referring
         )
-        erasure_id = await conn.fetchval(_INSERT_ERASURE, *values)
+        erasure_id = await conn.fetchval(_INSERT_ERASURE, *values, copy_of is None)
         (entry,) = await _append_audit(conn, size, previous, [erased(erasure)])
         size, previous = entry.index + 1, entry.leaf_hash
         await conn.execute(

@@ -24,6 +24,7 @@ from exchange.store import CommitOutcome, Committed, PublishedQuery, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
+    HeldCopies,
     copy_key,
     nothing_to_commit,
     nul_in_bundle,
@@ -34,6 +35,7 @@ from exchange.store._common import (
     submit_entries,
     unstorable_text,
 )
+from exchange.store._erasure import newest_key
 from exchange.store._group import GroupCommits, Outcome, Submission
 from exchange.store.postgres._audit import _insert_audit_rows, _lock_audit_head
 from exchange.store.postgres._connection import _Connections
@@ -85,9 +87,7 @@ async def _insert_objects(
     encoded: dict[Audience, str] = {}
     for obj, asked in objects:
         key = version_key(obj.version)
-        versions = held.setdefault(
-            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
-        )
+        versions = held.of(obj)
         refused = versions.refuses(obj, key)
         if refused is not None:
             results.append(Committed(refused))
@@ -122,10 +122,11 @@ async def _insert_objects(
     return results
 
 
-async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
-    """What is held of ``ids``, per copy (``copy_key``)."""
+async def _held_versions(conn: Any, ids: set[str]) -> HeldCopies:
+    """What is held of ``ids``, per copy (``copy_key``), and what was erased of them
+    from every copy."""
     wanted = sorted(ids)
-    held: dict[CopyKey, Held] = {}
+    held = HeldCopies()
     # A registered partner's identity object (an SDO) belongs to that partner, even
     # before it submitted it: nobody else may publish it.
     for (identity,) in await conn.fetch(
@@ -151,6 +152,11 @@ async def _held_versions(conn: Any, ids: set[str]) -> dict[CopyKey, Held]:
         if erased_at is not None:
             entry.erased = max(entry.erased or "", str(key))
         latest[copy] = str(audience)
+    for oid, versions in await conn.fetch(
+        "SELECT object_id, versions FROM erasures WHERE every_copy AND object_id = ANY($1::text[])",
+        wanted,
+    ):
+        held.erased_from_every_copy(str(oid), newest_key(versions))
     for copy, audience in latest.items():
         held[copy].audience = Audience.from_json(audience)
     return held

@@ -4,12 +4,16 @@ copy (secure_delete overwrites freed space; the WAL is truncated after)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 
+from exchange._tasks import retrieve_failure
 from exchange.audit.entries import erased
 from exchange.bus import TopicPartition
+from exchange.errors import Unavailable
 from exchange.model import EraseReason, Erasure
 from exchange.store._erasure import (
     ERASURE_COLUMNS,
@@ -23,14 +27,16 @@ from exchange.store._erasure import (
 )
 from exchange.store.sqlite._audit import append_audit_rows
 from exchange.store.sqlite._connection import _Connections
-from exchange.store.sqlite._sql import _RECORD_POSITION
+from exchange.store.sqlite._sql import _RECORD_POSITION, BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 
+_TRUNCATE_RETRY_S = 1.0
+
 _INSERT_ERASURE = (
     "INSERT INTO erasures (object_id, object_type, submitter, created_by_ref, versions,"
-    " reason, erased_by, erased_at, referenced_by, audit_index)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, -1)"
+    " reason, erased_by, erased_at, referenced_by, every_copy, audit_index)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, -1)"
 )
 
 
@@ -50,7 +56,10 @@ def _erase(
     )
     params: tuple[str, ...] = (object_id,)
     if copy_of is not None:
-        query += " AND submitter = ?"
+        # By its identity, the second column of the (object_id, created_by_ref, ...)
+        # index: a partner asking for an id it holds no copy of costs one probe, however
+        # many versions others hold (what it may not see must not show in the time).
+        query += " AND created_by_ref = (SELECT identity_id FROM partners WHERE partner_id = ?)"
         params += (copy_of,)
     rows = [ErasableRow(*row) for row in conn.execute(query + " ORDER BY version_key, seq", params)]
     if not rows or (latest_seq is not None and max(r.seq for r in rows) != latest_seq):
@@ -78,7 +87,7 @@ def _erase(
         erasure, values = erasure_values(
             object_id, copy_rows, by=by, reason=reason, at=at, referenced_by=referring
         )
-        erasure_id = conn.execute(_INSERT_ERASURE, values).lastrowid
+        erasure_id = conn.execute(_INSERT_ERASURE, (*values, copy_of is None)).lastrowid
         assert erasure_id is not None  # an INSERT into a rowid table
         (entry,) = append_audit_rows(conn, [erased(erasure)])
         conn.execute(
@@ -96,21 +105,33 @@ def erasure_of(conn: sqlite3.Connection, erasure_id: int) -> Erasure:
     return erasure_of_row(row)
 
 
-def _truncate_wal(conn: sqlite3.Connection) -> None:
+def _truncate_wal(conn: sqlite3.Connection) -> bool:
     """Copy the WAL into the database and truncate it to nothing: the frames of the
     transactions that wrote an erased body stay in the WAL file otherwise, until
-    overwritten. Readers still on an older snapshot keep it from completing: then the
-    next erasure (or the next checkpoint of the WAL) finishes the job."""
-    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    if busy:
-        log.warning(
-            "erasure: the store's write-ahead log could not be truncated now (a reader"
-            " holds it); erased bodies may stay in it until the next checkpoint"
-        )
+    overwritten. Never waits: a reader still on an older snapshot (a backup, an
+    operator's sqlite3 shell) keeps it from completing, and waiting for it would hold
+    every submission up behind the writer. False then: retried later."""
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.OperationalError:  # another process holds the write lock
+        return False
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
+    return not busy
 
 
 class _ErasureRows(_Connections):
     """Erasure on SQLite (``ObjectStore.erase_object`` and the relay's side of it)."""
+
+    _truncating: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._truncating is not None:
+            self._truncating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._truncating
+        await super().close()
 
     async def erase_object(
         self,
@@ -128,9 +149,29 @@ class _ErasureRows(_Connections):
             )
         )
         if done:
-            await self._on(self._write_thread, lambda: _truncate_wal(self._w()))
             self._outbox_added()
+            await self._truncate_wal()
         return done
+
+    async def _truncate_wal(self) -> None:
+        """Truncate the WAL now, or (a reader holds it) every second until it is done."""
+        if await self._on(self._write_thread, lambda: _truncate_wal(self._w())):
+            return
+        if self._truncating is None or self._truncating.done():
+            log.warning(
+                "erasure: the store's write-ahead log is held by a reader; erased bodies"
+                " stay in it until it lets go (retried every second)"
+            )
+            self._truncating = asyncio.get_running_loop().create_task(self._truncate_later())
+            self._truncating.add_done_callback(retrieve_failure)
+
+    async def _truncate_later(self) -> None:
+        while self._writer is not None:
+            await asyncio.sleep(_TRUNCATE_RETRY_S)
+            with contextlib.suppress(sqlite3.Error, Unavailable):
+                if await self._on(self._write_thread, lambda: _truncate_wal(self._w())):
+                    log.info("erasure: the store's write-ahead log is truncated")
+                    return
 
     async def erasures_of(self, object_id: str, copy_of: str | None = None) -> list[Erasure]:
         def run(conn: sqlite3.Connection) -> list[Erasure]:

@@ -23,6 +23,7 @@ from exchange.store import CommitOutcome, Committed, PublishedQuery, SetAsideRow
 from exchange.store._common import (
     CopyKey,
     Held,
+    HeldCopies,
     copy_key,
     nothing_to_commit,
     published_where,
@@ -30,7 +31,7 @@ from exchange.store._common import (
     set_aside_reason,
     stored_of,
 )
-from exchange.store._erasure import REFERRING_TYPES
+from exchange.store._erasure import REFERRING_TYPES, newest_key
 from exchange.store._group import GroupCommits, Outcome, Submission
 from exchange.store.sqlite import _audit  # its module attribute: bench/audit.py swaps it
 from exchange.store.sqlite._connection import _Connections
@@ -83,9 +84,7 @@ def _insert_objects(
     partner_id = submitter.partner_id
     for obj, asked in objects:
         key = version_key(obj.version)
-        versions = held.setdefault(
-            copy_key(obj.object_id, obj.object_type, obj.created_by_ref), Held()
-        )
+        versions = held.of(obj)
         refused = versions.refuses(obj, key)
         if refused is not None:
             results.append(Committed(refused))
@@ -157,9 +156,10 @@ def _commit_group(conn: sqlite3.Connection, group: Sequence[Submission]) -> list
     return outcomes
 
 
-def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Held]:
-    """What is held of ``ids``, per copy (``copy_key``)."""
-    held: dict[CopyKey, Held] = {}
+def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> HeldCopies:
+    """What is held of ``ids``, per copy (``copy_key``), and what was erased of them
+    from every copy."""
+    held = HeldCopies()
     latest: dict[CopyKey, str] = {}
     for chunk in _chunks(sorted(ids)):
         marks = ",".join("?" * len(chunk))
@@ -183,6 +183,12 @@ def _held_versions(conn: sqlite3.Connection, ids: set[str]) -> dict[CopyKey, Hel
             if erased_at is not None:
                 entry.erased = max(entry.erased or "", str(key))
             latest[copy] = audience
+        for oid, versions in conn.execute(
+            "SELECT object_id, versions FROM erasures"  # noqa: S608
+            f" WHERE every_copy = 1 AND object_id IN ({marks})",
+            chunk,
+        ):
+            held.erased_from_every_copy(str(oid), newest_key(versions))
     for copy, audience in latest.items():
         held[copy].audience = Audience.from_json(audience)
     return held

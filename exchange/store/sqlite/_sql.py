@@ -69,13 +69,17 @@ PROBE_BYTES = 256 * 1024
 _NEARLY_FULL_BYTES = 1024 * 1024
 
 
+# How long a statement waits for another process's lock (a CLI on the data directory).
+BUSY_TIMEOUT_MS = 30_000
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is on disk before the partner gets its answer (invariant 1).
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
     # Deleted content is overwritten, not left in free pages: an erased body must not
     # stay readable in the file (exchange erase; docs/erasure.md).
     conn.execute("PRAGMA secure_delete=ON")

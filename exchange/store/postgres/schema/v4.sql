@@ -18,7 +18,9 @@ CREATE TABLE erasures (
     erased_at      double precision NOT NULL,
     referenced_by  text NOT NULL,
     audit_index    bigint NOT NULL,
-    published      boolean NOT NULL DEFAULT false
+    published      boolean NOT NULL DEFAULT false,
+    -- The operator erased every copy: no partner's copy takes these versions again.
+    every_copy     boolean NOT NULL DEFAULT false
 );
 CREATE INDEX erasures_by_object ON erasures (object_id);
 CREATE INDEX erasures_pending ON erasures (erasure_id) WHERE NOT published;

@@ -18,7 +18,9 @@ CREATE TABLE erasures (
     erased_at      REAL NOT NULL,
     referenced_by  TEXT NOT NULL,
     audit_index    INTEGER NOT NULL,
-    published      INTEGER NOT NULL DEFAULT 0
+    published      INTEGER NOT NULL DEFAULT 0,
+    -- The operator erased every copy: no partner's copy takes these versions again.
+    every_copy     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX erasures_by_object ON erasures (object_id);
 CREATE INDEX erasures_pending ON erasures (erasure_id) WHERE published = 0;
