@@ -86,7 +86,9 @@ def test_costly_patterns_are_refused_and_do_not_stall_other_partners(
     for thread in threads:
         thread.start()
     try:
-        wait_until(lambda: exchange.metric("exchange_submissions_in_progress") >= 2, 60)
+        # A generous deadline: on a busy 2-core machine building and sending the first
+        # bundles of 300 costly objects can take most of a minute.
+        wait_until(lambda: exchange.metric("exchange_submissions_in_progress") >= 2, 180)
         latencies = exchange.probe(victim, 30)
     finally:
         attacking.clear()
