@@ -267,10 +267,7 @@ class Subscriptions:
         loop = asyncio.get_running_loop()
         try:
             async with contextlib.aclosing(self._stream(access, request, given)) as batches:
-                async for built in batches:
-                    # An erasure made since the batch was built holds its records back
-                    # too (what was handed to gRPC before it cannot be taken back).
-                    batch = self._without_erased(built) if self.erased.copies else built
+                async for batch in batches:
                     this.writing_since = loop.time()
                     try:
                         await send(batch)
@@ -306,13 +303,6 @@ class Subscriptions:
                     detail={"deliveries": this.count, "reason": ending},
                 )
             )
-
-    def _without_erased(self, batch: Batch) -> Batch:
-        hides = self.erased.hides
-        kept = [d for d in batch.deliveries if isinstance(d.stored, Notice) or not hides(d.stored)]
-        if len(kept) == len(batch.deliveries):
-            return batch
-        return Batch(kept, batch.cursor, batch.notices)
 
     def _delivered(self, this: _Open, batch: Batch, *, confirmed: bool) -> None:
         if not batch.deliveries:
@@ -460,7 +450,11 @@ class Subscriptions:
                     # A record of an erased version, still on the bus: held back.
                     if wanted(tp[0], stored) and not (erased and hides(stored)):
                         deliveries.append(Delivery(stored, position.cursor()))
-                yield Batch(deliveries, position.cursor(), notices)
+                # A notice's look-up in the store was the batch's only wait: an erasure
+                # made meanwhile holds back what was taken before it. (Else nothing
+                # waits between these checks and the write.)
+                kept = _not_erased(deliveries, hides) if notices and erased else deliveries
+                yield Batch(kept, position.cursor(), notices)
         finally:
             self._feeds.discard(feed)
             await feed.close()
@@ -574,6 +568,12 @@ def _notice_event(recipient: str, notice: Notice, at: float) -> Event:
             "versions": len(notice.versions),
         },
     )
+
+
+def _not_erased(
+    deliveries: list[Delivery], hides: Callable[[StoredObject], bool]
+) -> list[Delivery]:
+    return [d for d in deliveries if isinstance(d.stored, Notice) or not hides(d.stored)]
 
 
 def _wanted(
