@@ -39,6 +39,7 @@ from exchange.store import (
     CommitOutcome,
     Committed,
     PublishedQuery,
+    RetentionCandidate,
     SetAsideRow,
     SignedCheckpoint,
     refusal,
@@ -53,6 +54,7 @@ __all__ = [
     "OutboxListeners",
     "audit_row",
     "bundle_submits",
+    "candidate_of",
     "chain",
     "check_first_credential",
     "checkpoint_of",
@@ -481,6 +483,22 @@ def stored_of(row: Sequence[Any], strings: Strings) -> StoredObject:
             spec_version=str(spec),
         ),
         audience=_audience_of(audience),
+    )
+
+
+def candidate_of(row: Sequence[Any]) -> RetentionCandidate:
+    """A retention candidate from its row: seq, object id, submitter, type, accepted at,
+    TLP, audience (JSON), valid_until (text, or anything else for none)."""
+    seq, oid, submitter, otype, accepted_at, tlp, audience, valid_until = row
+    return RetentionCandidate(
+        seq=int(seq),
+        object_id=str(oid),
+        submitter=str(submitter),
+        object_type=str(otype),
+        accepted_at=float(accepted_at),
+        tlp=Tlp(tlp),
+        audience=Audience.from_json(audience),
+        valid_until=valid_until if isinstance(valid_until, str) else None,
     )
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from exchange.model import Audience, Tlp
 from exchange.store import RetentionCandidate, RetentionQuery
+from exchange.store._common import candidate_of
 from exchange.store.postgres._connection import _Connections
 
 # An indicator's valid_until, read from its stored body (the JSON bytes; never an
@@ -63,16 +63,4 @@ class _RetentionRows(_Connections):
             return []
         sql, params = statement
         rows = await self._read(lambda conn: conn.fetch(sql, *params))
-        return [
-            RetentionCandidate(
-                seq=int(seq),
-                object_id=str(oid),
-                submitter=str(submitter),
-                object_type=str(otype),
-                accepted_at=float(accepted_at),
-                tlp=Tlp(tlp),
-                audience=Audience.from_json(audience),
-                valid_until=valid_until if isinstance(valid_until, str) else None,
-            )
-            for seq, oid, submitter, otype, accepted_at, tlp, audience, valid_until in rows
-        ]
+        return [candidate_of(row) for row in rows]

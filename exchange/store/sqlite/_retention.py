@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from exchange.model import Audience, Tlp
 from exchange.store import RetentionCandidate, RetentionQuery
+from exchange.store._common import candidate_of
 from exchange.store.sqlite._connection import _Connections
 
 # An indicator's valid_until, read from its stored body (never an erased row's: its
@@ -47,19 +47,7 @@ def _candidates(conn: sqlite3.Connection, query: RetentionQuery) -> list[Retenti
         " ORDER BY o.seq LIMIT ?",
         params,
     ).fetchall()
-    return [
-        RetentionCandidate(
-            seq=int(seq),
-            object_id=str(oid),
-            submitter=str(submitter),
-            object_type=str(otype),
-            accepted_at=float(accepted_at),
-            tlp=Tlp(tlp),
-            audience=Audience.from_json(audience),
-            valid_until=valid_until if isinstance(valid_until, str) else None,
-        )
-        for seq, oid, submitter, otype, accepted_at, tlp, audience, valid_until in rows
-    ]
+    return [candidate_of(row) for row in rows]
 
 
 class _RetentionRows(_Connections):
