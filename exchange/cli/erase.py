@@ -137,9 +137,7 @@ def _as_operator(settings: Any, object_id: str, reason: EraseReason) -> dict[str
 
     try:
         return asyncio.run(run())
-    except errors.NotFound as exc:
-        fail(exc.message)
-    except errors.ExchangeError as exc:
+    except errors.ExchangeError as exc:  # NotFound among them: exit 1, its words
         fail(exc.message)
 
 
